@@ -1,0 +1,54 @@
+"""Bit packing of unsigned integer streams (LSB-first), vectorised.
+
+Value k of width B bits occupies stream bits [kB, kB + B); stream bit t is bit (t mod 8) of byte
+floor(t / 8). A stream of n values of width B takes exactly ceil(n * B / 8) bytes, so the bytes on
+disk match the bits we report, up to < 8 bits of byte-rounding per stream.
+"""
+
+from __future__ import annotations
+
+import torch
+
+MAX_BITS = 24
+
+
+def packed_nbytes(count: int, bits: int) -> int:
+    """Bytes taken by `count` values of `bits` bits each."""
+    return (count * bits + 7) // 8
+
+
+def pack(values: torch.Tensor, bits: int) -> torch.Tensor:
+    """Pack non-negative integers < 2**bits into a flat uint8 tensor (LSB-first)."""
+    if not 1 <= bits <= MAX_BITS:
+        raise ValueError(f"bit width must be in 1..{MAX_BITS}, got {bits}")
+    flat = values.reshape(-1).to(torch.int64)
+    if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= (1 << bits)):
+        raise ValueError(f"values do not fit in {bits} bits")
+    if bits == 8:
+        return flat.to(torch.uint8)
+    shifts = torch.arange(bits, device=flat.device, dtype=torch.int64)
+    stream = ((flat.unsqueeze(1) >> shifts) & 1).reshape(-1)
+    pad = (-stream.numel()) % 8
+    if pad:
+        stream = torch.cat([stream, stream.new_zeros(pad)])
+    weights = 1 << torch.arange(8, device=flat.device, dtype=torch.int64)
+    return (stream.reshape(-1, 8) * weights).sum(1).to(torch.uint8)
+
+
+def unpack(packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
+    """Inverse of :func:`pack`: `count` int64 values of width `bits` from a uint8 stream."""
+    if not 1 <= bits <= MAX_BITS:
+        raise ValueError(f"bit width must be in 1..{MAX_BITS}, got {bits}")
+    if packed.numel() != packed_nbytes(count, bits):
+        raise ValueError(
+            f"packed stream has {packed.numel()} bytes, expected {packed_nbytes(count, bits)}"
+        )
+    data = packed.reshape(-1).to(torch.int64)
+    if bits == 8:
+        return data[:count]
+    # Every value starts inside some byte and spans at most 4 bytes (bits <= 24 plus a 7-bit offset).
+    data = torch.cat([data, data.new_zeros(4)])
+    start = torch.arange(count, device=data.device, dtype=torch.int64) * bits
+    byte = start >> 3
+    word = data[byte] | (data[byte + 1] << 8) | (data[byte + 2] << 16) | (data[byte + 3] << 24)
+    return (word >> (start & 7)) & ((1 << bits) - 1)

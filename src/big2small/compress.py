@@ -1,0 +1,205 @@
+"""compress(): apply a recipe to a model (or a bare state_dict) and account for every stored bit."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, asdict
+from typing import Any
+
+import torch
+from torch import nn
+
+from big2small.errors import Big2SmallError
+from big2small.generators import REGISTRY, Encoded, GeneratorConfig, RawConfig, decode, generator_for
+from big2small.progress import progress_bar
+from big2small.recipe import Override, PlanEntry, Recipe, describe_module_tensors, describe_state_dict, plan
+
+
+@dataclass
+class SizeReport:
+    """Every stored bit, and the ratios derived from it.
+
+    bpw_all counts all stored bits over the original model's parameters (tied tensors once);
+    bpw_scope counts the compressed tensors' bits over their own element count.
+    """
+
+    n_parameters: int
+    n_compressed: int
+    bits_total: int
+    bits_compressed: int
+    bits_raw: int
+    bits_by_item: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def bpw_all(self) -> float:
+        return self.bits_total / max(self.n_parameters, 1)
+
+    @property
+    def bpw_scope(self) -> float:
+        return self.bits_compressed / self.n_compressed if self.n_compressed else float("nan")
+
+    @property
+    def ratio_vs_fp32(self) -> float:
+        return 32.0 / self.bpw_all
+
+    @property
+    def ratio_vs_fp16(self) -> float:
+        return 16.0 / self.bpw_all
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.update(bpw_all=self.bpw_all, bpw_scope=self.bpw_scope, ratio_vs_fp32=self.ratio_vs_fp32,
+                 ratio_vs_fp16=self.ratio_vs_fp16)
+        return d
+
+
+@dataclass
+class CompressedModel:
+    """The compact form of a model: one stored record per tensor, plus where the model came from."""
+
+    tensors: dict[str, Encoded]
+    plan: list[PlanEntry]
+    recipe: Recipe
+    source: Any = None  # big2small.models.ModelSource, or None for a bare module/state_dict
+    aliases: dict[str, str] = field(default_factory=dict)  # tied name -> stored name
+    n_parameters: int = 0
+
+    def size(self) -> SizeReport:
+        return size_of(self.tensors, self.n_parameters)
+
+    def state_dict(self, *, names: list[str] | None = None) -> dict[str, torch.Tensor]:
+        """Decode to a dense state_dict in the original dtypes (tied tensors share storage)."""
+        out = {name: decode(enc) for name, enc in self.tensors.items() if names is None or name in names}
+        for alias, target in self.aliases.items():
+            if target in out:
+                out[alias] = out[target]
+        return out
+
+    def apply_to(self, model: nn.Module) -> nn.Module:
+        """Load the decoded weights into `model` (same architecture) and return it."""
+        state = self.state_dict()
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing = [m for m in missing if m not in self.aliases]
+        if missing or unexpected:
+            raise Big2SmallError(
+                f"model does not match the artifact: {len(missing)} missing tensor(s) (e.g. {missing[:2]}), "
+                f"{len(unexpected)} unexpected (e.g. {unexpected[:2]})"
+            )
+        return model
+
+
+def size_of(tensors: dict[str, Encoded], n_parameters: int) -> SizeReport:
+    by_item: dict[str, int] = {}
+    bits_c = n_c = bits_raw = 0
+    for enc in tensors.values():
+        for k, v in enc.bits.items():
+            key = "raw" if enc.method == "raw" else k
+            by_item[key] = by_item.get(key, 0) + v
+        if enc.method == "raw":
+            bits_raw += enc.total_bits
+        else:
+            bits_c += enc.total_bits
+            n_c += enc.numel
+    return SizeReport(n_parameters, n_c, bits_c + bits_raw, bits_c, bits_raw, by_item)
+
+
+def count_parameters(entries: list[PlanEntry]) -> int:
+    return sum(e.numel for e in entries if e.is_parameter)
+
+
+def make_recipe(method: str | None = None, *, bpw: float | None = None,
+                overrides: list[tuple[str, GeneratorConfig | None]] | None = None,
+                include_embeddings: bool = False, min_numel: int = 4096, raw_dtype: str = "float16",
+                seed: int = 0, **options: Any) -> Recipe:
+    """A recipe from a method name and its options, e.g. make_recipe("uniform", bits=3, group_size=64).
+
+    With `bpw`, the options not given are chosen to meet that many bits per original weight.
+    """
+    default = None
+    if method is not None:
+        if method not in REGISTRY or method == "raw":
+            known = sorted(m for m in REGISTRY if m != "raw")
+            raise Big2SmallError(f"unknown method {method!r}; known: {', '.join(known)}")
+        default = GeneratorConfig.from_dict({"method": method, **options})
+    return Recipe(default=default, overrides=[Override(p, c) for p, c in (overrides or [])],
+                  min_numel=min_numel, include_embeddings=include_embeddings, raw_dtype=raw_dtype,
+                  target_bpw=bpw, budget_fixed=dict(options), seed=seed)
+
+
+def compress(model: Any, recipe: Recipe | str | None = None, *, source: Any = None, progress: bool = True,
+             **options: Any) -> CompressedModel:
+    """Compress every tensor of `model` and account for every stored bit.
+
+    model: an nn.Module, a state_dict, or a big2small.models.LoadedModel.
+    recipe: a Recipe, or a method name ("uniform", "lowrank", "prune", ...) with `options` for it
+        and for make_recipe (bpw=..., overrides=..., include_embeddings=...).
+    Raises Big2SmallError for user errors: NaN/Inf weights, a size target that cannot be met.
+    """
+    if not isinstance(recipe, Recipe):
+        recipe = make_recipe(recipe, **options)
+    elif options:
+        raise TypeError("pass options either in the Recipe or as keywords with a method name, not both")
+    if hasattr(model, "source") and hasattr(model, "weights"):  # a LoadedModel
+        source = source or model.source
+        model = model.weights
+    infos = describe_state_dict(model) if isinstance(model, dict) else describe_module_tensors(model)
+    entries = plan(infos, recipe)
+    tensors_by_name = {i.name: i.tensor for i in infos}
+    n_params = count_parameters(entries)
+    if recipe.target_bpw is not None:
+        _size_to_target(entries, recipe, n_params)
+    encoded: dict[str, Encoded] = {}
+    with progress_bar("compressing", total=sum(e.numel for e in entries), enabled=progress) as advance:
+        for e in entries:
+            try:
+                encoded[e.name] = generator_for(e.config).encode(tensors_by_name[e.name], e.layout, seed=recipe.seed)
+            except Big2SmallError as exc:
+                raise Big2SmallError(f"{e.name}: {exc}") from None
+            advance(e.numel)
+    aliases = {a: e.name for e in entries for a in e.aliases}
+    result = CompressedModel(encoded, entries, recipe, source, aliases, n_params)
+    if recipe.target_bpw is not None and result.size().bpw_all > recipe.target_bpw + 1e-9:
+        # The sizing below is exact by construction; this guards the promise made to the user.
+        raise Big2SmallError(
+            f"internal: size target {recipe.target_bpw} bpw missed ({result.size().bpw_all:.4f}); please report"
+        )
+    return result
+
+
+def _planned_bits(e: PlanEntry) -> int:
+    """Exact stored bits of a plan entry whose config is already fixed."""
+    if isinstance(e.config, RawConfig) and e.config.dtype == "same":
+        return e.numel * torch.empty(0, dtype=e.dtype).element_size() * 8
+    return REGISTRY[e.config.method].bits_for(e.config, e.layout)
+
+
+def _size_to_target(entries: list[PlanEntry], recipe: Recipe, n_params: int) -> None:
+    """Choose the default method's open options so that the whole model fits recipe.target_bpw.
+
+    Tensors with a fixed config (raw, overrides) are charged first; what is left is shared out
+    evenly per weight among the tensors that use the default method.
+    """
+    sized = [e for e in entries if e.compressed and e.config is recipe.default]
+    if not sized:
+        raise Big2SmallError("a size target needs a compression method for at least one tensor")
+    gen_cls = REGISTRY[recipe.default.method]
+    fixed_bits = sum(_planned_bits(e) for e in entries if e not in sized)
+    budget = recipe.target_bpw * n_params - fixed_bits
+    n_sized = sum(e.numel for e in sized)
+    beta = budget / n_sized
+    floor = fixed_bits / n_params
+    if beta <= 0:
+        raise Big2SmallError(
+            f"target {recipe.target_bpw} bpw is impossible: the tensors kept uncompressed already take "
+            f"{floor:.3f} bpw (compress more tensors, e.g. embeddings, or store them in lower precision)"
+        )
+    fixed = dict(recipe.budget_fixed)
+    for e in sized:
+        try:
+            e.config = gen_cls.for_budget(beta, e.layout, fixed)
+        except Big2SmallError as exc:
+            raise Big2SmallError(
+                f"target {recipe.target_bpw} bpw is impossible with {recipe.default.method}: it leaves "
+                f"{beta:.3f} bits per compressed weight ({exc})"
+            ) from None
+        e.budgeted = True

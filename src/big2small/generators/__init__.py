@@ -1,0 +1,42 @@
+"""Storage codecs: every method re-encodes one tensor into compact stored tensors (phi).
+
+Importing this package registers every method, so `GeneratorConfig.from_dict` and `generator_for`
+know all of them.
+"""
+
+from big2small.generators import lowrank, raw, sparse, uniform
+from big2small.generators.base import (
+    HEADER_BITS,
+    REGISTRY,
+    Encoded,
+    Generator,
+    GeneratorConfig,
+    decode,
+    generator_for,
+)
+from big2small.generators.lowrank import LowRankConfig, LowRankGenerator
+from big2small.generators.raw import RawConfig, RawGenerator
+from big2small.generators.sparse import PruneConfig, PruneGenerator
+from big2small.generators.uniform import UniformConfig, UniformGenerator
+
+__all__ = [
+    "HEADER_BITS",
+    "REGISTRY",
+    "Encoded",
+    "Generator",
+    "GeneratorConfig",
+    "LowRankConfig",
+    "LowRankGenerator",
+    "PruneConfig",
+    "PruneGenerator",
+    "RawConfig",
+    "RawGenerator",
+    "UniformConfig",
+    "UniformGenerator",
+    "decode",
+    "generator_for",
+    "lowrank",
+    "raw",
+    "sparse",
+    "uniform",
+]

@@ -1,0 +1,152 @@
+"""The generator abstraction: every storage codec is a small set of compact tensors (phi) that
+regenerates a weight tensor, W_hat = g(phi).
+
+A method is a `GeneratorConfig` subclass (typed, JSON round-trip) plus a `Generator` subclass that
+encodes a tensor into an `Encoded` record and decodes it back. The registry maps a method name to
+both, so the artifact can rebuild any generator from its manifest entry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from big2small.errors import Big2SmallError
+from big2small.layout import MatrixLayout
+
+# Each encoded tensor pays this for its shape and method parameters (METHODS.md, bit ledger).
+HEADER_BITS = 128
+
+DTYPE_BITS = {torch.float32: 32, torch.float16: 16, torch.bfloat16: 16, torch.float64: 64}
+
+
+@dataclass
+class GeneratorConfig:
+    """Base of every method's config. Subclasses are dataclasses with a class-level `method`."""
+
+    method: ClassVar[str] = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, **dataclasses.asdict(self)}
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> "GeneratorConfig":
+        data = dict(data)
+        method = data.pop("method", None)
+        if method not in REGISTRY:
+            raise Big2SmallError(f"unknown compression method {method!r}; known: {sorted(REGISTRY)}")
+        cls = REGISTRY[method].config_type
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise Big2SmallError(f"{method}: unknown option(s) {sorted(unknown)}; known: {sorted(names)}")
+        return cls(**data)
+
+    def validate(self) -> None:
+        """Raise Big2SmallError if the options are out of range."""
+
+
+@dataclass
+class Encoded:
+    """One tensor in stored form.
+
+    `tensors` hold exactly what is written to disk; `meta` holds the few integers the decoder needs
+    (JSON, in the manifest); `bits` itemises every stored bit ("header" included).
+    """
+
+    method: str
+    config: GeneratorConfig
+    layout: MatrixLayout
+    dtype: torch.dtype
+    tensors: dict[str, torch.Tensor]
+    bits: dict[str, int]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def total_bits(self) -> int:
+        return sum(self.bits.values())
+
+    @property
+    def numel(self) -> int:
+        return self.layout.numel
+
+    @property
+    def payload_bytes(self) -> int:
+        """Bytes of the stored tensors themselves, as written to disk."""
+        return sum(t.numel() * t.element_size() for t in self.tensors.values())
+
+
+class Generator(ABC):
+    """Base class of every storage codec.
+
+    Subclasses set `config_type`, implement `_encode` and `decode`, and `bits_for`, which predicts
+    the exact stored bits of a config on a tensor layout without encoding (used to meet a size
+    target). `encode` checks the input once for all methods.
+    """
+
+    config_type: ClassVar[type[GeneratorConfig]]
+
+    def __init__(self, config: GeneratorConfig):
+        config.validate()
+        self.config = config
+
+    def encode(self, weight: torch.Tensor, layout: MatrixLayout | None = None, *, seed: int = 0) -> Encoded:
+        """Encode `weight` (any float dtype) into its stored form."""
+        if not weight.is_floating_point():
+            raise Big2SmallError(f"{self.config.method}: cannot encode a {weight.dtype} tensor")
+        if not torch.isfinite(weight).all():
+            raise Big2SmallError("weight has NaN or Inf values; refusing to compress it")
+        layout = layout or MatrixLayout(tuple(weight.shape))
+        if tuple(weight.shape) != layout.shape:
+            raise ValueError(f"layout shape {layout.shape} does not match tensor {tuple(weight.shape)}")
+        enc = self._encode(layout.to_matrix(weight.detach().float()), layout, seed=seed)
+        enc.dtype = weight.dtype
+        return enc
+
+    @abstractmethod
+    def _encode(self, matrix: torch.Tensor, layout: MatrixLayout, *, seed: int) -> Encoded:
+        """Encode the fp32 matrix view [rows, cols]; `dtype` is filled in by `encode`."""
+
+    @abstractmethod
+    def decode_matrix(self, enc: Encoded) -> torch.Tensor:
+        """Regenerate the fp32 matrix view [rows, cols] from the stored tensors."""
+
+    def decode(self, enc: Encoded, *, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Regenerate the tensor in its original shape, computed in fp32, cast at the very end."""
+        return enc.layout.from_matrix(self.decode_matrix(enc)).to(dtype or enc.dtype)
+
+    @classmethod
+    @abstractmethod
+    def bits_for(cls, config: GeneratorConfig, layout: MatrixLayout) -> int:
+        """Exact stored bits (header included) of `config` on a tensor of this layout."""
+
+    @classmethod
+    def for_budget(cls, bits_per_weight: float, layout: MatrixLayout, fixed: dict[str, Any]) -> GeneratorConfig:
+        """The best config of this method whose stored bits fit `bits_per_weight * numel`.
+
+        `fixed` holds options the user set, which the search must keep. Raises Big2SmallError when
+        no config fits.
+        """
+        raise Big2SmallError(f"method {cls.config_type.method!r} cannot be sized to a bits-per-weight target")
+
+
+REGISTRY: dict[str, type[Generator]] = {}
+
+
+def register(cls: type[Generator]) -> type[Generator]:
+    """Class decorator: make a generator known by its config's method name."""
+    REGISTRY[cls.config_type.method] = cls
+    return cls
+
+
+def generator_for(config: GeneratorConfig) -> Generator:
+    return REGISTRY[config.method](config)
+
+
+def decode(enc: Encoded, *, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Decode any stored tensor with the generator its config names."""
+    return generator_for(enc.config).decode(enc, dtype=dtype)

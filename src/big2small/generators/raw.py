@@ -1,0 +1,56 @@
+"""Raw storage: the tensor as it is, in a float dtype. Used for everything left uncompressed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from big2small.errors import Big2SmallError
+from big2small.generators.base import DTYPE_BITS, Encoded, Generator, GeneratorConfig, register
+from big2small.layout import MatrixLayout
+
+STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class RawConfig(GeneratorConfig):
+    """Store the tensor uncompressed. `dtype`: float32, float16, bfloat16, or "same" (its own)."""
+
+    method = "raw"
+    dtype: str = "float16"
+
+    def validate(self) -> None:
+        if self.dtype != "same" and self.dtype not in STORAGE_DTYPES:
+            raise Big2SmallError(f"raw: dtype must be one of {sorted(STORAGE_DTYPES)} or 'same', got {self.dtype!r}")
+
+
+@register
+class RawGenerator(Generator):
+    config_type = RawConfig
+
+    def encode(self, weight: torch.Tensor, layout: MatrixLayout | None = None, *, seed: int = 0) -> Encoded:
+        # Raw storage also keeps integer buffers (BatchNorm's num_batches_tracked) and any shape.
+        layout = layout or MatrixLayout(tuple(weight.shape))
+        stored = weight.detach()
+        if weight.is_floating_point() and self.config.dtype != "same":
+            stored = stored.to(STORAGE_DTYPES[self.config.dtype])
+        stored = stored.contiguous().clone()
+        return Encoded(
+            method=self.config.method, config=self.config, layout=layout, dtype=weight.dtype,
+            tensors={"values": stored}, bits={"values": stored.numel() * stored.element_size() * 8},
+        )
+
+    def _encode(self, matrix, layout, *, seed):  # pragma: no cover - encode is overridden
+        raise NotImplementedError
+
+    def decode_matrix(self, enc: Encoded) -> torch.Tensor:
+        return enc.layout.to_matrix(enc.tensors["values"].float())
+
+    def decode(self, enc: Encoded, *, dtype: torch.dtype | None = None) -> torch.Tensor:
+        return enc.tensors["values"].reshape(enc.layout.shape).to(dtype or enc.dtype)
+
+    @classmethod
+    def bits_for(cls, config: RawConfig, layout: MatrixLayout) -> int:
+        width = 32 if config.dtype == "same" else DTYPE_BITS[STORAGE_DTYPES[config.dtype]]
+        return layout.numel * width

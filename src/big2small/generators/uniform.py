@@ -1,0 +1,159 @@
+"""Uniform round-to-nearest quantisation with groups (RTN), symmetric or asymmetric.
+
+A group is `group_size` consecutive weights along a row of the matrix view (the last group of a row
+is shorter); `group_size=0` means one group per row (per-channel). When a row is shorter than a
+group, a group spans floor(group_size / cols) whole rows. Codes are bit-packed; scales are fp16;
+asymmetric zero-points are integers stored at the code width, so the offset is exact in code units.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from big2small import bitpack
+from big2small.errors import Big2SmallError
+from big2small.generators.base import HEADER_BITS, Encoded, Generator, GeneratorConfig, register
+from big2small.layout import MatrixLayout
+
+# Candidate group sizes when sizing to a bits-per-weight target, finest first; 0 = per-channel.
+BUDGET_GROUP_SIZES = (32, 64, 128, 256, 0)
+
+
+@dataclass
+class UniformConfig(GeneratorConfig):
+    """bits: code width (1-8; symmetric needs >= 2). group_size: weights per group, 0 = per row."""
+
+    method = "uniform"
+    bits: int = 4
+    group_size: int = 128
+    symmetric: bool = False
+
+    def validate(self) -> None:
+        low = 2 if self.symmetric else 1
+        if not low <= self.bits <= 8:
+            raise Big2SmallError(f"uniform: bits must be in {low}..8, got {self.bits}")
+        if self.group_size < 0:
+            raise Big2SmallError(f"uniform: group_size must be >= 0 (0 = per channel), got {self.group_size}")
+
+
+@dataclass(frozen=True)
+class _Grouping:
+    """How the [rows, cols] matrix is cut into groups: a [n_rows, row_len] view padded to
+    [n_rows, groups_per_row * group_len]."""
+
+    rows_per_group_row: int
+    n_rows: int
+    row_len: int
+    group_len: int
+
+    @property
+    def groups_per_row(self) -> int:
+        return math.ceil(self.row_len / self.group_len)
+
+    @property
+    def n_groups(self) -> int:
+        return self.n_rows * self.groups_per_row
+
+
+def _grouping(layout: MatrixLayout, group_size: int) -> _Grouping:
+    rows, cols = layout.rows, layout.cols
+    g = cols if group_size == 0 else group_size
+    if cols >= g:
+        return _Grouping(1, rows, cols, g)
+    per = max(1, g // cols)  # a group spans this many whole rows
+    return _Grouping(per, math.ceil(rows / per), per * cols, per * cols)
+
+
+def _grouped(matrix: torch.Tensor, gp: _Grouping) -> torch.Tensor:
+    """[rows, cols] -> [n_groups, group_len], zero-padded. Zeros never move a group's range,
+    which always includes 0 (asymmetric) or is an absolute maximum (symmetric)."""
+    flat = matrix.reshape(-1)
+    rows_total = gp.n_rows * gp.rows_per_group_row
+    if rows_total * matrix.shape[1] != flat.numel():
+        flat = torch.cat([flat, flat.new_zeros(rows_total * matrix.shape[1] - flat.numel())])
+    m = flat.reshape(gp.n_rows, gp.row_len)
+    pad = gp.groups_per_row * gp.group_len - gp.row_len
+    if pad:
+        m = torch.nn.functional.pad(m, (0, pad))
+    return m.reshape(gp.n_groups, gp.group_len)
+
+
+def _ungrouped(groups: torch.Tensor, gp: _Grouping, layout: MatrixLayout) -> torch.Tensor:
+    m = groups.reshape(gp.n_rows, gp.groups_per_row * gp.group_len)[:, : gp.row_len]
+    return m.reshape(-1)[: layout.numel].reshape(layout.rows, layout.cols)
+
+
+@register
+class UniformGenerator(Generator):
+    config_type = UniformConfig
+
+    def _encode(self, matrix: torch.Tensor, layout: MatrixLayout, *, seed: int) -> Encoded:
+        cfg: UniformConfig = self.config
+        gp = _grouping(layout, cfg.group_size)
+        groups = _grouped(matrix, gp)
+        levels = (1 << cfg.bits) - 1
+        if cfg.symmetric:
+            half = 1 << (cfg.bits - 1)
+            scale = groups.abs().amax(1) / (half - 1)
+        else:
+            lo = groups.amin(1).clamp(max=0)
+            hi = groups.amax(1).clamp(min=0)
+            scale = (hi - lo) / levels
+        scale16 = scale.to(torch.float16)
+        if not torch.isfinite(scale16).all():
+            raise Big2SmallError("uniform: weights too large for fp16 group scales")
+        scale16 = torch.where(scale16 == 0, torch.ones_like(scale16), scale16)
+        s = scale16.float().unsqueeze(1)  # encode with the scale the decoder will see
+        if cfg.symmetric:
+            q = torch.clamp(torch.round(groups / s), -half, half - 1) + half
+            zero = None
+        else:
+            zero = torch.clamp(torch.round(-lo / s.squeeze(1)), 0, levels)
+            q = torch.clamp(torch.round(groups / s) + zero.unsqueeze(1), 0, levels)
+        codes = _ungrouped(q, gp, layout).reshape(-1).to(torch.int64)
+        tensors = {"codes": bitpack.pack(codes, cfg.bits), "scales": scale16}
+        bits = {"codes": codes.numel() * cfg.bits, "scales": 16 * gp.n_groups, "header": HEADER_BITS}
+        if zero is not None:
+            tensors["zeros"] = bitpack.pack(zero.to(torch.int64), cfg.bits)
+            bits["zeros"] = gp.n_groups * cfg.bits
+        return Encoded(self.config.method, cfg, layout, matrix.dtype, tensors, bits)
+
+    def decode_matrix(self, enc: Encoded) -> torch.Tensor:
+        cfg: UniformConfig = enc.config
+        layout = enc.layout
+        gp = _grouping(layout, cfg.group_size)
+        codes = bitpack.unpack(enc.tensors["codes"], cfg.bits, layout.numel).reshape(layout.rows, layout.cols)
+        q = _grouped(codes.float(), gp)
+        scale = enc.tensors["scales"].float().unsqueeze(1)
+        if cfg.symmetric:
+            offset = float(1 << (cfg.bits - 1))
+        else:
+            offset = bitpack.unpack(enc.tensors["zeros"], cfg.bits, gp.n_groups).float().unsqueeze(1)
+        return _ungrouped((q - offset) * scale, gp, layout)
+
+    @classmethod
+    def bits_for(cls, config: UniformConfig, layout: MatrixLayout) -> int:
+        n_groups = _grouping(layout, config.group_size).n_groups
+        zero_bits = 0 if config.symmetric else config.bits
+        return layout.numel * config.bits + n_groups * (16 + zero_bits) + HEADER_BITS
+
+    @classmethod
+    def for_budget(cls, bits_per_weight: float, layout: MatrixLayout, fixed: dict[str, Any]) -> UniformConfig:
+        # More code bits beat finer groups at equal size, so take the widest code that fits, then
+        # the finest group size that still fits.
+        symmetric = fixed.get("symmetric", False)
+        bit_choices = [fixed["bits"]] if "bits" in fixed else range(8, 1 if symmetric else 0, -1)
+        group_choices = [fixed["group_size"]] if "group_size" in fixed else BUDGET_GROUP_SIZES
+        budget = bits_per_weight * layout.numel
+        for b in bit_choices:
+            for g in group_choices:
+                cfg = UniformConfig(bits=b, group_size=g, symmetric=symmetric)
+                if cls.bits_for(cfg, layout) <= budget:
+                    return cfg
+        raise Big2SmallError(
+            f"uniform: no setting fits {bits_per_weight:.3f} bits per weight on a {list(layout.shape)} tensor"
+        )

@@ -1,0 +1,245 @@
+"""Which tensors get which method: a default, per-layer overrides by name or regex, and a plan.
+
+The plan is the pre-flight report: every tensor of the model, what will happen to it, and why.
+Nothing is skipped silently.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from big2small.errors import Big2SmallError
+from big2small.generators import GeneratorConfig, RawConfig
+from big2small.layout import MatrixLayout
+
+# Layer kinds whose `weight` the storage codecs understand, by the class name of the owning module
+# (class names, so that transformers' Conv1D is recognised without importing transformers).
+KIND_BY_CLASS = {
+    "Linear": "linear",
+    "Conv1d": "conv",
+    "Conv2d": "conv",
+    "Conv3d": "conv",
+    "Embedding": "embedding",
+    "Conv1D": "conv1d_hf",  # transformers.pytorch_utils.Conv1D stores [in, out]
+}
+
+
+@dataclass
+class Override:
+    """Tensors whose name matches `pattern` (exact name, module name, or full regex match) get
+    `config`; `config=None` keeps them uncompressed."""
+
+    pattern: str
+    config: GeneratorConfig | None
+
+    def matches(self, tensor_name: str) -> bool:
+        module_name = tensor_name.rsplit(".", 1)[0]
+        if self.pattern in (tensor_name, module_name):
+            return True
+        try:
+            return re.fullmatch(self.pattern, tensor_name) is not None or re.fullmatch(self.pattern, module_name) is not None
+        except re.error as exc:
+            raise Big2SmallError(f"bad override pattern {self.pattern!r}: {exc}") from None
+
+
+@dataclass
+class Recipe:
+    """What to do with a model.
+
+    default: the method for every weight in scope (conv/linear weights with >= min_numel elements,
+        plus embeddings and the LM head if include_embeddings).
+    overrides: first match wins; they may also bring a tensor outside the default scope in.
+    raw_dtype: how uncompressed floating tensors are stored ("float16", "float32", "bfloat16", "same").
+    target_bpw: if set, method options left open are chosen so that the whole artifact takes at most
+        this many bits per original parameter (every stored bit counted).
+    """
+
+    default: GeneratorConfig | None = None
+    overrides: list[Override] = field(default_factory=list)
+    min_numel: int = 4096
+    include_embeddings: bool = False
+    raw_dtype: str = "float16"
+    target_bpw: float | None = None
+    budget_fixed: dict[str, Any] = field(default_factory=dict)  # default's options the user pinned
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        RawConfig(dtype=self.raw_dtype).validate()
+        if self.target_bpw is not None and self.target_bpw <= 0:
+            raise Big2SmallError(f"target bits per weight must be positive, got {self.target_bpw}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "default": self.default.to_dict() if self.default else None,
+            "overrides": [{"pattern": o.pattern, "config": o.config.to_dict() if o.config else None} for o in self.overrides],
+            "min_numel": self.min_numel,
+            "include_embeddings": self.include_embeddings,
+            "raw_dtype": self.raw_dtype,
+            "target_bpw": self.target_bpw,
+            "budget_fixed": self.budget_fixed,
+            "seed": self.seed,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Recipe":
+        def config(d):
+            return GeneratorConfig.from_dict(d) if d else None
+
+        return cls(
+            default=config(data.get("default")),
+            overrides=[Override(o["pattern"], config(o.get("config"))) for o in data.get("overrides", [])],
+            min_numel=data.get("min_numel", 4096),
+            include_embeddings=data.get("include_embeddings", False),
+            raw_dtype=data.get("raw_dtype", "float16"),
+            target_bpw=data.get("target_bpw"),
+            budget_fixed=data.get("budget_fixed", {}),
+            seed=data.get("seed", 0),
+        )
+
+
+@dataclass
+class PlanEntry:
+    """One stored tensor and what will happen to it."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    kind: str  # linear, conv, conv1d_hf, embedding, lm_head, norm/bias/other, buffer
+    is_parameter: bool
+    config: GeneratorConfig  # RawConfig when kept uncompressed
+    reason: str
+    aliases: list[str] = field(default_factory=list)
+    budgeted: bool = False  # the config's open options are chosen by the size target
+
+    @property
+    def compressed(self) -> bool:
+        return not isinstance(self.config, RawConfig)
+
+    @property
+    def layout(self) -> MatrixLayout:
+        return MatrixLayout(self.shape, transposed=self.kind == "conv1d_hf")
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+
+@dataclass
+class TensorInfo:
+    """What the planner needs to know about one stored tensor of a model."""
+
+    name: str
+    tensor: torch.Tensor
+    kind: str
+    is_parameter: bool
+    aliases: list[str] = field(default_factory=list)
+
+
+def describe_module_tensors(model: nn.Module) -> list[TensorInfo]:
+    """Every tensor of `model.state_dict()`, tied tensors once (the others as aliases)."""
+    param_ids = {id(p) for p in model.parameters()}
+    modules = dict(model.named_modules())
+    lm_head = None
+    get_out = getattr(model, "get_output_embeddings", None)
+    if callable(get_out):
+        try:
+            lm_head = get_out()
+        except (AttributeError, NotImplementedError):
+            lm_head = None
+    by_identity: dict[tuple, TensorInfo] = {}
+    infos: list[TensorInfo] = []
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        key = (tensor.data_ptr(), tuple(tensor.shape), tensor.dtype) if tensor.numel() else (name,)
+        if key in by_identity:
+            by_identity[key].aliases.append(name)
+            continue
+        module_name, _, leaf = name.rpartition(".")
+        module = modules.get(module_name)
+        kind = "other"
+        if tensor.ndim < 2:
+            kind = "bias" if leaf == "bias" else "vector"
+        elif module is not None and leaf == "weight":
+            kind = KIND_BY_CLASS.get(type(module).__name__, f"unsupported:{type(module).__name__}")
+            if module is lm_head:
+                kind = "lm_head"
+        info = TensorInfo(name, tensor.detach(), kind, id(tensor) in param_ids)
+        by_identity[key] = info
+        infos.append(info)
+    # An LM head tied to the embedding shows up under the embedding's name: it is both.
+    return infos
+
+
+def describe_state_dict(state: dict[str, torch.Tensor]) -> list[TensorInfo]:
+    """Model-free: infer each tensor's kind from its rank and name (no module classes)."""
+    infos = []
+    for name, t in state.items():
+        lname = name.lower()
+        if t.ndim == 2 and re.search(r"(embed|wte|wpe|lm_head|shared)", lname):
+            kind = "embedding"
+        elif t.ndim == 2:
+            kind = "linear"
+        elif 3 <= t.ndim <= 5:
+            kind = "conv"
+        else:
+            kind = "other"
+        infos.append(TensorInfo(name, t, kind, True))
+    return infos
+
+
+def plan(infos: list[TensorInfo], recipe: Recipe) -> list[PlanEntry]:
+    """Decide, for every tensor, the method (or raw storage) and the reason."""
+    raw = RawConfig(dtype=recipe.raw_dtype)
+    entries = []
+    for info in infos:
+        t = info.tensor
+        config, reason = _decide(info, recipe)
+        if config is not None and not t.is_floating_point():
+            raise Big2SmallError(f"{info.name}: cannot compress a {t.dtype} tensor")
+        if config is not None and t.ndim < 1:
+            raise Big2SmallError(f"{info.name}: cannot compress a scalar")
+        if config is None and not t.is_floating_point():
+            config_raw = RawConfig(dtype="same")
+        else:
+            config_raw = raw
+        entries.append(
+            PlanEntry(
+                name=info.name, shape=tuple(t.shape), dtype=t.dtype, kind=info.kind,
+                is_parameter=info.is_parameter, config=config or config_raw, reason=reason,
+                aliases=list(info.aliases),
+            )
+        )
+    return entries
+
+
+def _decide(info: TensorInfo, recipe: Recipe) -> tuple[GeneratorConfig | None, str]:
+    names = [info.name, *info.aliases]
+    for o in recipe.overrides:
+        if any(o.matches(n) for n in names):
+            if o.config is None or isinstance(o.config, RawConfig):
+                return (o.config if isinstance(o.config, RawConfig) else None), f"override {o.pattern!r}: kept"
+            return o.config, f"override {o.pattern!r}"
+    if recipe.default is None:
+        return None, "no method given"
+    if not info.tensor.is_floating_point():
+        return None, "integer buffer"
+    if not info.is_parameter:
+        return None, "buffer"
+    kind = info.kind
+    if kind.startswith("unsupported:"):
+        return None, f"unsupported layer type {kind.split(':', 1)[1]} (override to compress it)"
+    if kind in ("embedding", "lm_head") and not recipe.include_embeddings:
+        return None, f"{kind} kept (include_embeddings is off)"
+    if kind not in ("linear", "conv", "conv1d_hf", "embedding", "lm_head"):
+        return None, {"bias": "bias", "vector": "1-D (norm, scale)"}.get(kind, "not a layer weight")
+    n = info.tensor.numel()
+    if n < recipe.min_numel:
+        return None, f"small: {n} < min_numel {recipe.min_numel}"
+    return recipe.default, "in scope"

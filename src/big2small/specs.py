@@ -1,0 +1,43 @@
+"""Text forms of methods for the CLI and recipes: "uniform:bits=4,group_size=64", "keep"."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from big2small.errors import Big2SmallError
+
+
+def parse_value(text: str) -> Any:
+    low = text.lower()
+    if low in ("true", "yes"):
+        return True
+    if low in ("false", "no"):
+        return False
+    if low in ("none", "null"):
+        return None
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_method_spec(text: str) -> tuple[str, dict[str, Any]]:
+    """"uniform:bits=4,group_size=64" -> ("uniform", {"bits": 4, "group_size": 64})."""
+    method, _, rest = text.strip().partition(":")
+    options: dict[str, Any] = {}
+    for item in filter(None, (p.strip() for p in rest.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise Big2SmallError(f"bad option {item!r} in {text!r}: expected key=value")
+        options[key.strip().replace("-", "_")] = parse_value(value.strip())
+    if not method:
+        raise Big2SmallError(f"bad method spec {text!r}")
+    return method, options
+
+
+def format_method_spec(method: str, options: dict[str, Any]) -> str:
+    if not options:
+        return method
+    return method + ":" + ",".join(f"{k}={v}" for k, v in options.items())
