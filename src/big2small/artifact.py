@@ -34,6 +34,7 @@ from big2small.compress import CompressedModel
 from big2small.errors import Big2SmallError
 from big2small.generators import Encoded, GeneratorConfig
 from big2small.layout import MatrixLayout
+from big2small.models import source_files
 from big2small.recipe import Recipe
 
 FORMAT_NAME = "big2small"
@@ -116,13 +117,12 @@ def save(cm: CompressedModel, path: str | os.PathLike, *, overwrite: bool = Fals
         source = cm.source.to_dict() if cm.source is not None else None
         files_dir = getattr(cm.source, "files_dir", None)
         if files_dir:
-            for f in sorted(Path(files_dir).rglob("*")):
-                if f.is_file():
-                    rel = f.relative_to(files_dir)
-                    dest = tmp / SOURCE_DIR / rel
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copyfile(f, dest)
-                    files[f"{SOURCE_DIR}/{rel.as_posix()}"] = {"bytes": dest.stat().st_size, "sha256": file_sha256(dest)}
+            for f in source_files(files_dir):
+                rel = f.relative_to(files_dir)
+                dest = tmp / SOURCE_DIR / rel
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(f, dest)
+                files[f"{SOURCE_DIR}/{rel.as_posix()}"] = {"bytes": dest.stat().st_size, "sha256": file_sha256(dest)}
         manifest = {
             "format": FORMAT_NAME,
             "format_version": FORMAT_VERSION,
@@ -141,6 +141,7 @@ def save(cm: CompressedModel, path: str | os.PathLike, *, overwrite: bool = Fals
         for f in (tmp / MANIFEST, tmp / TENSORS):
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
+        _publish_permissions(tmp)
         if path.exists():
             old = path.with_name(f".{path.name}.old-{os.getpid()}")
             os.replace(path, old)
@@ -153,6 +154,14 @@ def save(cm: CompressedModel, path: str | os.PathLike, *, overwrite: bool = Fals
         raise
     source_bytes = sum(v["bytes"] for v in files.values())
     return ArtifactInfo(path, (path / TENSORS).stat().st_size, (path / MANIFEST).stat().st_size, source_bytes)
+
+
+def _publish_permissions(root: Path) -> None:
+    """mkdtemp makes a private (0700) directory; give the artifact the user's usual permissions."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for p in [root, *root.rglob("*")]:
+        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~umask)
 
 
 def read_manifest(path: str | os.PathLike) -> dict[str, Any]:

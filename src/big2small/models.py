@@ -122,16 +122,16 @@ def _hf_class(architecture: str):
     return cls
 
 
-def _copy_source_files(src: Path, dest: Path) -> Path:
-    dest.mkdir(parents=True, exist_ok=True)
-    for f in src.rglob("*"):
-        if f.is_file() and f.suffix not in _WEIGHT_SUFFIXES and f.stat().st_size <= _MAX_SOURCE_FILE_BYTES:
-            if any(part.startswith(".") for part in f.relative_to(src).parts):
-                continue
-            target = dest / f.relative_to(src)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(f, target)
-    return dest
+def source_files(files_dir: Path) -> list[Path]:
+    """The config/tokenizer files of a model directory worth keeping with an artifact: no weights,
+    nothing hidden, nothing huge."""
+    files = []
+    for f in sorted(Path(files_dir).rglob("*")):
+        rel = f.relative_to(files_dir)
+        if (f.is_file() and f.suffix not in _WEIGHT_SUFFIXES and f.stat().st_size <= _MAX_SOURCE_FILE_BYTES
+                and not any(part.startswith(".") for part in rel.parts)):
+            files.append(f)
+    return files
 
 
 def _load_tokenizer(path: Path, **kwargs):

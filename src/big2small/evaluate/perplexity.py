@@ -1,0 +1,260 @@
+"""Causal-LM perplexity under an explicit, recorded protocol (METHODS section 6.3).
+
+The whole text is tokenised once (no special tokens), cut into non-overlapping windows, and the
+final partial window is dropped. The loss is the mean token NLL over every predicted position,
+computed with an fp32 log-softmax; PPL = exp(mean NLL).
+
+BOS conventions (``bos=``), with ``L = context``:
+
+- ``"token0"`` (default): ``L`` text tokens per window, with one extra token (id 0, or
+  ``bos_token_id`` if given) prepended, so the model sees ``L + 1`` positions and all ``L`` text
+  tokens are predicted. This reproduces the reference figure for SmolLM2-135M-Instruct (fp32,
+  Wikipedia extract, L = 512, first 20 windows): PPL 23.9. The alternative reading (511 text
+  tokens + id 0 in a 512-position window) gives a different number; see the tests.
+- ``"per_window"``: the tokenizer's BOS (or ``bos_token_id``) is prepended to every window, which
+  then holds ``L - 1`` text tokens (``L`` positions, ``L - 1`` predicted).
+- ``"once"``: the BOS is prepended once, to the whole token stream; windows of ``L`` positions
+  follow (the first starts with BOS; ``L - 1`` predictions per window).
+- ``"none"``: plain windows of ``L`` text tokens (``L - 1`` predictions per window).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from big2small.errors import Big2SmallError
+
+__all__ = ["BOS_MODES", "PerplexityResult", "perplexity", "window_token_ids"]
+
+BOS_MODES = ("token0", "per_window", "once", "none")
+
+
+@dataclass(frozen=True)
+class PerplexityResult:
+    """Perplexity of a causal LM on a text.
+
+    ppl: exp(mean_nll), unitless. mean_nll: mean token negative log-likelihood in nats.
+    tokens_scored: number of predicted positions averaged over. protocol: how it was measured.
+    """
+
+    ppl: float
+    mean_nll: float
+    tokens_scored: int
+    protocol: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        """One line: the figure and its protocol."""
+        p = self.protocol
+        return (
+            f"perplexity {self.ppl:.3f} (mean NLL {self.mean_nll:.4f} nats over "
+            f"{self.tokens_scored} tokens; {p.get('dataset')}, context {p.get('context')}, "
+            f"{p.get('windows_used')} windows of stride {p.get('stride')}, bos={p.get('bos')}"
+            f"{'' if p.get('bos_token_id') is None else ' id ' + str(p.get('bos_token_id'))}, "
+            f"tokenizer {p.get('tokenizer')})"
+        )
+
+
+def _tokenize(tokenizer: Any, text: str) -> Tensor:
+    # verbose=False silences the "longer than model max length" warning: the text is meant to
+    # be longer, it is windowed below.
+    enc = tokenizer(text, add_special_tokens=False, return_attention_mask=False, verbose=False)
+    return torch.as_tensor(enc["input_ids"], dtype=torch.long)
+
+
+def _resolve_bos_id(tokenizer: Any, bos: str, bos_token_id: int | None) -> int | None:
+    if bos == "none":
+        return None
+    if bos_token_id is not None:
+        return int(bos_token_id)
+    if bos == "token0":
+        return 0
+    tok_bos = getattr(tokenizer, "bos_token_id", None)
+    if tok_bos is None:
+        raise Big2SmallError(
+            f"bos={bos!r} needs a BOS token but the tokenizer has none; pass bos_token_id=..."
+        )
+    return int(tok_bos)
+
+
+def _text_per_window(context: int, bos: str) -> int:
+    # The stride through the (BOS-extended, for "once") token stream.
+    return context - 1 if bos == "per_window" else context
+
+
+def window_token_ids(
+    ids: Tensor, *, context: int, windows: int | None, bos: str, bos_id: int | None
+) -> Tensor:
+    """Cut a 1-D token stream into the model inputs for one BOS convention.
+
+    Returns an int64 tensor ``[n_windows, positions]``: ``positions = context + 1`` for
+    ``bos="token0"`` and ``context`` otherwise (see the module docstring). The final partial
+    window is dropped; ``windows`` keeps only the first ``windows`` (``None`` keeps all).
+    """
+    if bos not in BOS_MODES:
+        raise Big2SmallError(f"bos must be one of {BOS_MODES}, got {bos!r}")
+    if bos == "once":
+        ids = torch.cat([torch.tensor([bos_id], dtype=torch.long), ids])
+    text_per_window = _text_per_window(context, bos)
+    if text_per_window < 1 or (bos in ("once", "none") and context < 2):
+        raise Big2SmallError(f"context {context} is too short for bos={bos!r}")
+    n_full = ids.numel() // text_per_window
+    n = n_full if windows is None else min(windows, n_full)
+    if n < 1:
+        raise Big2SmallError(
+            f"the text has {ids.numel()} tokens: not one full window of {text_per_window}"
+        )
+    if windows is not None and windows > n_full:
+        raise Big2SmallError(
+            f"asked for {windows} windows of {text_per_window} tokens but the text "
+            f"({ids.numel()} tokens) holds only {n_full}"
+        )
+    body = ids[: n * text_per_window].view(n, text_per_window)
+    if bos in ("token0", "per_window"):
+        body = torch.cat([torch.full((n, 1), bos_id, dtype=torch.long), body], dim=1)
+    return body
+
+
+def _logits(output: Any) -> Tensor:
+    if isinstance(output, Tensor):
+        return output
+    if hasattr(output, "logits"):
+        return output.logits
+    return output[0]
+
+
+def _tokenizer_name(tokenizer: Any) -> str:
+    name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+    size = getattr(tokenizer, "vocab_size", None)
+    return f"{name} (vocab {size})" if size is not None else str(name)
+
+
+def perplexity(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    text: str,
+    *,
+    context: int = 512,
+    windows: int | None = 20,
+    bos: str = "token0",
+    bos_token_id: int | None = None,
+    batch_size: int = 4,
+    progress: bool = True,
+    dataset: str = "text",
+) -> PerplexityResult:
+    """Perplexity of a causal LM on ``text`` over non-overlapping windows.
+
+    Args:
+        model: a causal LM called as ``model(input_ids=ids)`` returning logits ``[B, T, V]``
+            (a tensor, a tuple, or an object with ``.logits``). It is run in eval mode under
+            ``torch.inference_mode`` on its own device; its training flag is restored.
+        tokenizer: a Hugging Face-style tokenizer; the text is tokenised once, without special
+            tokens.
+        text: the evaluation text (e.g. :func:`big2small.evaluate.data.wiki_text`).
+        context: window length L in tokens (see the module docstring for what a window holds
+            under each ``bos`` mode).
+        windows: use the first ``windows`` full windows; ``None`` uses all of them.
+        bos: ``"token0"``, ``"per_window"``, ``"once"`` or ``"none"`` (module docstring).
+        bos_token_id: the id to prepend; default 0 for ``"token0"``, else the tokenizer's BOS.
+        batch_size: windows per forward pass (memory: ``batch_size * (L+1) * V`` fp32 logits).
+        progress: show a ``rich`` progress bar with ETA on stderr.
+        dataset: a label for the text, stored in the protocol.
+
+    Returns:
+        :class:`PerplexityResult` with ppl (unitless), mean_nll (nats/token), tokens_scored.
+    """
+    bos_id = _resolve_bos_id(tokenizer, bos, bos_token_id)
+    ids = _tokenize(tokenizer, text)
+    inputs = window_token_ids(ids, context=context, windows=windows, bos=bos, bos_id=bos_id)
+    n_windows, positions = inputs.shape
+    device = next(model.parameters()).device
+
+    total_nll = torch.zeros((), dtype=torch.float64)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode(), _progress_bar(progress, n_windows) as advance:
+            for start in range(0, n_windows, batch_size):
+                batch = inputs[start : start + batch_size].to(device)
+                logits = _logits(model(input_ids=batch))[:, :-1].float()
+                targets = batch[:, 1:]
+                nll = F.cross_entropy(
+                    logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum"
+                )
+                total_nll += nll.double().cpu()
+                advance(batch.shape[0])
+    finally:
+        model.train(was_training)
+
+    tokens_scored = n_windows * (positions - 1)
+    mean_nll = float(total_nll) / tokens_scored
+    protocol = {
+        "metric": "perplexity",
+        "dataset": dataset,
+        "text_chars": len(text),
+        "text_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()[:16],
+        "text_tokens": int(ids.numel()),
+        "tokenizer": _tokenizer_name(tokenizer),
+        "add_special_tokens": False,
+        "context": context,
+        "stride": _text_per_window(context, bos),
+        "positions_per_window": positions,
+        "text_tokens_per_window": _text_per_window(context, bos),
+        "windows": "all" if windows is None else windows,
+        "windows_used": n_windows,
+        "partial_window": "dropped",
+        "bos": bos,
+        "bos_token_id": bos_id,
+        "loss": "mean token NLL over every predicted position, fp32 log-softmax",
+        "model_dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+    }
+    return PerplexityResult(
+        ppl=math.exp(mean_nll), mean_nll=mean_nll, tokens_scored=tokens_scored, protocol=protocol
+    )
+
+
+class _progress_bar:
+    """A context manager yielding ``advance(k)``; a rich bar with ETA, or a no-op."""
+
+    def __init__(self, enabled: bool, total: int) -> None:
+        self.enabled = enabled
+        self.total = total
+        self._progress = None
+
+    def __enter__(self):
+        if not self.enabled:
+            return lambda k: None
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self._progress = Progress(
+            TextColumn("perplexity"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("windows"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            transient=True,
+        )
+        self._progress.start()
+        task = self._progress.add_task("perplexity", total=self.total)
+        return lambda k: self._progress.advance(task, k)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
