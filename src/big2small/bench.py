@@ -113,14 +113,18 @@ def _measure(loaded, spec: str, settings: EvalSettings, reference) -> tuple[Benc
     configs = sorted({json.dumps({k: v for k, v in e.config.to_dict().items() if k != "method"}) for e in cm.plan if e.budgeted})
     note = ("sized: " + "; ".join(configs)) if len(configs) == 1 else (f"sized per tensor ({len(configs)} settings)" if configs else "")
     row = BenchRow(method, spec, size.bpw_all, size.bpw_scope, {m.metric: m.value for m in metrics},
-                   err.total_sqnr_db, seconds, note)
+                   err.total.sqnr_db, seconds, note)
     del model
     return row, metrics
 
 
-def run_bench(model_spec: str, configs: list[str], *, matched: bool = True, settings: EvalSettings | None = None,
-              out_dir: Path | None = None, command: str = "") -> BenchResult:
-    """Run every config on `model_spec` and the matched-size baselines; write table, JSON and plot."""
+def run_bench(model_spec: str, configs: list[str], *, matched: bool = True, match_only: list[str] | None = None,
+              settings: EvalSettings | None = None, out_dir: Path | None = None, command: str = "") -> BenchResult:
+    """Run every config on `model_spec` and the matched-size baselines; write table, JSON and plot.
+
+    matched: run lowrank and prune sized to each uniform row's bits per weight (or, with
+    `match_only`, to those rows' only).
+    """
     import big2small as b2s
     from big2small.progress import progress_bar
 
@@ -135,12 +139,13 @@ def run_bench(model_spec: str, configs: list[str], *, matched: bool = True, sett
     rows = [BenchRow("fp32", "original", 32.0, 32.0, {m.metric: m.value for m in base_metrics}, None, None, "reference")]
     quiet = EvalSettings(**{**asdict(settings), "progress": False})
     todo = list(configs)
-    with progress_bar(f"bench {model_spec}", total=len(todo) * (3 if matched else 1)) as advance:
+    to_match = [s for s in todo if s.startswith("uniform") and (match_only is None or s in match_only)] if matched else []
+    with progress_bar(f"bench {model_spec}", total=len(todo) + 2 * len(to_match)) as advance:
         for spec in todo:
             row, _ = _measure(loaded, spec, quiet, reference)
             rows.append(row)
             advance(1)
-            if matched and row.method == "uniform":
+            if spec in to_match:
                 for other in ("lowrank", "prune"):
                     try:
                         r, _ = _measure(loaded, f"{other}:bpw={row.bpw_all:.6f}", quiet, reference)

@@ -128,7 +128,7 @@ def compress(
     else:
         overrides = []
         for item in override:
-            pattern, eq, spec = item.rpartition("=")
+            pattern, eq, spec = item.partition("=")
             if not eq or not pattern:
                 raise Big2SmallError(f"bad --override {item!r}: expected PATTERN=METHOD:k=v or PATTERN=keep")
             if spec == "keep":
@@ -232,11 +232,10 @@ def verify(
     for col in ("tensor", "numel", "relative error", "SQNR dB"):
         t.add_column(col)
     for row in report.table():
-        t.add_row(*[str(x) for x in row])
+        t.add_row(row["name"], f"{row['numel']:,}", f"{row['rel_error']:.4g}", f"{row['sqnr_db']:.2f}")
     out.print(t)
-    out.print(f"total: relative error {report.total_relative_error:.4g}, SQNR {report.total_sqnr_db:.2f} dB over {len(compressed_names)} compressed tensors")
-    _emit_json({"artifact": str(artifact), "model": spec, "total_relative_error": report.total_relative_error,
-                "total_sqnr_db": report.total_sqnr_db}, json_out)
+    out.print(report.describe())
+    _emit_json({"artifact": str(artifact), "model": spec, "weight_error": report.table()}, json_out)
 
 
 def _load_for_eval(target: str):

@@ -178,13 +178,31 @@ def _gguf(path: Path, name: str) -> LoadedModel:
         except (OSError, ValueError, KeyError) as exc:
             raise Big2SmallError(f"{path}: transformers cannot read this GGUF file ({str(exc).splitlines()[0]})") from None
         tmp = cached.with_name(cached.name + f".tmp-{os.getpid()}")
-        model.save_pretrained(str(tmp))
+        _save_dense_hf(model, tmp)
         tok.save_pretrained(str(tmp))
         if cached.exists():
             shutil.rmtree(cached)
         os.replace(tmp, cached)
     loaded = _hf_dir(cached, name=name)
     return loaded
+
+
+def _save_dense_hf(model: nn.Module, path: Path) -> None:
+    """save_pretrained refuses GGUF-loaded models, though their weights are plain fp32 tensors now:
+    write the config (without the GGUF quantisation record) and the weights (tied ones once)."""
+    from safetensors.torch import save_file
+
+    path.mkdir(parents=True, exist_ok=True)
+    config = model.config.to_dict()
+    config.pop("quantization_config", None)
+    config["architectures"] = [type(model).__name__]
+    (path / "config.json").write_text(json.dumps(config, indent=2))
+    seen, state = set(), {}
+    for name, t in model.state_dict().items():
+        if t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            state[name] = t.contiguous()
+    save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
 
 
 def _smollm2() -> LoadedModel:
@@ -250,7 +268,7 @@ def build_skeleton(source: ModelSource) -> nn.Module:
         from transformers import AutoConfig
 
         config = AutoConfig.from_pretrained(str(source.files_dir))
-        return _hf_class(source.architecture).from_config(config, dtype=torch.float32).eval()
+        return _hf_class(source.architecture)(config).float().eval()
     if source.kind == "module" and source.factory:
         module_name, _, fn = source.factory.partition(":")
         if not module_name.startswith("big2small."):

@@ -200,7 +200,7 @@ def _photos() -> tuple[tuple[str, ...], tuple[Tensor, ...]]:
     names = tuple(name for name, _ in items)
     # uint8 HWC -> float CHW in [-1, 1], the range EfficientNet-Lite expects.
     tensors = tuple(
-        torch.from_numpy(np.ascontiguousarray(img[..., :3])).permute(2, 0, 1).float() / 127.5 - 1.0
+        torch.from_numpy(np.array(img[..., :3], dtype=np.uint8)).permute(2, 0, 1).float() / 127.5 - 1.0
         for _, img in items
     )
     return names, tensors

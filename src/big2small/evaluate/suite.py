@@ -73,7 +73,7 @@ def evaluate(model: nn.Module, task: str, tokenizer: Any = None, *, reference: d
         if tokenizer is None:
             raise Big2SmallError("perplexity needs the model's tokenizer, and none was found")
         r = perplexity(model, tokenizer, data.wiki_text(), context=settings.context, windows=settings.windows,
-                       bos=settings.bos, progress=settings.progress)
+                       bos=settings.bos, progress=settings.progress, dataset="Wikipedia extract (gensim test data)")
         rows.append(MetricRow("perplexity", r.ppl, False, r.protocol, r.describe()))
     elif task == "encoder":
         from big2small.evaluate.embeddings import embedding_fidelity, lee50_pearson, sentence_embeddings

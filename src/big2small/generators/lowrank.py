@@ -39,7 +39,8 @@ class LowRankConfig(GeneratorConfig):
         given = [n for n in ("rank", "energy", "bits_per_weight") if getattr(self, n) is not None]
         if len(given) > 1:
             raise Big2SmallError(f"lowrank: set only one of rank, energy, bits_per_weight; got {given}")
-        if self.rank is not None and (isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1):
+        r = self.rank
+        if r is not None and (isinstance(r, bool) or not isinstance(r, int) or r < 1):
             raise Big2SmallError(f"lowrank: rank must be an integer >= 1, got {self.rank!r}")
         if self.energy is not None and not (isinstance(self.energy, (int, float)) and 0 < self.energy <= 1):
             raise Big2SmallError(f"lowrank: energy must be in (0, 1], got {self.energy!r}")
@@ -56,9 +57,12 @@ class LowRankConfig(GeneratorConfig):
 
 
 def _budget_rank(bits_per_weight: float, layout: MatrixLayout) -> int:
-    """The largest r with 16 r (O + J) + header <= bits_per_weight * N (may be < 1)."""
+    """The largest r with 16 r (O + J) + header <= bits_per_weight * N (may be < 1), or full rank
+    (stored dense) when the dense fp16 matrix fits, as it is then the better choice."""
     rows, cols = layout.rows, layout.cols
     budget = bits_per_weight * layout.numel
+    if 16 * layout.numel + HEADER_BITS <= budget:
+        return min(rows, cols)
     r = math.floor((budget - HEADER_BITS) / (16 * (rows + cols)))
     while r >= 1 and 16 * r * (rows + cols) + HEADER_BITS > budget:  # guard against float rounding
         r -= 1
@@ -142,7 +146,7 @@ class LowRankGenerator(Generator):
     def for_budget(cls, bits_per_weight: float, layout: MatrixLayout, fixed: dict[str, Any]) -> LowRankConfig:
         budget = bits_per_weight * layout.numel
         if fixed.get("energy") is not None:
-            raise Big2SmallError("lowrank: energy picks the rank from the data; it cannot be combined with a size target")
+            raise Big2SmallError("lowrank: energy picks the rank from the data; it cannot meet a size target")
         if fixed.get("rank") is not None:
             cfg = LowRankConfig(rank=fixed["rank"])
             cfg.validate()

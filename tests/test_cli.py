@@ -1,0 +1,119 @@
+"""The CLI as a user runs it: a real subprocess, its output and exit status."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+
+def run(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "big2small.cli", *map(str, args)], capture_output=True, text=True, cwd=cwd)
+
+
+@pytest.fixture
+def state_file(tmp_path):
+    torch.manual_seed(0)
+    path = tmp_path / "weights.safetensors"
+    save_file({"encoder.weight": torch.randn(256, 128), "encoder.bias": torch.randn(256), "head.weight": torch.randn(10, 256)}, str(path))
+    return path
+
+
+def assert_one_line_error(result, needle):
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.strip().splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and needle in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_compress_inspect_verify_decompress(state_file, tmp_path):
+    art = tmp_path / "w.b2s"
+    r = run("compress", state_file, "--bits", "4", "--group-size", "64", "-o", art, "--json", tmp_path / "size.json")
+    assert r.returncode == 0, r.stderr
+    size = json.loads((tmp_path / "size.json").read_text())["size"]
+    assert 4 < size["bpw_scope"] < 4.6
+
+    r = run("inspect", art, "--json", "-")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout[r.stdout.index("{"):])
+    assert report["tensors"]["encoder.weight"]["method"] == "uniform"
+
+    r = run("verify", art)
+    assert r.returncode == 0, r.stderr
+    assert "integrity: ok" in r.stdout and "SQNR" in r.stdout
+
+    r = run("decompress", art, tmp_path / "dense.safetensors")
+    assert r.returncode == 0 and (tmp_path / "dense.safetensors").is_file()
+
+
+def test_dry_run_lists_every_tensor_and_writes_nothing(state_file, tmp_path):
+    r = run("compress", state_file, "--dry-run")
+    assert r.returncode == 0, r.stderr
+    for name in ("encoder.weight", "encoder.bias", "head.weight"):
+        assert name in r.stdout
+    assert list(tmp_path.glob("*.b2s")) == []
+
+
+def test_bpw_target_met(state_file, tmp_path):
+    r = run("compress", state_file, "--bpw", "3.2", "-o", tmp_path / "a.b2s", "--json", "-")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout[r.stdout.index("{"):])["size"]["bpw_all"] <= 3.2
+
+
+def test_override_by_regex(state_file, tmp_path):
+    r = run("compress", state_file, "--override", "encoder.*=lowrank:rank=8", "-o", tmp_path / "a.b2s", "--json", "-")
+    assert r.returncode == 0, r.stderr
+    r = run("inspect", tmp_path / "a.b2s", "--json", "-")
+    assert json.loads(r.stdout[r.stdout.index("{"):])["tensors"]["encoder.weight"]["method"] == "lowrank"
+
+
+def test_missing_model_file(tmp_path):
+    assert_one_line_error(run("compress", tmp_path / "nope.safetensors", "-o", tmp_path / "a.b2s"), "no such file")
+
+
+def test_impossible_target(state_file, tmp_path):
+    assert_one_line_error(run("compress", state_file, "--bpw", "0.3", "-o", tmp_path / "a.b2s"), "impossible")
+    assert not (tmp_path / "a.b2s").exists()
+
+
+def test_nan_weights(tmp_path):
+    path = tmp_path / "nan.safetensors"
+    w = torch.randn(128, 128)
+    w[3, 3] = float("nan")
+    save_file({"l.weight": w}, str(path))
+    assert_one_line_error(run("compress", path, "-o", tmp_path / "a.b2s"), "NaN")
+    assert not (tmp_path / "a.b2s").exists()
+
+
+def test_output_exists(state_file, tmp_path):
+    (tmp_path / "a.b2s").mkdir()
+    assert_one_line_error(run("compress", state_file, "-o", tmp_path / "a.b2s"), "exists")
+
+
+def test_corrupt_artifact(state_file, tmp_path):
+    art = tmp_path / "a.b2s"
+    assert run("compress", state_file, "-o", art).returncode == 0
+    data = bytearray((art / "tensors.safetensors").read_bytes())
+    data[-3] ^= 0x55
+    (art / "tensors.safetensors").write_bytes(bytes(data))
+    for cmd in ("inspect", "verify"):
+        assert_one_line_error(run(cmd, art), "corrupt artifact")
+
+
+def test_unknown_method_and_bad_override(state_file, tmp_path):
+    assert_one_line_error(run("compress", state_file, "--method", "zip", "-o", tmp_path / "a.b2s"), "unknown method")
+    assert_one_line_error(run("compress", state_file, "--override", "nonsense", "-o", tmp_path / "a.b2s"), "bad --override")
+
+
+def test_verify_against_wrong_model(state_file, tmp_path):
+    art = tmp_path / "a.b2s"
+    assert run("compress", state_file, "-o", art).returncode == 0
+    other = tmp_path / "other.safetensors"
+    save_file({"x.weight": torch.randn(4, 4)}, str(other))
+    assert_one_line_error(run("verify", art, "--model", other), "does not match")
+
+
+def test_eval_of_bare_state_dict_is_refused(state_file):
+    assert_one_line_error(run("eval", state_file), "bare state_dict")

@@ -1,0 +1,100 @@
+import pytest
+import torch
+
+import big2small as b2s
+from big2small.errors import Big2SmallError
+
+
+def test_compressed_model_runs_close_to_original(small_net):
+    cm = b2s.compress(small_net, "uniform", bits=8, group_size=64, progress=False)
+    x = torch.randn(2, 3, 8, 8)
+    restored = cm.apply_to(type(small_net)().eval())
+    with torch.no_grad():
+        ref, out = small_net(x), restored(x)
+    assert torch.allclose(ref, out, atol=0.05 * ref.abs().max().item())
+
+
+def test_size_report_counts_every_stored_bit(small_net):
+    cm = b2s.compress(small_net, "uniform", bits=4, group_size=64, progress=False)
+    size = cm.size()
+    assert size.bits_total == sum(e.total_bits for e in cm.tensors.values())
+    assert size.n_parameters == sum(p.numel() for p in small_net.parameters())
+    assert size.bits_raw > 0 and size.bits_compressed > 0
+    assert size.ratio_vs_fp32 == pytest.approx(2 * size.ratio_vs_fp16)
+
+
+@pytest.mark.parametrize("method", ["uniform", "lowrank", "prune"])
+@pytest.mark.parametrize("target", [4.0, 6.0])
+def test_bpw_target_is_met(small_net, method, target):
+    cm = b2s.compress(small_net, method, bpw=target, progress=False)
+    assert cm.size().bpw_all <= target
+    assert any(e.budgeted for e in cm.plan)
+
+
+def test_bpw_target_uses_most_of_the_budget(small_net):
+    cm = b2s.compress(small_net, "prune", bpw=6.0, progress=False)
+    assert cm.size().bpw_all > 5.8
+
+
+def test_bpw_target_keeps_pinned_options(small_net):
+    cm = b2s.compress(small_net, "uniform", bpw=6.0, group_size=32, progress=False)
+    configs = [e.config for e in cm.plan if e.compressed]
+    assert configs and all(c.group_size == 32 for c in configs)
+
+
+def test_impossible_target_is_refused_with_reason(small_net):
+    with pytest.raises(Big2SmallError, match="impossible"):
+        b2s.compress(small_net, "uniform", bpw=0.5, progress=False)
+
+
+def test_nan_weights_refused_naming_the_tensor(small_net):
+    with torch.no_grad():
+        small_net.fc.weight[0, 0] = float("nan")
+    with pytest.raises(Big2SmallError, match="fc.weight.*NaN"):
+        b2s.compress(small_net, "uniform", progress=False)
+
+
+def test_unknown_method_is_a_user_error(small_net):
+    with pytest.raises(Big2SmallError, match="unknown method"):
+        b2s.compress(small_net, "zip", progress=False)
+
+
+def test_unknown_option_is_a_user_error(small_net):
+    with pytest.raises(Big2SmallError, match="unknown option"):
+        b2s.compress(small_net, "uniform", bitz=3, progress=False)
+
+
+def test_state_dict_compresses_without_a_model():
+    torch.manual_seed(0)
+    state = {"layer.weight": torch.randn(128, 256), "layer.bias": torch.randn(128)}
+    cm = b2s.compress(state, "uniform", bits=8, progress=False)
+    assert cm.tensors["layer.weight"].method == "uniform"
+    assert torch.allclose(cm.state_dict()["layer.weight"], state["layer.weight"], atol=0.02)
+
+
+def test_tied_weights_are_stored_once_and_retied():
+    net = torch.nn.Module()
+    net.a = torch.nn.Linear(128, 64)
+    net.b = torch.nn.Linear(128, 64)
+    net.b.weight = net.a.weight
+    cm = b2s.compress(net, "uniform", progress=False)
+    assert "b.weight" not in cm.tensors and cm.aliases == {"b.weight": "a.weight"}
+    state = cm.state_dict()
+    assert state["b.weight"] is state["a.weight"]
+
+
+def test_hf_conv1d_is_compressed_in_its_transposed_layout():
+    from transformers.pytorch_utils import Conv1D
+
+    torch.manual_seed(0)
+    layer = Conv1D(192, 64)  # weight [in=64, out=192]
+    cm = b2s.compress(layer, "uniform", bits=8, group_size=64, progress=False)
+    enc = cm.tensors["weight"]
+    assert enc.layout.transposed and enc.layout.rows == 192
+    assert torch.allclose(cm.state_dict()["weight"], layer.weight, atol=0.01)
+
+
+def test_apply_to_a_different_model_is_refused(small_net):
+    cm = b2s.compress(small_net, "uniform", progress=False)
+    with pytest.raises(Big2SmallError, match="does not match"):
+        cm.apply_to(torch.nn.Linear(3, 3))

@@ -1,0 +1,81 @@
+import pytest
+import torch
+
+from big2small.errors import Big2SmallError
+from big2small.generators import LowRankConfig, RawConfig, UniformConfig
+from big2small.recipe import Override, Recipe, describe_module_tensors, describe_state_dict, plan
+
+
+def _by_name(entries):
+    return {e.name: e for e in entries}
+
+
+def test_default_scope_compresses_large_conv_and_linear_only(small_net):
+    entries = _by_name(plan(describe_module_tensors(small_net), Recipe(default=UniformConfig())))
+    assert entries["fc.weight"].compressed  # 80 x 384
+    assert entries["conv1d.weight"].compressed  # 96 x 64 x 5
+    assert not entries["conv.weight"].compressed  # 1728 < 4096
+    assert "small" in entries["conv.weight"].reason
+    assert not entries["embed.weight"].compressed
+    assert "include_embeddings" in entries["embed.weight"].reason
+    assert entries["bn.running_var"].reason == "buffer"
+
+
+def test_every_state_dict_tensor_is_planned(small_net):
+    entries = plan(describe_module_tensors(small_net), Recipe(default=UniformConfig()))
+    assert {e.name for e in entries} == set(small_net.state_dict())
+
+
+def test_override_by_regex_wins_and_can_bring_small_tensors_in(small_net):
+    recipe = Recipe(default=UniformConfig(), overrides=[Override(r"conv\..*", LowRankConfig(rank=2)), Override("fc", None)])
+    entries = _by_name(plan(describe_module_tensors(small_net), recipe))
+    assert isinstance(entries["conv.weight"].config, LowRankConfig)
+    assert isinstance(entries["fc.weight"].config, RawConfig)
+    assert "override" in entries["fc.weight"].reason
+
+
+def test_include_embeddings(small_net):
+    entries = _by_name(plan(describe_module_tensors(small_net), Recipe(default=UniformConfig(), include_embeddings=True)))
+    assert entries["embed.weight"].compressed
+
+
+def test_tied_tensors_are_planned_once_with_aliases():
+    net = torch.nn.Module()
+    net.a = torch.nn.Linear(128, 64)
+    net.b = torch.nn.Linear(128, 64)
+    net.b.weight = net.a.weight
+    infos = describe_module_tensors(net)
+    weights = [i for i in infos if i.name.endswith("weight")]
+    assert len(weights) == 1 and weights[0].aliases == ["b.weight"]
+
+
+def test_unsupported_layer_is_reported_not_silently_skipped():
+    class Odd(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.randn(128, 128))
+
+    net = torch.nn.Module()
+    net.odd = Odd()
+    entries = plan(describe_module_tensors(net), Recipe(default=UniformConfig()))
+    assert "unsupported layer type Odd" in entries[0].reason
+
+
+def test_state_dict_kinds_inferred_from_rank_and_name():
+    kinds = {i.name: i.kind for i in describe_state_dict(
+        {"tok_embeddings.weight": torch.zeros(10, 4), "l.weight": torch.zeros(4, 4), "c.weight": torch.zeros(2, 2, 3, 3), "n.weight": torch.zeros(4)}
+    )}
+    assert kinds == {"tok_embeddings.weight": "embedding", "l.weight": "linear", "c.weight": "conv", "n.weight": "other"}
+
+
+def test_recipe_round_trips_through_json():
+    import json
+
+    recipe = Recipe(default=UniformConfig(bits=3, group_size=64), overrides=[Override("x.*", None), Override("y", LowRankConfig(rank=4))],
+                    target_bpw=3.5, budget_fixed={"group_size": 64})
+    assert Recipe.from_dict(json.loads(json.dumps(recipe.to_dict()))) == recipe
+
+
+def test_bad_regex_is_a_user_error(small_net):
+    with pytest.raises(Big2SmallError, match="bad override pattern"):
+        plan(describe_module_tensors(small_net), Recipe(default=UniformConfig(), overrides=[Override("(", None)]))
