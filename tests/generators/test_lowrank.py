@@ -10,29 +10,13 @@ from big2small.errors import Big2SmallError
 from big2small.generators import HEADER_BITS, GeneratorConfig, LowRankConfig, decode, generator_for
 from big2small.generators.lowrank import LowRankGenerator
 from big2small.layout import MatrixLayout
-
-
-def _randn(*shape, seed=0, dtype=torch.float32):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(*shape, generator=g).to(dtype)
+from codec_checks import randn, round_trip, assert_bits_match_bytes
 
 
 def _with_singular_values(rows, cols, s, seed=0):
-    u, _ = torch.linalg.qr(_randn(rows, len(s), seed=seed))
-    v, _ = torch.linalg.qr(_randn(cols, len(s), seed=seed + 1))
+    u, _ = torch.linalg.qr(randn(rows, len(s), seed=seed))
+    v, _ = torch.linalg.qr(randn(cols, len(s), seed=seed + 1))
     return u @ torch.diag(torch.tensor(s)) @ v.t()
-
-
-def _round_trip(w, cfg, layout=None):
-    enc = generator_for(cfg).encode(w, layout)
-    return enc, decode(enc)
-
-
-def _assert_bits_match_bytes(enc):
-    stored = enc.total_bits - enc.bits.get("header", 0)
-    payload = 8 * enc.payload_bytes
-    assert stored <= payload
-    assert payload - stored < 8 * len(enc.tensors)
 
 
 SHAPES = [(7, 5), (1, 1), (3, 1000), (33, 3, 3, 3), (64, 48)]
@@ -41,29 +25,29 @@ CONFIGS = [LowRankConfig(rank=1), LowRankConfig(rank=2), LowRankConfig(rank=100)
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_round_trip_keeps_shape_and_dtype(dtype):
-    w = _randn(33, 3, 3, 3, dtype=dtype)
-    _, out = _round_trip(w, LowRankConfig(rank=4))
+    w = randn(33, 3, 3, 3, dtype=dtype)
+    _, out = round_trip(w, LowRankConfig(rank=4))
     assert out.shape == w.shape and out.dtype == dtype
 
 
 def test_true_rank_is_reproduced_up_to_fp16():
-    w = _randn(40, 3, seed=1) @ _randn(3, 30, seed=2)
-    enc, out = _round_trip(w, LowRankConfig(rank=3))
+    w = randn(40, 3, seed=1) @ randn(3, 30, seed=2)
+    enc, out = round_trip(w, LowRankConfig(rank=3))
     assert enc.meta == {"rank": 3, "dense": 0}
     assert set(enc.tensors) == {"L", "R"}
     assert (out - w).norm() / w.norm() < 2e-3
 
 
 def test_truncation_error_is_the_eckart_young_optimum():
-    w = _randn(50, 40, seed=3)
+    w = randn(50, 40, seed=3)
     s = torch.linalg.svdvals(w)
-    _, out = _round_trip(w, LowRankConfig(rank=5))
+    _, out = round_trip(w, LowRankConfig(rank=5))
     assert (out - w).norm().item() == pytest.approx(s[5:].norm().item(), rel=1e-3)
 
 
 def test_factors_are_fp16_and_balanced():
     w = _with_singular_values(30, 20, [100.0, 1.0])
-    enc, _ = _round_trip(w, LowRankConfig(rank=2))
+    enc, _ = round_trip(w, LowRankConfig(rank=2))
     left, right = enc.tensors["L"], enc.tensors["R"]
     assert left.dtype == right.dtype == torch.float16
     assert left.shape == (30, 2) and right.shape == (2, 20)
@@ -76,24 +60,24 @@ def test_factors_are_fp16_and_balanced():
 def test_rank_chosen_by_energy(energy, rank):
     # squared singular values 100, 25, 1, 0.25: shares 0.792, 0.990, 0.998, 1
     w = _with_singular_values(40, 36, [10.0, 5.0, 1.0, 0.5], seed=4)
-    enc, _ = _round_trip(w, LowRankConfig(energy=energy))
+    enc, _ = round_trip(w, LowRankConfig(energy=energy))
     assert enc.meta["rank"] == rank and enc.meta["dense"] == 0
 
 
 def test_full_energy_of_a_full_rank_matrix_is_dense():
-    enc, out = _round_trip(_randn(12, 10, seed=15), LowRankConfig(energy=1.0))
+    enc, out = round_trip(randn(12, 10, seed=15), LowRankConfig(energy=1.0))
     assert enc.meta == {"rank": 10, "dense": 1}
 
 
 def test_default_is_energy_point_nine():
     w = _with_singular_values(40, 36, [10.0, 5.0, 1.0, 0.5], seed=4)
-    enc, _ = _round_trip(w, LowRankConfig())
+    enc, _ = round_trip(w, LowRankConfig())
     assert enc.meta["rank"] == 2
 
 
 def test_encoded_bits_for_energy_rank():
     w = _with_singular_values(40, 36, [10.0, 5.0, 1.0, 0.5], seed=4)
-    enc, _ = _round_trip(w, LowRankConfig(energy=0.9))
+    enc, _ = round_trip(w, LowRankConfig(energy=0.9))
     assert enc.total_bits == 16 * 2 * (40 + 36) + HEADER_BITS
     assert enc.total_bits == LowRankGenerator.bits_for(LowRankConfig(rank=enc.meta["rank"]), MatrixLayout((40, 36)))
 
@@ -108,20 +92,20 @@ def test_bits_for_refuses_energy_rank():
 @pytest.mark.parametrize("bpw", [0.5, 1.0, 3.3, 7.9])
 def test_rank_chosen_by_budget(bpw):
     rows, cols = 96, 160
-    enc, _ = _round_trip(_randn(rows, cols, seed=5), LowRankConfig(bits_per_weight=bpw))
+    enc, _ = round_trip(randn(rows, cols, seed=5), LowRankConfig(bits_per_weight=bpw))
     expected = math.floor((bpw * rows * cols - HEADER_BITS) / (16 * (rows + cols)))
     assert enc.meta["rank"] == expected
     assert enc.total_bits <= bpw * rows * cols < enc.total_bits + 16 * (rows + cols)
 
 
 def test_budget_too_small_still_gives_rank_one():
-    enc, _ = _round_trip(_randn(64, 64, seed=6), LowRankConfig(bits_per_weight=0.01))
+    enc, _ = round_trip(randn(64, 64, seed=6), LowRankConfig(bits_per_weight=0.01))
     assert enc.meta["rank"] == 1
 
 
 def test_dense_fallback_when_factoring_saves_nothing():
-    w = _randn(8, 8, seed=7)  # r (O + J) >= O J from r = 4
-    enc, out = _round_trip(w, LowRankConfig(rank=4))
+    w = randn(8, 8, seed=7)  # r (O + J) >= O J from r = 4
+    enc, out = round_trip(w, LowRankConfig(rank=4))
     assert enc.meta == {"rank": 4, "dense": 1}
     assert set(enc.tensors) == {"dense"} and enc.tensors["dense"].dtype == torch.float16
     assert enc.bits == {"dense": 16 * 64, "header": HEADER_BITS}
@@ -129,66 +113,66 @@ def test_dense_fallback_when_factoring_saves_nothing():
 
 
 def test_rank_just_below_break_even_is_factored():
-    enc, _ = _round_trip(_randn(8, 8, seed=7), LowRankConfig(rank=3))
+    enc, _ = round_trip(randn(8, 8, seed=7), LowRankConfig(rank=3))
     assert enc.meta == {"rank": 3, "dense": 0}
 
 
 def test_rank_above_full_is_capped_and_dense():
-    enc, out = _round_trip(_randn(7, 5, seed=8), LowRankConfig(rank=50))
+    enc, out = round_trip(randn(7, 5, seed=8), LowRankConfig(rank=50))
     assert enc.meta == {"rank": 5, "dense": 1}
     assert enc.total_bits == 16 * 35 + HEADER_BITS
 
 
 def test_large_budget_stores_dense():
-    enc, _ = _round_trip(_randn(20, 30, seed=9), LowRankConfig(bits_per_weight=17.0))
+    enc, _ = round_trip(randn(20, 30, seed=9), LowRankConfig(bits_per_weight=17.0))
     assert enc.meta["dense"] == 1
 
 
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("cfg", CONFIGS, ids=str)
 def test_bits_match_payload_bytes(shape, cfg):
-    enc, _ = _round_trip(_randn(*shape), cfg)
-    _assert_bits_match_bytes(enc)
+    enc, _ = round_trip(randn(*shape), cfg)
+    assert_bits_match_bytes(enc)
 
 
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("cfg", CONFIGS, ids=str)
 def test_bits_for_equals_encoded_bits(shape, cfg):
-    enc, _ = _round_trip(_randn(*shape), cfg)
+    enc, _ = round_trip(randn(*shape), cfg)
     assert LowRankGenerator.bits_for(cfg, MatrixLayout(shape)) == enc.total_bits
 
 
 def test_transposed_layout_matches_the_transposed_matrix():
-    w = _randn(48, 20, seed=10)  # HF Conv1D [in, out]
-    enc, out = _round_trip(w, LowRankConfig(rank=3), MatrixLayout((48, 20), transposed=True))
-    _, ref = _round_trip(w.t().contiguous(), LowRankConfig(rank=3))
+    w = randn(48, 20, seed=10)  # HF Conv1D [in, out]
+    enc, out = round_trip(w, LowRankConfig(rank=3), MatrixLayout((48, 20), transposed=True))
+    _, ref = round_trip(w.t().contiguous(), LowRankConfig(rank=3))
     assert enc.tensors["L"].shape == (20, 3)  # rows are output channels
     assert out.shape == w.shape
     torch.testing.assert_close(out, ref.t())
 
 
 def test_conv_round_trip_at_true_rank():
-    w = (_randn(33, 2, seed=11) @ _randn(2, 27, seed=12)).reshape(33, 3, 3, 3)
-    _, out = _round_trip(w, LowRankConfig(rank=2))
+    w = (randn(33, 2, seed=11) @ randn(2, 27, seed=12)).reshape(33, 3, 3, 3)
+    _, out = round_trip(w, LowRankConfig(rank=2))
     assert (out - w).norm() / w.norm() < 2e-3
 
 
 def test_all_zero_tensor_is_exact():
     w = torch.zeros(12, 30)
-    enc, out = _round_trip(w, LowRankConfig(energy=0.9))
+    enc, out = round_trip(w, LowRankConfig(energy=0.9))
     assert enc.meta["rank"] == 1
     assert torch.equal(out, w)
 
 
 def test_constant_tensor_is_rank_one():
     w = torch.full((12, 30), 0.25)
-    enc, out = _round_trip(w, LowRankConfig())
+    enc, out = round_trip(w, LowRankConfig())
     assert enc.meta["rank"] == 1
     torch.testing.assert_close(out, w, rtol=2e-3, atol=0)
 
 
 def test_one_by_one_tensor_is_dense():
-    enc, out = _round_trip(torch.tensor([[3.5]]), LowRankConfig(rank=1))
+    enc, out = round_trip(torch.tensor([[3.5]]), LowRankConfig(rank=1))
     assert enc.meta["dense"] == 1 and out.item() == 3.5
 
 
@@ -238,7 +222,7 @@ def test_for_budget_refuses_fixed_energy():
 
 
 def test_for_budget_config_encodes_within_budget():
-    w = _randn(3, 1000, seed=13)
+    w = randn(3, 1000, seed=13)
     layout = MatrixLayout((3, 1000))
     cfg = LowRankGenerator.for_budget(12.0, layout, {})
     enc = generator_for(cfg).encode(w)
@@ -247,7 +231,7 @@ def test_for_budget_config_encodes_within_budget():
 
 @pytest.mark.parametrize("non_finite", [float("nan"), float("inf")])
 def test_non_finite_input_is_refused(non_finite):
-    w = _randn(8, 8)
+    w = randn(8, 8)
     w[0, 0] = non_finite
     with pytest.raises(Big2SmallError):
         generator_for(LowRankConfig(rank=2)).encode(w)
@@ -282,7 +266,7 @@ def test_invalid_config_is_refused(kwargs):
 
 
 def test_encoding_is_deterministic():
-    w = _randn(30, 40, seed=14)
+    w = randn(30, 40, seed=14)
     a = generator_for(LowRankConfig(rank=5)).encode(w)
     b = generator_for(LowRankConfig(rank=5)).encode(w)
     assert all(torch.equal(a.tensors[k], b.tensors[k]) for k in a.tensors)

@@ -9,23 +9,7 @@ from big2small.errors import Big2SmallError
 from big2small.generators import HEADER_BITS, GeneratorConfig, PruneConfig, decode, generator_for
 from big2small.generators.sparse import PruneGenerator, _pack_stream, _unpack_stream
 from big2small.layout import MatrixLayout
-
-
-def _randn(*shape, seed=0, dtype=torch.float32):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(*shape, generator=g).to(dtype)
-
-
-def _round_trip(w, cfg, layout=None):
-    enc = generator_for(cfg).encode(w, layout)
-    return enc, decode(enc)
-
-
-def _assert_bits_match_bytes(enc):
-    stored = enc.total_bits - enc.bits.get("header", 0)
-    payload = 8 * enc.payload_bytes
-    assert stored <= payload
-    assert payload - stored < 8 * len(enc.tensors)
+from codec_checks import randn, round_trip, assert_bits_match_bytes
 
 
 def _reference(w2d, keep):
@@ -47,21 +31,21 @@ SPARSITIES = [0.0, 0.3, 0.5, 0.9, 0.99, 0.999]
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_round_trip_keeps_shape_and_dtype(dtype):
-    w = _randn(33, 3, 3, 3, dtype=dtype)
-    _, out = _round_trip(w, PruneConfig(0.5))
+    w = randn(33, 3, 3, 3, dtype=dtype)
+    _, out = round_trip(w, PruneConfig(0.5))
     assert out.shape == w.shape and out.dtype == dtype
 
 
 def test_sparsity_zero_is_exact_up_to_fp16():
-    w = _randn(9, 70, seed=1)
-    _, out = _round_trip(w, PruneConfig(0.0))
+    w = randn(9, 70, seed=1)
+    _, out = round_trip(w, PruneConfig(0.0))
     assert torch.equal(out, w.half().float())
 
 
 @pytest.mark.parametrize("sparsity", [0.1, 0.5, 0.77, 0.95])
 def test_keeps_exactly_the_largest_magnitudes(sparsity):
-    w = _randn(40, 25, seed=2)
-    enc, out = _round_trip(w, PruneConfig(sparsity))
+    w = randn(40, 25, seed=2)
+    enc, out = round_trip(w, PruneConfig(sparsity))
     keep = round((1 - sparsity) * w.numel())
     kept = out != 0
     assert enc.meta["nnz"] == int(kept.sum()) == keep
@@ -71,13 +55,13 @@ def test_keeps_exactly_the_largest_magnitudes(sparsity):
 
 def test_ties_keep_the_earlier_positions():
     w = torch.ones(4, 6)
-    _, out = _round_trip(w, PruneConfig(0.5))
+    _, out = round_trip(w, PruneConfig(0.5))
     assert torch.equal(out.reshape(-1), torch.tensor([1.0] * 12 + [0.0] * 12))
 
 
 def test_values_are_fp16_in_row_major_order():
-    w = _randn(10, 10, seed=3)
-    enc, _ = _round_trip(w, PruneConfig(0.8))
+    w = randn(10, 10, seed=3)
+    enc, _ = round_trip(w, PruneConfig(0.8))
     mask = _reference(w, 20) != 0
     assert enc.tensors["values"].dtype == torch.float16
     assert torch.equal(enc.tensors["values"], w[mask].half())  # boolean indexing is row-major
@@ -92,8 +76,8 @@ def test_values_are_fp16_in_row_major_order():
     ],
 )
 def test_each_position_coding_is_chosen_and_decodes(shape, sparsity, coding):
-    w = _randn(*shape, seed=4)
-    enc, out = _round_trip(w, PruneConfig(sparsity))
+    w = randn(*shape, seed=4)
+    enc, out = round_trip(w, PruneConfig(sparsity))
     assert enc.meta["coding"] == coding
     assert torch.equal(out, _reference(w, enc.meta["nnz"]))
 
@@ -103,7 +87,7 @@ def test_each_position_coding_is_chosen_and_decodes(shape, sparsity, coding):
 def test_chosen_coding_is_the_cheapest(shape, sparsity):
     rows, cols = shape
     n = rows * cols
-    enc, out = _round_trip(_randn(*shape, seed=5), PruneConfig(sparsity))
+    enc, out = round_trip(randn(*shape, seed=5), PruneConfig(sparsity))
     nnz = enc.meta["nnz"]
     costs = {
         "bitmap": n,
@@ -115,14 +99,14 @@ def test_chosen_coding_is_the_cheapest(shape, sparsity):
 
 def test_single_weight_flat_index_has_width_zero():
     w = torch.tensor([[-1.5]])
-    enc, out = _round_trip(w, PruneConfig(0.0))
+    enc, out = round_trip(w, PruneConfig(0.0))
     assert enc.bits["positions"] == 0
     assert torch.equal(out, w)
 
 
 def test_nothing_kept_decodes_to_zeros():
-    w = _randn(3, 1, seed=7)  # round(0.4 * 3) = 1; round(0.1 * 3) = 0
-    enc, out = _round_trip(w, PruneConfig(0.9))
+    w = randn(3, 1, seed=7)  # round(0.4 * 3) = 1; round(0.1 * 3) = 0
+    enc, out = round_trip(w, PruneConfig(0.9))
     assert enc.meta["nnz"] == 0
     assert enc.total_bits == 2 + HEADER_BITS
     # CSR with J = 1 and nnz = 0: both streams have width 0, so nothing but the flag is stored.
@@ -147,7 +131,7 @@ def test_flat_index_width_beyond_pack_limit_is_counted():
 
 
 def test_bits_are_itemised():
-    enc, _ = _round_trip(_randn(64, 64), PruneConfig(0.5))
+    enc, _ = round_trip(randn(64, 64), PruneConfig(0.5))
     assert enc.bits == {"values": 16 * 2048, "positions": 4096, "flag": 2, "header": HEADER_BITS}
 
 
@@ -161,36 +145,36 @@ def test_bitmap_costs_match_methods_examples(sparsity, bpw):
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("sparsity", SPARSITIES)
 def test_bits_match_payload_bytes(shape, sparsity):
-    enc, _ = _round_trip(_randn(*shape), PruneConfig(sparsity))
-    _assert_bits_match_bytes(enc)
+    enc, _ = round_trip(randn(*shape), PruneConfig(sparsity))
+    assert_bits_match_bytes(enc)
 
 
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("sparsity", SPARSITIES)
 def test_bits_for_equals_encoded_bits(shape, sparsity):
-    enc, _ = _round_trip(_randn(*shape), PruneConfig(sparsity))
+    enc, _ = round_trip(randn(*shape), PruneConfig(sparsity))
     assert PruneGenerator.bits_for(PruneConfig(sparsity), MatrixLayout(shape)) == enc.total_bits
 
 
 @pytest.mark.parametrize("shape", SHAPES)
 def test_odd_shapes_decode_correctly(shape):
-    w = _randn(*shape, seed=8)
-    enc, out = _round_trip(w, PruneConfig(0.6))
+    w = randn(*shape, seed=8)
+    enc, out = round_trip(w, PruneConfig(0.6))
     assert out.shape == w.shape
     assert torch.equal(out, _reference(w.reshape(shape[0], -1), enc.meta["nnz"]).reshape(shape))
 
 
 def test_transposed_layout_matches_the_transposed_matrix():
-    w = _randn(48, 20, seed=9)  # HF Conv1D [in, out]
-    enc, out = _round_trip(w, PruneConfig(0.97), MatrixLayout((48, 20), transposed=True))
-    _, ref = _round_trip(w.t().contiguous(), PruneConfig(0.97))
+    w = randn(48, 20, seed=9)  # HF Conv1D [in, out]
+    enc, out = round_trip(w, PruneConfig(0.97), MatrixLayout((48, 20), transposed=True))
+    _, ref = round_trip(w.t().contiguous(), PruneConfig(0.97))
     assert enc.meta["coding"] == "csr"
     assert torch.equal(out, ref.t())
 
 
 def test_all_zero_tensor_is_exact():
     w = torch.zeros(6, 11)
-    _, out = _round_trip(w, PruneConfig(0.5))
+    _, out = round_trip(w, PruneConfig(0.5))
     assert torch.equal(out, w)
 
 
@@ -211,7 +195,7 @@ def test_for_budget_keeps_the_most_weights_that_fit(bpw):
 
 
 def test_for_budget_config_encodes_within_budget():
-    w = _randn(33, 3, 3, 3, seed=10)
+    w = randn(33, 3, 3, 3, seed=10)
     layout = MatrixLayout(tuple(w.shape))
     cfg = PruneGenerator.for_budget(3.0, layout, {})
     assert generator_for(cfg).encode(w).total_bits <= 3.0 * layout.numel
@@ -233,7 +217,7 @@ def test_for_budget_keeps_a_fixed_sparsity():
 
 @pytest.mark.parametrize("non_finite", [float("nan"), float("inf"), -float("inf")])
 def test_non_finite_input_is_refused(non_finite):
-    w = _randn(8, 8)
+    w = randn(8, 8)
     w[2, 2] = non_finite
     with pytest.raises(Big2SmallError):
         generator_for(PruneConfig(0.5)).encode(w)
@@ -253,7 +237,7 @@ def test_invalid_sparsity_is_refused(sparsity):
 
 
 def test_encoding_is_deterministic():
-    w = _randn(30, 40, seed=11)
+    w = randn(30, 40, seed=11)
     a = generator_for(PruneConfig(0.9)).encode(w)
     b = generator_for(PruneConfig(0.9)).encode(w)
     assert a.tensors.keys() == b.tensors.keys()

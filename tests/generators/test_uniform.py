@@ -10,23 +10,7 @@ from big2small.errors import Big2SmallError
 from big2small.generators import HEADER_BITS, GeneratorConfig, UniformConfig, decode, generator_for
 from big2small.generators.uniform import UniformGenerator
 from big2small.layout import MatrixLayout
-
-
-def _randn(*shape, seed=0, dtype=torch.float32):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(*shape, generator=g).to(dtype)
-
-
-def _round_trip(w, cfg, layout=None):
-    enc = generator_for(cfg).encode(w, layout)
-    return enc, decode(enc)
-
-
-def _assert_bits_match_bytes(enc):
-    stored = enc.total_bits - enc.bits.get("header", 0)
-    payload = 8 * enc.payload_bytes
-    assert stored <= payload
-    assert payload - stored < 8 * len(enc.tensors)
+from codec_checks import randn, round_trip, assert_bits_match_bytes
 
 
 SHAPES = [(7, 5), (1, 1), (3, 1000), (33, 3, 3, 3), (64, 200), (10, 5)]
@@ -41,21 +25,21 @@ CONFIGS = [
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_round_trip_keeps_shape_and_dtype(dtype):
-    w = _randn(33, 3, 3, 3, dtype=dtype)
-    _, out = _round_trip(w, UniformConfig())
+    w = randn(33, 3, 3, 3, dtype=dtype)
+    _, out = round_trip(w, UniformConfig())
     assert out.shape == w.shape and out.dtype == dtype
 
 
 def test_eight_bit_error_is_tiny():
-    w = _randn(64, 256)
-    _, out = _round_trip(w, UniformConfig(bits=8, group_size=64))
+    w = randn(64, 256)
+    _, out = round_trip(w, UniformConfig(bits=8, group_size=64))
     assert (out - w).abs().max() < 0.01 * w.abs().max()
 
 
 @pytest.mark.parametrize("symmetric", [False, True])
 def test_per_channel_error_within_about_half_a_step(symmetric):
-    w = _randn(16, 300, seed=1) * torch.logspace(-2, 1, 16).unsqueeze(1)
-    _, out = _round_trip(w, UniformConfig(bits=4, group_size=0, symmetric=symmetric))
+    w = randn(16, 300, seed=1) * torch.logspace(-2, 1, 16).unsqueeze(1)
+    _, out = round_trip(w, UniformConfig(bits=4, group_size=0, symmetric=symmetric))
     if symmetric:
         step = w.abs().amax(1) / 7
     else:
@@ -67,34 +51,34 @@ def test_per_channel_error_within_about_half_a_step(symmetric):
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: f"b{c.bits}g{c.group_size}{'s' if c.symmetric else 'a'}")
 def test_bits_match_payload_bytes(shape, cfg):
-    enc, _ = _round_trip(_randn(*shape), cfg)
-    _assert_bits_match_bytes(enc)
+    enc, _ = round_trip(randn(*shape), cfg)
+    assert_bits_match_bytes(enc)
 
 
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: f"b{c.bits}g{c.group_size}{'s' if c.symmetric else 'a'}")
 def test_bits_for_equals_encoded_bits(shape, cfg):
-    enc, _ = _round_trip(_randn(*shape), cfg)
+    enc, _ = round_trip(randn(*shape), cfg)
     assert UniformGenerator.bits_for(cfg, MatrixLayout(shape)) == enc.total_bits
 
 
 def test_bits_are_itemised_with_header():
-    enc, _ = _round_trip(_randn(8, 64), UniformConfig(bits=4, group_size=32))
+    enc, _ = round_trip(randn(8, 64), UniformConfig(bits=4, group_size=32))
     assert enc.bits == {"codes": 8 * 64 * 4, "scales": 16 * 16, "zeros": 16 * 4, "header": HEADER_BITS}
 
 
 @pytest.mark.parametrize("shape", SHAPES)
 def test_odd_shapes_round_trip_within_tolerance(shape):
-    w = _randn(*shape, seed=3)
-    _, out = _round_trip(w, UniformConfig(bits=8, group_size=16))
+    w = randn(*shape, seed=3)
+    _, out = round_trip(w, UniformConfig(bits=8, group_size=16))
     assert out.shape == w.shape
     assert (out - w).abs().max() <= 0.01 * w.abs().max() + 1e-6
 
 
 def test_transposed_layout_matches_the_transposed_matrix():
-    w = _randn(48, 20, seed=4)  # HF Conv1D stores [in, out]
-    enc_t, out_t = _round_trip(w, UniformConfig(bits=4, group_size=16), MatrixLayout(tuple(w.shape), transposed=True))
-    _, out_ref = _round_trip(w.t().contiguous(), UniformConfig(bits=4, group_size=16))
+    w = randn(48, 20, seed=4)  # HF Conv1D stores [in, out]
+    enc_t, out_t = round_trip(w, UniformConfig(bits=4, group_size=16), MatrixLayout(tuple(w.shape), transposed=True))
+    _, out_ref = round_trip(w.t().contiguous(), UniformConfig(bits=4, group_size=16))
     assert out_t.shape == w.shape
     assert torch.equal(out_t, out_ref.t())
     assert enc_t.tensors["scales"].numel() == 20 * 3  # groups run along rows of the [out, in] view
@@ -103,35 +87,35 @@ def test_transposed_layout_matches_the_transposed_matrix():
 def test_all_zero_tensor_is_exact():
     w = torch.zeros(9, 40)
     for cfg in (UniformConfig(bits=3), UniformConfig(bits=3, symmetric=True)):
-        _, out = _round_trip(w, cfg)
+        _, out = round_trip(w, cfg)
         assert torch.equal(out, w)
 
 
 @pytest.mark.parametrize("symmetric", [False, True])
 def test_constant_tensor_is_close(symmetric):
     w = torch.full((6, 50), -0.37)
-    _, out = _round_trip(w, UniformConfig(bits=4, symmetric=symmetric))
+    _, out = round_trip(w, UniformConfig(bits=4, symmetric=symmetric))
     torch.testing.assert_close(out, w, rtol=2e-3, atol=0)
 
 
 def test_one_by_one_tensor():
     w = torch.tensor([[2.5]])
-    _, out = _round_trip(w, UniformConfig(bits=4))
+    _, out = round_trip(w, UniformConfig(bits=4))
     torch.testing.assert_close(out, w, rtol=2e-3, atol=0)
 
 
 def test_asymmetric_zero_is_exact_in_all_positive_group():
-    w = _randn(4, 64, seed=5).abs() + 0.3  # all positive, range does not start at 0
+    w = randn(4, 64, seed=5).abs() + 0.3  # all positive, range does not start at 0
     w[:, ::7] = 0.0
-    enc, out = _round_trip(w, UniformConfig(bits=3, group_size=32))
+    enc, out = round_trip(w, UniformConfig(bits=3, group_size=32))
     assert torch.all(out[w == 0] == 0)
     assert enc.tensors["zeros"].dtype == torch.uint8  # zero-points are packed integers
 
 
 def test_asymmetric_zero_is_exact_in_mixed_sign_group():
-    w = _randn(4, 64, seed=6)
+    w = randn(4, 64, seed=6)
     w[:, ::5] = 0.0
-    _, out = _round_trip(w, UniformConfig(bits=4, group_size=64))
+    _, out = round_trip(w, UniformConfig(bits=4, group_size=64))
     assert torch.all(out[w == 0] == 0)
 
 
@@ -154,17 +138,17 @@ def test_group_spans_whole_rows_when_rows_are_short():
     assert UniformGenerator.bits_for(cfg, layout) == 50 * 4 + math.ceil(10 / 3) * (16 + 4) + HEADER_BITS
     w = torch.zeros(10, 5)
     w[0, 0] = 8.0  # the first three rows share one large scale; the rest keep fine steps
-    w[3:] = _randn(7, 5, seed=7) * 0.01
-    enc, out = _round_trip(w, cfg)
+    w[3:] = randn(7, 5, seed=7) * 0.01
+    enc, out = round_trip(w, cfg)
     assert enc.tensors["scales"].numel() == 4
     assert enc.tensors["scales"][0].item() == pytest.approx(8.0 / 15, rel=1e-3)
     assert (out[3:] - w[3:]).abs().max() < 0.002
 
 
 def test_per_channel_has_one_scale_per_row():
-    w = _randn(12, 70, seed=8)
+    w = randn(12, 70, seed=8)
     w[0] *= 1000.0
-    enc, out = _round_trip(w, UniformConfig(bits=4, group_size=0))
+    enc, out = round_trip(w, UniformConfig(bits=4, group_size=0))
     assert enc.tensors["scales"].numel() == 12
     assert (out[1:] - w[1:]).abs().max() < 0.5  # row 0's range does not leak into the others
 
@@ -190,7 +174,7 @@ def test_for_budget_refuses_impossible_budget():
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
 def test_non_finite_input_is_refused(bad):
-    w = _randn(8, 8)
+    w = randn(8, 8)
     w[3, 4] = bad
     with pytest.raises(Big2SmallError):
         generator_for(UniformConfig()).encode(w)
@@ -217,7 +201,7 @@ def test_invalid_config_is_refused(kwargs):
 
 
 def test_encoding_is_deterministic():
-    w = _randn(20, 90, seed=9)
+    w = randn(20, 90, seed=9)
     a = generator_for(UniformConfig(bits=3)).encode(w)
     b = generator_for(UniformConfig(bits=3)).encode(w)
     assert a.tensors.keys() == b.tensors.keys()

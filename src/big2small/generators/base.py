@@ -133,6 +133,17 @@ class Generator(ABC):
         """
         raise Big2SmallError(f"method {cls.config_type.method!r} cannot be sized to a bits-per-weight target")
 
+    @classmethod
+    def require_fit(cls, config: GeneratorConfig, layout: MatrixLayout, bits_per_weight: float, what: str) -> GeneratorConfig:
+        """Return `config` if its stored bits fit `bits_per_weight * numel`; else refuse, naming `what`
+        (the option the user pinned, e.g. "rank 8")."""
+        config.validate()
+        if cls.bits_for(config, layout) > bits_per_weight * layout.numel:
+            raise Big2SmallError(
+                f"{config.method}: {what} does not fit {bits_per_weight:.3f} bits per weight on a {list(layout.shape)} tensor"
+            )
+        return config
+
 
 REGISTRY: dict[str, type[Generator]] = {}
 

@@ -144,18 +144,10 @@ class LowRankGenerator(Generator):
 
     @classmethod
     def for_budget(cls, bits_per_weight: float, layout: MatrixLayout, fixed: dict[str, Any]) -> LowRankConfig:
-        budget = bits_per_weight * layout.numel
         if fixed.get("energy") is not None:
             raise Big2SmallError("lowrank: energy picks the rank from the data; it cannot meet a size target")
         if fixed.get("rank") is not None:
-            cfg = LowRankConfig(rank=fixed["rank"])
-            cfg.validate()
-            if cls.bits_for(cfg, layout) > budget:
-                raise Big2SmallError(
-                    f"lowrank: rank {cfg.rank} does not fit {bits_per_weight:.3f} bits per weight on a "
-                    f"{list(layout.shape)} tensor"
-                )
-            return cfg
+            return cls.require_fit(LowRankConfig(rank=fixed["rank"]), layout, bits_per_weight, f"rank {fixed['rank']}")
         r = _budget_rank(bits_per_weight, layout)
         if r < 1:
             raise Big2SmallError(

@@ -157,14 +157,8 @@ class PruneGenerator(Generator):
         n = layout.numel
         budget = bits_per_weight * n
         if fixed.get("sparsity") is not None:
-            cfg = PruneConfig(sparsity=fixed["sparsity"])
-            cfg.validate()
-            if cls.bits_for(cfg, layout) > budget:
-                raise Big2SmallError(
-                    f"prune: sparsity {cfg.sparsity} does not fit {bits_per_weight:.3f} bits per weight "
-                    f"on a {list(layout.shape)} tensor"
-                )
-            return cfg
+            return cls.require_fit(PruneConfig(sparsity=fixed["sparsity"]), layout, bits_per_weight,
+                                   f"sparsity {fixed['sparsity']}")
         # Bits grow with nnz, so bisect for the largest nnz that fits. Keeping nothing would erase
         # the tensor, so at least one weight must fit.
         if n == 0 or _bits(1, layout) > budget:
