@@ -79,3 +79,13 @@ def test_recipe_round_trips_through_json():
 def test_bad_regex_is_a_user_error(small_net):
     with pytest.raises(Big2SmallError, match="bad override pattern"):
         plan(describe_module_tensors(small_net), Recipe(default=UniformConfig(), overrides=[Override("(", None)]))
+
+
+def test_subclasses_of_supported_layers_are_recognised():
+    class SamePaddingConv(torch.nn.Conv2d):
+        pass
+
+    net = torch.nn.Module()
+    net.conv = SamePaddingConv(32, 64, 3)
+    entries = _by_name(plan(describe_module_tensors(net), Recipe(default=UniformConfig())))
+    assert entries["conv.weight"].kind == "conv" and entries["conv.weight"].compressed

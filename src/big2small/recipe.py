@@ -17,16 +17,21 @@ from big2small.errors import Big2SmallError
 from big2small.generators import GeneratorConfig, RawConfig
 from big2small.layout import MatrixLayout
 
-# Layer kinds whose `weight` the storage codecs understand, by the class name of the owning module
-# (class names, so that transformers' Conv1D is recognised without importing transformers).
-KIND_BY_CLASS = {
-    "Linear": "linear",
-    "Conv1d": "conv",
-    "Conv2d": "conv",
-    "Conv3d": "conv",
-    "Embedding": "embedding",
-    "Conv1D": "conv1d_hf",  # transformers.pytorch_utils.Conv1D stores [in, out]
-}
+# Layer kinds whose `weight` the storage codecs understand. Subclasses count (EfficientNet's
+# Conv2dStaticSamePadding is a Conv2d); transformers' Conv1D, which stores [in, out], is matched by
+# class name so that transformers need not be imported.
+_KINDS_BY_TYPE = ((nn.Linear, "linear"), (nn.Conv1d, "conv"), (nn.Conv2d, "conv"), (nn.Conv3d, "conv"),
+                  (nn.Embedding, "embedding"))
+
+
+def layer_kind(module: nn.Module) -> str:
+    """linear, conv, embedding or conv1d_hf; "unsupported:<Class>" for any other layer."""
+    if type(module).__name__ == "Conv1D":
+        return "conv1d_hf"
+    for cls, kind in _KINDS_BY_TYPE:
+        if isinstance(module, cls):
+            return kind
+    return f"unsupported:{type(module).__name__}"
 
 
 @dataclass
@@ -167,7 +172,7 @@ def describe_module_tensors(model: nn.Module) -> list[TensorInfo]:
         if tensor.ndim < 2:
             kind = "bias" if leaf == "bias" else "vector"
         elif module is not None and leaf == "weight":
-            kind = KIND_BY_CLASS.get(type(module).__name__, f"unsupported:{type(module).__name__}")
+            kind = layer_kind(module)
             if module is lm_head:
                 kind = "lm_head"
         info = TensorInfo(name, tensor.detach(), kind, id(tensor) in param_ids)
@@ -241,5 +246,5 @@ def _decide(info: TensorInfo, recipe: Recipe) -> tuple[GeneratorConfig | None, s
         return None, {"bias": "bias", "vector": "1-D (norm, scale)"}.get(kind, "not a layer weight")
     n = info.tensor.numel()
     if n < recipe.min_numel:
-        return None, f"small: {n} < min_numel {recipe.min_numel}"
+        return None, f"small (< min_numel {recipe.min_numel})"
     return recipe.default, "in scope"

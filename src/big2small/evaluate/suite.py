@@ -92,7 +92,7 @@ def evaluate(model: nn.Module, task: str, tokenizer: Any = None, *, reference: d
         if reference is None:
             raise Big2SmallError("classifier agreement needs the original model as reference")
         logits = logits_of(model, data.photo_crops(settings.photos, seed=settings.seed))
-        a = agreement(reference["logits"], logits)
+        a = agreement(reference["logits"], logits, data=data.photo_crops_protocol(settings.photos, seed=settings.seed))
         rows.append(MetricRow("top1_agreement", a.top1_agreement, True, a.protocol, a.describe()))
         rows.append(MetricRow("kl", a.kl_mean, False, a.protocol, a.describe()))
     else:
