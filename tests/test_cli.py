@@ -117,3 +117,11 @@ def test_verify_against_wrong_model(state_file, tmp_path):
 
 def test_eval_of_bare_state_dict_is_refused(state_file):
     assert_one_line_error(run("eval", state_file), "bare state_dict")
+
+
+def test_verify_artifact_with_nothing_compressed(state_file, tmp_path):
+    art = tmp_path / "a.b2s"
+    assert run("compress", state_file, "--min-numel", "100000000", "-o", art).returncode == 0
+    r = run("verify", art)
+    assert r.returncode == 0, r.stderr
+    assert "no compressed tensors" in r.stdout

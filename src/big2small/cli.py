@@ -227,6 +227,9 @@ def verify(
     if missing:
         raise Big2SmallError(f"{spec} does not match the artifact: it lacks {len(missing)} tensor(s), e.g. {missing[0]}")
     compressed_names = [n for n, e in cm.tensors.items() if e.method != "raw"]
+    if not compressed_names:
+        out.print("no compressed tensors: every tensor is stored raw")
+        return
     report = weight_error({n: state[n].float() for n in compressed_names}, {n: decoded[n] for n in compressed_names})
     t = Table(title=f"weight error vs {spec} (compressed tensors)")
     for col in ("tensor", "numel", "relative error", "SQNR dB"):

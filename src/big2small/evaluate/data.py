@@ -200,7 +200,8 @@ def _photos() -> tuple[tuple[str, ...], tuple[Tensor, ...]]:
     names = tuple(name for name, _ in items)
     # uint8 HWC -> float CHW in [-1, 1], the range EfficientNet-Lite expects.
     tensors = tuple(
-        torch.from_numpy(np.array(img[..., :3], dtype=np.uint8)).permute(2, 0, 1).float() / 127.5 - 1.0
+        torch.from_numpy(np.array(img[..., :3], dtype=np.uint8)).permute(2, 0, 1).float() / 127.5
+        - 1.0
         for _, img in items
     )
     return names, tensors
@@ -304,7 +305,7 @@ def _fashion_mnist(split: str) -> tuple[Tensor, Tensor]:
 
 
 def fashion_mnist(split: str = "train") -> tuple[Tensor, Tensor]:
-    """Fashion-MNIST from Debian's ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``).
+    """Fashion-MNIST from Debian's ``dataset-fashion-mnist`` (in ``/usr/share/datasets``).
 
     ``split`` is ``"train"`` (60,000 images) or ``"test"`` (10,000). Returns ``(images, labels)``:
     uint8 ``[N, 28, 28]`` pixel intensities 0-255 and int64 ``[N]`` class ids 0-9. Set

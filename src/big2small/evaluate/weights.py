@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -109,7 +110,8 @@ def weight_error(
             )
         w64 = w.detach().to(torch.float64)
         signal = float(w64.square().sum())
-        noise = float((w64 - w_hat.detach().to(device=w.device, dtype=torch.float64)).square().sum())
+        w_hat64 = w_hat.detach().to(device=w.device, dtype=torch.float64)
+        noise = float((w64 - w_hat64).square().sum())
         rel, sqnr = _rel_and_sqnr(signal, noise)
         rows.append(WeightErrorRow(name, w.numel(), rel, sqnr, signal, noise))
         signal_total += signal
