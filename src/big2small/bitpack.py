@@ -26,6 +26,8 @@ def pack(values: torch.Tensor, bits: int) -> torch.Tensor:
         raise ValueError(f"values do not fit in {bits} bits")
     if bits == 8:
         return flat.to(torch.uint8)
+    if bits < 8:
+        return _pack_blocks(flat, bits)
     shifts = torch.arange(bits, device=flat.device, dtype=torch.int64)
     stream = ((flat.unsqueeze(1) >> shifts) & 1).reshape(-1)
     pad = (-stream.numel()) % 8
@@ -46,9 +48,37 @@ def unpack(packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
     data = packed.reshape(-1).to(torch.int64)
     if bits == 8:
         return data[:count]
+    if bits < 8:
+        return _unpack_blocks(data, bits, count)
     # Every value starts inside some byte and spans at most 4 bytes (bits <= 24 plus a 7-bit offset).
     data = torch.cat([data, data.new_zeros(4)])
     start = torch.arange(count, device=data.device, dtype=torch.int64) * bits
     byte = start >> 3
     word = data[byte] | (data[byte + 1] << 8) | (data[byte + 2] << 16) | (data[byte + 3] << 24)
     return (word >> (start & 7)) & ((1 << bits) - 1)
+
+
+# Eight values of B < 8 bits fill exactly B bytes: one int64 word per block of eight, with no
+# per-bit expansion (about 8x less memory traffic than the generic path, same stream layout).
+
+
+def _pack_blocks(flat: torch.Tensor, bits: int) -> torch.Tensor:
+    count = flat.numel()
+    pad = (-count) % 8
+    if pad:
+        flat = torch.cat([flat, flat.new_zeros(pad)])
+    device = flat.device
+    word = (flat.reshape(-1, 8) << (bits * torch.arange(8, device=device))).sum(1)
+    stream = (word.unsqueeze(1) >> (8 * torch.arange(bits, device=device))) & 0xFF
+    return stream.reshape(-1)[: packed_nbytes(count, bits)].to(torch.uint8)
+
+
+def _unpack_blocks(data: torch.Tensor, bits: int, count: int) -> torch.Tensor:
+    blocks = (count + 7) // 8
+    need = blocks * bits
+    if data.numel() < need:
+        data = torch.cat([data, data.new_zeros(need - data.numel())])
+    device = data.device
+    word = (data[:need].reshape(blocks, bits) << (8 * torch.arange(bits, device=device))).sum(1)
+    values = (word.unsqueeze(1) >> (bits * torch.arange(8, device=device))) & ((1 << bits) - 1)
+    return values.reshape(-1)[:count]

@@ -82,7 +82,9 @@ def evaluate(model: nn.Module, task: str, tokenizer: Any = None, *, reference: d
             raise Big2SmallError("embedding metrics need the model's tokenizer, and none was found")
         if reference is not None:
             emb = sentence_embeddings(model, tokenizer, data.lee_background_docs(settings.documents))
-            f = embedding_fidelity(reference["embeddings"], emb)
+            f = embedding_fidelity(reference["embeddings"], emb, data={
+                "dataset": "lee_background.cor (gensim test data)", "documents": settings.documents,
+                "pooling": "mean over attention mask, L2-normalised", "max_length": 256})
             rows.append(MetricRow("mean_cosine", f.mean_cosine, True, f.protocol, f.describe()))
         lee = lee50_pearson(model, tokenizer)
         rows.append(MetricRow("lee50_pearson", lee.pearson, True, lee.protocol, lee.describe()))
