@@ -264,12 +264,14 @@ def eval_(
     reference: Optional[str] = typer.Option(None, help="Original model for fidelity metrics (default: the artifact's source)."),
     windows: int = typer.Option(20, help="Perplexity: number of windows."),
     context: int = typer.Option(512, help="Perplexity: tokens per window."),
+    documents: int = typer.Option(300, help="Encoders: documents for embedding fidelity."),
+    photos: int = typer.Option(256, help="Image classifiers: photo crops for agreement."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the figures as JSON ('-' = stdout)."),
 ) -> None:
     """Measure a model on its task (perplexity, embedding fidelity, classifier agreement)."""
     from big2small.evaluate.suite import EvalSettings, evaluate, reference_outputs
 
-    settings = EvalSettings(context=context, windows=windows)
+    settings = EvalSettings(context=context, windows=windows, documents=documents, photos=photos)
     model, tok, task, source_spec = _load_for_eval(target)
     ref = None
     ref_spec = reference or (source_spec if source_spec != target else None)
@@ -289,13 +291,17 @@ def bench(
     matched: bool = typer.Option(True, help="Also run lowrank and prune at each uniform config's bits per weight."),
     out_dir: Path = typer.Option(Path("bench-out"), "--out-dir", help="Where the table (Markdown), JSON and plot (PNG) go."),
     windows: int = typer.Option(20, help="Perplexity: number of windows."),
+    documents: int = typer.Option(300, help="Encoders: documents for embedding fidelity."),
+    photos: int = typer.Option(256, help="Image classifiers: photo crops for agreement."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the rows as JSON here ('-' = stdout)."),
 ) -> None:
     """Several methods and sizes on one model: one table, one Pareto plot of quality vs bits per weight."""
     from big2small.bench import DEFAULT_SWEEP, run_bench
     from big2small.evaluate.suite import EvalSettings
 
-    result = run_bench(model, list(configs) or list(DEFAULT_SWEEP), matched=matched, settings=EvalSettings(windows=windows), out_dir=out_dir)
+    settings = EvalSettings(windows=windows, documents=documents, photos=photos)
+    result = run_bench(model, list(configs) or list(DEFAULT_SWEEP), matched=matched, settings=settings, out_dir=out_dir,
+                       command="big2small bench " + " ".join(sys.argv[2:]))
     out.print(result.markdown())
     out.print(f"wrote {out_dir}/")
     _emit_json(result.to_dict(), json_out)
