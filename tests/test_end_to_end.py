@@ -1,7 +1,6 @@
 """End to end on a real pretrained model: compress, save, restore from the artifact alone, measure."""
 
 import pytest
-import torch
 
 import big2small as b2s
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, asdict
 from typing import Any
 
@@ -142,6 +141,10 @@ def compress(model: Any, recipe: Recipe | str | None = None, *, source: Any = No
     if hasattr(model, "source") and hasattr(model, "weights"):  # a LoadedModel
         source = source or model.source
         model = model.weights
+    if source is None and isinstance(model, nn.Module):
+        from big2small.models import module_source
+
+        source = module_source(model)  # records the class, so that a reload can say what skeleton it needs
     infos = describe_state_dict(model) if isinstance(model, dict) else describe_module_tensors(model)
     entries = plan(infos, recipe)
     tensors_by_name = {i.name: i.tensor for i in infos}

@@ -285,6 +285,3 @@ def load_tokenizer_from(source: ModelSource):
         return None
     return _load_tokenizer(source.files_dir)
 
-
-def describe_source(source: ModelSource) -> str:
-    return json.dumps(source.to_dict())

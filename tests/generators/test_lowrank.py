@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from big2small.errors import Big2SmallError
-from big2small.generators import HEADER_BITS, GeneratorConfig, LowRankConfig, decode, generator_for
+from big2small.generators import HEADER_BITS, GeneratorConfig, LowRankConfig, generator_for
 from big2small.generators.lowrank import LowRankGenerator
 from big2small.layout import MatrixLayout
 from codec_checks import randn, round_trip, assert_bits_match_bytes

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from big2small.errors import Big2SmallError
-from big2small.generators import GeneratorConfig, RawConfig, decode, generator_for
+from big2small.generators import GeneratorConfig, RawConfig, generator_for
 from big2small.generators.raw import RawGenerator
 from big2small.layout import MatrixLayout
 from codec_checks import randn, round_trip

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from big2small.errors import Big2SmallError
-from big2small.generators import HEADER_BITS, GeneratorConfig, PruneConfig, decode, generator_for
+from big2small.generators import HEADER_BITS, GeneratorConfig, PruneConfig, generator_for
 from big2small.generators.sparse import PruneGenerator, _pack_stream, _unpack_stream
 from big2small.layout import MatrixLayout
 from codec_checks import randn, round_trip, assert_bits_match_bytes
