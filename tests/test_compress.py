@@ -98,3 +98,18 @@ def test_apply_to_a_different_model_is_refused(small_net):
     cm = b2s.compress(small_net, "uniform", progress=False)
     with pytest.raises(Big2SmallError, match="does not match"):
         cm.apply_to(torch.nn.Linear(3, 3))
+
+
+def test_embedding_compresses_when_included(small_net):
+    cm = b2s.compress(small_net, "uniform", bits=8, group_size=32, include_embeddings=True, progress=False)
+    assert cm.tensors["embed.weight"].method == "uniform"
+    assert torch.allclose(cm.state_dict()["embed.weight"], small_net.embed.weight, atol=0.02)
+
+
+def test_depthwise_conv_compresses_through_an_override(small_net):
+    from big2small.generators import UniformConfig
+
+    cm = b2s.compress(small_net, "uniform", overrides=[("depthwise", UniformConfig(bits=8, group_size=9))], progress=False)
+    enc = cm.tensors["depthwise.weight"]
+    assert enc.method == "uniform" and (enc.layout.rows, enc.layout.cols) == (64, 9)
+    assert torch.allclose(cm.state_dict()["depthwise.weight"], small_net.depthwise.weight, atol=0.01)
