@@ -70,7 +70,9 @@ class BenchResult:
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
         def f(x, nd=3):
-            return "-" if x is None else f"{x:.{nd}f}"
+            if x is None:
+                return "-"
+            return f"{x:.3g}" if abs(x) >= 1e4 else f"{x:.{nd}f}"
 
         for r in self.rows:
             cells = [r.method, r.spec, f(r.bpw_all), f(r.bpw_scope), *[f(r.metrics.get(m), 4) for m in names],
@@ -186,9 +188,20 @@ def plot_pareto(result: BenchResult, path: Path) -> None:
         for r in result.rows:
             if r.method != "fp32" and r.bpw_all is not None and metric in r.metrics:
                 by_method.setdefault(r.method, []).append((r.bpw_all, r.metrics[metric]))
+        # Collapsed rows (perplexity in the millions) would flatten the region that matters:
+        # cap the axis at 20x the reference and mark what lies beyond it at the edge.
+        cap = 20 * ref.metrics[metric] if metric == "perplexity" else None
         for method, pts in sorted(by_method.items()):
             pts.sort()
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=method, alpha=0.85)
+            xs = [p[0] for p in pts]
+            ys = [min(p[1], cap) if cap else p[1] for p in pts]
+            line = ax.plot(xs, ys, "o-", label=method, alpha=0.85)[0]
+            off = [(x, y) for (x, y), (_, v) in zip(zip(xs, ys), pts) if cap and v > cap]
+            if off:
+                ax.plot([o[0] for o in off], [o[1] for o in off], "^", ms=10, color=line.get_color())
+        if cap:
+            ax.set_ylim(bottom=0.8 * ref.metrics[metric], top=cap * 1.15)
+            ax.text(0.99, 0.02, f"▲ off scale (> {cap:.0f})", transform=ax.transAxes, ha="right", va="bottom", fontsize=8)
         ax.axhline(ref.metrics[metric], color="k", ls="--", lw=1, label="fp32")
         ax.set_xlabel("bits per weight (whole model, every stored bit)")
         ax.set_ylabel(metric)
@@ -196,7 +209,7 @@ def plot_pareto(result: BenchResult, path: Path) -> None:
             ax.set_yscale("log")
         ax.set_title(f"{result.model}: {metric}")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="center right" if metric == "perplexity" else "best")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
