@@ -89,3 +89,15 @@ def test_subclasses_of_supported_layers_are_recognised():
     net.conv = SamePaddingConv(32, 64, 3)
     entries = _by_name(plan(describe_module_tensors(net), Recipe(default=UniformConfig())))
     assert entries["conv.weight"].kind == "conv" and entries["conv.weight"].compressed
+
+
+def test_raw_override_on_an_integer_buffer_is_allowed(small_net):
+    recipe = Recipe(default=UniformConfig(), overrides=[Override("bn.num_batches_tracked", RawConfig(dtype="same"))])
+    entries = _by_name(plan(describe_module_tensors(small_net), recipe))
+    assert not entries["bn.num_batches_tracked"].compressed
+
+
+def test_compressing_an_integer_buffer_is_refused(small_net):
+    recipe = Recipe(default=UniformConfig(), overrides=[Override("bn.num_batches_tracked", UniformConfig())])
+    with pytest.raises(Big2SmallError, match="cannot compress a torch.int64 tensor"):
+        plan(describe_module_tensors(small_net), recipe)

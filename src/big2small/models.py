@@ -10,6 +10,7 @@ Sources:
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import json
@@ -166,8 +167,6 @@ def _gguf(path: Path, name: str) -> LoadedModel:
     """A GGUF file: transformers dequantises it to fp32. The dense copy is cached, since the
     conversion takes half a minute and the file is read-only to us."""
     digest = f"{path.resolve()}:{path.stat().st_size}:{int(path.stat().st_mtime)}"
-    import hashlib
-
     cached = cache_dir() / "gguf" / hashlib.sha256(digest.encode()).hexdigest()[:16]
     if not (cached / "config.json").is_file():
         from transformers import AutoModelForCausalLM, AutoTokenizer

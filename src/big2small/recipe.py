@@ -206,9 +206,10 @@ def plan(infos: list[TensorInfo], recipe: Recipe) -> list[PlanEntry]:
     for info in infos:
         t = info.tensor
         config, reason = _decide(info, recipe)
-        if config is not None and not t.is_floating_point():
+        encodes = config is not None and not isinstance(config, RawConfig)
+        if encodes and not t.is_floating_point():
             raise Big2SmallError(f"{info.name}: cannot compress a {t.dtype} tensor")
-        if config is not None and t.ndim < 1:
+        if encodes and t.ndim < 1:
             raise Big2SmallError(f"{info.name}: cannot compress a scalar")
         if config is None and not t.is_floating_point():
             config_raw = RawConfig(dtype="same")
@@ -229,7 +230,7 @@ def _decide(info: TensorInfo, recipe: Recipe) -> tuple[GeneratorConfig | None, s
     for o in recipe.overrides:
         if any(o.matches(n) for n in names):
             if o.config is None or isinstance(o.config, RawConfig):
-                return (o.config if isinstance(o.config, RawConfig) else None), f"override {o.pattern!r}: kept"
+                return o.config, f"override {o.pattern!r}: kept"
             return o.config, f"override {o.pattern!r}"
     if recipe.default is None:
         return None, "no method given"
