@@ -1,6 +1,7 @@
 """The CLI as a user runs it: a real subprocess, its output and exit status."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -9,8 +10,10 @@ import torch
 from safetensors.torch import save_file
 
 
-def run(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "big2small.cli", *map(str, args)], capture_output=True, text=True, cwd=cwd)
+def run(*args, cwd=None, columns=None):
+    env = {**os.environ, "COLUMNS": str(columns)} if columns else None
+    return subprocess.run([sys.executable, "-m", "big2small.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env=env)
 
 
 @pytest.fixture
@@ -125,3 +128,10 @@ def test_verify_artifact_with_nothing_compressed(state_file, tmp_path):
     r = run("verify", art)
     assert r.returncode == 0, r.stderr
     assert "no compressed tensors" in r.stdout
+
+
+def test_dry_run_applies_the_size_target(state_file):
+    r = run("compress", state_file, "--bpw", "3.2", "--dry-run", columns=250)  # table rows on one line
+    assert r.returncode == 0, r.stderr
+    assert "sized to target" in r.stdout
+    assert_one_line_error(run("compress", state_file, "--bpw", "0.3", "--dry-run"), "impossible")

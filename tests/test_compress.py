@@ -113,3 +113,15 @@ def test_depthwise_conv_compresses_through_an_override(small_net):
     enc = cm.tensors["depthwise.weight"]
     assert enc.method == "uniform" and (enc.layout.rows, enc.layout.cols) == (64, 9)
     assert torch.allclose(cm.state_dict()["depthwise.weight"], small_net.depthwise.weight, atol=0.01)
+
+
+def test_weight_error_covers_compressed_tensors_only(small_net):
+    cm = b2s.compress(small_net, "uniform", bits=4, group_size=64, progress=False)
+    report = cm.weight_error(small_net.state_dict())
+    assert {r.name for r in report.rows} == {n for n, e in cm.tensors.items() if e.method != "raw"}
+    assert 10 < report.total.sqnr_db < 30
+
+
+def test_weight_error_is_none_when_nothing_is_compressed(small_net):
+    cm = b2s.compress(small_net, "uniform", min_numel=10**9, progress=False)
+    assert cm.weight_error(small_net.state_dict()) is None

@@ -99,23 +99,19 @@ def _environment() -> dict[str, Any]:
 
 def _measure(loaded, spec: str, settings: EvalSettings, reference) -> tuple[BenchRow, list[MetricRow]]:
     import big2small as b2s
-    from big2small.evaluate.weights import weight_error
 
     method, options = parse_method_spec(spec)
     t0 = time.perf_counter()
     cm = b2s.compress(loaded, method, progress=False, **options)
     seconds = time.perf_counter() - t0
     model = cm.apply_to(copy.deepcopy(loaded.model)).eval()
-    names = [n for n, e in cm.tensors.items() if e.method != "raw"]
-    original = loaded.model.state_dict()
-    decoded = cm.state_dict(names=names)
-    err = weight_error({n: original[n].float() for n in names}, {n: decoded[n].float() for n in names})
+    err = cm.weight_error(loaded.model.state_dict())
     metrics = evaluate(model, loaded.source.task, loaded.tokenizer, reference=reference, settings=settings)
     size = cm.size()
     configs = sorted({json.dumps({k: v for k, v in e.config.to_dict().items() if k != "method"}) for e in cm.plan if e.budgeted})
     note = ("sized: " + "; ".join(configs)) if len(configs) == 1 else (f"sized per tensor ({len(configs)} settings)" if configs else "")
     row = BenchRow(method, spec, size.bpw_all, size.bpw_scope, {m.metric: m.value for m in metrics},
-                   err.total.sqnr_db, seconds, note)
+                   err.total.sqnr_db if err else None, seconds, note)
     del model
     return row, metrics
 

@@ -13,6 +13,7 @@ from typing import Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from big2small.errors import Big2SmallError
@@ -52,7 +53,8 @@ def _plan_table(plan) -> Table:
         method = cfg.pop("method")
         stored = method if not cfg else f"{method}(" + ", ".join(f"{k}={v}" for k, v in cfg.items()) + ")"
         name = e.name + (f" (= {', '.join(e.aliases)})" if e.aliases else "")
-        t.add_row(name, "x".join(map(str, e.shape)) or "scalar", e.kind, stored, e.reason + (" [sized to target]" if e.budgeted else ""))
+        cells = (name, "x".join(map(str, e.shape)) or "scalar", e.kind, stored, e.reason + (" [sized to target]" if e.budgeted else ""))
+        t.add_row(*map(escape, cells))  # names and reasons are text, not rich markup
     return t
 
 
@@ -111,7 +113,8 @@ def compress(
 ) -> None:
     """Compress a model and write an artifact (safetensors + JSON manifest)."""
     import big2small as b2s
-    from big2small.recipe import Recipe, describe_module_tensors, describe_state_dict, plan
+    from big2small.compress import plan_model
+    from big2small.recipe import Recipe
     from big2small.specs import parse_method_spec
 
     if output is None and not dry_run:
@@ -142,8 +145,7 @@ def compress(
     err.print(f"loading {model} ...")
     loaded = b2s.load_model(model)
     if dry_run:
-        infos = describe_state_dict(loaded.weights) if loaded.model is None else describe_module_tensors(loaded.model)
-        entries = plan(infos, the_recipe)
+        _, entries = plan_model(loaded.weights, the_recipe)
         out.print(_plan_table(entries))
         out.print(_plan_summary(entries))
         return
@@ -196,7 +198,7 @@ def inspect(
         for col in ("tensor", "shape", "method", "bits", "bits/weight"):
             t.add_column(col)
         for name, enc in cm.tensors.items():
-            t.add_row(name, "x".join(map(str, enc.layout.shape)) or "scalar", enc.method, f"{enc.total_bits:,}",
+            t.add_row(escape(name), "x".join(map(str, enc.layout.shape)) or "scalar", enc.method, f"{enc.total_bits:,}",
                       f"{enc.total_bits / max(enc.numel, 1):.3f}")
         out.print(t)
     _emit_json({"artifact": str(artifact), "source": src, "size": size.to_dict(), "bytes_on_disk": info,
@@ -212,7 +214,6 @@ def verify(
 ) -> None:
     """Check integrity, decode every tensor, and compare with the original weights."""
     import big2small as b2s
-    from big2small.evaluate.weights import weight_error
 
     cm = b2s.load(artifact)
     decoded = {n: t.float() for n, t in cm.state_dict().items() if n not in cm.aliases}
@@ -226,16 +227,15 @@ def verify(
     missing = sorted(set(decoded) - set(state))
     if missing:
         raise Big2SmallError(f"{spec} does not match the artifact: it lacks {len(missing)} tensor(s), e.g. {missing[0]}")
-    compressed_names = [n for n, e in cm.tensors.items() if e.method != "raw"]
-    if not compressed_names:
+    report = cm.weight_error(state, decoded)
+    if report is None:
         out.print("no compressed tensors: every tensor is stored raw")
         return
-    report = weight_error({n: state[n].float() for n in compressed_names}, {n: decoded[n] for n in compressed_names})
     t = Table(title=f"weight error vs {spec} (compressed tensors)")
     for col in ("tensor", "numel", "relative error", "SQNR dB"):
         t.add_column(col)
     for row in report.table():
-        t.add_row(row["name"], f"{row['numel']:,}", f"{row['rel_error']:.4g}", f"{row['sqnr_db']:.2f}")
+        t.add_row(escape(row["name"]), f"{row['numel']:,}", f"{row['rel_error']:.4g}", f"{row['sqnr_db']:.2f}")
     out.print(t)
     out.print(report.describe())
     _emit_json({"artifact": str(artifact), "model": spec, "weight_error": report.table()}, json_out)
@@ -312,7 +312,7 @@ def main() -> None:
     try:
         app()
     except Big2SmallError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         err.print("interrupted")

@@ -11,7 +11,9 @@ from torch import nn
 from big2small.errors import Big2SmallError
 from big2small.generators import REGISTRY, Encoded, GeneratorConfig, RawConfig, decode, generator_for
 from big2small.progress import progress_bar
-from big2small.recipe import Override, PlanEntry, Recipe, describe_module_tensors, describe_state_dict, plan
+from big2small.recipe import (
+    Override, PlanEntry, Recipe, TensorInfo, describe_module_tensors, describe_state_dict, plan,
+)
 
 
 @dataclass
@@ -74,6 +76,21 @@ class CompressedModel:
                 out[alias] = out[target]
         return out
 
+    def weight_error(self, original: dict[str, torch.Tensor], decoded: dict[str, torch.Tensor] | None = None):
+        """Error of the compressed (non-raw) tensors against `original` (a state_dict): a
+        big2small.evaluate.weights.WeightErrorReport, or None when nothing is compressed.
+        Pass `decoded` (from state_dict()) to reuse tensors already decoded."""
+        from big2small.evaluate.weights import weight_error
+
+        names = [n for n, e in self.tensors.items() if e.method != "raw"]
+        if not names:
+            return None
+        missing = [n for n in names if n not in original]
+        if missing:
+            raise Big2SmallError(f"the original model lacks {len(missing)} compressed tensor(s), e.g. {missing[0]}")
+        decoded = decoded if decoded is not None else self.state_dict(names=names)
+        return weight_error({n: original[n].float() for n in names}, {n: decoded[n].float() for n in names})
+
     def apply_to(self, model: nn.Module) -> nn.Module:
         """Load the decoded weights into `model` (same architecture) and return it."""
         state = self.state_dict()
@@ -125,6 +142,18 @@ def make_recipe(method: str | None = None, *, bpw: float | None = None,
                   target_bpw=bpw, budget_fixed=dict(options), seed=seed)
 
 
+def plan_model(model: nn.Module | dict[str, torch.Tensor], recipe: Recipe) -> tuple[list[TensorInfo], list[PlanEntry]]:
+    """What compress() will do to each tensor, size target applied, without encoding anything.
+
+    Raises Big2SmallError for a size target that cannot be met, as compress() would.
+    """
+    infos = describe_state_dict(model) if isinstance(model, dict) else describe_module_tensors(model)
+    entries = plan(infos, recipe)
+    if recipe.target_bpw is not None:
+        _size_to_target(entries, recipe, count_parameters(entries))
+    return infos, entries
+
+
 def compress(model: Any, recipe: Recipe | str | None = None, *, source: Any = None, progress: bool = True,
              **options: Any) -> CompressedModel:
     """Compress every tensor of `model` and account for every stored bit.
@@ -145,12 +174,9 @@ def compress(model: Any, recipe: Recipe | str | None = None, *, source: Any = No
         from big2small.models import module_source
 
         source = module_source(model)  # records the class, so that a reload can say what skeleton it needs
-    infos = describe_state_dict(model) if isinstance(model, dict) else describe_module_tensors(model)
-    entries = plan(infos, recipe)
+    infos, entries = plan_model(model, recipe)
     tensors_by_name = {i.name: i.tensor for i in infos}
     n_params = count_parameters(entries)
-    if recipe.target_bpw is not None:
-        _size_to_target(entries, recipe, n_params)
     encoded: dict[str, Encoded] = {}
     with progress_bar("compressing", total=sum(e.numel for e in entries), enabled=progress) as advance:
         for e in entries:

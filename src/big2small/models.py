@@ -196,11 +196,9 @@ def _save_dense_hf(model: nn.Module, path: Path) -> None:
     config.pop("quantization_config", None)
     config["architectures"] = [type(model).__name__]
     (path / "config.json").write_text(json.dumps(config, indent=2))
-    seen, state = set(), {}
-    for name, t in model.state_dict().items():
-        if t.data_ptr() not in seen:
-            seen.add(t.data_ptr())
-            state[name] = t.contiguous()
+    from big2small.recipe import describe_module_tensors  # the one rule for "tied tensors once"
+
+    state = {info.name: info.tensor.contiguous() for info in describe_module_tensors(model)}
     save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
 
 
