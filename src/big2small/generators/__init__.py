@@ -4,7 +4,7 @@ Importing this package registers every method, so `GeneratorConfig.from_dict` an
 know all of them.
 """
 
-from big2small.generators import lowrank, raw, sparse, uniform
+from big2small.generators import hyper, lowrank, raw, sparse, uniform
 from big2small.generators.base import (
     HEADER_BITS,
     REGISTRY,
@@ -14,6 +14,7 @@ from big2small.generators.base import (
     decode,
     generator_for,
 )
+from big2small.generators.hyper import HyperConfig, HyperGenerator
 from big2small.generators.lowrank import LowRankConfig, LowRankGenerator
 from big2small.generators.raw import RawConfig, RawGenerator
 from big2small.generators.sparse import PruneConfig, PruneGenerator
@@ -25,6 +26,8 @@ __all__ = [
     "Encoded",
     "Generator",
     "GeneratorConfig",
+    "HyperConfig",
+    "HyperGenerator",
     "LowRankConfig",
     "LowRankGenerator",
     "PruneConfig",
@@ -35,6 +38,7 @@ __all__ = [
     "UniformGenerator",
     "decode",
     "generator_for",
+    "hyper",
     "lowrank",
     "raw",
     "sparse",

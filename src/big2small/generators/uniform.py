@@ -8,7 +8,6 @@ asymmetric zero-points are integers stored at the code width, so the offset is e
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +16,7 @@ import torch
 from big2small import bitpack
 from big2small.errors import Big2SmallError
 from big2small.generators.base import HEADER_BITS, Encoded, Generator, GeneratorConfig, register
+from big2small.generators.grouping import grouped, grouping, ungrouped
 from big2small.layout import MatrixLayout
 
 # Candidate group sizes when sizing to a bits-per-weight target, finest first; 0 = per-channel.
@@ -40,61 +40,14 @@ class UniformConfig(GeneratorConfig):
             raise Big2SmallError(f"uniform: group_size must be >= 0 (0 = per channel), got {self.group_size}")
 
 
-@dataclass(frozen=True)
-class _Grouping:
-    """How the [rows, cols] matrix is cut into groups: a [n_rows, row_len] view padded to
-    [n_rows, groups_per_row * group_len]."""
-
-    rows_per_group_row: int
-    n_rows: int
-    row_len: int
-    group_len: int
-
-    @property
-    def groups_per_row(self) -> int:
-        return math.ceil(self.row_len / self.group_len)
-
-    @property
-    def n_groups(self) -> int:
-        return self.n_rows * self.groups_per_row
-
-
-def _grouping(layout: MatrixLayout, group_size: int) -> _Grouping:
-    rows, cols = layout.rows, layout.cols
-    g = cols if group_size == 0 else group_size
-    if cols >= g:
-        return _Grouping(1, rows, cols, g)
-    per = max(1, g // cols)  # a group spans this many whole rows
-    return _Grouping(per, math.ceil(rows / per), per * cols, per * cols)
-
-
-def _grouped(matrix: torch.Tensor, gp: _Grouping) -> torch.Tensor:
-    """[rows, cols] -> [n_groups, group_len], zero-padded. Zeros never move a group's range,
-    which always includes 0 (asymmetric) or is an absolute maximum (symmetric)."""
-    flat = matrix.reshape(-1)
-    rows_total = gp.n_rows * gp.rows_per_group_row
-    if rows_total * matrix.shape[1] != flat.numel():
-        flat = torch.cat([flat, flat.new_zeros(rows_total * matrix.shape[1] - flat.numel())])
-    m = flat.reshape(gp.n_rows, gp.row_len)
-    pad = gp.groups_per_row * gp.group_len - gp.row_len
-    if pad:
-        m = torch.nn.functional.pad(m, (0, pad))
-    return m.reshape(gp.n_groups, gp.group_len)
-
-
-def _ungrouped(groups: torch.Tensor, gp: _Grouping, layout: MatrixLayout) -> torch.Tensor:
-    m = groups.reshape(gp.n_rows, gp.groups_per_row * gp.group_len)[:, : gp.row_len]
-    return m.reshape(-1)[: layout.numel].reshape(layout.rows, layout.cols)
-
-
 @register
 class UniformGenerator(Generator):
     config_type = UniformConfig
 
     def _encode(self, matrix: torch.Tensor, layout: MatrixLayout, *, seed: int) -> Encoded:
         cfg: UniformConfig = self.config
-        gp = _grouping(layout, cfg.group_size)
-        groups = _grouped(matrix, gp)
+        gp = grouping(layout, cfg.group_size)
+        groups = grouped(matrix, gp)
         levels = (1 << cfg.bits) - 1
         if cfg.symmetric:
             half = 1 << (cfg.bits - 1)
@@ -114,7 +67,7 @@ class UniformGenerator(Generator):
         else:
             zero = torch.clamp(torch.round(-lo / s.squeeze(1)), 0, levels)
             q = torch.clamp(torch.round(groups / s) + zero.unsqueeze(1), 0, levels)
-        codes = _ungrouped(q, gp, layout).reshape(-1).to(torch.int64)
+        codes = ungrouped(q, gp, layout).reshape(-1).to(torch.int64)
         tensors = {"codes": bitpack.pack(codes, cfg.bits), "scales": scale16}
         bits = {"codes": codes.numel() * cfg.bits, "scales": 16 * gp.n_groups, "header": HEADER_BITS}
         if zero is not None:
@@ -125,19 +78,19 @@ class UniformGenerator(Generator):
     def decode_matrix(self, enc: Encoded) -> torch.Tensor:
         cfg: UniformConfig = enc.config
         layout = enc.layout
-        gp = _grouping(layout, cfg.group_size)
+        gp = grouping(layout, cfg.group_size)
         codes = bitpack.unpack(enc.tensors["codes"], cfg.bits, layout.numel).reshape(layout.rows, layout.cols)
-        q = _grouped(codes.float(), gp)
+        q = grouped(codes.float(), gp)
         scale = enc.tensors["scales"].float().unsqueeze(1)
         if cfg.symmetric:
             offset = float(1 << (cfg.bits - 1))
         else:
             offset = bitpack.unpack(enc.tensors["zeros"], cfg.bits, gp.n_groups).float().unsqueeze(1)
-        return _ungrouped((q - offset) * scale, gp, layout)
+        return ungrouped((q - offset) * scale, gp, layout)
 
     @classmethod
     def bits_for(cls, config: UniformConfig, layout: MatrixLayout) -> int:
-        n_groups = _grouping(layout, config.group_size).n_groups
+        n_groups = grouping(layout, config.group_size).n_groups
         zero_bits = 0 if config.symmetric else config.bits
         return layout.numel * config.bits + n_groups * (16 + zero_bits) + HEADER_BITS
 

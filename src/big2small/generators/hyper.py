@@ -1,0 +1,312 @@
+"""Hyper-compression, improved (`hyper`): one integer index per short vector of weights.
+
+Weights are paired along each row of the matrix view (vectors of `dim` weights, 2 by default; an
+odd row is padded with a 0 that is encoded, paid for and dropped). Each group of `group_size`
+weights along a row shares one fp16 scale; the normalised vector is replaced by the index of its
+nearest codeword in a codebook of 2**bits points, so a weight costs bits/dim plus 16/group_size.
+
+Codebooks (METHODS.md §3.5; the faithful reproduction of the reference code is `hyper_ref`):
+- "winding": the paper's hyperfunction, an irrational winding on [-1, 1]^dim (the plastic number
+  for pairs); groups scaled by their absolute maximum. 0 stored bits.
+- "lattice": the reference code's grid, centred; absmax scaling. 0 stored bits.
+- "gaussian": a fixed codebook fitted once, data-free, to a unit Gaussian (Lloyd from the
+  Gaussian-warped winding); groups scaled by their RMS. 0 stored bits, and one nearest-codeword
+  table serves every tensor, which is what makes encoding fast.
+- "shaped" (default): the same, from a small family of fixed codebooks with heavier and heavier
+  tails; each tensor takes the member whose kurtosis is nearest to that of its normalised weights
+  (8 stored bits: the member's number). As fast as "gaussian", and it follows heavy-tailed layers.
+- "fitted": the Gaussian codebook refined by Lloyd steps on this tensor's own normalised vectors,
+  stored in fp16 (2**bits * dim * 16 bits per tensor).
+
+Optional rings (winding and lattice): points outside the unit square are companded into it, as in
+the reference code, with ring radii from the tensor's largest radius R (stored in fp16).
+Optional `scale_grid`: each group tries its scale times each factor and keeps the best (MSE).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from big2small import bitpack
+from big2small.errors import Big2SmallError
+from big2small.generators import codebook as cb
+from big2small.generators.base import HEADER_BITS, Encoded, Generator, GeneratorConfig, register
+from big2small.generators.grouping import element_counts, grouped, grouping, per_element
+from big2small.layout import MatrixLayout
+
+CODEBOOKS = ("shaped", "gaussian", "fitted", "winding", "lattice")
+# Scale per codebook when scale="auto": uniform codebooks cover [-1, 1], Gaussian ones N(0, 1).
+AUTO_SCALE = {"shaped": "rms", "gaussian": "rms", "fitted": "rms", "winding": "absmax", "lattice": "absmax"}
+RING_KAPPA = 2.5  # with rings, groups are scaled by kappa * RMS so most points fall inside the square
+BUDGET_GROUP_SIZES = (32, 64, 128, 256, 0)
+MAX_BITS = 16
+
+
+@dataclass
+class HyperConfig(GeneratorConfig):
+    """bits: index width (one index per `dim` weights, so bits/dim bits per weight plus scales).
+    group_size: weights per fp16 scale along a row (0 = one per row). codebook: shaped, gaussian,
+    fitted, winding or lattice. rings: companding rings for points outside the square (winding, lattice).
+    scale: auto, absmax or rms. scale_grid: factors tried on each group's scale. lloyd_iters and
+    sample_size: the per-tensor fit of the "fitted" codebook (vectors subsampled with the seed)."""
+
+    method = "hyper"
+    bits: int = 8
+    dim: int = 2
+    group_size: int = 128
+    codebook: str = "shaped"
+    rings: int = 0
+    scale: str = "auto"
+    scale_grid: list[float] = field(default_factory=lambda: [1.0, 0.9, 1.1, 1.2])
+    lloyd_iters: int = 10
+    sample_size: int = 1 << 16
+
+    def validate(self) -> None:
+        if not 1 <= self.dim <= 4:
+            raise Big2SmallError(f"hyper: dim must be in 1..4, got {self.dim}")
+        if not self.dim <= self.bits <= MAX_BITS:
+            raise Big2SmallError(f"hyper: bits must be in {self.dim}..{MAX_BITS} (one index per {self.dim} weights), got {self.bits}")
+        if self.codebook not in CODEBOOKS:
+            raise Big2SmallError(f"hyper: codebook must be one of {', '.join(CODEBOOKS)}, got {self.codebook!r}")
+        if self.codebook == "lattice" and (self.dim != 2 or self.bits % 2):
+            raise Big2SmallError("hyper: the lattice codebook needs dim=2 and an even number of bits")
+        if self.group_size < 0:
+            raise Big2SmallError(f"hyper: group_size must be >= 0 (0 = per row), got {self.group_size}")
+        if self.group_size % self.dim:
+            raise Big2SmallError(f"hyper: group_size must be a multiple of dim={self.dim}, got {self.group_size}")
+        if self.scale not in ("auto", "absmax", "rms"):
+            raise Big2SmallError(f"hyper: scale must be auto, absmax or rms, got {self.scale!r}")
+        if not self.scale_grid or any(not 0 < f <= 4 for f in self.scale_grid):
+            raise Big2SmallError(f"hyper: scale_grid factors must be in (0, 4], got {self.scale_grid}")
+        if self.rings:
+            if self.codebook not in ("winding", "lattice") or self.dim != 2:
+                raise Big2SmallError("hyper: rings work with the winding or lattice codebook on pairs only")
+            if self.rings < 0 or (1 << self.bits) % (self.rings + 1):
+                raise Big2SmallError(f"hyper: rings + 1 must divide 2**bits, got rings={self.rings}")
+            inner_bits = self.bits - int(math.log2(self.rings + 1))
+            if self.codebook == "lattice" and inner_bits % 2:
+                raise Big2SmallError("hyper: with the lattice codebook, 2**bits / (rings + 1) must be a power of 4")
+
+    @property
+    def scale_kind(self) -> str:
+        return AUTO_SCALE[self.codebook] if self.scale == "auto" else self.scale
+
+    @property
+    def inner_bits(self) -> int:
+        """Bits of the codebook proper; the remaining index bits number the ring."""
+        return self.bits - int(math.log2(self.rings + 1))
+
+
+def base_codebook(cfg: HyperConfig, group_len: int, shape: int = 1) -> torch.Tensor:
+    """The codebook a tensor starts from, [2**inner_bits, dim]: a function of the config and, for
+    "shaped" and "fitted", of the group length and the tail-family member number."""
+    if cfg.codebook == "winding":
+        return cb.winding(cfg.inner_bits, cfg.dim)
+    if cfg.codebook == "lattice":
+        return cb.lattice(cfg.inner_bits)
+    if cfg.codebook == "gaussian":
+        return cb.gaussian_codebook(cfg.bits, cfg.dim)
+    return cb.shaped_codebook(cfg.bits, cfg.dim, cb.TAIL_POWERS[shape], group_len)
+
+
+@dataclass(frozen=True)
+class _Geometry:
+    """The padded matrix [rows, padded_cols] (cols rounded up to a multiple of dim) and its groups."""
+
+    layout: MatrixLayout
+    padded: MatrixLayout
+
+    @staticmethod
+    def of(layout: MatrixLayout, dim: int) -> "_Geometry":
+        cols = math.ceil(layout.cols / dim) * dim
+        return _Geometry(layout, MatrixLayout((layout.rows, cols)))
+
+
+@register
+class HyperGenerator(Generator):
+    config_type = HyperConfig
+
+    def _encode(self, matrix: torch.Tensor, layout: MatrixLayout, *, seed: int) -> Encoded:
+        cfg: HyperConfig = self.config
+        padded = _pad_cols(matrix, cfg.dim)
+        playout = MatrixLayout(tuple(padded.shape))
+        gp = grouping(playout, cfg.group_size)
+        scale = _group_scale(grouped(padded, gp), element_counts(gp, playout), cfg)
+        tensors: dict[str, torch.Tensor] = {}
+        bits: dict[str, int] = {}
+        shape = 1  # the Gaussian member
+        if cfg.codebook == "shaped":
+            shape = _tail_member(padded, per_element(_fp16_scale(scale).float(), gp, playout), cfg.dim, gp.group_len)
+            tensors["shape"] = torch.tensor([shape], dtype=torch.uint8)
+            bits["shape"] = 8
+        codebook = base_codebook(cfg, gp.group_len, shape).to(matrix.device)
+        if cfg.codebook == "fitted":
+            codebook = _fit(padded, per_element(scale, gp, playout), codebook, cfg, seed)
+            tensors["codebook"] = codebook.to(torch.float16)
+            bits["codebook"] = codebook.numel() * 16
+            codebook = tensors["codebook"].float()
+        radius = None
+        best_err = best_codes = best_scale = None
+        for factor in cfg.scale_grid:
+            s16 = _fp16_scale(scale * factor)
+            s = per_element(s16.float(), gp, playout)
+            vectors = (padded / torch.where(s == 0, torch.ones_like(s), s)).reshape(-1, cfg.dim)
+            if cfg.rings:
+                if radius is None:  # one R for the tensor, from the first (unscaled) factor
+                    radius = torch.tensor(max(1.0, float(vectors.norm(dim=1).max())), dtype=torch.float16)
+                codes = _ring_codes(vectors, codebook, cfg, float(radius))
+            else:
+                # A fitted codebook is used once, so keeping its search table would only churn the cache.
+                codes = cb.nearest(vectors, codebook, cache=cfg.codebook != "fitted")
+            decoded = _lookup(codes, codebook, cfg, radius).reshape(padded.shape) * s
+            err = grouped((decoded - padded) ** 2, gp).sum(1)
+            if best_err is None:
+                best_err, best_codes, best_scale = err, codes, s16
+            else:
+                better = err < best_err
+                best_err = torch.where(better, err, best_err)
+                best_scale = torch.where(better, s16, best_scale)
+                take = per_element(better.float(), gp, playout).reshape(-1, cfg.dim)[:, 0] > 0
+                best_codes = torch.where(take, codes, best_codes)
+        tensors["codes"] = bitpack.pack(best_codes, cfg.bits)
+        tensors["scales"] = best_scale
+        bits.update({"codes": best_codes.numel() * cfg.bits, "scales": 16 * gp.n_groups, "header": HEADER_BITS})
+        if radius is not None:
+            tensors["radius"] = radius.reshape(1)
+            bits["radius"] = 16
+        return Encoded(cfg.method, cfg, layout, matrix.dtype, tensors, bits)
+
+    def decode_matrix(self, enc: Encoded) -> torch.Tensor:
+        cfg: HyperConfig = enc.config
+        layout = enc.layout
+        cols = math.ceil(layout.cols / cfg.dim) * cfg.dim
+        playout = MatrixLayout((layout.rows, cols))
+        n_vectors = playout.numel // cfg.dim
+        gp = grouping(playout, cfg.group_size)
+        codes = enc.tensors.get("indices")  # present when the codes were unpacked once (on-the-fly mode)
+        if codes is None:
+            codes = bitpack.unpack(enc.tensors["codes"], cfg.bits, n_vectors)
+        if "codebook" in enc.tensors:
+            codebook = enc.tensors["codebook"]
+        else:
+            shape = int(enc.tensors["shape"][0]) if "shape" in enc.tensors else 1
+            codebook = base_codebook(cfg, gp.group_len, shape)
+        codebook = codebook.to(codes.device, torch.float32)
+        radius = float(enc.tensors["radius"]) if "radius" in enc.tensors else None
+        values = _lookup(codes, codebook, cfg, radius).reshape(layout.rows, cols)
+        scales = enc.tensors["scales"].float()
+        if gp.rows_per_group_row == 1 and cols % gp.group_len == 0:
+            # The common case: groups tile each row exactly, so the scales broadcast without copying.
+            values = (values.reshape(layout.rows, -1, gp.group_len) * scales.reshape(layout.rows, -1, 1)).reshape(layout.rows, cols)
+        else:
+            values = values * per_element(scales, gp, playout)
+        return values[:, : layout.cols]
+
+    @classmethod
+    def bits_for(cls, config: HyperConfig, layout: MatrixLayout) -> int:
+        geometry = _Geometry.of(layout, config.dim)
+        n_groups = grouping(geometry.padded, config.group_size).n_groups
+        bits = geometry.padded.numel // config.dim * config.bits + 16 * n_groups + HEADER_BITS
+        if config.codebook == "fitted":
+            bits += (1 << config.bits) * config.dim * 16
+        if config.codebook == "shaped":
+            bits += 8
+        if config.rings:
+            bits += 16
+        return bits
+
+    @classmethod
+    def for_budget(cls, bits_per_weight: float, layout: MatrixLayout, fixed: dict[str, Any]) -> HyperConfig:
+        # As for uniform: a wider index beats finer groups at equal size, so take the widest index
+        # that fits, then the finest group size that still fits.
+        base = {k: v for k, v in fixed.items() if k not in ("bits", "group_size")}
+        dim = base.get("dim", 2)
+        bit_choices = [fixed["bits"]] if "bits" in fixed else range(min(MAX_BITS, 6 * dim), dim - 1, -1)
+        group_choices = [fixed["group_size"]] if "group_size" in fixed else BUDGET_GROUP_SIZES
+        budget = bits_per_weight * layout.numel
+        for b in bit_choices:
+            for g in group_choices:
+                cfg = HyperConfig(bits=b, group_size=g, **base)
+                try:
+                    cfg.validate()
+                except Big2SmallError:
+                    continue
+                if cls.bits_for(cfg, layout) <= budget:
+                    return cfg
+        raise Big2SmallError(f"hyper: no setting fits {bits_per_weight:.3f} bits per weight on a {list(layout.shape)} tensor")
+
+
+def _pad_cols(matrix: torch.Tensor, dim: int) -> torch.Tensor:
+    pad = (-matrix.shape[1]) % dim
+    return torch.nn.functional.pad(matrix, (0, pad)) if pad else matrix
+
+
+def _fp16_scale(scale: torch.Tensor) -> torch.Tensor:
+    s16 = scale.to(torch.float16)
+    if not torch.isfinite(s16).all():
+        raise Big2SmallError("hyper: weights too large for fp16 group scales")
+    return s16
+
+
+def _group_scale(groups: torch.Tensor, counts: torch.Tensor, cfg: HyperConfig) -> torch.Tensor:
+    """Per-group scale in fp32 (rounded to fp16 by the caller); 0 for an all-zero group."""
+    if cfg.scale_kind == "absmax":
+        return groups.abs().amax(1)
+    rms = ((groups * groups).sum(1) / counts.clamp_min(1)).sqrt()
+    return rms * RING_KAPPA if cfg.rings else rms
+
+
+def _tail_member(padded: torch.Tensor, scale: torch.Tensor, dim: int, group_len: int) -> int:
+    """The tail-family member whose kurtosis is nearest to that of the rms-normalised weights (a
+    direct choice: only the chosen member's codebook is ever built)."""
+    live = scale != 0
+    x = padded[live] / scale[live]
+    if x.numel() == 0:
+        return 1
+    kurtosis = float((x**4).mean() / (x**2).mean().clamp_min(1e-30) ** 2)
+    distances = [abs(cb.shaped_kurtosis(dim, p, cb.effective_group_len(group_len)) - kurtosis) for p in cb.TAIL_POWERS]
+    return distances.index(min(distances))
+
+
+def _fit(padded: torch.Tensor, scale: torch.Tensor, init: torch.Tensor, cfg: HyperConfig, seed: int) -> torch.Tensor:
+    """Lloyd steps on a seeded subsample of this tensor's normalised vectors."""
+    s = _fp16_scale(scale).float()
+    vectors = (padded / torch.where(s == 0, torch.ones_like(s), s)).reshape(-1, cfg.dim)
+    vectors = vectors[(s.reshape(-1, cfg.dim)[:, 0] != 0)]
+    if vectors.shape[0] > cfg.sample_size:
+        gen = torch.Generator().manual_seed(seed)
+        pick = torch.randperm(vectors.shape[0], generator=gen)[: cfg.sample_size].to(vectors.device)
+        vectors = vectors[pick]
+    if vectors.shape[0] == 0:
+        return init
+    return cb.lloyd(vectors, init, cfg.lloyd_iters)
+
+
+def _ring_radii(cfg: HyperConfig, radius: float, device) -> torch.Tensor:
+    """r_0 = 1 (the square) and r_i = 1 + i (R - 1) / C for the C rings."""
+    return 1 + torch.arange(cfg.rings + 1, device=device, dtype=torch.float32) * ((radius - 1) / cfg.rings)
+
+
+def _ring_codes(vectors: torch.Tensor, codebook: torch.Tensor, cfg: HyperConfig, radius: float) -> torch.Tensor:
+    """Points inside the square keep ring 0; others go to the smallest ring that holds them and are
+    companded by 1/r_i into the unit disk before the search (METHODS.md §3.2 step 5)."""
+    radii = _ring_radii(cfg, radius, vectors.device)
+    norm = vectors.norm(dim=1)
+    outside = vectors.abs().amax(1) > 1
+    ring = torch.searchsorted(radii[1:].contiguous(), norm.contiguous()).clamp(max=cfg.rings - 1) + 1
+    ring = torch.where(outside, ring, torch.zeros_like(ring))
+    codes = cb.nearest(vectors / radii[ring].unsqueeze(1), codebook)
+    return codes + ring * codebook.shape[0]
+
+
+def _lookup(codes: torch.Tensor, codebook: torch.Tensor, cfg: HyperConfig, radius: float | None) -> torch.Tensor:
+    """Normalised vectors [n, dim] from indices: a gather, and with rings one multiply."""
+    if not cfg.rings:
+        return codebook[codes]
+    inner = codebook.shape[0]
+    ring = torch.div(codes, inner, rounding_mode="floor")
+    return codebook[codes - ring * inner] * _ring_radii(cfg, radius or 1.0, codes.device)[ring].unsqueeze(1)
