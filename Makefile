@@ -45,6 +45,8 @@ test-slow: setup
 	$(PY) -m pytest -q -m slow
 
 bench: setup
+	# Benchmark-only baselines (hqq); resolves against the pinned CPU torch, installs no other torch.
+	$(PIP) install -q -e ".[bench]"
 	$(PY) benchmarks/baselines.py
 
 clean:

@@ -90,18 +90,31 @@ def _method_options(bits, group_size, symmetric, rank, energy, sparsity) -> dict
     return {k: v for k, v in options.items() if v is not None}
 
 
+def _extra_options(items: list[str]) -> dict[str, Any]:
+    from big2small.specs import parse_value
+
+    options = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise Big2SmallError(f"bad --option {item!r}: expected KEY=VALUE")
+        options[key.strip().replace("-", "_")] = parse_value(value.strip())
+    return options
+
+
 @app.command()
 def compress(
     model: str = typer.Argument(..., help=MODEL_HELP),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Artifact directory to write (e.g. model.b2s)."),
-    method: str = typer.Option("uniform", "--method", "-m", help="uniform, lowrank or prune."),
+    method: str = typer.Option("uniform", "--method", "-m", help="uniform, hyper, hyper_ref, lowrank or prune."),
     bpw: Optional[float] = typer.Option(None, help="Target bits per weight for the whole model; options left open are chosen to meet it."),
-    bits: Optional[int] = typer.Option(None, help="uniform: code width (1-8)."),
-    group_size: Optional[int] = typer.Option(None, help="uniform: weights per group (0 = per channel)."),
+    bits: Optional[int] = typer.Option(None, help="uniform: code width (1-8); hyper: index width per pair of weights (8 = about 4 bits per weight)."),
+    group_size: Optional[int] = typer.Option(None, help="uniform, hyper: weights per group (0 = per channel)."),
     symmetric: Optional[bool] = typer.Option(None, "--symmetric/--asymmetric", help="uniform: grid shape."),
     rank: Optional[int] = typer.Option(None, help="lowrank: rank."),
     energy: Optional[float] = typer.Option(None, help="lowrank: keep this share of singular-value energy."),
     sparsity: Optional[float] = typer.Option(None, help="prune: share of weights set to zero."),
+    option: list[str] = typer.Option([], "--option", "-O", help="KEY=VALUE: any option of the method (repeatable), e.g. -O codebook=winding -O scale_grid=1.0/0.9."),
     override: list[str] = typer.Option([], "--override", help="PATTERN=METHOD:k=v,... or PATTERN=keep (name or regex; repeatable; first match wins)."),
     include_embeddings: bool = typer.Option(False, help="Also compress the token embedding and the LM head."),
     min_numel: int = typer.Option(4096, help="Smaller weights are kept uncompressed."),
@@ -141,7 +154,8 @@ def compress(
                 overrides.append((pattern, b2s.GeneratorConfig.from_dict({"method": name, **opts})))
         the_recipe = b2s.make_recipe(method, bpw=bpw, overrides=overrides, include_embeddings=include_embeddings,
                                      min_numel=min_numel, raw_dtype=raw_dtype,
-                                     **_method_options(bits, group_size, symmetric, rank, energy, sparsity))
+                                     **{**_method_options(bits, group_size, symmetric, rank, energy, sparsity),
+                                        **_extra_options(option)})
     err.print(f"loading {model} ...")
     loaded = b2s.load_model(model)
     if dry_run:

@@ -137,6 +137,7 @@ def make_recipe(method: str | None = None, *, bpw: float | None = None,
             known = sorted(m for m in REGISTRY if m != "raw")
             raise Big2SmallError(f"unknown method {method!r}; known: {', '.join(known)}")
         default = GeneratorConfig.from_dict({"method": method, **options})
+        default.validate()
     return Recipe(default=default, overrides=[Override(p, c) for p, c in (overrides or [])],
                   min_numel=min_numel, include_embeddings=include_embeddings, raw_dtype=raw_dtype,
                   target_bpw=bpw, budget_fixed=dict(options), seed=seed)

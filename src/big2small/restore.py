@@ -10,11 +10,14 @@ from big2small.compress import CompressedModel
 from big2small.errors import Big2SmallError
 
 
-def restore(artifact: str | os.PathLike | CompressedModel, skeleton: nn.Module | None = None) -> nn.Module:
+def restore(artifact: str | os.PathLike | CompressedModel, skeleton: nn.Module | None = None, *,
+            on_the_fly: bool = False, unpack: bool = False) -> nn.Module:
     """Decode the weights into a model and return it in eval mode.
 
     Hugging Face models and bundled models rebuild from the artifact alone; any other nn.Module
     needs `skeleton`, an instance of its class (its weights are overwritten).
+    on_the_fly: compressed layer weights stay compact and are decoded inside each forward
+        (big2small.onthefly); `unpack` keeps their codes unpacked (faster, more memory).
     """
     from big2small.artifact import load
     from big2small.models import build_skeleton
@@ -24,4 +27,8 @@ def restore(artifact: str | os.PathLike | CompressedModel, skeleton: nn.Module |
         if cm.source is None:
             raise Big2SmallError("this artifact has no source model record: pass a skeleton")
         skeleton = build_skeleton(cm.source)
+    if on_the_fly:
+        from big2small.onthefly import attach
+
+        return attach(skeleton, cm, unpack=unpack).eval()
     return cm.apply_to(skeleton).eval()

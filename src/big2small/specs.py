@@ -23,6 +23,21 @@ def parse_value(text: str) -> Any:
     return text
 
 
+def as_list(value: Any, cast: type) -> Any:
+    """A list option given on the command line: one value, or values joined by '/' ("1.0/0.9").
+    Lists pass through; anything else is left for validate() to refuse."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return [cast(value)]
+    if isinstance(value, str) and value:
+        try:
+            return [cast(v) for v in value.split("/")]
+        except ValueError:
+            return value
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
 def parse_method_spec(text: str) -> tuple[str, dict[str, Any]]:
     """"uniform:bits=4,group_size=64" -> ("uniform", {"bits": 4, "group_size": 64})."""
     method, _, rest = text.strip().partition(":")

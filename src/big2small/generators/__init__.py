@@ -4,7 +4,7 @@ Importing this package registers every method, so `GeneratorConfig.from_dict` an
 know all of them.
 """
 
-from big2small.generators import hyper, lowrank, raw, sparse, uniform
+from big2small.generators import hyper, hyper_ref, lowrank, raw, sparse, uniform
 from big2small.generators.base import (
     HEADER_BITS,
     REGISTRY,
@@ -15,6 +15,7 @@ from big2small.generators.base import (
     generator_for,
 )
 from big2small.generators.hyper import HyperConfig, HyperGenerator
+from big2small.generators.hyper_ref import HyperRefConfig, HyperRefGenerator
 from big2small.generators.lowrank import LowRankConfig, LowRankGenerator
 from big2small.generators.raw import RawConfig, RawGenerator
 from big2small.generators.sparse import PruneConfig, PruneGenerator
@@ -28,6 +29,8 @@ __all__ = [
     "GeneratorConfig",
     "HyperConfig",
     "HyperGenerator",
+    "HyperRefConfig",
+    "HyperRefGenerator",
     "LowRankConfig",
     "LowRankGenerator",
     "PruneConfig",
@@ -39,6 +42,7 @@ __all__ = [
     "decode",
     "generator_for",
     "hyper",
+    "hyper_ref",
     "lowrank",
     "raw",
     "sparse",

@@ -119,6 +119,15 @@ class Generator(ABC):
         """Regenerate the tensor in its original shape, computed in fp32, cast at the very end."""
         return enc.layout.from_matrix(self.decode_matrix(enc)).to(dtype or enc.dtype)
 
+    def resident_tensors(self, enc: Encoded, *, unpack: bool = False) -> dict[str, torch.Tensor]:
+        """The tensors an on-the-fly layer keeps in memory to decode from (see big2small.onthefly).
+
+        By default the stored tensors themselves. A generator may add derived tensors that make
+        decoding cheaper; with `unpack`, it may trade memory for speed (e.g. bit-packed codes kept
+        unpacked). `decode_matrix` must accept the result in place of `enc.tensors`.
+        """
+        return dict(enc.tensors)
+
     @classmethod
     @abstractmethod
     def bits_for(cls, config: GeneratorConfig, layout: MatrixLayout) -> int:

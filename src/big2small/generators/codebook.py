@@ -187,10 +187,10 @@ def _brute_force(points: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     return out
 
 
-_GRID_CACHE: OrderedDict[tuple, "_GridIndex"] = OrderedDict()
+_GRID_CACHE: OrderedDict[tuple, _GridIndex] = OrderedDict()
 
 
-def _grid_for(codebook: torch.Tensor) -> "_GridIndex":
+def _grid_for(codebook: torch.Tensor) -> _GridIndex:
     key = (str(codebook.device), codebook.shape[0], codebook.cpu().numpy().tobytes())
     grid = _GRID_CACHE.get(key)
     if grid is None:

@@ -34,9 +34,16 @@ import torch
 from big2small import bitpack
 from big2small.errors import Big2SmallError
 from big2small.generators import codebook as cb
-from big2small.generators.base import HEADER_BITS, Encoded, Generator, GeneratorConfig, register
+from big2small.generators.base import (
+    HEADER_BITS,
+    Encoded,
+    Generator,
+    GeneratorConfig,
+    register,
+)
 from big2small.generators.grouping import element_counts, grouped, grouping, per_element
 from big2small.layout import MatrixLayout
+from big2small.specs import as_list
 
 CODEBOOKS = ("shaped", "gaussian", "fitted", "winding", "lattice")
 # Scale per codebook when scale="auto": uniform codebooks cover [-1, 1], Gaussian ones N(0, 1).
@@ -65,6 +72,9 @@ class HyperConfig(GeneratorConfig):
     lloyd_iters: int = 10
     sample_size: int = 1 << 16
 
+    def __post_init__(self) -> None:
+        self.scale_grid = as_list(self.scale_grid, float)
+
     def validate(self) -> None:
         if not 1 <= self.dim <= 4:
             raise Big2SmallError(f"hyper: dim must be in 1..4, got {self.dim}")
@@ -80,7 +90,8 @@ class HyperConfig(GeneratorConfig):
             raise Big2SmallError(f"hyper: group_size must be a multiple of dim={self.dim}, got {self.group_size}")
         if self.scale not in ("auto", "absmax", "rms"):
             raise Big2SmallError(f"hyper: scale must be auto, absmax or rms, got {self.scale!r}")
-        if not self.scale_grid or any(not 0 < f <= 4 for f in self.scale_grid):
+        if (not isinstance(self.scale_grid, list) or not self.scale_grid
+                or any(isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 4 for f in self.scale_grid)):
             raise Big2SmallError(f"hyper: scale_grid factors must be in (0, 4], got {self.scale_grid}")
         if self.rings:
             if self.codebook not in ("winding", "lattice") or self.dim != 2:
@@ -93,7 +104,7 @@ class HyperConfig(GeneratorConfig):
 
     @property
     def scale_kind(self) -> str:
-        return AUTO_SCALE[self.codebook] if self.scale == "auto" else self.scale
+        return ("rms" if self.rings else AUTO_SCALE[self.codebook]) if self.scale == "auto" else self.scale
 
     @property
     def inner_bits(self) -> int:
@@ -121,7 +132,7 @@ class _Geometry:
     padded: MatrixLayout
 
     @staticmethod
-    def of(layout: MatrixLayout, dim: int) -> "_Geometry":
+    def of(layout: MatrixLayout, dim: int) -> _Geometry:
         cols = math.ceil(layout.cols / dim) * dim
         return _Geometry(layout, MatrixLayout((layout.rows, cols)))
 
@@ -190,14 +201,9 @@ class HyperGenerator(Generator):
         codes = enc.tensors.get("indices")  # present when the codes were unpacked once (on-the-fly mode)
         if codes is None:
             codes = bitpack.unpack(enc.tensors["codes"], cfg.bits, n_vectors)
-        if "codebook" in enc.tensors:
-            codebook = enc.tensors["codebook"]
-        else:
-            shape = int(enc.tensors["shape"][0]) if "shape" in enc.tensors else 1
-            codebook = base_codebook(cfg, gp.group_len, shape)
-        codebook = codebook.to(codes.device, torch.float32)
+        codebook = _codebook_of(enc).to(codes.device, torch.float32)
         radius = float(enc.tensors["radius"]) if "radius" in enc.tensors else None
-        values = _lookup(codes, codebook, cfg, radius).reshape(layout.rows, cols)
+        values = _lookup(codes.to(torch.int64), codebook, cfg, radius).reshape(layout.rows, cols)
         scales = enc.tensors["scales"].float()
         if gp.rows_per_group_row == 1 and cols % gp.group_len == 0:
             # The common case: groups tile each row exactly, so the scales broadcast without copying.
@@ -205,6 +211,19 @@ class HyperGenerator(Generator):
         else:
             values = values * per_element(scales, gp, playout)
         return values[:, : layout.cols]
+
+    def resident_tensors(self, enc: Encoded, *, unpack: bool = False) -> dict[str, torch.Tensor]:
+        """Stored tensors plus the fp32 codebook (a few KB, saves rebuilding it per call); with
+        `unpack`, the codes as int16/int32 indices (16 or 32 bits per vector in memory)."""
+        cfg: HyperConfig = enc.config
+        out = dict(enc.tensors)
+        out["codebook"] = _codebook_of(enc)
+        if unpack:
+            n_vectors = math.ceil(enc.layout.cols / cfg.dim) * enc.layout.rows
+            codes = bitpack.unpack(enc.tensors["codes"], cfg.bits, n_vectors)
+            out["indices"] = codes.to(torch.int16 if cfg.bits <= 15 else torch.int32)
+            del out["codes"]
+        return out
 
     @classmethod
     def bits_for(cls, config: HyperConfig, layout: MatrixLayout) -> int:
@@ -238,6 +257,17 @@ class HyperGenerator(Generator):
                 if cls.bits_for(cfg, layout) <= budget:
                     return cfg
         raise Big2SmallError(f"hyper: no setting fits {bits_per_weight:.3f} bits per weight on a {list(layout.shape)} tensor")
+
+
+def _codebook_of(enc: Encoded) -> torch.Tensor:
+    """The fp32 codebook an encoded tensor decodes with: stored ("fitted"), or rebuilt from the
+    config (and the tail-family member for "shaped")."""
+    if "codebook" in enc.tensors:
+        return enc.tensors["codebook"].float()
+    cfg: HyperConfig = enc.config
+    group_len = grouping(MatrixLayout((enc.layout.rows, math.ceil(enc.layout.cols / cfg.dim) * cfg.dim)), cfg.group_size).group_len
+    shape = int(enc.tensors["shape"][0]) if "shape" in enc.tensors else 1
+    return base_codebook(cfg, group_len, shape)
 
 
 def _pad_cols(matrix: torch.Tensor, dim: int) -> torch.Tensor:

@@ -58,6 +58,7 @@ import torch
 
 from big2small import bitpack
 from big2small.errors import Big2SmallError
+from big2small.specs import as_list
 from big2small.generators.base import (
     HEADER_BITS,
     Encoded,
@@ -101,8 +102,7 @@ class HyperRefConfig(GeneratorConfig):
     hyperfunction: str = "grid"
 
     def __post_init__(self) -> None:
-        if isinstance(self.num_inner_list, tuple):
-            self.num_inner_list = list(self.num_inner_list)
+        self.num_inner_list = as_list(self.num_inner_list, int)
 
     def validate(self) -> None:
         def bad(msg: str) -> Big2SmallError:

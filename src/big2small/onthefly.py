@@ -1,0 +1,91 @@
+"""On-the-fly decoding: compressed layers keep only their compact tensors and regenerate the weight
+inside `forward`.
+
+Each compressed `weight` becomes a `torch.nn.utils.parametrize` parametrisation whose originals are
+the generator's stored tensors, so the model stays an ordinary `nn.Module` (any layer with a
+`weight`: Linear, Conv, Embedding, HF Conv1D), `.to(device)` moves the compact tensors, and each
+access to `module.weight` decodes it (fp32, cast to the original dtype) and lets it go after use.
+Resident memory is then the compressed model plus the largest decoded layer; FLOPs are unchanged
+and every forward pays the decoding. Inside `torch.nn.utils.parametrize.cached()` each weight is
+decoded once per context instead (dense speed and dense memory for its duration).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from big2small.compress import CompressedModel
+from big2small.errors import Big2SmallError
+from big2small.generators import Encoded, generator_for
+
+
+class StoredWeight(nn.Module):
+    """Parametrisation weight = generator.decode(stored tensors)."""
+
+    def __init__(self, enc: Encoded, resident: dict[str, torch.Tensor]):
+        super().__init__()
+        self.generator = generator_for(enc.config)
+        self.template = dataclasses.replace(enc, tensors={})
+        self.names = list(resident)
+        self._resident = [resident[n] for n in self.names]  # handed over once, by right_inverse
+
+    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+        enc = dataclasses.replace(self.template, tensors=dict(zip(self.names, tensors)))
+        return self.generator.decode(enc)
+
+    def right_inverse(self, weight: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        # Called once at registration: the dense weight is dropped in favour of the stored tensors.
+        resident, self._resident = self._resident, []
+        if not resident:
+            raise RuntimeError("a StoredWeight cannot be re-assigned; compress the new weight instead")
+        return tuple(resident)
+
+
+def attach(model: nn.Module, cm: CompressedModel, *, unpack: bool = False) -> nn.Module:
+    """Load `cm` into `model` (same architecture): compressed module weights decode on the fly, every
+    other tensor (raw ones, biases, norms, tied aliases) is loaded dense. Returns `model`.
+
+    unpack: keep bit-packed codes unpacked in memory where the generator supports it (e.g. hyper:
+    int16 indices, 16 bits per pair instead of its bit width), which makes each decode cheaper.
+    """
+    on_the_fly, dense = {}, {}
+    alias_targets = set(cm.aliases.values())
+    for name, enc in cm.tensors.items():
+        module_name, _, attr = name.rpartition(".")
+        module = _submodule(model, module_name)
+        eligible = (enc.method != "raw" and attr == "weight" and name not in alias_targets and module is not None
+                    and isinstance(getattr(module, "weight", None), nn.Parameter))
+        (on_the_fly if eligible else dense)[name] = enc
+    state = {name: generator_for(enc.config).decode(enc) for name, enc in dense.items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [m for m in missing if m not in on_the_fly and m not in cm.aliases]
+    if missing or unexpected:
+        raise Big2SmallError(
+            f"model does not match the artifact: {len(missing)} missing tensor(s) (e.g. {missing[:2]}), "
+            f"{len(unexpected)} unexpected (e.g. {unexpected[:2]})"
+        )
+    for name, enc in on_the_fly.items():
+        module = model.get_submodule(name.rpartition(".")[0])
+        if tuple(module.weight.shape) != enc.layout.shape:
+            raise Big2SmallError(f"model does not match the artifact: {name} is {tuple(module.weight.shape)}, stored {enc.layout.shape}")
+        resident = generator_for(enc.config).resident_tensors(enc, unpack=unpack)
+        module.weight.requires_grad_(False)  # integer codes cannot carry gradients
+        parametrize.register_parametrization(module, "weight", StoredWeight(enc, resident), unsafe=True)
+    return model
+
+
+def _submodule(model: nn.Module, name: str) -> nn.Module | None:
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        return None
+
+
+def resident_bytes(model: nn.Module) -> int:
+    """Bytes of every parameter and buffer the model holds (compact tensors included)."""
+    tensors = {id(t): t for t in list(model.parameters()) + list(model.buffers())}
+    return sum(t.numel() * t.element_size() for t in tensors.values())
