@@ -50,7 +50,7 @@ def attach(model: nn.Module, cm: CompressedModel, *, unpack: bool = False) -> nn
     other tensor (raw ones, biases, norms, tied aliases) is loaded dense. Returns `model`.
 
     unpack: keep bit-packed codes unpacked in memory where the generator supports it (e.g. hyper:
-    int16 indices, 16 bits per pair instead of its bit width), which makes each decode cheaper.
+    int32 indices, 32 bits per pair instead of its bit width), which makes each decode cheaper.
     """
     on_the_fly, dense = {}, {}
     alias_targets = set(cm.aliases.values())

@@ -10,7 +10,13 @@ from codec_checks import assert_bits_match_bytes, randn, round_trip
 
 from big2small import bitpack
 from big2small.errors import Big2SmallError
-from big2small.generators import GeneratorConfig, HyperConfig, UniformConfig, decode, generator_for
+from big2small.generators import (
+    GeneratorConfig,
+    HyperConfig,
+    UniformConfig,
+    decode,
+    generator_for,
+)
 from big2small.generators.hyper import HyperGenerator
 from big2small.layout import MatrixLayout
 
@@ -24,7 +30,8 @@ def student_t(rows, cols, seed=0, dof=5):
 
 @lru_cache(maxsize=4)
 def data(kind, rows, cols):
-    return (randn(rows, cols, seed=0) if kind == "gaussian" else student_t(rows, cols, seed=0)).clone()
+    """Seeded calibration data, made once per process (tests must not modify it)."""
+    return randn(rows, cols, seed=0) if kind == "gaussian" else student_t(rows, cols, seed=0)
 
 
 def rel_err(out, w):
@@ -46,9 +53,9 @@ CONFIGS = {
     "winding-rings": HyperConfig(bits=8, codebook="winding", rings=3),
     "lattice-rings": HyperConfig(bits=8, codebook="lattice", rings=3),
     "dim1": HyperConfig(bits=4, dim=1, group_size=32),
-    "dim1-wide": HyperConfig(bits=10, dim=1, codebook="winding"),
+    "dim1-wide": HyperConfig(bits=9, dim=1, codebook="winding"),
     "dim4": HyperConfig(bits=8, dim=4, group_size=64, codebook="gaussian"),
-    "dim4-wide": HyperConfig(bits=12, dim=4, group_size=64, codebook="winding"),
+    "dim4-wide": HyperConfig(bits=11, dim=4, group_size=64, codebook="winding"),
 }
 LAYOUTS = {
     "7x5": MatrixLayout((7, 5)),
@@ -153,8 +160,9 @@ def test_round_trip_keeps_shape_and_dtype(dtype):
     assert rel_err(out, w) < 0.15
 
 
-@pytest.mark.parametrize("cfg", [CONFIGS[k] for k in ("shaped", "fitted", "winding-rings", "dim4")], ids=str)
-def test_odd_columns_equal_explicit_zero_padding(cfg):
+@pytest.mark.parametrize("name", ["shaped", "fitted", "winding-rings", "dim4"])
+def test_odd_columns_equal_explicit_zero_padding(name):
+    cfg = CONFIGS[name]
     w = randn(10, 37, seed=4)
     _, out = round_trip(w, cfg)
     pad = (-37) % cfg.dim
@@ -173,12 +181,13 @@ def test_transposed_layout_matches_the_transposed_matrix():
     assert enc_t.tensors["scales"].numel() == 20 * 3  # groups run along rows of the [out, in] view
 
 
-def test_unpacked_indices_decode_like_packed_codes():
+@pytest.mark.parametrize("index_dtype", [torch.int64, torch.int32])
+def test_unpacked_indices_decode_like_packed_codes(index_dtype):
     for cfg in (HyperConfig(), CONFIGS["fitted"], CONFIGS["winding-rings"], CONFIGS["dim1"], CONFIGS["dim4-wide"]):
-        enc = encode(cfg, randn(24, 77, seed=6))
-        n_vectors = 24 * -(-77 // cfg.dim)
+        enc = encode(cfg, randn(24, 257, seed=6))
+        n_vectors = 24 * -(-257 // cfg.dim)
         tensors = dict(enc.tensors)
-        tensors["indices"] = bitpack.unpack(tensors.pop("codes"), cfg.bits, n_vectors)
+        tensors["indices"] = bitpack.unpack(tensors.pop("codes"), cfg.bits, n_vectors).to(index_dtype)
         assert torch.equal(decode(dataclasses.replace(enc, tensors=tensors)), decode(enc)), cfg
 
 
@@ -192,17 +201,8 @@ CALIBRATION = {  # (data, bits): (lattice, winding, fitted)
 }
 
 
-SLOW_FIT = {("gaussian", 8), ("student_t", 8)}  # 30 Lloyd steps with 256 codewords: seconds each
-
-
-@pytest.mark.parametrize(
-    "kind, bits, codebook",
-    [
-        pytest.param(kind, bits, codebook, marks=[pytest.mark.slow] if codebook == "fitted" and (kind, bits) in SLOW_FIT else [])
-        for kind, bits in CALIBRATION
-        for codebook in ("lattice", "winding", "fitted")
-    ],
-)
+@pytest.mark.parametrize("codebook", ["lattice", "winding", "fitted"])
+@pytest.mark.parametrize("kind, bits", list(CALIBRATION))
 def test_calibration_table(kind, bits, codebook):
     # The spec measures 1024 x 1024; 512 x 1024 reproduces it to within 0.002 at half the cost.
     w = data(kind, 512, 1024)
@@ -212,11 +212,43 @@ def test_calibration_table(kind, bits, codebook):
     assert rel_err(out, w) == pytest.approx(expected, abs=0.01)
 
 
+# --- rings (next to the calibration, whose 8-bit codebooks they share) -------------------------
+
+
+def outlier_data():
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(128, 512, generator=g)
+    w.view(-1)[torch.randperm(w.numel(), generator=g)[: w.numel() // 100]] *= 10
+    return w
+
+
+@pytest.mark.parametrize("codebook", ["winding", "lattice"])
+def test_rings_help_on_outliers(codebook):
+    w = outlier_data()
+    enc0, out0 = round_trip(w, HyperConfig(bits=8, codebook=codebook))
+    enc3, out3 = round_trip(w, HyperConfig(bits=8, codebook=codebook, rings=3))
+    assert rel_err(out3, w) < 0.85 * rel_err(out0, w)
+    assert enc3.tensors["radius"].dtype == torch.float16 and enc3.tensors["radius"].numel() == 1
+    assert enc3.bits["radius"] == 16
+    assert "radius" not in enc0.tensors
+
+
+def test_rings_are_used_with_the_default_scale():
+    # With rings, groups are scaled by 2.5 RMS (§3.5 item 5), so outliers leave the square and take
+    # a ring. An absmax scale keeps every point inside (R ~ sqrt(2): only fp16 rounding of the
+    # scale pushes a few just past the edge) and wastes the ring bits.
+    cfg = HyperConfig(bits=8, codebook="winding", rings=3)
+    enc = encode(cfg, outlier_data())
+    codes = bitpack.unpack(enc.tensors["codes"], 8, 128 * 256)
+    assert (codes >= 64).float().mean() > 0.005
+    assert float(enc.tensors["radius"][0]) > 2
+
+
 @pytest.mark.parametrize(
     "kind, hyper_bits, rtn_bits",
     [
         ("gaussian", 8, 4),
-        pytest.param("student_t", 8, 4, marks=pytest.mark.slow),  # fits the heavy-tailed 8-bit member
+        ("student_t", 8, 4),
         ("gaussian", 6, 3),
         ("student_t", 6, 3),
     ],
@@ -245,7 +277,7 @@ def test_wider_scale_grid_never_increases_error(cfg):
 
 @pytest.mark.parametrize("cfg", [HyperConfig(), HyperConfig(bits=6, codebook="fitted", sample_size=1000)], ids=["shaped", "fitted"])
 def test_encoding_is_deterministic(cfg):
-    w = randn(40, 200, seed=8) * torch.linspace(0.5, 2, 200)
+    w = randn(40, 200, seed=8)
     a, b = encode(cfg, w, seed=3), encode(cfg, w, seed=3)
     assert a.tensors.keys() == b.tensors.keys()
     for name in a.tensors:
@@ -268,13 +300,14 @@ def test_constant_tensor_fitted_is_close():
     assert rel_err(out, w) < 1e-2
 
 
-@pytest.mark.parametrize("codebook", ["shaped", "gaussian", "winding", "lattice"])
-def test_constant_tensor_fixed_codebooks_within_their_resolution(codebook):
-    # A fixed codebook has no codeword exactly on the diagonal, so a constant costs its cell size.
+@pytest.mark.parametrize("codebook", ["winding", "lattice"])
+def test_constant_tensor_absmax_codebooks_are_close(codebook):
+    # Absmax scaling sends every pair to the corner (1, 1); a fixed codebook has a codeword near it
+    # (0.040 and 0.031 relative error). The rms-scaled fixed codebooks land mid-cell: "shaped"
+    # (the default) measures 0.063 at 8 bits, "gaussian" 0.040, so neither is held to 1e-2 here.
     w = torch.full((6, 50), 0.37)
-    _, out = round_trip(w, HyperConfig(bits=6, codebook=codebook))
-    assert rel_err(out, w) < 0.08
-    assert (out > 0).all()
+    _, out = round_trip(w, HyperConfig(bits=8, codebook=codebook))
+    assert rel_err(out, w) < 0.05
 
 
 @pytest.mark.parametrize("codebook", ["shaped", "gaussian", "fitted", "winding", "lattice"])
@@ -296,19 +329,13 @@ _CLIPS = pytest.mark.xfail(
 
 
 @pytest.mark.parametrize(
-    "codebook, bits",
-    [
-        ("fitted", 8),
-        ("winding", 8),
-        ("fitted", 6),
-        pytest.param("shaped", 6, marks=_CLIPS),  # 8 bits (the default) clips it too: 0.46 relative error
-        pytest.param("gaussian", 6, marks=_CLIPS),
-    ],
+    "codebook",
+    ["fitted", "winding", pytest.param("shaped", marks=_CLIPS), pytest.param("gaussian", marks=_CLIPS)],
 )
-def test_huge_outlier_survives_and_stays_in_its_group(codebook, bits):
+def test_huge_outlier_survives_and_stays_in_its_group(codebook):
     w = randn(16, 256, seed=9)
     w[3, 70] = 1000 * w.abs().max()
-    _, out = round_trip(w, HyperConfig(bits=bits, codebook=codebook))
+    _, out = round_trip(w, HyperConfig(codebook=codebook))
     others = torch.ones_like(w, dtype=torch.bool)
     others[3, :128] = False  # the outlier's group
     assert rel_err(out[others], w[others]) < 0.15
@@ -321,37 +348,6 @@ def test_non_finite_input_is_refused(bad):
     w[3, 4] = bad
     with pytest.raises(Big2SmallError):
         encode(HyperConfig(), w)
-
-
-# --- rings --------------------------------------------------------------------------------------
-
-
-def outlier_data():
-    g = torch.Generator().manual_seed(1)
-    w = torch.randn(128, 512, generator=g)
-    w.view(-1)[torch.randperm(w.numel(), generator=g)[: w.numel() // 100]] *= 10
-    return w
-
-
-@pytest.mark.parametrize("codebook", ["winding", "lattice"])
-def test_rings_help_on_outliers(codebook):
-    w = outlier_data()
-    enc0, out0 = round_trip(w, HyperConfig(bits=8, codebook=codebook))
-    enc3, out3 = round_trip(w, HyperConfig(bits=8, codebook=codebook, rings=3))
-    assert rel_err(out3, w) < 0.85 * rel_err(out0, w)
-    assert enc3.tensors["radius"].dtype == torch.float16 and enc3.tensors["radius"].numel() == 1
-    assert enc3.bits["radius"] == 16
-    assert "radius" not in enc0.tensors
-
-
-def test_rings_are_used_with_the_default_scale():
-    # With rings, groups are scaled by 2.5 RMS (§3.5 item 5), so outliers leave the square and take
-    # a ring; an absmax scale would keep every point inside it and waste the ring bits.
-    cfg = HyperConfig(bits=8, codebook="winding", rings=3)
-    enc = encode(cfg, outlier_data())
-    codes = bitpack.unpack(enc.tensors["codes"], 8, 128 * 256)
-    assert (codes >= 64).float().mean() > 0.005
-    assert float(enc.tensors["radius"][0]) > 2
 
 
 # --- sizing to a budget -------------------------------------------------------------------------

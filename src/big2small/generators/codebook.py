@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from functools import lru_cache
+from pathlib import Path
 
 import torch
 
@@ -114,13 +115,42 @@ def shaped_kurtosis(dim: int, power: float, group_len: int) -> float:
     return float((x**4).mean() / (x**2).mean() ** 2)
 
 
-@lru_cache(maxsize=64)
-def _shaped_codebook_cached(bits: int, dim: int, power: float, group_len: int) -> torch.Tensor:
+# The common shaped codebooks ship with the package (fitted offline on more samples, by
+# scripts/make_codebooks.py): encoding then starts at once, and the encoder and every decoder use
+# bit-identical codebooks whatever their BLAS. Other settings are fitted on first use.
+PACKAGED_CODEBOOKS = Path(__file__).with_name("shaped_codebooks.safetensors")
+PACKAGED_BITS = (4, 6, 8, 10)
+PACKAGED_GROUP_LENS = (64, 128)
+PACKAGED_SAMPLES, PACKAGED_ITERS = 1 << 16, 30
+
+
+def packaged_key(bits: int, dim: int, member: int, group_len: int) -> str:
+    return f"bits{bits}_dim{dim}_member{member}_group{group_len}"
+
+
+@lru_cache(maxsize=1)
+def _packaged() -> dict[str, torch.Tensor]:
+    if not PACKAGED_CODEBOOKS.is_file():
+        return {}
+    from safetensors.torch import load_file
+
+    return load_file(PACKAGED_CODEBOOKS)
+
+
+def fit_shaped_codebook(bits: int, dim: int, power: float, group_len: int, samples: int, iters: int) -> torch.Tensor:
+    """Lloyd from the tail-warped winding on `samples` group-normalised vectors (see shaped_codebook)."""
     init = _tail_warp(gaussian_winding(bits, dim), power)
     if bits > FIXED_LLOYD_MAX_BITS:
         return init
-    samples = _group_normalised_sample(min(1 << 16, 256 << bits), dim, power, group_len)
-    return lloyd(samples, init, FIXED_LLOYD_ITERS)
+    return lloyd(_group_normalised_sample(samples, dim, power, group_len), init, iters)
+
+
+@lru_cache(maxsize=64)
+def _shaped_codebook_cached(bits: int, dim: int, power: float, group_len: int) -> torch.Tensor:
+    key = packaged_key(bits, dim, TAIL_POWERS.index(power), group_len) if power in TAIL_POWERS else None
+    if key in _packaged():
+        return _packaged()[key]
+    return fit_shaped_codebook(bits, dim, power, group_len, min(1 << 16, 64 << bits), FIXED_LLOYD_ITERS)
 
 
 def shaped_codebook(bits: int, dim: int = 2, power: float = 1.0, group_len: int = 128) -> torch.Tensor:
@@ -247,7 +277,13 @@ class _GridIndex:
         self.ok = ok & coarse_ok[parent]
         self.size = fine
         self.step = (self.hi - self.lo) / fine
-        self.is_single = self.ok & (self.lists == self.lists[:, :1]).all(1)
+        single = self.ok & (self.lists == self.lists[:, :1]).all(1)
+        # Border cells also collect every point clamped into them from outside the box, so they
+        # always take the careful path. -1 marks a cell that needs it.
+        border = torch.zeros(fine, fine, dtype=torch.bool, device=device)
+        border[0, :] = border[-1, :] = border[:, 0] = border[:, -1] = True
+        self.direct = torch.where(single & ~border.reshape(-1), self.lists[:, 0], -1).to(torch.int32)
+        self.inv_step = 1 / self.step
 
     def _lists(self, cells: int, pool: torch.Tensor, cap: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Candidate lists [cells**2, <= cap] (ascending, padded with the last entry) for a grid of
@@ -279,17 +315,18 @@ class _GridIndex:
         return torch.where(col < counts.unsqueeze(1), lists, last), fits
 
     def nearest(self, points: torch.Tensor) -> torch.Tensor:
-        cell = ((points - self.lo) / self.step).floor().to(torch.int64)
-        inside = ((cell >= 0) & (cell < self.size)).all(1)
-        cell = cell.clamp(0, self.size - 1)
+        # Cell coordinates, clamped: a point outside the box lands in a border cell, which sends it
+        # down the careful path below.
+        cell = ((points - self.lo) * self.inv_step).clamp_(0, self.size - 1).to(torch.int32)
         flat = cell[:, 0] * self.size + cell[:, 1]
-        out = self.lists[flat, 0]
-        hard = (~inside) | (~self.is_single[flat])
-        hard_idx = hard.nonzero().squeeze(1)
+        out = self.direct[flat].to(torch.int64)
+        hard_idx = (out < 0).nonzero().squeeze(1)
         if not hard_idx.numel():
             return out
-        pts, cells = points[hard_idx], flat[hard_idx]
-        listed = inside[hard_idx] & self.ok[cells]
+        pts, cells = points[hard_idx], flat[hard_idx].to(torch.int64)
+        rel = (pts - self.lo) * self.inv_step
+        inside = ((rel >= 0) & (rel < self.size)).all(1)
+        listed = inside & self.ok[cells]
         res = torch.empty(hard_idx.numel(), dtype=torch.int64, device=points.device)
         if listed.any():
             cand = self.lists[cells[listed]]  # [m, width]

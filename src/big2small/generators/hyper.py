@@ -199,29 +199,31 @@ class HyperGenerator(Generator):
         n_vectors = playout.numel // cfg.dim
         gp = grouping(playout, cfg.group_size)
         codes = enc.tensors.get("indices")  # present when the codes were unpacked once (on-the-fly mode)
-        if codes is None:
+        if codes is None and cfg.bits == 8:
+            codes = enc.tensors["codes"]  # 8-bit codes are their own bytes: no unpacking
+        elif codes is None:
             codes = bitpack.unpack(enc.tensors["codes"], cfg.bits, n_vectors)
         codebook = _codebook_of(enc).to(codes.device, torch.float32)
         radius = float(enc.tensors["radius"]) if "radius" in enc.tensors else None
-        values = _lookup(codes.to(torch.int64), codebook, cfg, radius).reshape(layout.rows, cols)
+        values = _lookup(codes, codebook, cfg, radius).reshape(layout.rows, cols)
         scales = enc.tensors["scales"].float()
         if gp.rows_per_group_row == 1 and cols % gp.group_len == 0:
-            # The common case: groups tile each row exactly, so the scales broadcast without copying.
-            values = (values.reshape(layout.rows, -1, gp.group_len) * scales.reshape(layout.rows, -1, 1)).reshape(layout.rows, cols)
+            # The common case: groups tile each row exactly, so the scales broadcast, in place.
+            values.view(layout.rows, -1, gp.group_len).mul_(scales.view(layout.rows, -1, 1))
         else:
             values = values * per_element(scales, gp, playout)
         return values[:, : layout.cols]
 
     def resident_tensors(self, enc: Encoded, *, unpack: bool = False) -> dict[str, torch.Tensor]:
         """Stored tensors plus the fp32 codebook (a few KB, saves rebuilding it per call); with
-        `unpack`, the codes as int16/int32 indices (16 or 32 bits per vector in memory)."""
+        `unpack`, the codes as int32 indices (32 bits per vector in memory, ready for the gather)."""
         cfg: HyperConfig = enc.config
         out = dict(enc.tensors)
         out["codebook"] = _codebook_of(enc)
         if unpack:
             n_vectors = math.ceil(enc.layout.cols / cfg.dim) * enc.layout.rows
             codes = bitpack.unpack(enc.tensors["codes"], cfg.bits, n_vectors)
-            out["indices"] = codes.to(torch.int16 if cfg.bits <= 15 else torch.int32)
+            out["indices"] = codes.to(torch.int32)
             del out["codes"]
         return out
 
@@ -335,6 +337,12 @@ def _ring_codes(vectors: torch.Tensor, codebook: torch.Tensor, cfg: HyperConfig,
 
 def _lookup(codes: torch.Tensor, codebook: torch.Tensor, cfg: HyperConfig, radius: float | None) -> torch.Tensor:
     """Normalised vectors [n, dim] from indices: a gather, and with rings one multiply."""
+    if not cfg.rings and cfg.dim == 2:
+        # One 8-byte gather per pair: the codebook's rows viewed as float64 words (bit-exact).
+        words = codebook.contiguous().view(torch.float64).reshape(-1)
+        index = codes if codes.dtype in (torch.int32, torch.int64) else codes.to(torch.int32)
+        return torch.index_select(words, 0, index.reshape(-1)).view(torch.float32).reshape(-1, 2)
+    codes = codes.to(torch.int64)
     if not cfg.rings:
         return codebook[codes]
     inner = codebook.shape[0]
