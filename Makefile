@@ -48,6 +48,7 @@ bench: setup
 	# Benchmark-only baselines (hqq); resolves against the pinned CPU torch, installs no other torch.
 	$(PIP) install -q -e ".[bench]"
 	$(PY) benchmarks/baselines.py
+	$(PY) benchmarks/hyper.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

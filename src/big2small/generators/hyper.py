@@ -50,6 +50,7 @@ CODEBOOKS = ("shaped", "gaussian", "fitted", "winding", "lattice")
 AUTO_SCALE = {"shaped": "rms", "gaussian": "rms", "fitted": "rms", "winding": "absmax", "lattice": "absmax"}
 RING_KAPPA = 2.5  # with rings, groups are scaled by kappa * RMS so most points fall inside the square
 BUDGET_GROUP_SIZES = (32, 64, 128, 256, 0)
+OUTLIER_WIDENING = (1.0, 1.15, 1.3, 1.5)
 MAX_BITS = 16
 
 
@@ -160,29 +161,7 @@ class HyperGenerator(Generator):
             tensors["codebook"] = codebook.to(torch.float16)
             bits["codebook"] = codebook.numel() * 16
             codebook = tensors["codebook"].float()
-        radius = None
-        best_err = best_codes = best_scale = None
-        for factor in cfg.scale_grid:
-            s16 = _fp16_scale(scale * factor)
-            s = per_element(s16.float(), gp, playout)
-            vectors = (padded / torch.where(s == 0, torch.ones_like(s), s)).reshape(-1, cfg.dim)
-            if cfg.rings:
-                if radius is None:  # one R for the tensor, from the first (unscaled) factor
-                    radius = torch.tensor(max(1.0, float(vectors.norm(dim=1).max())), dtype=torch.float16)
-                codes = _ring_codes(vectors, codebook, cfg, float(radius))
-            else:
-                # A fitted codebook is used once, so keeping its search table would only churn the cache.
-                codes = cb.nearest(vectors, codebook, cache=cfg.codebook != "fitted")
-            decoded = _lookup(codes, codebook, cfg, radius).reshape(padded.shape) * s
-            err = grouped((decoded - padded) ** 2, gp).sum(1)
-            if best_err is None:
-                best_err, best_codes, best_scale = err, codes, s16
-            else:
-                better = err < best_err
-                best_err = torch.where(better, err, best_err)
-                best_scale = torch.where(better, s16, best_scale)
-                take = per_element(better.float(), gp, playout).reshape(-1, cfg.dim)[:, 0] > 0
-                best_codes = torch.where(take, codes, best_codes)
+        best_codes, best_scale, radius = _search_scales(padded, gp, scale, codebook, cfg)
         tensors["codes"] = bitpack.pack(best_codes, cfg.bits)
         tensors["scales"] = best_scale
         bits.update({"codes": best_codes.numel() * cfg.bits, "scales": 16 * gp.n_groups, "header": HEADER_BITS})
@@ -275,6 +254,54 @@ def _codebook_of(enc: Encoded) -> torch.Tensor:
 def _pad_cols(matrix: torch.Tensor, dim: int) -> torch.Tensor:
     pad = (-matrix.shape[1]) % dim
     return torch.nn.functional.pad(matrix, (0, pad)) if pad else matrix
+
+
+def _search_scales(padded: torch.Tensor, gp, scale: torch.Tensor, codebook: torch.Tensor,
+                   cfg: HyperConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Codes and fp16 scales: each group keeps the candidate scale with the least squared error.
+
+    Candidates are the group's scale times each factor of `scale_grid`, and, for rms-scaled
+    codebooks, the factor that puts the group's largest weight on the codebook's edge, tried only
+    on groups that need more than the grid offers (a lone outlier would otherwise be clipped).
+    Returns (codes, scales, the ring radius R or None).
+    """
+    playout = MatrixLayout(tuple(padded.shape))
+    candidates: list[tuple[torch.Tensor, torch.Tensor | None]] = [(torch.full_like(scale, f), None) for f in cfg.scale_grid]
+    if cfg.scale_kind == "rms" and not cfg.rings:
+        reach = float(codebook.abs().amax())
+        fit = grouped(padded, gp).abs().amax(1) / (scale * reach).clamp_min(1e-30)
+        need = fit > max(cfg.scale_grid)
+        if need.any():
+            # The codebook's edge is ragged (its extreme points rarely sit on the axes), so a few
+            # widths are tried; the groups concerned are few, so this costs little.
+            candidates += [(fit.clamp(min=1) * widen, need) for widen in OUTLIER_WIDENING]
+    radius = best_err = best_codes = best_scale = None
+    for factors, only in candidates:
+        s16 = _fp16_scale(scale * factors)
+        s = per_element(s16.float(), gp, playout)
+        vectors = (padded / torch.where(s == 0, torch.ones_like(s), s)).reshape(-1, cfg.dim)
+        if cfg.rings:
+            if radius is None:  # one R for the tensor, from the first candidate
+                radius = torch.tensor(max(1.0, float(vectors.norm(dim=1).max())), dtype=torch.float16)
+            codes = _ring_codes(vectors, codebook, cfg, float(radius))
+        elif only is None:
+            # A fitted codebook is used once, so keeping its search table would only churn the cache.
+            codes = cb.nearest(vectors, codebook, cache=cfg.codebook != "fitted")
+        else:
+            chosen = per_element(only.float(), gp, playout).reshape(-1, cfg.dim)[:, 0] > 0
+            codes = best_codes.clone()
+            codes[chosen] = cb.nearest(vectors[chosen], codebook, cache=cfg.codebook != "fitted")
+        decoded = _lookup(codes, codebook, cfg, None if radius is None else float(radius)).reshape(padded.shape) * s
+        err = grouped((decoded - padded) ** 2, gp).sum(1)
+        if best_err is None:
+            best_err, best_codes, best_scale = err, codes, s16
+            continue
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best_scale = torch.where(better, s16, best_scale)
+        take = per_element(better.float(), gp, playout).reshape(-1, cfg.dim)[:, 0] > 0
+        best_codes = torch.where(take, codes, best_codes)
+    return best_codes, best_scale, radius
 
 
 def _fp16_scale(scale: torch.Tensor) -> torch.Tensor:
