@@ -135,3 +135,23 @@ def test_dry_run_applies_the_size_target(state_file):
     assert r.returncode == 0, r.stderr
     assert "sized to target" in r.stdout
     assert_one_line_error(run("compress", state_file, "--bpw", "0.3", "--dry-run"), "impossible")
+
+
+def test_hyper_with_options_and_bpw_target(state_file, tmp_path):
+    art = tmp_path / "h.b2s"
+    r = run("compress", state_file, "--method", "hyper", "--bpw", "4.5", "-O", "codebook=winding", "-O", "scale_grid=1.0/0.9",
+            "-o", art, "--json", tmp_path / "size.json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "size.json").read_text())["size"]["bpw_all"] <= 4.5
+    manifest = json.loads((art / "manifest.json").read_text())
+    config = manifest["tensors"]["encoder.weight"]["config"]
+    assert (config["method"], config["codebook"], config["scale_grid"]) == ("hyper", "winding", [1.0, 0.9])
+    assert run("verify", art).returncode == 0
+
+
+def test_bad_method_option_is_one_line(state_file, tmp_path):
+    r = run("compress", state_file, "--method", "hyper", "-O", "codebook=spiral", "-o", tmp_path / "x.b2s")
+    assert_one_line_error(r, "codebook must be one of")
+    r = run("compress", state_file, "--method", "hyper", "-O", "nonsense", "-o", tmp_path / "x.b2s")
+    assert_one_line_error(r, "expected KEY=VALUE")
+    assert not (tmp_path / "x.b2s").exists()

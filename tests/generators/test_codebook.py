@@ -202,3 +202,16 @@ def test_gaussian_codebook_cache_returns_copies():
 def test_shaped_family_tails_grow_with_power():
     kurt = [cb.shaped_kurtosis(2, p, 128) for p in cb.TAIL_POWERS]
     assert all(b > a for a, b in pairwise(kurt))
+
+
+def test_packaged_codebooks_cover_the_defaults_and_match_their_recipe():
+    from big2small.generators import codebook as cb
+
+    packaged = cb._packaged()
+    for bits in cb.PACKAGED_BITS:
+        for group_len in cb.PACKAGED_GROUP_LENS:
+            for member in range(len(cb.TAIL_POWERS)):
+                assert packaged[cb.packaged_key(bits, 2, member, group_len)].shape == (1 << bits, 2)
+    # The file is what scripts/make_codebooks.py makes (checked on the cheapest entry).
+    refit = cb.fit_shaped_codebook(4, 2, cb.TAIL_POWERS[1], 128, cb.PACKAGED_SAMPLES, cb.PACKAGED_ITERS)
+    assert torch.allclose(packaged[cb.packaged_key(4, 2, 1, 128)], refit, atol=1e-5)

@@ -9,18 +9,20 @@ Codebooks (METHODS.md §3.5; the faithful reproduction of the reference code is 
 - "winding": the paper's hyperfunction, an irrational winding on [-1, 1]^dim (the plastic number
   for pairs); groups scaled by their absolute maximum. 0 stored bits.
 - "lattice": the reference code's grid, centred; absmax scaling. 0 stored bits.
-- "gaussian": a fixed codebook fitted once, data-free, to a unit Gaussian (Lloyd from the
-  Gaussian-warped winding); groups scaled by their RMS. 0 stored bits, and one nearest-codeword
-  table serves every tensor, which is what makes encoding fast.
-- "shaped" (default): the same, from a small family of fixed codebooks with heavier and heavier
-  tails; each tensor takes the member whose kurtosis is nearest to that of its normalised weights
-  (8 stored bits: the member's number). As fast as "gaussian", and it follows heavy-tailed layers.
-- "fitted": the Gaussian codebook refined by Lloyd steps on this tensor's own normalised vectors,
-  stored in fp16 (2**bits * dim * 16 bits per tensor).
+- "shaped" (default): a family of seven fixed codebooks, fitted offline and data-free (Lloyd from
+  the Gaussian-warped winding) to rms-normalised groups of Gaussian-like weights with lighter or
+  heavier tails; groups are scaled by their RMS, and each tensor takes the member whose kurtosis is
+  nearest to that of its normalised weights (8 stored bits: the member's number). The common
+  settings ship with the package (codebook.py), so one search table serves many tensors.
+- "gaussian": one fixed codebook fitted to a plain unit Gaussian (for comparison).
+- "fitted": the Gaussian member refined by Lloyd steps on this tensor's own normalised vectors,
+  stored in fp16 (2**bits * dim * 16 bits per tensor); slower.
 
+Scales: each group tries its scale times each factor of `scale_grid` and keeps the one with the
+least squared error; with rms scaling, a group whose largest weight lies beyond the codebook's edge
+also tries the scale that reaches it, so a lone outlier is not clipped.
 Optional rings (winding and lattice): points outside the unit square are companded into it, as in
 the reference code, with ring radii from the tensor's largest radius R (stored in fp16).
-Optional `scale_grid`: each group tries its scale times each factor and keeps the best (MSE).
 """
 
 from __future__ import annotations
