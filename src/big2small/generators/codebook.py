@@ -245,7 +245,6 @@ class _GridIndex:
     codebook was made for.
     """
 
-    FINE_PER_COARSE = 16  # fine cells per coarse cell, per axis
     MAX_COARSE_LIST = 64
     MAX_FINE_LIST = 8
 
@@ -258,7 +257,14 @@ class _GridIndex:
     @staticmethod
     def build_cost(k: int) -> int:
         fine = _GridIndex.fine_cells(k)
-        return (fine // _GridIndex.FINE_PER_COARSE) ** 2 * k + fine**2 * _GridIndex.MAX_COARSE_LIST
+        per = _GridIndex.fine_per_coarse(k)
+        return (fine // per) ** 2 * k + fine**2 * _GridIndex.MAX_COARSE_LIST
+
+    @staticmethod
+    def fine_per_coarse(k: int) -> int:
+        """Coarse cells must stay small enough that their lists fit MAX_COARSE_LIST near the
+        codebook's dense centre: 16 fine cells per axis up to 1024 codewords, fewer beyond."""
+        return 16 if k <= 1024 else 8 if k <= 4096 else 4
 
     def __init__(self, codebook: torch.Tensor):
         device = codebook.device
@@ -268,12 +274,16 @@ class _GridIndex:
         self.lo = codebook.amin(0) - 0.05 * span
         self.hi = codebook.amax(0) + 0.05 * span
         fine = self.fine_cells(k)
-        coarse = fine // self.FINE_PER_COARSE
+        per = self.fine_per_coarse(k)
+        coarse = fine // per
         every = torch.arange(k, device=device).expand(coarse * coarse, -1)
         coarse_lists, coarse_ok = self._lists(coarse, every, self.MAX_COARSE_LIST)
         fy, fx = torch.meshgrid(torch.arange(fine, device=device), torch.arange(fine, device=device), indexing="ij")
-        parent = ((fy // self.FINE_PER_COARSE) * coarse + fx // self.FINE_PER_COARSE).reshape(-1)
-        self.lists, ok = self._lists(fine, coarse_lists[parent], self.MAX_FINE_LIST)
+        parent = ((fy // per) * coarse + fx // per).reshape(-1)
+        # Near the centre of a Gaussian-shaped codebook, codewords are about 3x denser than on
+        # average, so large codebooks need longer lists there.
+        fine_cap = self.MAX_FINE_LIST * (4 if k > 1024 else 1)
+        self.lists, ok = self._lists(fine, coarse_lists[parent], fine_cap)
         self.ok = ok & coarse_ok[parent]
         self.size = fine
         self.step = (self.hi - self.lo) / fine
