@@ -39,6 +39,8 @@ SIZES = (3, 4, 5, 6)  # bits per weight of the codes
 SERIES = {
     "uniform RTN g128": [f"uniform:bits={b},group_size=128" for b in SIZES],
     "hyper (ours)": [f"hyper:bits={2 * b}" for b in SIZES],
+    # Group 64 lands on the ~3.25 and ~4.25 bpw sizes of the project's targets.
+    "hyper (ours) g64": ["hyper:bits=6,group_size=64", "hyper:bits=8,group_size=64"],
     "hyper winding (paper)": [f"hyper:bits={2 * b},codebook=winding,scale_grid=1.0" for b in SIZES],
     "hyper_ref (reference code)": ["hyper_ref:num_inner_list=225", "hyper_ref:num_inner_list=1600"],
 }
@@ -88,6 +90,23 @@ def _hqq_rows(loaded, result: BenchResult) -> list[BenchRow]:
                              hqq_bits / size.n_compressed, {m.metric: m.value for m in metrics},
                              err.total.sqnr_db, seconds, "external baseline (hqq 0.2.8, optimize=True)"))
     return rows
+
+
+def add_rows(model_name: str, specs: list[str]) -> BenchResult:
+    """Measure `specs` and merge them into the committed table (a row with the same spec is
+    replaced), so that a series added later need not re-run the whole model."""
+    path = OUT / model_name / "bench.json"
+    data = json.loads(path.read_text())
+    rows = [BenchRow(**r) for r in data["rows"]]
+    fresh = run_bench(model_name, specs, matched=False, settings=EvalSettings(), out_dir=None)
+    for row in fresh.rows[1:]:
+        row.method = _label(row.spec)
+        rows = [r for r in rows if r.spec != row.spec] + [row]
+    order = [s for specs_ in SERIES.values() for s in specs_]
+    rows.sort(key=lambda r: (r.method != "fp32", order.index(r.spec) if r.spec in order else len(order)))
+    result = BenchResult(data["model"], data["task"], rows, data["protocols"], data["environment"], data["command"])
+    write_outputs(result, OUT / model_name)
+    return result
 
 
 # --- speed -------------------------------------------------------------------------------------
@@ -173,5 +192,8 @@ def speed() -> str:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["add"]:  # python benchmarks/hyper.py add MODEL SPEC...
+        print(add_rows(sys.argv[2], sys.argv[3:]).markdown())
+        sys.exit()
     for what in sys.argv[1:] or ["minilm", "smollm2", "speed"]:
         print(speed() if what == "speed" else quality(what).markdown())
