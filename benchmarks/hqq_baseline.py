@@ -29,17 +29,24 @@ GROUP_META_BITS = 32  # fp16 scale + fp16 zero per group
 def hqq_quantize_matrix(weight: torch.Tensor, bits: int, group_size: int) -> tuple[torch.Tensor, int]:
     """Quantise then dequantise one 2-D weight with HQQ.
 
-    weight: (rows, cols), any float dtype; cols must be a multiple of group_size (weights per group).
+    weight: (rows, cols), any float dtype; group_size weights per group along a row (the last group
+    of a row may be shorter).
     Returns (the dequantised weight, fp32, same shape; the exact stored size in bits).
     """
     if bits not in SUPPORTED_BITS:
         raise ValueError(f"hqq: bits must be one of {SUPPORTED_BITS}, got {bits}")
     if weight.dim() != 2:
         raise ValueError(f"hqq: expected a 2-D weight, got shape {tuple(weight.shape)}")
-    if group_size <= 0 or weight.shape[1] % group_size:
-        raise ValueError(f"hqq: row length {weight.shape[1]} is not a multiple of group_size {group_size}")
+    if group_size <= 0:
+        raise ValueError(f"hqq: group_size must be > 0, got {group_size}")
 
     w = weight.detach().to(device="cpu", dtype=torch.float32)
+    # A row that is not a whole number of groups ends in a shorter group, as in our own codecs:
+    # pad it with zeros for hqq, drop the padding after, and pay for its codes (none are stored).
+    cols = w.shape[1]
+    pad = (-cols) % group_size
+    if pad:
+        w = torch.nn.functional.pad(w, (0, pad))
     codes, meta = Quantizer.quantize(w, nbits=bits, channel_wise=True, group_size=group_size, optimize=True,
                                      round_zero=False, axis=1, bitpack=True, compute_dtype=torch.float32,
                                      view_as_float=False, device="cpu")
@@ -49,7 +56,7 @@ def hqq_quantize_matrix(weight: torch.Tensor, bits: int, group_size: int) -> tup
     restored = Quantizer.dequantize(codes, meta).float()
 
     n_groups = w.numel() // group_size
-    return restored, bits * w.numel() + GROUP_META_BITS * n_groups + HEADER_BITS
+    return restored[:, :cols], bits * weight.numel() + GROUP_META_BITS * n_groups + HEADER_BITS
 
 
 def hqq_compress_state(weights: dict[str, torch.Tensor], names: list[str], bits: int,

@@ -59,6 +59,7 @@ def quality(model_name: str) -> BenchResult:
     for row in result.rows:
         if row.method != "fp32":
             row.method = _label(row.spec)
+    write_outputs(result, OUT / model_name)  # kept even if the external baseline fails below
     result.rows += _hqq_rows(b2s.load_model(model_name), result)
     write_outputs(result, OUT / model_name)
     return result

@@ -49,7 +49,13 @@ def test_shapes_and_dtypes(weight, dtype):
     assert bits == hqq_quantize_matrix(weight, 4, 64)[1] and seconds >= 0
 
 
-@pytest.mark.parametrize("bits, group_size", [(7, 64), (4, 100), (4, 0)])
+def test_rows_that_are_not_whole_groups_end_in_a_short_group(weight):
+    restored, bits = hqq_quantize_matrix(weight[:, :192], 4, 128)  # a group of 128, then one of 64
+    assert restored.shape == (ROWS, 192)
+    assert bits == ROWS * 192 * 4 + ROWS * 2 * 32 + 128
+
+
+@pytest.mark.parametrize("bits, group_size", [(7, 64), (4, 0)])
 def test_refuses_unsupported_bits_and_groups(weight, bits, group_size):
     with pytest.raises(ValueError):
         hqq_quantize_matrix(weight, bits, group_size)
