@@ -9,9 +9,11 @@ from big2small.artifact import MANIFEST, TENSORS
 from big2small.errors import Big2SmallError
 
 
-@pytest.fixture
-def artifact(small_net, tmp_path):
-    cm = b2s.compress(small_net, "uniform", bits=3, group_size=64, progress=False)
+@pytest.fixture(params=[("uniform", {"bits": 3, "group_size": 64}), ("hyper", {"bits": 6}),
+                        ("hyper_ref", {"num_inner_list": [225]})], ids=["uniform", "hyper", "hyper_ref"])
+def artifact(small_net, tmp_path, request):
+    method, options = request.param
+    cm = b2s.compress(small_net, method, progress=False, **options)
     b2s.save(cm, tmp_path / "net.b2s")
     return cm, tmp_path / "net.b2s"
 
