@@ -127,17 +127,9 @@ def base_codebook(cfg: HyperConfig, group_len: int, shape: int = 1) -> torch.Ten
     return cb.shaped_codebook(cfg.bits, cfg.dim, cb.TAIL_POWERS[shape], group_len)
 
 
-@dataclass(frozen=True)
-class _Geometry:
-    """The padded matrix [rows, padded_cols] (cols rounded up to a multiple of dim) and its groups."""
-
-    layout: MatrixLayout
-    padded: MatrixLayout
-
-    @staticmethod
-    def of(layout: MatrixLayout, dim: int) -> _Geometry:
-        cols = math.ceil(layout.cols / dim) * dim
-        return _Geometry(layout, MatrixLayout((layout.rows, cols)))
+def _padded_layout(layout: MatrixLayout, dim: int) -> MatrixLayout:
+    """The matrix view with its columns rounded up to a multiple of `dim` (whole vectors)."""
+    return MatrixLayout((layout.rows, math.ceil(layout.cols / dim) * dim))
 
 
 @register
@@ -175,8 +167,8 @@ class HyperGenerator(Generator):
     def decode_matrix(self, enc: Encoded) -> torch.Tensor:
         cfg: HyperConfig = enc.config
         layout = enc.layout
-        cols = math.ceil(layout.cols / cfg.dim) * cfg.dim
-        playout = MatrixLayout((layout.rows, cols))
+        playout = _padded_layout(layout, cfg.dim)
+        cols = playout.cols
         n_vectors = playout.numel // cfg.dim
         gp = grouping(playout, cfg.group_size)
         codes = enc.tensors.get("indices")  # present when the codes were unpacked once (on-the-fly mode)
@@ -202,7 +194,7 @@ class HyperGenerator(Generator):
         out = dict(enc.tensors)
         out["codebook"] = _codebook_of(enc)
         if unpack:
-            n_vectors = math.ceil(enc.layout.cols / cfg.dim) * enc.layout.rows
+            n_vectors = _padded_layout(enc.layout, cfg.dim).numel // cfg.dim
             codes = bitpack.unpack(enc.tensors["codes"], cfg.bits, n_vectors)
             out["indices"] = codes.to(torch.int32)
             del out["codes"]
@@ -210,9 +202,9 @@ class HyperGenerator(Generator):
 
     @classmethod
     def bits_for(cls, config: HyperConfig, layout: MatrixLayout) -> int:
-        geometry = _Geometry.of(layout, config.dim)
-        n_groups = grouping(geometry.padded, config.group_size).n_groups
-        bits = geometry.padded.numel // config.dim * config.bits + 16 * n_groups + HEADER_BITS
+        padded = _padded_layout(layout, config.dim)
+        n_groups = grouping(padded, config.group_size).n_groups
+        bits = padded.numel // config.dim * config.bits + 16 * n_groups + HEADER_BITS
         if config.codebook == "fitted":
             bits += (1 << config.bits) * config.dim * 16
         if config.codebook == "shaped":
@@ -248,7 +240,7 @@ def _codebook_of(enc: Encoded) -> torch.Tensor:
     if "codebook" in enc.tensors:
         return enc.tensors["codebook"].float()
     cfg: HyperConfig = enc.config
-    group_len = grouping(MatrixLayout((enc.layout.rows, math.ceil(enc.layout.cols / cfg.dim) * cfg.dim)), cfg.group_size).group_len
+    group_len = grouping(_padded_layout(enc.layout, cfg.dim), cfg.group_size).group_len
     shape = int(enc.tensors["shape"][0]) if "shape" in enc.tensors else 1
     return base_codebook(cfg, group_len, shape)
 
