@@ -60,12 +60,12 @@ def quality(model_name: str) -> BenchResult:
         if row.method != "fp32":
             row.method = _label(row.spec)
     write_outputs(result, OUT / model_name)  # kept even if the external baseline fails below
-    result.rows += _hqq_rows(b2s.load_model(model_name), result)
+    result.rows += _hqq_rows(b2s.load_model(model_name))
     write_outputs(result, OUT / model_name)
     return result
 
 
-def _hqq_rows(loaded, result: BenchResult) -> list[BenchRow]:
+def _hqq_rows(loaded) -> list[BenchRow]:
     """HQQ on the same tensors our recipe compresses; everything else stored as our raw fp16."""
     from hqq_baseline import hqq_compress_state
 
@@ -134,7 +134,7 @@ def _time_in_fresh_process(spec: str, repeats: int) -> dict:
 def _decode_throughput() -> list[str]:
     """Decode every compressed SmolLM2 weight on the fly vs copying the dense weights."""
     import big2small as b2s
-    from big2small.onthefly import StoredWeight, attach  # noqa: F401
+    from big2small.onthefly import attach
 
     loaded = b2s.load_model("smollm2")
     lines = []

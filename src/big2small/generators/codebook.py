@@ -75,8 +75,8 @@ def gaussian_winding(bits: int, dim: int = 2) -> torch.Tensor:
 FIXED_LLOYD_ITERS = 20
 FIXED_LLOYD_MAX_BITS = 10
 # The tail family of the "shaped" codebooks: each coordinate of a unit Gaussian is warped to
-# sign(z) |z|^p and rescaled to unit variance; p = 1 is the Gaussian, larger p has heavier tails
-# A member with power < 1 has lighter tails than the Gaussian.
+# sign(z) |z|^p and rescaled to unit variance; p = 1 is the Gaussian, a larger p has heavier tails
+# and a p below 1 lighter ones.
 TAIL_POWERS = (0.9, 1.0, 1.1, 1.2, 1.35, 1.5, 1.7)
 
 
