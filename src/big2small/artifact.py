@@ -132,6 +132,7 @@ def save(cm: CompressedModel, path: str | os.PathLike, *, overwrite: bool = Fals
             "n_parameters": cm.n_parameters,
             "size": cm.size().to_dict(),
             "aliases": cm.aliases,
+            "transforms": cm.transforms,
             "files": files,
             "tensors": entries,
         }
@@ -231,6 +232,7 @@ def load(path: str | os.PathLike) -> CompressedModel:
     return CompressedModel(
         tensors=tensors, plan=[], recipe=Recipe.from_dict(manifest["recipe"]), source=source,
         aliases=manifest["aliases"], n_parameters=manifest["n_parameters"],
+        transforms=manifest.get("transforms", []),
     )
 
 

@@ -321,6 +321,43 @@ def bench(
     _emit_json(result.to_dict(), json_out)
 
 
+@app.command("selfcompress")
+def selfcompress_(
+    gamma: list[float] = typer.Option([0.005, 0.015, 0.05], "--gamma", "-g", help="Weight of the size loss (repeatable): one network per value."),
+    epochs: int = typer.Option(10, help="Training epochs per network."),
+    batch_size: int = typer.Option(256, help="Training batch size."),
+    lr: float = typer.Option(1e-3, help="Adam learning rate of the weights."),
+    quantizer_lr: Optional[float] = typer.Option(None, help="Adam learning rate of the bit depths and exponents (default: --lr)."),
+    init: str = typer.Option("scratch", help="scratch (b0 = 2) or fp32 (fine-tune the fp32 reference from b0 = 8)."),
+    fp32: bool = typer.Option(True, "--fp32/--no-fp32", help="Also train the fp32 reference (same network and schedule)."),
+    limit: Optional[int] = typer.Option(None, help="Train on the first N training images only (quick runs)."),
+    seed: int = typer.Option(0, help="Seed of the initialisation and the data order."),
+    out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="Write each network's artifact here (gamma-<g>.b2s)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON ('-' = stdout)."),
+) -> None:
+    """Train a self-compressing CNN on Fashion-MNIST (needs the Debian data set) for several gammas;
+    report test accuracy, the share of bits left (vs fp32) and the share of weights left."""
+    from big2small.selfcompress.fashion import run_recipe
+    from big2small.selfcompress.training import TrainConfig
+
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, quantizer_lr=quantizer_lr, seed=seed)
+    config.validate()
+    if limit is not None and limit < 1:
+        raise Big2SmallError(f"--limit must be positive, got {limit}")
+    points, _ = run_recipe(list(gamma), config, out_dir=out_dir, fp32=fp32, init=init, limit=limit)
+    table = Table(title="self-compression on Fashion-MNIST (test accuracy of the exported, reloaded network)")
+    for col in ("network", "test accuracy", "bits left vs fp32", "weights left", "stored", "train time"):
+        table.add_column(col)
+    for p in points:
+        name = "fp32 reference" if p.gamma is None else f"gamma {p.gamma:g}"
+        table.add_row(name, f"{100 * p.test_accuracy:.2f}%", f"{100 * p.bits_share:.2f}%", f"{100 * p.weights_share:.1f}%",
+                      _fmt_bytes(p.stored_bits / 8), f"{p.train_seconds:.0f} s")
+    out.print(table)
+    if out_dir is not None:
+        out.print(f"wrote {out_dir}/")
+    _emit_json({"points": [p.to_dict() for p in points], "train": config.__dict__, "init": init}, json_out)
+
+
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit status 2."""
     try:

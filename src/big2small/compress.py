@@ -63,7 +63,10 @@ class CompressedModel:
     recipe: Recipe
     source: Any = None  # big2small.models.ModelSource, or None for a bare module/state_dict
     aliases: dict[str, str] = field(default_factory=dict)  # tied name -> stored name
-    n_parameters: int = 0
+    n_parameters: int = 0  # of the original model (before any transform)
+    # Architecture changes applied before storage (e.g. channels removed), as JSON records; when
+    # present, the stored tensor shapes differ from the original model's and apply_to adopts them.
+    transforms: list[dict[str, Any]] = field(default_factory=list)
 
     def size(self) -> SizeReport:
         return size_of(self.tensors, self.n_parameters)
@@ -92,8 +95,15 @@ class CompressedModel:
         return weight_error({n: original[n].float() for n in names}, {n: decoded[n].float() for n in names})
 
     def apply_to(self, model: nn.Module) -> nn.Module:
-        """Load the decoded weights into `model` (same architecture) and return it."""
+        """Load the decoded weights into `model` (same architecture) and return it.
+
+        If a transform narrowed the model, `model` may have the original widths: its layers are
+        resized to the stored shapes first."""
         state = self.state_dict()
+        if self.transforms:
+            from big2small.transforms import reshape_to
+
+            reshape_to(model, {name: tuple(t.shape) for name, t in state.items()})
         missing, unexpected = model.load_state_dict(state, strict=False)
         missing = [m for m in missing if m not in self.aliases]
         if missing or unexpected:

@@ -4,7 +4,7 @@ Importing this package registers every method, so `GeneratorConfig.from_dict` an
 know all of them.
 """
 
-from big2small.generators import hyper, hyper_ref, lowrank, raw, sparse, uniform
+from big2small.generators import channel_int, hyper, hyper_ref, lowrank, raw, sparse, uniform
 from big2small.generators.base import (
     HEADER_BITS,
     REGISTRY,
@@ -14,6 +14,7 @@ from big2small.generators.base import (
     decode,
     generator_for,
 )
+from big2small.generators.channel_int import ChannelIntConfig, ChannelIntGenerator
 from big2small.generators.hyper import HyperConfig, HyperGenerator
 from big2small.generators.hyper_ref import HyperRefConfig, HyperRefGenerator
 from big2small.generators.lowrank import LowRankConfig, LowRankGenerator
@@ -24,6 +25,8 @@ from big2small.generators.uniform import UniformConfig, UniformGenerator
 __all__ = [
     "HEADER_BITS",
     "REGISTRY",
+    "ChannelIntConfig",
+    "ChannelIntGenerator",
     "Encoded",
     "Generator",
     "GeneratorConfig",
@@ -39,6 +42,7 @@ __all__ = [
     "RawGenerator",
     "UniformConfig",
     "UniformGenerator",
+    "channel_int",
     "decode",
     "generator_for",
     "hyper",

@@ -1,0 +1,217 @@
+"""convert(): a trained self-compressing model -> a narrower plain model and its packed artifact.
+
+1. Each quantised layer's weight becomes its quantised value 2^e * W_int (the training-time
+   forward, bit for bit), and its integers and exponents are kept for storage.
+2. Dead channels (every integer 0) are removed where their channel group allows it (one producer,
+   plus BatchNorm and bias), their constant output folded into the consumers' biases; units that
+   every consumer ignores (all-zero input slices) go too (METHODS.md §4.5). Channels of groups that
+   cannot be narrowed (residual streams, untraceable models) stay, at 0 payload bits.
+3. The integers are bit-packed per channel at their own width (generators/channel_int.py); every
+   other tensor is stored raw. The result saves through the artifact format like any other.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from big2small.compress import CompressedModel, compress
+from big2small.errors import Big2SmallError
+from big2small.generators.channel_int import ChannelIntConfig, encode_integers
+from big2small.layout import MatrixLayout
+from big2small.recipe import Recipe
+from big2small.selfcompress.quantizer import quantized_layers
+from big2small.transforms import channel_groups, constant_inputs, remove_channels
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LayerSummary:
+    """One quantised layer after conversion."""
+
+    name: str
+    channels_before: int
+    channels_after: int
+    dead_kept: int  # dead channels that stay because their group cannot be narrowed
+    nominal_bits: float  # sum_i relu(b_i) * w_l over the channels before removal (the paper's measure)
+    stored_bits: int  # payload + per-channel headers + tensor header, after removal
+    weights_before: int
+    weights_after: int
+
+
+@dataclass
+class SelfCompressed:
+    """What convert() returns: the narrowed model, its stored form, and a summary."""
+
+    model: nn.Module
+    compressed: CompressedModel
+    layers: list[LayerSummary]
+    unremovable: dict[str, str] = field(default_factory=dict)  # producer -> why its channels stay
+
+    @property
+    def bits_total(self) -> int:
+        """Every stored bit: packed layers, their headers and the raw tensors."""
+        return self.compressed.size().bits_total
+
+    @property
+    def bits_share(self) -> float:
+        """Stored bits over the original model's fp32 bits (32 per parameter)."""
+        return self.bits_total / (32 * self.compressed.n_parameters)
+
+    @property
+    def nominal_bits(self) -> float:
+        return sum(l.nominal_bits for l in self.layers)
+
+    @property
+    def weights_share(self) -> float:
+        """Weights left in the quantised layers after channel removal, over the original count."""
+        return sum(l.weights_after for l in self.layers) / max(sum(l.weights_before for l in self.layers), 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "bits_total": self.bits_total,
+            "bits_share": self.bits_share,
+            "nominal_bits": self.nominal_bits,
+            "weights_share": self.weights_share,
+            "n_parameters_original": self.compressed.n_parameters,
+            "n_parameters_after": sum(p.numel() for p in self.model.parameters()),
+            "layers": [vars(l) for l in self.layers],
+            "unremovable": self.unremovable,
+        }
+
+
+@torch.no_grad()
+def convert(model: nn.Module, *, remove: bool = True, raw_dtype: str = "float32", source: Any = None) -> SelfCompressed:
+    """Turn a model prepared by `prepare` (and trained) into a narrower plain model and its artifact.
+
+    The input model is left untouched. raw_dtype: storage of the tensors that are not quantised
+    (biases, BatchNorm, skipped layers); float32 keeps the exported model's outputs identical to
+    the training-time forward in eval mode.
+    """
+    layers = list(quantized_layers(model))
+    if not layers:
+        raise Big2SmallError("selfcompress: model is not prepared (nothing to convert)")
+    n_parameters = sum(
+        p.numel() for name, p in model.named_parameters() if not name.endswith((".bits", ".exponent"))
+    )
+    nominal = {name: float(q.channel_bits().sum()) * q.weights_per_channel for name, _, q in layers}
+    plain = copy.deepcopy(model)
+    exponents: dict[str, torch.Tensor] = {}
+    before: dict[str, tuple[int, int]] = {}
+    for name, module, quantizer in list(quantized_layers(plain)):
+        exponents[name] = quantizer.exponent.detach().reshape(-1).float().clone()
+        _bake(module)
+        before[name] = (module.weight.shape[0], module.weight.numel())
+    for attr in ("_big2small_selfcompress", "_big2small_feeds"):
+        if hasattr(plain, attr):
+            delattr(plain, attr)
+    plain.eval()
+
+    unremovable = _remove_dead_channels(plain, exponents) if remove else {}
+    modules = dict(plain.named_modules())
+    overrides = []
+    encoded = {}
+    for name, e in exponents.items():
+        weight = modules[name].weight
+        layout = MatrixLayout(tuple(weight.shape))
+        matrix = layout.to_matrix(weight.float())
+        scale = torch.exp2(e).unsqueeze(1)
+        integers = torch.round(matrix / scale)
+        if not torch.equal(scale * integers, matrix):  # the stored form must reproduce the weight exactly
+            raise Big2SmallError(f"internal: {name} does not decode exactly from its integers; please report")
+        encoded[f"{name}.weight"] = encode_integers(integers.to(torch.int64), e, layout, ChannelIntConfig())
+        overrides.append(f"{name}.weight")
+    recipe = Recipe(default=None, raw_dtype=raw_dtype, min_numel=0)
+    cm = compress(plain, recipe, source=source, progress=False)
+    cm.tensors.update(encoded)
+    for entry in cm.plan:
+        if entry.name in encoded:
+            entry.config, entry.reason = encoded[entry.name].config, "self-compressed"
+    cm.n_parameters = n_parameters
+    removed = {name: before[name][0] - modules[name].weight.shape[0] for name in exponents}
+    cm.transforms = [{"transform": "selfcompress_channel_removal", "removed_channels": removed}]
+    summaries = []
+    for name in exponents:
+        enc = encoded[f"{name}.weight"]
+        dead_kept = int(((enc.tensors["nbits"] == 0) & (enc.tensors["mins"] == 0)).sum())
+        summaries.append(LayerSummary(
+            name=name, channels_before=before[name][0], channels_after=enc.layout.rows,
+            dead_kept=dead_kept, nominal_bits=nominal[name], stored_bits=enc.total_bits,
+            weights_before=before[name][1], weights_after=enc.layout.numel,
+        ))
+    return SelfCompressed(plain, cm, summaries, unremovable)
+
+
+def _bake(module: nn.Module) -> None:
+    """Replace a deep-copied parametrised weight by its quantised value.
+
+    Not torch's remove_parametrizations: a deep copy shares its generated class with the original,
+    and that function deletes the weight property from the class, which would break the user's
+    training model."""
+    weight = module.weight.detach().clone()
+    plain_class = parametrize.type_before_parametrizations(module)
+    del module._modules["parametrizations"]
+    module.__class__ = plain_class
+    module.register_parameter("weight", nn.Parameter(weight))
+
+
+def _remove_dead_channels(model: nn.Module, exponents: dict[str, torch.Tensor]) -> dict[str, str]:
+    """Narrow every removable group in place (exponents sliced alike); return the groups that hold
+    dead channels but cannot be narrowed, with the reason."""
+    report = channel_groups(model)
+    modules = dict(model.named_modules())
+    if report.untraceable:
+        dead_layers = [n for n in exponents if bool((modules[n].weight.reshape(modules[n].weight.shape[0], -1) == 0).all(1).any())]
+        return {n: report.untraceable for n in dead_layers}
+    unremovable = {}
+    changed = True
+    while changed:
+        changed = False
+        for group in report.groups:
+            producer = modules[group.producer]
+            rows = producer.weight.reshape(group.width, -1)
+            dead = (rows == 0).all(1)
+            if group.consumers:
+                unused = torch.ones_like(dead)
+                for consumer, per_channel in group.consumers.items():
+                    w = modules[consumer].weight
+                    cols = w.reshape(w.shape[0], group.width, -1).transpose(0, 1).reshape(group.width, -1)
+                    unused &= (cols == 0).all(1)
+                dead = dead | unused
+            if not bool(dead.any()):
+                continue
+            if not group.removable:
+                unremovable[group.producer] = group.reason
+                continue
+            keep = ~dead
+            if not bool(keep.any()):
+                keep[0] = True  # a layer keeps one channel so that the network still has a shape
+            if bool(keep.all()):
+                continue
+            bias = producer.bias if producer.bias is not None else torch.zeros(group.width)
+            constants = constant_inputs(model, group, bias.detach())
+            _warn_if_padded(modules, group, constants, ~keep)
+            idx = keep.nonzero().reshape(-1)
+            remove_channels(model, group, keep, constants)
+            if group.producer in exponents:
+                exponents[group.producer] = exponents[group.producer][idx]
+            changed = True
+    return unremovable
+
+
+def _warn_if_padded(modules: dict[str, nn.Module], group, constants: dict[str, torch.Tensor], removed: torch.Tensor) -> None:
+    """A constant folded into a zero-padded conv is exact only away from the image borders."""
+    for consumer, values in constants.items():
+        module = modules[consumer]
+        padded = isinstance(module, nn.modules.conv._ConvNd) and (
+            module.padding != "valid" if isinstance(module.padding, str) else any(p != 0 for p in module.padding))
+        if padded and bool((values[removed].abs() > 1e-8).any()):
+            log.warning("%s: removed channels of %s emit a constant; folded into its bias, exact away from "
+                        "the zero-padded borders only", consumer, group.producer)

@@ -1,0 +1,185 @@
+"""The built-in recipe: a small CNN trained on Fashion-MNIST (Debian's data set) with the size
+penalty, for several gamma values, each exported as a packed artifact and evaluated after reload.
+
+The network follows the reference code (METHODS.md §4.4): convs without bias, each followed by a
+non-affine BatchNorm and a ReLU, so a channel costs only its weights and two BatchNorm statistics.
+The last 5,000 training images are held out for validation; the 10,000 test images are used only
+for the reported accuracy.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from big2small.errors import Big2SmallError
+from big2small.models import ModelSource
+from big2small.selfcompress.export import SelfCompressed, convert
+from big2small.selfcompress.quantizer import SelfCompressConfig, prepare
+from big2small.selfcompress.training import EpochLog, TrainConfig, accuracy_of, train
+
+# Fashion-MNIST training-set pixel mean and standard deviation (intensities in [0, 1]).
+PIXEL_MEAN, PIXEL_STD = 0.2860, 0.3530
+FACTORY = "big2small.selfcompress.fashion:fashion_cnn"
+
+
+class FashionCNN(nn.Module):
+    """Three conv blocks (28 -> 14 -> 7 -> 3 pixels) and a linear classifier; about 105k weights."""
+
+    def __init__(self, widths: tuple[int, int, int] = (32, 64, 128), classes: int = 10):
+        super().__init__()
+        c1, c2, c3 = widths
+        self.conv1 = nn.Conv2d(1, c1, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c1, affine=False)
+        self.conv2 = nn.Conv2d(c1, c2, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c2, affine=False)
+        self.conv3 = nn.Conv2d(c2, c3, 3, padding=1, bias=False)
+        self.bn3 = nn.BatchNorm2d(c3, affine=False)
+        self.pool = nn.MaxPool2d(2)
+        self.act = nn.ReLU()
+        self.classifier = nn.Linear(c3 * 3 * 3, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.act(self.bn1(self.conv1(x))))
+        x = self.pool(self.act(self.bn2(self.conv2(x))))
+        x = self.pool(self.act(self.bn3(self.conv3(x))))
+        return self.classifier(torch.flatten(x, 1))
+
+
+def fashion_cnn() -> FashionCNN:
+    """The recipe's network at full width (the skeleton an artifact of it is restored into)."""
+    return FashionCNN()
+
+
+def fashion_source() -> ModelSource:
+    return ModelSource("module", "fashion-cnn", task="image-classifier", factory=FACTORY,
+                       module_class=f"{FashionCNN.__module__}.FashionCNN")
+
+
+@dataclass
+class FashionData:
+    """Normalised [N, 1, 28, 28] images and labels: train, validation (held out), test."""
+
+    train: tuple[torch.Tensor, torch.Tensor]
+    val: tuple[torch.Tensor, torch.Tensor]
+    test: tuple[torch.Tensor, torch.Tensor]
+
+
+def load_fashion(val_size: int = 5000, limit: int | None = None) -> FashionData:
+    """Fashion-MNIST from /usr/share/datasets (see evaluate.data.fashion_mnist); `limit` keeps the
+    first images of the training split only (for quick runs)."""
+    from big2small.evaluate.data import fashion_mnist
+
+    def prep(images: torch.Tensor) -> torch.Tensor:
+        return ((images.float() / 255.0 - PIXEL_MEAN) / PIXEL_STD).unsqueeze(1)
+
+    images, labels = fashion_mnist("train")
+    x, y = prep(images), labels
+    train_x, train_y, val_x, val_y = x[:-val_size], y[:-val_size], x[-val_size:], y[-val_size:]
+    if limit is not None:
+        train_x, train_y = train_x[:limit], train_y[:limit]
+    test_images, test_labels = fashion_mnist("test")
+    return FashionData((train_x, train_y), (val_x, val_y), (prep(test_images), test_labels))
+
+
+@dataclass
+class SweepPoint:
+    """One trained network: its test accuracy after export and reload, and its size."""
+
+    gamma: float | None  # None: the fp32 reference
+    test_accuracy: float
+    bits_share: float  # stored bits / (32 * original parameters)
+    weights_share: float  # weights left in the quantised layers / original
+    nominal_bits: float
+    stored_bits: int
+    bytes_on_disk: int
+    train_seconds: float
+    history: list[EpochLog] = field(default_factory=list)
+    artifact: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: v for k, v in self.__dict__.items() if k != "history"}
+        d["history"] = [h.to_dict() for h in self.history]
+        return d
+
+
+def train_fp32(data: FashionData, train_config: TrainConfig, *, progress: bool = True) -> tuple[FashionCNN, SweepPoint]:
+    """The floating-point reference: the same network and schedule, no quantiser."""
+    torch.manual_seed(train_config.seed)
+    model = fashion_cnn()
+    start = time.perf_counter()
+    history = train(model, *data.train, TrainConfig(**{**train_config.__dict__, "gamma": 0.0}), val=data.val,
+                    progress=progress, description="fp32 reference")
+    seconds = time.perf_counter() - start
+    n = sum(p.numel() for p in model.parameters())
+    point = SweepPoint(None, accuracy_of(model, *data.test), 1.0, 1.0, 32.0 * n, 32 * n, 4 * n, seconds, history)
+    return model.eval(), point
+
+
+def train_selfcompressed(data: FashionData, train_config: TrainConfig, config: SelfCompressConfig | None = None, *,
+                         init: nn.Module | None = None, out: Path | None = None, raw_dtype: str = "float16",
+                         progress: bool = True) -> tuple[SelfCompressed, SweepPoint]:
+    """Train one self-compressing network at train_config.gamma, export it, save it (if `out`),
+    reload the artifact and measure its test accuracy. `init`: start from these weights (e.g. the
+    fp32 reference) instead of a fresh initialisation."""
+    import big2small as b2s
+
+    torch.manual_seed(train_config.seed)
+    model = copy.deepcopy(init) if init is not None else fashion_cnn()
+    prepare(model, config or SelfCompressConfig())
+    start = time.perf_counter()
+    history = train(model, *data.train, train_config, val=data.val, progress=progress,
+                    description=f"gamma {train_config.gamma:g}")
+    seconds = time.perf_counter() - start
+    result = convert(model, raw_dtype=raw_dtype, source=fashion_source())
+    if out is not None:
+        info = b2s.save(result.compressed, out, overwrite=True)
+        restored = b2s.restore(out)
+        on_disk = info.tensor_file_bytes
+    else:
+        restored = result.compressed.apply_to(fashion_cnn()).eval()
+        on_disk = 0
+    point = SweepPoint(
+        train_config.gamma, accuracy_of(restored, *data.test), result.bits_share, result.weights_share,
+        result.nominal_bits, result.bits_total, on_disk, seconds, history, str(out) if out else None,
+    )
+    return result, point
+
+
+def check_gammas(gammas: list[float]) -> None:
+    if not gammas or any(g < 0 for g in gammas):
+        raise Big2SmallError(f"gamma values must be >= 0, got {gammas}")
+
+
+def run_recipe(gammas: list[float], train_config: TrainConfig, *, out_dir: Path | None = None, fp32: bool = True,
+               init: str = "scratch", config: SelfCompressConfig | None = None, limit: int | None = None,
+               progress: bool = True) -> tuple[list[SweepPoint], FashionCNN | None]:
+    """The whole recipe: optionally the fp32 reference, then one self-compressed network per gamma
+    (artifacts under `out_dir` as gamma-<g>.b2s). init: "scratch" (b0 = 2, exponents fitted to
+    the initial weights) or "fp32" (fine-tune the fp32 reference from b0 = 8, near-lossless).
+    Returns the points (the fp32 reference first, if trained) and the fp32 model."""
+    check_gammas(gammas)
+    if init not in ("scratch", "fp32"):
+        raise Big2SmallError(f"init must be 'scratch' or 'fp32', got {init!r}")
+    if init == "fp32" and not fp32:
+        raise Big2SmallError("init 'fp32' fine-tunes the fp32 reference: do not turn the reference off")
+    data = load_fashion(limit=limit)
+    points: list[SweepPoint] = []
+    reference = None
+    if fp32:
+        reference, point = train_fp32(data, train_config, progress=progress)
+        points.append(point)
+    if config is None:
+        config = SelfCompressConfig(init_bits=2.0 if init == "scratch" else 8.0, init_exponent=None)
+    for gamma in gammas:
+        out = out_dir / f"gamma-{gamma:g}.b2s" if out_dir is not None else None
+        _, point = train_selfcompressed(data, TrainConfig(**{**train_config.__dict__, "gamma": gamma}), config,
+                                        init=reference if init == "fp32" else None, out=out, progress=progress)
+        points.append(point)
+    return points, reference

@@ -1,0 +1,192 @@
+"""Quantisation-aware training with a learnable bit depth b and exponent e per output channel.
+
+The quantiser is a `torch.nn.utils.parametrize` parametrisation of each layer's `weight`
+(ARCHITECTURE.md: self-compression is the generator parametrisation with trainable phi), so the
+user's model keeps its class and its forward; the fp32 shadow weights live at
+`parametrizations.weight.original`, and b and e are ordinary parameters that any optimiser sees.
+
+    q(x, b, e) = 2^e * round(clamp(2^-e x, -2^(b-1), 2^(b-1) - 1))       (METHODS.md §4.2)
+
+with the straight-through estimator for the rounding. A channel whose b reaches 0 outputs exactly
+zero, gets no gradient any more, and is removed by `convert`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from big2small.errors import Big2SmallError
+from big2small.generators.channel_int import MAX_CHANNEL_BITS, fitted_exponents
+
+QUANTIZED_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
+@dataclass
+class SelfCompressConfig:
+    """How `prepare` sets up the quantisers.
+
+    init_bits: b0, the starting bit depth (2 from scratch as in the reference code; 8 when starting
+        from a pretrained model).
+    init_exponent: e0 for every channel (-8 from scratch); None fits each channel's range to b0,
+        so that a pretrained model starts near-lossless (METHODS.md §4.2, our design).
+    min_bits: floor on b during training (0 lets channels die, as in the paper).
+    count_live_inputs: size_loss counts only inputs whose producing channel is still alive (for
+        layers fed by one producer through BatchNorm/activations/pooling; see transforms.coupling).
+    skip: regexes (or exact module names) of layers to leave in floating point.
+    """
+
+    init_bits: float = 2.0
+    init_exponent: float | None = -8.0
+    min_bits: float = 0.0
+    count_live_inputs: bool = False
+    skip: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SelfCompressConfig":
+        names = set(cls.__dataclass_fields__)
+        unknown = set(data) - names
+        if unknown:
+            raise Big2SmallError(f"selfcompress: unknown option(s) {sorted(unknown)}; known: {sorted(names)}")
+        return cls(**data)
+
+    def validate(self) -> None:
+        if not 0 < self.init_bits <= MAX_CHANNEL_BITS:
+            raise Big2SmallError(f"selfcompress: init_bits must be in (0, {MAX_CHANNEL_BITS}], got {self.init_bits}")
+        if not 0 <= self.min_bits <= self.init_bits:
+            raise Big2SmallError(f"selfcompress: min_bits must be in [0, init_bits], got {self.min_bits}")
+        for pattern in self.skip:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise Big2SmallError(f"selfcompress: bad skip pattern {pattern!r}: {exc}") from None
+
+    def skips(self, name: str) -> bool:
+        return any(p == name or re.fullmatch(p, name) for p in self.skip)
+
+
+def quantize(weight: torch.Tensor, bits: torch.Tensor, exponent: torch.Tensor) -> torch.Tensor:
+    """q(w, b, e) with per-channel b and e shaped to broadcast against `weight` ([O, 1, ...]).
+
+    Gradients: w straight through inside the range (none where clipped); b through the clip
+    bounds; e through both 2^e and 2^-e.
+    """
+    b = torch.relu(bits)
+    lo = -torch.exp2(b - 1)
+    hi = torch.exp2(b - 1) - 1
+    x = torch.exp2(-exponent) * weight
+    clipped = torch.minimum(torch.maximum(x, lo), hi)
+    # Forward: round (half to even); backward: identity. The sum equals round(clipped) exactly
+    # (the two operands are within a factor of two), so export reproduces this bit for bit.
+    rounded = clipped + (torch.round(clipped) - clipped).detach()
+    return torch.exp2(exponent) * rounded
+
+
+class ChannelQuantizer(nn.Module):
+    """The parametrisation weight -> q(weight, b, e), one b and e per output channel."""
+
+    def __init__(self, weight: torch.Tensor, init_bits: float, init_exponent: float | None, min_bits: float = 0.0):
+        super().__init__()
+        out = weight.shape[0]
+        view = (out,) + (1,) * (weight.ndim - 1)
+        if init_exponent is None:
+            e0 = fitted_exponents(weight.detach().float().reshape(out, -1), init_bits)
+        else:
+            e0 = torch.full((out,), float(init_exponent))
+        self.bits = nn.Parameter(torch.full(view, float(init_bits), device=weight.device))
+        self.exponent = nn.Parameter(e0.reshape(view).to(weight.device))
+        self.min_bits = float(min_bits)
+        self.weights_per_channel = weight[0].numel()  # w_l = (I/groups) * prod(kernel)
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        bits = self.bits if self.min_bits <= 0 else self.bits.clamp(min=self.min_bits)
+        return quantize(weight, bits, self.exponent)
+
+    def channel_bits(self) -> torch.Tensor:
+        """relu(b) per channel, [O] (differentiable)."""
+        bits = self.bits if self.min_bits <= 0 else self.bits.clamp(min=self.min_bits)
+        return torch.relu(bits).reshape(-1)
+
+    def integers(self, weight: torch.Tensor) -> torch.Tensor:
+        """The stored integers of `weight` (the fp32 shadow weights), [O, rest] as int64."""
+        with torch.no_grad():
+            b = self.channel_bits().reshape(-1, 1)
+            lo, hi = -torch.exp2(b - 1), torch.exp2(b - 1) - 1
+            x = torch.exp2(-self.exponent.reshape(-1, 1)) * weight.reshape(weight.shape[0], -1)
+            return torch.round(torch.minimum(torch.maximum(x, lo), hi)).to(torch.int64)
+
+
+def prepare(model: nn.Module, config: SelfCompressConfig | None = None) -> nn.Module:
+    """Give every Conv/Linear layer of `model` (in place) a per-channel quantiser; returns `model`.
+
+    Create the optimiser after this call, so that it sees the new b and e parameters.
+    """
+    config = config or SelfCompressConfig()
+    config.validate()
+    targets = [(n, m) for n, m in model.named_modules() if isinstance(m, QUANTIZED_TYPES) and not config.skips(n)]
+    if not targets:
+        raise Big2SmallError("selfcompress: the model has no Conv or Linear layer to quantise")
+    if config.count_live_inputs:
+        from big2small.transforms import channel_groups
+
+        model._big2small_feeds = {c: g.producer for g in channel_groups(model).groups if g.removable for c in g.consumers}
+    for name, module in targets:
+        if parametrize.is_parametrized(module, "weight"):
+            raise Big2SmallError(f"selfcompress: {name}.weight is already parametrised (prepared twice?)")
+        if not torch.isfinite(module.weight).all():
+            raise Big2SmallError(f"selfcompress: {name}.weight has NaN or Inf values")
+        quantizer = ChannelQuantizer(module.weight, config.init_bits, config.init_exponent, config.min_bits)
+        parametrize.register_parametrization(module, "weight", quantizer, unsafe=True)
+    model._big2small_selfcompress = config  # read by size_loss (count_live_inputs) and convert
+    return model
+
+
+def quantized_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module, ChannelQuantizer]]:
+    """(name, module, quantizer) of every prepared layer, in module order."""
+    for name, module in model.named_modules():
+        if parametrize.is_parametrized(module, "weight"):
+            for p in module.parametrizations.weight:
+                if isinstance(p, ChannelQuantizer):
+                    yield name, module, p
+
+
+def quantizer_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The b and e parameters (e.g. to exclude them from weight decay)."""
+    return [p for _, _, q in quantized_layers(model) for p in (q.bits, q.exponent)]
+
+
+def size_loss(model: nn.Module) -> torch.Tensor:
+    """Q: the average bits per weight of the quantised layers, (1/N) sum_l w_l sum_i relu(b_l,i)
+    (METHODS.md §4.3). Differentiable in b; add gamma * size_loss(model) to the task loss."""
+    layers = list(quantized_layers(model))
+    if not layers:
+        raise Big2SmallError("selfcompress: model is not prepared (call big2small.selfcompress.prepare first)")
+    config: SelfCompressConfig = getattr(model, "_big2small_selfcompress", SelfCompressConfig())
+    total = sum(m.parametrizations.weight.original.numel() for _, m, _ in layers)
+    live_inputs = _live_input_fractions(model, layers) if config.count_live_inputs else {}
+    q = 0.0
+    for name, _, quantizer in layers:
+        per_channel = quantizer.weights_per_channel * live_inputs.get(name, 1.0)
+        q = q + per_channel * quantizer.channel_bits().sum()
+    return q / total
+
+
+def _live_input_fractions(model: nn.Module, layers: list[tuple[str, nn.Module, ChannelQuantizer]]) -> dict[str, float]:
+    """Share of each layer's inputs whose producing channel is alive. Only layers whose inputs all
+    come from one quantised producer (a channel group found at prepare time) are discounted."""
+    feeds: dict[str, str] = getattr(model, "_big2small_feeds", {})
+    quantizers = {name: q for name, _, q in layers}
+    out = {}
+    with torch.no_grad():
+        for consumer, producer in feeds.items():
+            if consumer in quantizers and producer in quantizers:
+                out[consumer] = float((quantizers[producer].channel_bits() > 0).float().mean())
+    return out

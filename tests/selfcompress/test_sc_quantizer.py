@@ -1,0 +1,138 @@
+"""The per-channel quantiser: forward values, straight-through gradients, dead channels, size loss."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from big2small.errors import Big2SmallError
+from big2small.selfcompress import SelfCompressConfig, prepare, quantize, quantized_layers, quantizer_parameters, size_loss
+
+
+def _q(w, b, e):
+    return quantize(torch.as_tensor(w), torch.as_tensor(b), torch.as_tensor(e))
+
+
+def test_forward_matches_the_formula():
+    w = torch.tensor([0.3, -1.7, 5.0, -9.0, 2.5])
+    out = _q(w, 3.0, 0.0)  # range [-4, 3], round half to even
+    assert out.tolist() == [0.0, -2.0, 3.0, -4.0, 2.0]
+
+
+def test_exponent_scales_the_grid():
+    out = _q(torch.tensor([0.3, -0.2]), 4.0, -2.0)  # step 0.25
+    assert out.tolist() == [0.25, -0.25]
+
+
+def test_weight_gradient_is_straight_through_inside_and_zero_when_clipped():
+    w = torch.tensor([0.4, 1.2, 7.0, -9.0], requires_grad=True)
+    _q(w, 3.0, 0.0).sum().backward()
+    assert w.grad.tolist() == [1.0, 1.0, 0.0, 0.0]
+
+
+def test_bit_gradient_flows_only_through_clipped_weights():
+    b = torch.tensor(3.0, requires_grad=True)
+    quantize(torch.tensor([7.0]), b, torch.tensor(0.0)).sum().backward()
+    assert b.grad.item() == pytest.approx(2 ** 2 * math.log(2))  # d hi / d b = 2^(b-1) ln 2
+    b.grad = None
+    quantize(torch.tensor([0.4]), b, torch.tensor(0.0)).sum().backward()
+    assert b.grad.item() == 0.0
+
+
+def test_exponent_receives_a_gradient():
+    e = torch.tensor(-1.0, requires_grad=True)
+    quantize(torch.tensor([0.7, 3.0]), torch.tensor(2.0), e).sum().backward()
+    assert e.grad.item() != 0.0
+
+
+def test_zero_bits_outputs_zero_and_freezes_the_channel():
+    w = torch.tensor([0.4, -3.0], requires_grad=True)
+    b = torch.tensor(-0.5, requires_grad=True)
+    out = quantize(w, b, torch.tensor(0.0))
+    out.sum().backward()
+    assert out.tolist() == [0.0, 0.0]
+    assert b.grad.item() == 0.0 and w.grad.tolist() == [0.0, 0.0]
+
+
+def test_fractional_bits_below_one_give_an_asymmetric_range():
+    out = _q(torch.tensor([-5.0, 5.0, -0.6]), 0.8, 0.0)  # range [-0.87, -0.13]: only -1 and 0
+    assert out.tolist() == [-1.0, 0.0, -1.0]
+
+
+def _net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 5))
+
+
+def test_size_loss_is_the_average_bits_per_weight():
+    net = prepare(_net(), SelfCompressConfig(init_bits=2.0))
+    (_, _, conv_q), (_, _, fc_q) = list(quantized_layers(net))
+    with torch.no_grad():
+        conv_q.bits.copy_(torch.tensor([2.0, 0.5, -1.0, 3.0]).reshape(4, 1, 1, 1))
+        fc_q.bits.fill_(1.0)
+    n = 4 * 27 + 5 * 64
+    expected = (27 * (2.0 + 0.5 + 0.0 + 3.0) + 64 * 5 * 1.0) / n
+    assert size_loss(net).item() == pytest.approx(expected)
+
+
+def test_size_loss_gradient_reaches_every_bit_depth():
+    net = prepare(_net())
+    size_loss(net).backward()
+    assert all(q.bits.grad is not None and (q.bits.grad > 0).all() for _, _, q in quantized_layers(net))
+
+
+def test_count_live_inputs_discounts_inputs_from_dead_channels():
+    net = nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 3))
+    prepare(net, SelfCompressConfig(init_bits=2.0, count_live_inputs=True))
+    (_, _, first), _ = list(quantized_layers(net))
+    with torch.no_grad():
+        first.bits[:2] = -1.0  # half the second layer's inputs are dead
+    expected = (6 * 2 * 2.0 + 4 * 0.5 * 3 * 2.0) / (24 + 12)
+    assert size_loss(net).item() == pytest.approx(expected)
+
+
+def test_prepare_keeps_the_model_class_and_exposes_b_and_e():
+    net = _net()
+    before = net(torch.randn(1, 3, 6, 6)).shape
+    prepare(net, SelfCompressConfig(init_bits=8.0, init_exponent=None))
+    assert isinstance(net, nn.Sequential) and net(torch.randn(1, 3, 6, 6)).shape == before
+    assert len(quantizer_parameters(net)) == 4
+    assert {id(p) for p in quantizer_parameters(net)} <= {id(p) for p in net.parameters()}
+
+
+def test_pretrained_start_is_near_lossless():
+    net = _net()
+    x = torch.randn(2, 3, 6, 6)
+    ref = net(x)
+    prepare(net, SelfCompressConfig(init_bits=8.0, init_exponent=None))
+    assert (net(x) - ref).abs().max() < 0.02 * ref.abs().max()
+
+
+def test_skip_patterns_leave_layers_in_float():
+    net = prepare(_net(), SelfCompressConfig(skip=[r"3"]))
+    assert [name for name, _, _ in quantized_layers(net)] == ["0"]
+
+
+def test_prepare_twice_and_bad_inputs_are_refused():
+    net = prepare(_net())
+    with pytest.raises(Big2SmallError, match="already parametrised"):
+        prepare(net)
+    with pytest.raises(Big2SmallError, match="no Conv or Linear"):
+        prepare(nn.Sequential(nn.ReLU()))
+    bad = _net()
+    with torch.no_grad():
+        bad[0].weight[0, 0, 0, 0] = float("nan")
+    with pytest.raises(Big2SmallError, match="NaN"):
+        prepare(bad)
+    with pytest.raises(Big2SmallError, match="not prepared"):
+        size_loss(_net())
+
+
+def test_config_round_trips_through_json_and_validates():
+    cfg = SelfCompressConfig(init_bits=4.0, init_exponent=None, skip=["fc.*"])
+    assert SelfCompressConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(Big2SmallError, match="unknown option"):
+        SelfCompressConfig.from_dict({"bits": 3})
+    with pytest.raises(Big2SmallError, match="init_bits"):
+        prepare(_net(), SelfCompressConfig(init_bits=0.0))

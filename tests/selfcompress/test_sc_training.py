@@ -1,0 +1,65 @@
+"""A short self-compressing training run on real data (sklearn digits) really lowers the bits."""
+
+import pytest
+import torch
+from torch import nn
+
+import big2small as b2s
+from big2small.errors import Big2SmallError
+from big2small.evaluate.data import digits
+from big2small.selfcompress import SelfCompressConfig, convert, prepare, size_loss
+from big2small.selfcompress.training import TrainConfig, accuracy_of, train
+
+
+def _digits_net():
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16, affine=False), nn.ReLU(),
+        nn.Conv2d(16, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32, affine=False), nn.ReLU(),
+        nn.MaxPool2d(2), nn.Flatten(), nn.Linear(32 * 4 * 4, 10),
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    torch.manual_seed(0)
+    images, labels = digits()
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
+    images, labels = images[order], labels[order]
+    train_set, val_set = (images[:1400], labels[:1400]), (images[1400:], labels[1400:])
+    model = prepare(_digits_net(), SelfCompressConfig(init_bits=2.0, init_exponent=None))
+    start_q = float(size_loss(model).detach())
+    logs = train(model, *train_set, TrainConfig(epochs=12, batch_size=64, gamma=0.5, quantizer_lr=1e-2),
+                 val=val_set, progress=False)
+    result = convert(model, raw_dtype="float16")
+    path = tmp_path_factory.mktemp("sc") / "digits.b2s"
+    b2s.save(result.compressed, path)
+    return model, start_q, logs, result, path, val_set
+
+
+def test_training_lowers_the_bits_per_weight(trained):
+    _, start_q, logs, _, _, _ = trained
+    assert logs[-1].q_bits < 0.85 * start_q
+
+
+def test_channels_that_reach_zero_bits_are_removed(trained):
+    _, _, logs, result, _, _ = trained
+    assert logs[-1].dead_channels > 0
+    assert result.weights_share < 1.0
+
+
+def test_the_compressed_network_still_classifies(trained):
+    _, _, logs, _, _, _ = trained
+    assert logs[-1].val_accuracy > 0.85
+
+
+def test_exported_artifact_matches_the_trained_network(trained, tmp_path):
+    model, _, _, result, path, val_set = trained
+    restored = b2s.restore(path, _digits_net())
+    # fp16 storage of the BatchNorm statistics is the only difference from the training forward
+    assert abs(accuracy_of(restored, *val_set) - accuracy_of(model, *val_set)) <= 0.01
+    assert result.bits_share < 2.5 / 32  # below the 2-bit start once every stored bit is counted
+
+
+def test_bad_training_settings_are_refused():
+    with pytest.raises(Big2SmallError, match="bad training settings"):
+        TrainConfig(epochs=0).validate()
