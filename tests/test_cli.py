@@ -155,3 +155,27 @@ def test_bad_method_option_is_one_line(state_file, tmp_path):
     r = run("compress", state_file, "--method", "hyper", "-O", "nonsense", "-o", tmp_path / "x.b2s")
     assert_one_line_error(r, "expected KEY=VALUE")
     assert not (tmp_path / "x.b2s").exists()
+
+
+FASHION = __import__("pathlib").Path(os.environ.get("BIG2SMALL_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
+
+
+@pytest.mark.skipif(not FASHION.is_dir(), reason="Fashion-MNIST (Debian dataset-fashion-mnist) is not installed")
+def test_selfcompress_recipe_trains_exports_and_reports(tmp_path):
+    import big2small as b2s
+
+    r = run("selfcompress", "--gamma", "0.5", "--epochs", "1", "--limit", "1024", "--quantizer-lr", "0.01", "--no-fp32",
+            "--out-dir", tmp_path, "--json", tmp_path / "sc.json", columns=200)
+    assert r.returncode == 0, r.stderr
+    points = json.loads((tmp_path / "sc.json").read_text())["points"]
+    assert [p["gamma"] for p in points] == [0.5]
+    sc = points[0]
+    assert 0 < sc["bits_share"] < 0.1 and sc["test_accuracy"] > 0.5
+    assert b2s.restore(tmp_path / "gamma-0.5.b2s").conv1.in_channels == 1  # rebuilt from the artifact alone
+    assert "bits left vs fp32" in r.stdout
+
+
+def test_selfcompress_bad_settings_are_one_line(tmp_path):
+    assert_one_line_error(run("selfcompress", "--gamma", "-1", "--epochs", "1"), "gamma")
+    assert_one_line_error(run("selfcompress", "--init", "fp32", "--no-fp32"), "fp32")
+    assert_one_line_error(run("selfcompress", "--epochs", "0"), "bad training settings")

@@ -106,7 +106,7 @@ def _extra_options(items: list[str]) -> dict[str, Any]:
 def compress(
     model: str = typer.Argument(..., help=MODEL_HELP),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Artifact directory to write (e.g. model.b2s)."),
-    method: str = typer.Option("uniform", "--method", "-m", help="uniform, hyper, hyper_ref, lowrank or prune."),
+    method: str = typer.Option("uniform", "--method", "-m", help="uniform, hyper, hyper_ref, lowrank, prune or channel_int."),
     bpw: Optional[float] = typer.Option(None, help="Target bits per weight for the whole model; options left open are chosen to meet it."),
     bits: Optional[int] = typer.Option(None, help="uniform: code width (1-8); hyper: index width per pair of weights (8 = about 4 bits per weight)."),
     group_size: Optional[int] = typer.Option(None, help="uniform, hyper: weights per group (0 = per channel)."),

@@ -42,17 +42,17 @@ def test_widths_follow_each_rows_observed_range():
     assert nbits.tolist() == [2, 0, 1, 4]
 
 
-def test_trained_integers_decode_exactly_as_two_to_the_e_times_the_integer():
+def test_trained_integers_decode_exactly_as_the_scale_times_the_integer():
     ints = torch.tensor([[3, -1, 0, 2], [0, 0, 0, 0], [-4, 3, 1, 1]])
-    e = torch.tensor([-3.25, 0.0, -7.5])
-    enc = encode_integers(ints, e, MatrixLayout((3, 4)))
+    scales = torch.exp2(torch.tensor([-3.25, 0.0, -7.5]))
+    enc = encode_integers(ints, scales, MatrixLayout((3, 4)))
     out = ChannelIntGenerator(ChannelIntConfig()).decode(enc)
-    assert torch.equal(out, torch.exp2(e).unsqueeze(1) * ints.float())
+    assert torch.equal(out, scales.unsqueeze(1) * ints.float())
 
 
 def test_bits_count_payload_and_56_bits_per_channel():
     ints = torch.tensor([[3, -1, 0, 2], [0, 0, 0, 0], [-4, 3, 1, 1]])
-    enc = encode_integers(ints, torch.zeros(3), MatrixLayout((3, 4)))
+    enc = encode_integers(ints, torch.ones(3), MatrixLayout((3, 4)))
     assert enc.bits["payload"] == 4 * (3 + 0 + 3)
     assert enc.total_bits - enc.bits["header"] - enc.bits["payload"] == 3 * CHANNEL_HEADER_BITS
     assert_bits_match_bytes(enc)

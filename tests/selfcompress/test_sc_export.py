@@ -153,3 +153,20 @@ def test_shares_count_every_stored_bit():
 def test_convert_of_an_unprepared_model_is_refused():
     with pytest.raises(Big2SmallError, match="not prepared"):
         convert(BiasNet())
+
+
+def test_export_is_exact_whatever_the_number_of_channels_left():
+    # torch.exp2 differs in the last bit between its vectorised and scalar paths, so a scale
+    # recomputed from e after channels are removed could move; the stored scale must not.
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Linear(9, 32, bias=False), nn.ReLU(), nn.Linear(32, 3))
+    prepare(net, SelfCompressConfig(init_bits=3.0, init_exponent=None))
+    (_, _, first), _ = list(quantized_layers(net))
+    with torch.no_grad():
+        first.exponent.add_(torch.rand_like(first.exponent) * 0.9)  # non-integer exponents
+        first.bits.view(-1)[::4] = -1.0  # 8 of 32 channels die: the rest shift lanes
+    result = convert(net)
+    assert result.model[0].out_features == 24
+    kept = net[0].weight.detach()[torch.arange(32) % 4 != 0]
+    assert torch.equal(result.model[0].weight, kept)
+    assert torch.equal(b2s.restore(result.compressed, copy.deepcopy(result.model))[0].weight, kept)

@@ -5,12 +5,17 @@ W_int,i and a real exponent e_i, and decodes as W_i = 2^e_i * W_int,i. On disk:
 
     payload    (W_int,i - min_i) bit-packed LSB-first at nbits_i = ceil(log2(max_i - min_i + 1))
                bits each (0 for a constant channel), channels concatenated in row order
-    exponents  e_i, fp32 (fp16 would move the scale)
+    scales     2^e_i, fp32
     mins       min_i, int16
     nbits      nbits_i, uint8
 
+We store the scale 2^e_i rather than e_i (METHODS.md stores e; same 32 bits): torch.exp2 is not
+bit-reproducible (its vectorised and scalar paths differ in the last bit, and so would another
+device), so storing the scale that the training forward multiplied by makes decoding exact
+everywhere: a multiply, no transcendental.
+
 so a channel costs cols * nbits_i + 56 bits. Trained layers come from
-`big2small.selfcompress.convert`, which passes its learnt integers and exponents to
+`big2small.selfcompress.convert`, which passes its learnt integers and scales to
 :func:`encode_integers`. Used on its own (``--method channel_int``), the generator quantises an
 untrained weight with a fixed `bits` per channel and the smallest exponent whose range covers the
 channel, the near-lossless starting point of METHODS.md §4.2.
@@ -27,7 +32,7 @@ from big2small.errors import Big2SmallError
 from big2small.generators.base import HEADER_BITS, Encoded, Generator, GeneratorConfig, register
 from big2small.layout import MatrixLayout
 
-# Per-channel side information: fp32 exponent, int16 minimum, uint8 width.
+# Per-channel side information: fp32 scale, int16 minimum, uint8 width.
 CHANNEL_HEADER_BITS = 32 + 16 + 8
 MAX_CHANNEL_BITS = 16  # int16 minimums and the packer's limit
 
@@ -35,7 +40,7 @@ MAX_CHANNEL_BITS = 16  # int16 minimums and the packer's limit
 @dataclass
 class ChannelIntConfig(GeneratorConfig):
     """bits: bit depth b of every channel when quantising an untrained weight (2-16). A trained
-    (self-compressed) layer ignores it: its per-channel widths and exponents are in its tensors."""
+    (self-compressed) layer ignores it: its per-channel widths and scales are in its tensors."""
 
     method = "channel_int"
     bits: int = 8
@@ -92,26 +97,26 @@ def unpack_rows(packed: torch.Tensor, widths: torch.Tensor, cols: int) -> torch.
     return ((bit * used) << shifts).sum(-1)
 
 
-def encode_integers(integers: torch.Tensor, exponents: torch.Tensor, layout: MatrixLayout,
+def encode_integers(integers: torch.Tensor, scales: torch.Tensor, layout: MatrixLayout,
                     config: ChannelIntConfig | None = None) -> Encoded:
-    """The stored form of a layer given its integer matrix [rows, cols] and one real exponent per row."""
+    """The stored form of a layer given its integer matrix [rows, cols] and one fp32 scale 2^e per row."""
     config = config or ChannelIntConfig()
     integers = integers.to(torch.int64)
-    if integers.shape != (layout.rows, layout.cols) or exponents.shape != (layout.rows,):
-        raise ValueError(f"integers {tuple(integers.shape)} / exponents {tuple(exponents.shape)} do not match {layout}")
+    if integers.shape != (layout.rows, layout.cols) or scales.shape != (layout.rows,):
+        raise ValueError(f"integers {tuple(integers.shape)} / scales {tuple(scales.shape)} do not match {layout}")
     lo, nbits = channel_widths(integers) if layout.rows else (integers.new_zeros(0), integers.new_zeros(0))
     if layout.rows and (int(nbits.max()) > MAX_CHANNEL_BITS or int(lo.min()) < -(1 << 15) or int(lo.max()) >= 1 << 15):
         raise Big2SmallError(f"channel_int: integers exceed the {MAX_CHANNEL_BITS}-bit format")
     payload = pack_rows(integers - lo.unsqueeze(1), nbits)
     tensors = {
         "payload": payload,
-        "exponents": exponents.detach().to(torch.float32).contiguous(),
+        "scales": scales.detach().to(torch.float32).contiguous(),
         "mins": lo.to(torch.int16),
         "nbits": nbits.to(torch.uint8),
     }
     bits = {
         "payload": int(nbits.sum()) * layout.cols,
-        "exponents": 32 * layout.rows,
+        "scales": 32 * layout.rows,
         "mins": 16 * layout.rows,
         "nbits": 8 * layout.rows,
         "header": HEADER_BITS,
@@ -144,12 +149,12 @@ class ChannelIntGenerator(Generator):
     def _encode(self, matrix: torch.Tensor, layout: MatrixLayout, *, seed: int) -> Encoded:
         cfg: ChannelIntConfig = self.config
         e = fitted_exponents(matrix, cfg.bits)
-        return encode_integers(quantize_integers(matrix, float(cfg.bits), e), e, layout, cfg)
+        return encode_integers(quantize_integers(matrix, float(cfg.bits), e), torch.exp2(e), layout, cfg)
 
     def decode_matrix(self, enc: Encoded) -> torch.Tensor:
         t = enc.tensors
         ints = unpack_rows(t["payload"], t["nbits"].to(torch.int64), enc.layout.cols) + t["mins"].to(torch.int64).unsqueeze(1)
-        return torch.exp2(t["exponents"].float()).unsqueeze(1) * ints.float()
+        return t["scales"].float().unsqueeze(1) * ints.float()
 
     @classmethod
     def bits_for(cls, config: ChannelIntConfig, layout: MatrixLayout) -> int:

@@ -1,7 +1,7 @@
 """convert(): a trained self-compressing model -> a narrower plain model and its packed artifact.
 
 1. Each quantised layer's weight becomes its quantised value 2^e * W_int (the training-time
-   forward, bit for bit), and its integers and exponents are kept for storage.
+   forward, bit for bit), and its integers and scales 2^e are kept for storage.
 2. Dead channels (every integer 0) are removed where their channel group allows it (one producer,
    plus BatchNorm and bias), their constant output folded into the consumers' biases; units that
    every consumer ignores (all-zero input slices) go too (METHODS.md §4.5). Channels of groups that
@@ -103,10 +103,11 @@ def convert(model: nn.Module, *, remove: bool = True, raw_dtype: str = "float32"
     )
     nominal = {name: float(q.channel_bits().sum()) * q.weights_per_channel for name, _, q in layers}
     plain = copy.deepcopy(model)
-    exponents: dict[str, torch.Tensor] = {}
+    scales: dict[str, torch.Tensor] = {}
     before: dict[str, tuple[int, int]] = {}
     for name, module, quantizer in list(quantized_layers(plain)):
-        exponents[name] = quantizer.exponent.detach().reshape(-1).float().clone()
+        # The scale exactly as the forward computed it (same op on the same tensor shape).
+        scales[name] = torch.exp2(quantizer.exponent.detach()).reshape(-1).clone()
         _bake(module)
         before[name] = (module.weight.shape[0], module.weight.numel())
     for attr in ("_big2small_selfcompress", "_big2small_feeds"):
@@ -114,19 +115,21 @@ def convert(model: nn.Module, *, remove: bool = True, raw_dtype: str = "float32"
             delattr(plain, attr)
     plain.eval()
 
-    unremovable = _remove_dead_channels(plain, exponents) if remove else {}
+    unremovable = _remove_dead_channels(plain, scales) if remove else {}
     modules = dict(plain.named_modules())
     overrides = []
     encoded = {}
-    for name, e in exponents.items():
+    for name, scale_vector in scales.items():
         weight = modules[name].weight
         layout = MatrixLayout(tuple(weight.shape))
         matrix = layout.to_matrix(weight.float())
-        scale = torch.exp2(e).unsqueeze(1)
-        integers = torch.round(matrix / scale)
+        scale = scale_vector.unsqueeze(1)
+        integers = torch.round(matrix / scale)  # exact: the weight is scale * integer, |integer| < 2^16
         if not torch.equal(scale * integers, matrix):  # the stored form must reproduce the weight exactly
-            raise Big2SmallError(f"internal: {name} does not decode exactly from its integers; please report")
-        encoded[f"{name}.weight"] = encode_integers(integers.to(torch.int64), e, layout, ChannelIntConfig())
+            bad = (scale * integers != matrix).any(1)
+            raise Big2SmallError(
+                f"internal: {name} does not decode exactly from its integers ({int(bad.sum())} channels); please report")
+        encoded[f"{name}.weight"] = encode_integers(integers.to(torch.int64), scale_vector, layout, ChannelIntConfig())
         overrides.append(f"{name}.weight")
     recipe = Recipe(default=None, raw_dtype=raw_dtype, min_numel=0)
     cm = compress(plain, recipe, source=source, progress=False)
@@ -135,10 +138,10 @@ def convert(model: nn.Module, *, remove: bool = True, raw_dtype: str = "float32"
         if entry.name in encoded:
             entry.config, entry.reason = encoded[entry.name].config, "self-compressed"
     cm.n_parameters = n_parameters
-    removed = {name: before[name][0] - modules[name].weight.shape[0] for name in exponents}
+    removed = {name: before[name][0] - modules[name].weight.shape[0] for name in scales}
     cm.transforms = [{"transform": "selfcompress_channel_removal", "removed_channels": removed}]
     summaries = []
-    for name in exponents:
+    for name in scales:
         enc = encoded[f"{name}.weight"]
         dead_kept = int(((enc.tensors["nbits"] == 0) & (enc.tensors["mins"] == 0)).sum())
         summaries.append(LayerSummary(
@@ -162,13 +165,13 @@ def _bake(module: nn.Module) -> None:
     module.register_parameter("weight", nn.Parameter(weight))
 
 
-def _remove_dead_channels(model: nn.Module, exponents: dict[str, torch.Tensor]) -> dict[str, str]:
-    """Narrow every removable group in place (exponents sliced alike); return the groups that hold
+def _remove_dead_channels(model: nn.Module, scales: dict[str, torch.Tensor]) -> dict[str, str]:
+    """Narrow every removable group in place (scales sliced alike); return the groups that hold
     dead channels but cannot be narrowed, with the reason."""
     report = channel_groups(model)
     modules = dict(model.named_modules())
     if report.untraceable:
-        dead_layers = [n for n in exponents if bool((modules[n].weight.reshape(modules[n].weight.shape[0], -1) == 0).all(1).any())]
+        dead_layers = [n for n in scales if bool((modules[n].weight.reshape(modules[n].weight.shape[0], -1) == 0).all(1).any())]
         return {n: report.untraceable for n in dead_layers}
     unremovable = {}
     changed = True
@@ -200,8 +203,8 @@ def _remove_dead_channels(model: nn.Module, exponents: dict[str, torch.Tensor]) 
             _warn_if_padded(modules, group, constants, ~keep)
             idx = keep.nonzero().reshape(-1)
             remove_channels(model, group, keep, constants)
-            if group.producer in exponents:
-                exponents[group.producer] = exponents[group.producer][idx]
+            if group.producer in scales:
+                scales[group.producer] = scales[group.producer][idx]
             changed = True
     return unremovable
 
