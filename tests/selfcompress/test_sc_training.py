@@ -63,3 +63,19 @@ def test_exported_artifact_matches_the_trained_network(trained, tmp_path):
 def test_bad_training_settings_are_refused():
     with pytest.raises(Big2SmallError, match="bad training settings"):
         TrainConfig(epochs=0).validate()
+
+
+def test_batchnorm_recalibration_replaces_stale_statistics():
+    from big2small.selfcompress.training import recalibrate_batchnorm
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(5, 3), nn.BatchNorm1d(3)).eval()
+    with torch.no_grad():
+        net[1].running_mean.fill_(7.0)
+        net[1].running_var.fill_(1e-6)
+    x = torch.randn(64, 5)
+    recalibrate_batchnorm(net, x, batches=1, batch_size=64)
+    h = net[0](x).detach()
+    assert torch.allclose(net[1].running_mean, h.mean(0), atol=1e-5)
+    assert torch.allclose(net[1].running_var, h.var(0), atol=1e-4)
+    assert not net.training and net[1].momentum == 0.1

@@ -72,10 +72,37 @@ def dead_channels(model: nn.Module) -> int:
         return sum(int((q.channel_bits() <= 0).sum()) for _, _, q in quantized_layers(model))
 
 
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, images: torch.Tensor, *, batches: int = 20, batch_size: int = 256,
+                          seed: int = 0) -> None:
+    """Re-estimate every BatchNorm's running statistics for the current (quantised) weights.
+
+    Quantised weights jump between levels and channels die during training, so the running
+    averages lag behind: a dead channel keeps a decaying mean over a near-zero variance, which eval
+    mode amplifies. A few batches of training images in train mode, averaged (momentum None),
+    fix it; the method uses training data anyway."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    was_training = model.training
+    model.train()
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
+    for i in range(min(batches, (len(images) + batch_size - 1) // batch_size)):
+        model(images[order[i * batch_size:(i + 1) * batch_size]])
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    model.train(was_training)
+
+
 def train(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, config: TrainConfig, *,
           val: tuple[torch.Tensor, torch.Tensor], progress: bool = True, description: str = "training") -> list[EpochLog]:
     """Train `model` (prepared or plain fp32) on (images, labels) with cross-entropy plus
-    gamma * size_loss when it is prepared; validate after each epoch. Returns the epoch logs."""
+    gamma * size_loss when it is prepared; after each epoch, re-estimate BatchNorm statistics (if
+    prepared) and validate. Returns the epoch logs."""
     config.validate()
     generator = torch.Generator().manual_seed(config.seed)
     prepared = any(True for _ in quantized_layers(model))
@@ -103,6 +130,8 @@ def train(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, config: 
                 optimizer.step()
                 total += float(loss.detach())
                 advance(1)
+            if prepared:
+                recalibrate_batchnorm(model, images, seed=config.seed + epoch)
             with torch.no_grad():
                 q = float(size_loss(model)) if prepared else 32.0
             logs.append(EpochLog(epoch, total / steps, q, dead_channels(model) if prepared else 0,

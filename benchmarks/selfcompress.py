@@ -1,0 +1,150 @@
+"""Self-compression benchmark on Fashion-MNIST: the accuracy-vs-size trade-off curve.
+
+Every row is measured in this run, on the 10,000 test images, by the network reloaded from its
+artifact (so the size is the bytes that ship and the accuracy is what they compute):
+- the fp32 reference: the recipe's CNN trained with the same schedule, no quantiser;
+- self-compression at several gamma values (the built-in recipe, `big2small selfcompress`);
+- uniform quantisation (RTN, asymmetric, per-channel and groups) of that fp32 network, at the
+  self-compressed networks' sizes where it fits, and at 1-4 bits to draw its curve;
+- the paper's headline (CIFAR-10, a different data set and network) as a reference line only.
+
+Sizes are shares of the fp32 network's bits (32 per parameter): every stored bit counted (packed
+integers, per-channel headers, BatchNorm statistics and biases in fp16). "Weights left" counts the
+weights of the quantised layers after channel removal.
+
+Writes benchmarks/results/selfcompress/{fashion.md, fashion.json, tradeoff.png}.
+Run: `python benchmarks/selfcompress.py [--epochs N] [--gammas 0.05,0.2,0.5] [--quantizer-lr X]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import big2small as b2s
+from big2small.selfcompress.fashion import FashionData, SweepPoint, load_fashion, run_recipe
+from big2small.selfcompress.training import TrainConfig, accuracy_of
+
+OUT = Path(__file__).resolve().parent / "results" / "selfcompress"
+PAPER = {"bits_share": 0.03, "weights_share": 0.18, "note": "paper, CIFAR-10: fp accuracy at 3% of the bits, 18% of the weights"}
+
+
+def uniform_row(reference: torch.nn.Module, data: FashionData, *, bpw: float | None = None, **options) -> dict:
+    """RTN of the fp32 reference, every weight in scope (min_numel 0), raw tensors fp16."""
+    n = sum(p.numel() for p in reference.parameters())
+    try:
+        cm = b2s.compress(reference, "uniform", bpw=bpw, min_numel=0, progress=False, **options)
+    except b2s.Big2SmallError as exc:
+        return {"spec": _spec(bpw, options), "fits": False, "why": str(exc)}
+    restored = cm.apply_to(type(reference)()).eval()
+    configs = sorted({f"{e.config.bits}b g{e.config.group_size}" for e in cm.tensors.values() if e.method == "uniform"})
+    return {
+        "spec": _spec(bpw, options), "fits": True, "configs": configs,
+        "test_accuracy": accuracy_of(restored, *data.test),
+        "bits_share": cm.size().bits_total / (32 * n),
+        "weights_share": 1.0,
+    }
+
+
+def _spec(bpw, options) -> str:
+    return f"uniform bpw={bpw:.3f}" if bpw is not None else "uniform " + ",".join(f"{k}={v}" for k, v in options.items())
+
+
+def markdown(points: list[SweepPoint], uniform: list[dict], args, seconds: float) -> str:
+    ref = points[0]
+    lines = [
+        "# Self-compression on Fashion-MNIST",
+        "",
+        f"Command: `python benchmarks/selfcompress.py --epochs {args.epochs} --gammas {args.gammas}"
+        f" --quantizer-lr {args.quantizer_lr} --init {args.init}` ({seconds / 60:.0f} min on this machine's CPU).",
+        "Network: `big2small.selfcompress.fashion.FashionCNN` (3 conv blocks with non-affine BatchNorm, "
+        f"a linear classifier; {ref.stored_bits // 32:,} parameters). Adam, lr 1e-3 (weights), batch 256; "
+        "validation: the last 5,000 training images; accuracy on the 10,000 test images, measured on the "
+        "network reloaded from its artifact.",
+        "",
+        "| network | test accuracy | vs fp32 | bits left (vs fp32) | weights left | stored | nominal bits/weight |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for p in points:
+        name = "fp32 reference" if p.gamma is None else f"self-compressed, gamma {p.gamma:g}"
+        n_weights = ref.stored_bits / 32
+        lines.append(
+            f"| {name} | {100 * p.test_accuracy:.2f}% | {100 * (p.test_accuracy - ref.test_accuracy):+.2f} pt | "
+            f"{100 * p.bits_share:.2f}% | {100 * p.weights_share:.1f}% | {p.stored_bits / 8 / 1024:.1f} KiB | "
+            f"{p.nominal_bits / n_weights:.3f} |"
+        )
+    lines += ["", "Uniform quantisation (RTN) of the fp32 reference:", "",
+              "| setting | fits | test accuracy | vs fp32 | bits left (vs fp32) |", "|---|---|---|---|---|"]
+    for u in uniform:
+        if u["fits"]:
+            lines.append(f"| {u['spec']} ({', '.join(u['configs'])}) | yes | {100 * u['test_accuracy']:.2f}% | "
+                         f"{100 * (u['test_accuracy'] - ref.test_accuracy):+.2f} pt | {100 * u['bits_share']:.2f}% |")
+        else:
+            lines.append(f"| {u['spec']} | no: {u['why']} | | | |")
+    lines += ["", f"Reference: {PAPER['note']}.", ""]
+    return "\n".join(lines)
+
+
+def plot(points: list[SweepPoint], uniform: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ref = points[0]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.axhline(100 * ref.test_accuracy, color="gray", ls="--", label=f"fp32 ({100 * ref.test_accuracy:.2f}%)")
+    sc = [p for p in points if p.gamma is not None]
+    ax.plot([100 * p.bits_share for p in sc], [100 * p.test_accuracy for p in sc], "o-", label="self-compression")
+    for p in sc:
+        ax.annotate(f"γ={p.gamma:g}, {100 * p.weights_share:.0f}% w", (100 * p.bits_share, 100 * p.test_accuracy),
+                    fontsize=7, textcoords="offset points", xytext=(4, -10))
+    fits = sorted((u for u in uniform if u["fits"]), key=lambda u: u["bits_share"])
+    ax.plot([100 * u["bits_share"] for u in fits], [100 * u["test_accuracy"] for u in fits], "s--", label="uniform RTN of fp32")
+    ax.axvline(100 * PAPER["bits_share"], color="C3", ls=":", label="paper: 3% of the bits (CIFAR-10)")
+    ax.set_xscale("log")
+    ax.set_xlabel("stored bits, % of the fp32 network (log)")
+    ax.set_ylabel("test accuracy, %")
+    ax.set_ylim(max(0, 100 * ref.test_accuracy - 15), 100 * ref.test_accuracy + 2)
+    ax.set_title("Fashion-MNIST: accuracy vs size")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--gammas", default="0.05,0.2,0.5")
+    parser.add_argument("--quantizer-lr", type=float, default=1e-2)
+    parser.add_argument("--init", default="scratch", choices=("scratch", "fp32"))
+    parser.add_argument("--limit", type=int, default=None)
+    args = parser.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    config = TrainConfig(epochs=args.epochs, quantizer_lr=args.quantizer_lr)
+    gammas = [float(g) for g in args.gammas.split(",")]
+    points, reference = run_recipe(gammas, config, out_dir=OUT / "artifacts", init=args.init, limit=args.limit)
+    (OUT / "fashion.json").write_text(json.dumps({"command": " ".join(sys.argv), "points": [p.to_dict() for p in points]}, indent=1))
+    data = load_fashion(limit=args.limit)
+    uniform = [uniform_row(reference, data, bpw=32 * p.bits_share) for p in points[1:]]
+    uniform += [uniform_row(reference, data, bits=b, group_size=0) for b in (1, 2, 3, 4)]
+    uniform += [uniform_row(reference, data, bits=b, group_size=64) for b in (2, 3)]
+    seconds = time.perf_counter() - start
+    (OUT / "fashion.json").write_text(json.dumps({
+        "command": " ".join(sys.argv), "seconds": seconds, "points": [p.to_dict() for p in points],
+        "uniform": uniform, "paper": PAPER,
+    }, indent=1))
+    (OUT / "fashion.md").write_text(markdown(points, uniform, args, seconds))
+    plot(points, uniform, OUT / "tradeoff.png")
+    print((OUT / "fashion.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
