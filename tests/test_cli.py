@@ -179,3 +179,17 @@ def test_selfcompress_bad_settings_are_one_line(tmp_path):
     assert_one_line_error(run("selfcompress", "--gamma", "-1", "--epochs", "1"), "gamma")
     assert_one_line_error(run("selfcompress", "--init", "fp32", "--no-fp32"), "fp32")
     assert_one_line_error(run("selfcompress", "--epochs", "0"), "bad training settings")
+
+
+def test_verify_of_a_narrowed_artifact_checks_integrity_only(tmp_path):
+    import big2small as b2s
+    from big2small.selfcompress import SelfCompressConfig, convert, prepare, quantized_layers
+
+    net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    prepare(net, SelfCompressConfig(init_bits=4.0))
+    with torch.no_grad():
+        next(iter(quantized_layers(net)))[2].bits.view(-1)[:3] = -1.0
+    b2s.save(convert(net).compressed, tmp_path / "n.b2s")
+    r = run("verify", tmp_path / "n.b2s", columns=200)
+    assert r.returncode == 0, r.stderr
+    assert "integrity: ok" in r.stdout and "architecture was changed" in r.stdout

@@ -63,32 +63,35 @@ def pack_rows(values: torch.Tensor, widths: torch.Tensor) -> torch.Tensor:
     """Bit-pack non-negative integers [rows, cols], row i at widths[i] bits, rows concatenated,
     LSB-first (the stream layout of big2small.bitpack)."""
     rows, cols = values.shape
+    device = values.device
+    widths = widths.to(device)
     max_w = int(widths.max()) if rows else 0
     if max_w == 0:
-        return torch.zeros(0, dtype=torch.uint8)
-    shifts = torch.arange(max_w, dtype=torch.int64)
+        return torch.zeros(0, dtype=torch.uint8, device=device)
+    shifts = torch.arange(max_w, dtype=torch.int64, device=device)
     bits = (values.to(torch.int64).unsqueeze(-1) >> shifts) & 1  # [rows, cols, max_w]
     keep = (shifts < widths.unsqueeze(1)).unsqueeze(1).expand(rows, cols, max_w)
     stream = bits[keep]
     pad = (-stream.numel()) % 8
     if pad:
         stream = torch.cat([stream, stream.new_zeros(pad)])
-    return (stream.reshape(-1, 8) << torch.arange(8)).sum(1).to(torch.uint8)
+    return (stream.reshape(-1, 8) << torch.arange(8, device=device)).sum(1).to(torch.uint8)
 
 
 def unpack_rows(packed: torch.Tensor, widths: torch.Tensor, cols: int) -> torch.Tensor:
     """Inverse of :func:`pack_rows`: int64 [rows, cols]."""
-    widths = widths.to(torch.int64)
+    device = packed.device
+    widths = widths.to(device=device, dtype=torch.int64)
     rows = widths.numel()
     total = int(widths.sum()) * cols
     if packed.numel() != (total + 7) // 8:
         raise Big2SmallError(f"corrupt payload: {packed.numel()} bytes, expected {(total + 7) // 8}")
     if total == 0:
-        return torch.zeros(rows, cols, dtype=torch.int64)
+        return torch.zeros(rows, cols, dtype=torch.int64, device=device)
     max_w = int(widths.max())
     row_start = torch.cumsum(widths * cols, 0) - widths * cols
-    start = row_start.unsqueeze(1) + torch.arange(cols) * widths.unsqueeze(1)  # [rows, cols]
-    shifts = torch.arange(max_w, dtype=torch.int64)
+    start = row_start.unsqueeze(1) + torch.arange(cols, device=device) * widths.unsqueeze(1)  # [rows, cols]
+    shifts = torch.arange(max_w, dtype=torch.int64, device=device)
     pos = start.unsqueeze(-1) + shifts  # [rows, cols, max_w]
     used = shifts < widths.view(rows, 1, 1)
     pos = torch.where(used, pos, torch.zeros_like(pos))

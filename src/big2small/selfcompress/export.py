@@ -129,7 +129,7 @@ def convert(model: nn.Module, *, remove: bool = True, raw_dtype: str = "float32"
             bad = (scale * integers != matrix).any(1)
             raise Big2SmallError(
                 f"internal: {name} does not decode exactly from its integers ({int(bad.sum())} channels); please report")
-        encoded[f"{name}.weight"] = encode_integers(integers.to(torch.int64), scale_vector, layout, ChannelIntConfig())
+        encoded[f"{name}.weight"] = encode_integers(integers.to(torch.int64).cpu(), scale_vector.cpu(), layout, ChannelIntConfig())
         overrides.append(f"{name}.weight")
     recipe = Recipe(default=None, raw_dtype=raw_dtype, min_numel=0)
     cm = compress(plain, recipe, source=source, progress=False)
@@ -198,7 +198,7 @@ def _remove_dead_channels(model: nn.Module, scales: dict[str, torch.Tensor]) -> 
                 keep[0] = True  # a layer keeps one channel so that the network still has a shape
             if bool(keep.all()):
                 continue
-            bias = producer.bias if producer.bias is not None else torch.zeros(group.width)
+            bias = producer.bias if producer.bias is not None else producer.weight.new_zeros(group.width)
             constants = constant_inputs(model, group, bias.detach())
             _warn_if_padded(modules, group, constants, ~keep)
             idx = keep.nonzero().reshape(-1)
