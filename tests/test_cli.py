@@ -173,6 +173,10 @@ def test_selfcompress_recipe_trains_exports_and_reports(tmp_path):
     assert 0 < sc["bits_share"] < 0.1 and sc["test_accuracy"] > 0.5
     assert b2s.restore(tmp_path / "gamma-0.5.b2s").conv1.in_channels == 1  # rebuilt from the artifact alone
     assert "bits left vs fp32" in r.stdout
+    ev = run("eval", tmp_path / "gamma-0.5.b2s", "--json", tmp_path / "ev.json")
+    assert ev.returncode == 0, ev.stderr
+    metric = json.loads((tmp_path / "ev.json").read_text())["metrics"][0]
+    assert metric["metric"] == "top1_accuracy" and metric["value"] == pytest.approx(sc["test_accuracy"], abs=1e-9)
 
 
 def test_selfcompress_bad_settings_are_one_line(tmp_path):

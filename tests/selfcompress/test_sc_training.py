@@ -8,7 +8,8 @@ import big2small as b2s
 from big2small.errors import Big2SmallError
 from big2small.evaluate.data import digits
 from big2small.selfcompress import SelfCompressConfig, convert, prepare, size_loss
-from big2small.selfcompress.training import TrainConfig, accuracy_of, train
+from big2small.evaluate.classification import accuracy
+from big2small.selfcompress.training import TrainConfig, train
 
 
 def _digits_net():
@@ -56,7 +57,7 @@ def test_exported_artifact_matches_the_trained_network(trained, tmp_path):
     model, _, _, result, path, val_set = trained
     restored = b2s.restore(path, _digits_net())
     # fp16 storage of the BatchNorm statistics is the only difference from the training forward
-    assert abs(accuracy_of(restored, *val_set) - accuracy_of(model, *val_set)) <= 0.01
+    assert abs(accuracy(restored, *val_set).top1 - accuracy(model, *val_set).top1) <= 0.01
     assert result.bits_share < 2.5 / 32  # below the 2-bit start once every stored bit is counted
 
 

@@ -32,6 +32,7 @@ __all__ = [
     "cache_dir",
     "digits",
     "fashion_mnist",
+    "fashion_mnist_normalised",
     "lee50",
     "lee_background_docs",
     "photo_crops",
@@ -315,6 +316,17 @@ def fashion_mnist(split: str = "train") -> tuple[Tensor, Tensor]:
         raise Big2SmallError(f"fashion_mnist: split must be 'train' or 'test', got {split!r}")
     images, labels = _fashion_mnist(split)
     return images.clone(), labels.clone()
+
+
+# Fashion-MNIST training-set pixel mean and standard deviation (intensities in [0, 1]).
+FASHION_MNIST_MEAN, FASHION_MNIST_STD = 0.2860, 0.3530
+
+
+def fashion_mnist_normalised(split: str = "train") -> tuple[Tensor, Tensor]:
+    """Fashion-MNIST as networks take it: float32 ``[N, 1, 28, 28]`` images scaled to [0, 1] and
+    standardised with the training set's mean and std; int64 ``[N]`` labels."""
+    images, labels = fashion_mnist(split)
+    return ((images.float() / 255.0 - FASHION_MNIST_MEAN) / FASHION_MNIST_STD).unsqueeze(1), labels
 
 
 @functools.lru_cache(maxsize=1)

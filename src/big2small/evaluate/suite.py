@@ -2,7 +2,8 @@
 
 causal-lm: perplexity on the Wikipedia extract. encoder: mean cosine of sentence embeddings vs the
 original model on lee_background documents, and Lee-50 Pearson. image-classifier: top-1 agreement
-and KL vs the original on seeded crops of bundled natural photos.
+and KL vs the original on seeded crops of bundled natural photos. fashion-mnist-classifier (the
+self-compression recipe's networks): top-1 accuracy on the 10,000 Fashion-MNIST test images.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ class MetricRow:
         return asdict(self)
 
 
-TASKS = ("causal-lm", "encoder", "image-classifier")
+TASKS = ("causal-lm", "encoder", "image-classifier", "fashion-mnist-classifier")
 
 
 def reference_outputs(model: nn.Module, task: str, tokenizer: Any, settings: EvalSettings) -> dict[str, torch.Tensor]:
@@ -97,6 +98,14 @@ def evaluate(model: nn.Module, task: str, tokenizer: Any = None, *, reference: d
         a = agreement(reference["logits"], logits, data=data.photo_crops_protocol(settings.photos, seed=settings.seed))
         rows.append(MetricRow("top1_agreement", a.top1_agreement, True, a.protocol, a.describe()))
         rows.append(MetricRow("kl", a.kl_mean, False, a.protocol, a.describe()))
+    elif task == "fashion-mnist-classifier":
+        from big2small.evaluate.classification import accuracy
+
+        images, labels = data.fashion_mnist_normalised("test")
+        r = accuracy(model, images, labels, data={
+            "dataset": "Fashion-MNIST test split (Debian dataset-fashion-mnist)",
+            "preprocessing": f"/255, minus {data.FASHION_MNIST_MEAN}, over {data.FASHION_MNIST_STD}"})
+        rows.append(MetricRow("top1_accuracy", r.top1, True, r.protocol, r.describe()))
     else:
         raise Big2SmallError(f"no task metrics for a model of task {task!r} (known: {', '.join(TASKS)})")
     return rows

@@ -22,10 +22,9 @@ from big2small.errors import Big2SmallError
 from big2small.models import ModelSource
 from big2small.selfcompress.export import SelfCompressed, convert
 from big2small.selfcompress.quantizer import SelfCompressConfig, prepare
-from big2small.selfcompress.training import EpochLog, TrainConfig, accuracy_of, train
+from big2small.evaluate.classification import accuracy
+from big2small.selfcompress.training import EpochLog, TrainConfig, train
 
-# Fashion-MNIST training-set pixel mean and standard deviation (intensities in [0, 1]).
-PIXEL_MEAN, PIXEL_STD = 0.2860, 0.3530
 FACTORY = "big2small.selfcompress.fashion:fashion_cnn"
 
 
@@ -58,7 +57,7 @@ def fashion_cnn() -> FashionCNN:
 
 
 def fashion_source() -> ModelSource:
-    return ModelSource("module", "fashion-cnn", task="image-classifier", factory=FACTORY,
+    return ModelSource("module", "fashion-cnn", task="fashion-mnist-classifier", factory=FACTORY,
                        module_class=f"{FashionCNN.__module__}.FashionCNN")
 
 
@@ -74,18 +73,13 @@ class FashionData:
 def load_fashion(val_size: int = 5000, limit: int | None = None) -> FashionData:
     """Fashion-MNIST from /usr/share/datasets (see evaluate.data.fashion_mnist); `limit` keeps the
     first images of the training split only (for quick runs)."""
-    from big2small.evaluate.data import fashion_mnist
+    from big2small.evaluate.data import fashion_mnist_normalised
 
-    def prep(images: torch.Tensor) -> torch.Tensor:
-        return ((images.float() / 255.0 - PIXEL_MEAN) / PIXEL_STD).unsqueeze(1)
-
-    images, labels = fashion_mnist("train")
-    x, y = prep(images), labels
+    x, y = fashion_mnist_normalised("train")
     train_x, train_y, val_x, val_y = x[:-val_size], y[:-val_size], x[-val_size:], y[-val_size:]
     if limit is not None:
         train_x, train_y = train_x[:limit], train_y[:limit]
-    test_images, test_labels = fashion_mnist("test")
-    return FashionData((train_x, train_y), (val_x, val_y), (prep(test_images), test_labels))
+    return FashionData((train_x, train_y), (val_x, val_y), fashion_mnist_normalised("test"))
 
 
 @dataclass
@@ -118,7 +112,7 @@ def train_fp32(data: FashionData, train_config: TrainConfig, *, progress: bool =
                     progress=progress, description="fp32 reference")
     seconds = time.perf_counter() - start
     n = sum(p.numel() for p in model.parameters())
-    point = SweepPoint(None, accuracy_of(model, *data.test), 1.0, 1.0, 32.0 * n, 32 * n, 4 * n, seconds, history)
+    point = SweepPoint(None, accuracy(model, *data.test).top1, 1.0, 1.0, 32.0 * n, 32 * n, 4 * n, seconds, history)
     return model.eval(), point
 
 
@@ -146,7 +140,7 @@ def train_selfcompressed(data: FashionData, train_config: TrainConfig, config: S
         restored = result.compressed.apply_to(fashion_cnn()).eval()
         on_disk = 0
     point = SweepPoint(
-        train_config.gamma, accuracy_of(restored, *data.test), result.bits_share, result.weights_share,
+        train_config.gamma, accuracy(restored, *data.test).top1, result.bits_share, result.weights_share,
         result.nominal_bits, result.bits_total, on_disk, seconds, history, str(out) if out else None,
     )
     return result, point

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from big2small.errors import Big2SmallError
+from big2small.evaluate.classification import accuracy
 from big2small.progress import progress_bar
 from big2small.selfcompress.quantizer import quantized_layers, quantizer_parameters, size_loss
 
@@ -52,18 +53,6 @@ class EpochLog:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-@torch.no_grad()
-def accuracy_of(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> float:
-    """Top-1 accuracy (fraction) in eval mode; restores the model's mode afterwards."""
-    was_training = model.training
-    model.eval()
-    correct = 0
-    for i in range(0, len(images), batch_size):
-        correct += int((model(images[i:i + batch_size]).argmax(1) == labels[i:i + batch_size]).sum())
-    model.train(was_training)
-    return correct / max(len(images), 1)
 
 
 def dead_channels(model: nn.Module) -> int:
@@ -135,5 +124,5 @@ def train(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, config: 
             with torch.no_grad():
                 q = float(size_loss(model)) if prepared else 32.0
             logs.append(EpochLog(epoch, total / steps, q, dead_channels(model) if prepared else 0,
-                                 accuracy_of(model, *val), time.perf_counter() - start))
+                                 accuracy(model, *val, batch_size=1000).top1, time.perf_counter() - start))
     return logs
