@@ -336,6 +336,7 @@ def selfcompress_(
     fp32: bool = typer.Option(True, "--fp32/--no-fp32", help="Also train the fp32 reference (same network and schedule)."),
     limit: Optional[int] = typer.Option(None, help="Train on the first N training images only (quick runs)."),
     seed: int = typer.Option(0, help="Seed of the initialisation and the data order."),
+    target_bits: Optional[float] = typer.Option(None, help="Keep each network's most accurate epoch (validation) at or below this many bits per weight (Q)."),
     out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="Write each network's artifact here (gamma-<g>.b2s)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON ('-' = stdout)."),
 ) -> None:
@@ -344,7 +345,8 @@ def selfcompress_(
     from big2small.selfcompress.fashion import run_recipe
     from big2small.selfcompress.training import TrainConfig
 
-    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, quantizer_lr=quantizer_lr, seed=seed)
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, quantizer_lr=quantizer_lr, seed=seed,
+                         target_bits=target_bits)
     config.validate()
     if limit is not None and limit < 1:
         raise Big2SmallError(f"--limit must be positive, got {limit}")

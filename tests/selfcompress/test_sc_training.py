@@ -80,3 +80,17 @@ def test_batchnorm_recalibration_replaces_stale_statistics():
     assert torch.allclose(net[1].running_mean, h.mean(0), atol=1e-5)
     assert torch.allclose(net[1].running_var, h.var(0), atol=1e-4)
     assert not net.training and net[1].momentum == 0.1
+
+
+def test_target_bits_keeps_the_best_epoch_within_the_size():
+    torch.manual_seed(0)
+    images, labels = digits()
+    model = prepare(_digits_net())
+    logs = train(model, images[:600], labels[:600], TrainConfig(epochs=4, batch_size=64, gamma=0.5, quantizer_lr=1e-2,
+                                                                target_bits=1.95),
+                 val=(images[1400:], labels[1400:]), progress=False)
+    within = [l for l in logs if l.q_bits <= 1.95]
+    kept = [l for l in logs if l.kept]
+    assert within and len(kept) == 1
+    assert kept[0].val_accuracy == max(l.val_accuracy for l in within)
+    assert float(size_loss(model).detach()) == pytest.approx(kept[0].q_bits)

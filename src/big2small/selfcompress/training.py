@@ -7,6 +7,7 @@ dead channels and validation accuracy, a progress bar with an ETA.
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import asdict, dataclass
 
@@ -24,7 +25,9 @@ from big2small.selfcompress.quantizer import quantized_layers, quantizer_paramet
 class TrainConfig:
     """epochs, batch_size, lr: Adam's learning rate for the weights; quantizer_lr: for b and e
     (None: the same lr, as in the reference code); gamma: weight of the size loss (bits per weight;
-    0 trains without it); seed: data order and initialisation."""
+    0 trains without it); seed: data order and initialisation; target_bits: if set, the model
+    ends at its most accurate epoch (validation) whose Q is at most this many bits per weight
+    (METHODS.md §4.4; the last epoch if none is)."""
 
     epochs: int = 10
     batch_size: int = 256
@@ -32,10 +35,12 @@ class TrainConfig:
     quantizer_lr: float | None = None
     gamma: float = 0.015
     seed: int = 0
+    target_bits: float | None = None
 
     def validate(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.gamma < 0 or (
-                self.quantizer_lr is not None and self.quantizer_lr <= 0):
+                self.quantizer_lr is not None and self.quantizer_lr <= 0) or (
+                self.target_bits is not None and self.target_bits <= 0):
             raise Big2SmallError(f"bad training settings: {self}")
 
 
@@ -50,6 +55,7 @@ class EpochLog:
     dead_channels: int
     val_accuracy: float
     seconds: float
+    kept: bool = False  # the model returned is this epoch's
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -102,7 +108,8 @@ def train(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, config: 
                        "lr": config.quantizer_lr or config.lr})
     optimizer = torch.optim.Adam(groups)
     steps = (len(images) + config.batch_size - 1) // config.batch_size
-    logs = []
+    logs: list[EpochLog] = []
+    best: tuple[float, dict, int] | None = None  # validation accuracy, state, epoch: best within target_bits
     with progress_bar(description, total=config.epochs * steps, enabled=progress) as advance:
         for epoch in range(1, config.epochs + 1):
             start = time.perf_counter()
@@ -125,4 +132,9 @@ def train(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, config: 
                 q = float(size_loss(model)) if prepared else 32.0
             logs.append(EpochLog(epoch, total / steps, q, dead_channels(model) if prepared else 0,
                                  accuracy(model, *val, batch_size=1000).top1, time.perf_counter() - start))
+            if config.target_bits is not None and q <= config.target_bits and (best is None or logs[-1].val_accuracy > best[0]):
+                best = (logs[-1].val_accuracy, copy.deepcopy(model.state_dict()), epoch)
+    if best is not None:
+        model.load_state_dict(best[1])
+    logs[best[2] - 1 if best is not None else -1].kept = True
     return logs
