@@ -8,9 +8,10 @@ artifact (so the size is the bytes that ship and the accuracy is what they compu
   self-compressed networks' sizes where it fits, and at 1-4 bits to draw its curve;
 - the paper's headline (CIFAR-10, a different data set and network) as a reference line only.
 
-Sizes are shares of the fp32 network's bits (32 per parameter): every stored bit counted (packed
-integers, per-channel headers, BatchNorm statistics and biases in fp16). "Weights left" counts the
-weights of the quantised layers after channel removal.
+Sizes are shares of the fp32 network's bits (its state_dict, BatchNorm statistics included): every
+stored bit counted (packed integers, per-channel scales, minimums and widths, BatchNorm statistics
+and biases in fp16). "Weights left" counts the weights of the quantised layers after channel
+removal.
 
 Writes benchmarks/results/selfcompress/{fashion.md, fashion.json, tradeoff.png}.
 Run: `python benchmarks/selfcompress.py [--epochs N] [--gammas 0.05,0.2,0.5] [--quantizer-lr X]`.
@@ -27,8 +28,10 @@ from pathlib import Path
 import torch
 
 import big2small as b2s
+from big2small.selfcompress.export import state_dict_bits
 from big2small.selfcompress.fashion import FashionData, SweepPoint, load_fashion, run_recipe
-from big2small.selfcompress.training import TrainConfig, accuracy_of
+from big2small.evaluate.classification import accuracy
+from big2small.selfcompress.training import TrainConfig
 
 OUT = Path(__file__).resolve().parent / "results" / "selfcompress"
 PAPER = {"bits_share": 0.03, "weights_share": 0.18, "note": "paper, CIFAR-10: fp accuracy at 3% of the bits, 18% of the weights"}
@@ -36,7 +39,7 @@ PAPER = {"bits_share": 0.03, "weights_share": 0.18, "note": "paper, CIFAR-10: fp
 
 def uniform_row(reference: torch.nn.Module, data: FashionData, *, bpw: float | None = None, **options) -> dict:
     """RTN of the fp32 reference, every weight in scope (min_numel 0), raw tensors fp16."""
-    n = sum(p.numel() for p in reference.parameters())
+    reference_bits = state_dict_bits(reference.state_dict())
     try:
         cm = b2s.compress(reference, "uniform", bpw=bpw, min_numel=0, progress=False, **options)
     except b2s.Big2SmallError as exc:
@@ -45,8 +48,8 @@ def uniform_row(reference: torch.nn.Module, data: FashionData, *, bpw: float | N
     configs = sorted({f"{e.config.bits}b g{e.config.group_size}" for e in cm.tensors.values() if e.method == "uniform"})
     return {
         "spec": _spec(bpw, options), "fits": True, "configs": configs,
-        "test_accuracy": accuracy_of(restored, *data.test),
-        "bits_share": cm.size().bits_total / (32 * n),
+        "test_accuracy": accuracy(restored, *data.test).top1,
+        "bits_share": cm.size().bits_total / reference_bits,
         "weights_share": 1.0,
     }
 
@@ -61,22 +64,23 @@ def markdown(points: list[SweepPoint], uniform: list[dict], args, seconds: float
         "# Self-compression on Fashion-MNIST",
         "",
         f"Command: `python benchmarks/selfcompress.py --epochs {args.epochs} --gammas {args.gammas}"
-        f" --quantizer-lr {args.quantizer_lr} --init {args.init}` ({seconds / 60:.0f} min on this machine's CPU).",
+        f" --quantizer-lr {args.quantizer_lr} --init {args.init}"
+        + (f" --limit {args.limit}" if args.limit else "") + f"` ({seconds / 60:.0f} min on this machine's CPU).",
         "Network: `big2small.selfcompress.fashion.FashionCNN` (3 conv blocks with non-affine BatchNorm, "
-        f"a linear classifier; {ref.stored_bits // 32:,} parameters). Adam, lr 1e-3 (weights), batch 256; "
+        f"a linear classifier; {ref.stored_bits // 8 / 1024:.0f} KiB in fp32). Adam, lr 1e-3 (weights), batch 256; "
         "validation: the last 5,000 training images; accuracy on the 10,000 test images, measured on the "
         "network reloaded from its artifact.",
         "",
-        "| network | test accuracy | vs fp32 | bits left (vs fp32) | weights left | stored | nominal bits/weight |",
+        "| network | test accuracy | vs fp32 | bits left (vs fp32) | weights left | stored | Q (nominal bits per weight) |",
         "|---|---|---|---|---|---|---|",
     ]
     for p in points:
         name = "fp32 reference" if p.gamma is None else f"self-compressed, gamma {p.gamma:g}"
-        n_weights = ref.stored_bits / 32
+        q = f"{p.history[-1].q_bits:.3f}" if p.gamma is not None else "32 (fp32)"
         lines.append(
             f"| {name} | {100 * p.test_accuracy:.2f}% | {100 * (p.test_accuracy - ref.test_accuracy):+.2f} pt | "
             f"{100 * p.bits_share:.2f}% | {100 * p.weights_share:.1f}% | {p.stored_bits / 8 / 1024:.1f} KiB | "
-            f"{p.nominal_bits / n_weights:.3f} |"
+            f"{q} |"
         )
     lines += ["", "Uniform quantisation (RTN) of the fp32 reference:", "",
               "| setting | fits | test accuracy | vs fp32 | bits left (vs fp32) |", "|---|---|---|---|---|"]

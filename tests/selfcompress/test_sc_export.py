@@ -144,9 +144,12 @@ def test_builtin_cnn_restores_from_the_artifact_alone(tmp_path):
 def test_shares_count_every_stored_bit():
     net = _prepared(BiasNet(), {"conv2": [0, 5]})
     result = convert(net)
-    n = sum(p.numel() for p in BiasNet().parameters())
+    reference = BiasNet()
+    n = sum(p.numel() for p in reference.parameters())
+    fp32_bits = sum(t.numel() * t.element_size() * 8 for t in reference.state_dict().values())
     assert result.compressed.n_parameters == n
-    assert result.bits_share == pytest.approx(result.compressed.size().bits_total / (32 * n))
+    assert result.reference_bits == fp32_bits
+    assert result.bits_share == pytest.approx(result.compressed.size().bits_total / fp32_bits)
     assert result.weights_share == pytest.approx((8 * 9 + 10 * 72 + 4 * 90) / (8 * 9 + 12 * 72 + 4 * 108))
 
 

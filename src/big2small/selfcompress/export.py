@@ -53,6 +53,7 @@ class SelfCompressed:
     model: nn.Module
     compressed: CompressedModel
     layers: list[LayerSummary]
+    reference_bits: int  # the original model's state_dict in its own dtypes (fp32): what a plain save takes
     unremovable: dict[str, str] = field(default_factory=dict)  # producer -> why its channels stay
 
     @property
@@ -62,8 +63,9 @@ class SelfCompressed:
 
     @property
     def bits_share(self) -> float:
-        """Stored bits over the original model's fp32 bits (32 per parameter)."""
-        return self.bits_total / (32 * self.compressed.n_parameters)
+        """Stored bits over the original model's bits (its whole state_dict, BatchNorm statistics
+        included, in fp32)."""
+        return self.bits_total / self.reference_bits
 
     @property
     def nominal_bits(self) -> float:
@@ -80,6 +82,7 @@ class SelfCompressed:
             "bits_share": self.bits_share,
             "nominal_bits": self.nominal_bits,
             "weights_share": self.weights_share,
+            "reference_bits": self.reference_bits,
             "n_parameters_original": self.compressed.n_parameters,
             "n_parameters_after": sum(p.numel() for p in self.model.parameters()),
             "layers": [vars(l) for l in self.layers],
@@ -98,9 +101,8 @@ def convert(model: nn.Module, *, remove: bool = True, raw_dtype: str = "float32"
     layers = list(quantized_layers(model))
     if not layers:
         raise Big2SmallError("selfcompress: model is not prepared (nothing to convert)")
-    n_parameters = sum(
-        p.numel() for name, p in model.named_parameters() if not name.endswith((".bits", ".exponent"))
-    )
+    n_parameters = sum(p.numel() for name, p in model.named_parameters() if not _is_quantizer_state(name))
+    reference_bits = state_dict_bits({k: v for k, v in model.state_dict().items() if not _is_quantizer_state(k)})
     nominal = {name: float(q.channel_bits().sum()) * q.weights_per_channel for name, _, q in layers}
     plain = copy.deepcopy(model)
     scales: dict[str, torch.Tensor] = {}
@@ -117,20 +119,20 @@ def convert(model: nn.Module, *, remove: bool = True, raw_dtype: str = "float32"
 
     unremovable = _remove_dead_channels(plain, scales) if remove else {}
     modules = dict(plain.named_modules())
-    overrides = []
     encoded = {}
     for name, scale_vector in scales.items():
         weight = modules[name].weight
         layout = MatrixLayout(tuple(weight.shape))
         matrix = layout.to_matrix(weight.float())
         scale = scale_vector.unsqueeze(1)
-        integers = torch.round(matrix / scale)  # exact: the weight is scale * integer, |integer| < 2^16
+        # Exact: the weight is scale * integer with |integer| < 2^16 (zeros kept apart in case a dead
+        # channel's scale underflowed to 0).
+        integers = torch.where(matrix == 0, torch.zeros_like(matrix), torch.round(matrix / scale))
         if not torch.equal(scale * integers, matrix):  # the stored form must reproduce the weight exactly
             bad = (scale * integers != matrix).any(1)
             raise Big2SmallError(
                 f"internal: {name} does not decode exactly from its integers ({int(bad.sum())} channels); please report")
         encoded[f"{name}.weight"] = encode_integers(integers.to(torch.int64).cpu(), scale_vector.cpu(), layout, ChannelIntConfig())
-        overrides.append(f"{name}.weight")
     recipe = Recipe(default=None, raw_dtype=raw_dtype, min_numel=0)
     cm = compress(plain, recipe, source=source, progress=False)
     cm.tensors.update(encoded)
@@ -149,7 +151,16 @@ def convert(model: nn.Module, *, remove: bool = True, raw_dtype: str = "float32"
             dead_kept=dead_kept, nominal_bits=nominal[name], stored_bits=enc.total_bits,
             weights_before=before[name][1], weights_after=enc.layout.numel,
         ))
-    return SelfCompressed(plain, cm, summaries, unremovable)
+    return SelfCompressed(plain, cm, summaries, reference_bits, unremovable)
+
+
+def _is_quantizer_state(name: str) -> bool:
+    return name.endswith((".bits", ".exponent")) and ".parametrizations." in name
+
+
+def state_dict_bits(state: dict[str, torch.Tensor]) -> int:
+    """Bits of a state_dict as stored plainly: every tensor at its own dtype's width."""
+    return sum(t.numel() * t.element_size() * 8 for t in state.values())
 
 
 def _bake(module: nn.Module) -> None:

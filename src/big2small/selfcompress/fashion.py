@@ -20,7 +20,7 @@ from torch import nn
 
 from big2small.errors import Big2SmallError
 from big2small.models import ModelSource
-from big2small.selfcompress.export import SelfCompressed, convert
+from big2small.selfcompress.export import SelfCompressed, convert, state_dict_bits
 from big2small.selfcompress.quantizer import SelfCompressConfig, prepare
 from big2small.evaluate.classification import accuracy
 from big2small.selfcompress.training import EpochLog, TrainConfig, train
@@ -88,7 +88,7 @@ class SweepPoint:
 
     gamma: float | None  # None: the fp32 reference
     test_accuracy: float
-    bits_share: float  # stored bits / (32 * original parameters)
+    bits_share: float  # stored bits / the fp32 network's state_dict bits
     weights_share: float  # weights left in the quantised layers / original
     nominal_bits: float
     stored_bits: int
@@ -112,7 +112,8 @@ def train_fp32(data: FashionData, train_config: TrainConfig, *, progress: bool =
                     progress=progress, description="fp32 reference")
     seconds = time.perf_counter() - start
     n = sum(p.numel() for p in model.parameters())
-    point = SweepPoint(None, accuracy(model, *data.test).top1, 1.0, 1.0, 32.0 * n, 32 * n, 4 * n, seconds, history)
+    bits = state_dict_bits(model.state_dict())
+    point = SweepPoint(None, accuracy(model, *data.test).top1, 1.0, 1.0, 32.0 * n, bits, bits // 8, seconds, history)
     return model.eval(), point
 
 
