@@ -86,3 +86,17 @@ def test_constant_inputs_follow_bn_and_relu():
     got = constant_inputs(net, g, values)["conv2"]
     bn = (values - net.bn1.running_mean) / torch.sqrt(net.bn1.running_var + net.bn1.eps) * 2.0 + 0.5
     assert torch.allclose(got, torch.relu(bn), atol=1e-6)
+
+
+def test_flattened_linear_outputs_are_not_narrowed():
+    class SeqNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.Linear(4, 6)
+            self.head = nn.Linear(5 * 6, 2)
+
+        def forward(self, x):  # x: [batch, 5 tokens, 4]
+            return self.head(torch.relu(self.proj(x)).flatten(1))
+
+    g = channel_groups(SeqNet()).group("proj")
+    assert not g.removable and "flattened" in g.reason

@@ -115,6 +115,10 @@ def channel_groups(model: nn.Module) -> CouplingReport:
             _follow(nodes[0], group, modules, calls, flat=False)
             if not group.consumers and group.reason is None:
                 group.refuse("its output reaches no Conv/Linear layer")
+            if isinstance(module, nn.Linear) and any(s > 1 for s in group.consumers.values()):
+                # A Linear layer's features are its last axis; flattened with other axes, they are
+                # not laid out channel-major as narrowing assumes.
+                group.refuse("its outputs are flattened together with other axes")
         groups.append(group)
     return CouplingReport(groups)
 
