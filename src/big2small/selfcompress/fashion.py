@@ -147,11 +147,6 @@ def train_selfcompressed(data: FashionData, train_config: TrainConfig, config: S
     return result, point
 
 
-def check_gammas(gammas: list[float]) -> None:
-    if not gammas or any(g < 0 for g in gammas):
-        raise Big2SmallError(f"gamma values must be >= 0, got {gammas}")
-
-
 def run_recipe(gammas: list[float], train_config: TrainConfig, *, out_dir: Path | None = None, fp32: bool = True,
                init: str = "scratch", config: SelfCompressConfig | None = None, limit: int | None = None,
                progress: bool = True) -> tuple[list[SweepPoint], FashionCNN | None]:
@@ -159,7 +154,8 @@ def run_recipe(gammas: list[float], train_config: TrainConfig, *, out_dir: Path 
     (artifacts under `out_dir` as gamma-<g>.b2s). init: "scratch" (b0 = 2, exponents fitted to
     the initial weights) or "fp32" (fine-tune the fp32 reference from b0 = 8, near-lossless).
     Returns the points (the fp32 reference first, if trained) and the fp32 model."""
-    check_gammas(gammas)
+    if not gammas or any(g < 0 for g in gammas):
+        raise Big2SmallError(f"gamma values must be >= 0, got {gammas}")
     if init not in ("scratch", "fp32"):
         raise Big2SmallError(f"init must be 'scratch' or 'fp32', got {init!r}")
     if init == "fp32" and not fp32:

@@ -110,21 +110,14 @@ class ChannelQuantizer(nn.Module):
         self.weights_per_channel = weight[0].numel()  # w_l = (I/groups) * prod(kernel)
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        bits = self.bits if self.min_bits <= 0 else self.bits.clamp(min=self.min_bits)
-        return quantize(weight, bits, self.exponent)
+        return quantize(weight, self._floored_bits(), self.exponent)
 
     def channel_bits(self) -> torch.Tensor:
         """relu(b) per channel, [O] (differentiable)."""
-        bits = self.bits if self.min_bits <= 0 else self.bits.clamp(min=self.min_bits)
-        return torch.relu(bits).reshape(-1)
+        return torch.relu(self._floored_bits()).reshape(-1)
 
-    def integers(self, weight: torch.Tensor) -> torch.Tensor:
-        """The stored integers of `weight` (the fp32 shadow weights), [O, rest] as int64."""
-        with torch.no_grad():
-            b = self.channel_bits().reshape(-1, 1)
-            lo, hi = -torch.exp2(b - 1), torch.exp2(b - 1) - 1
-            x = torch.exp2(-self.exponent.reshape(-1, 1)) * weight.reshape(weight.shape[0], -1)
-            return torch.round(torch.minimum(torch.maximum(x, lo), hi)).to(torch.int64)
+    def _floored_bits(self) -> torch.Tensor:
+        return self.bits if self.min_bits <= 0 else self.bits.clamp(min=self.min_bits)
 
 
 def prepare(model: nn.Module, config: SelfCompressConfig | None = None) -> nn.Module:
