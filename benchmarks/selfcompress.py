@@ -99,24 +99,38 @@ def plot(points: list[SweepPoint], uniform: list[dict], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
     ref = points[0]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
     ax.axhline(100 * ref.test_accuracy, color="gray", ls="--", label=f"fp32 ({100 * ref.test_accuracy:.2f}%)")
     sc = [p for p in points if p.gamma is not None]
-    ax.plot([100 * p.bits_share for p in sc], [100 * p.test_accuracy for p in sc], "o-", label="self-compression")
+    ax.plot([100 * p.bits_share for p in sc], [100 * p.test_accuracy for p in sc], "o-", color="C0", label="self-compression")
     for p in sc:
-        ax.annotate(f"γ={p.gamma:g}, {100 * p.weights_share:.0f}% w", (100 * p.bits_share, 100 * p.test_accuracy),
-                    fontsize=7, textcoords="offset points", xytext=(4, -10))
-    fits = sorted((u for u in uniform if u["fits"]), key=lambda u: u["bits_share"])
-    ax.plot([100 * u["bits_share"] for u in fits], [100 * u["test_accuracy"] for u in fits], "s--", label="uniform RTN of fp32")
+        ax.annotate(f"γ={p.gamma:g}\n{100 * p.weights_share:.0f}% of weights", (100 * p.bits_share, 100 * p.test_accuracy),
+                    fontsize=7, textcoords="offset points", xytext=(5, -16))
+    series = {
+        "uniform RTN per channel, 1-4 bits": [u for u in uniform if u["fits"] and "group_size=0" in u["spec"]],
+        "uniform RTN g64, 2-3 bits": [u for u in uniform if u["fits"] and "group_size=64" in u["spec"]],
+        "uniform RTN at the self-compressed sizes": [u for u in uniform if u["fits"] and "bpw=" in u["spec"]],
+    }
+    for (label, rows), style, color in zip(series.items(), ("s--", "^--", "D"), ("C1", "C2", "C4")):
+        rows = sorted(rows, key=lambda u: u["bits_share"])
+        ax.plot([100 * u["bits_share"] for u in rows], [100 * u["test_accuracy"] for u in rows], style, color=color, label=label)
     ax.axvline(100 * PAPER["bits_share"], color="C3", ls=":", label="paper: 3% of the bits (CIFAR-10)")
     ax.set_xscale("log")
-    ax.set_xlabel("stored bits, % of the fp32 network (log)")
+    ticks = [0.5, 1, 2, 3, 5, 10, 20, 50, 100]
+    xs = [100 * p.bits_share for p in sc] + [100 * u["bits_share"] for rows in series.values() for u in rows]
+    ax.set_xticks(ticks)
+    ax.set_xlim(min(xs + [100 * PAPER["bits_share"]]) / 1.3, max(xs) * 1.3)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}%"))
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+    ax.set_xlabel("stored bits, share of the fp32 network (log scale)")
     ax.set_ylabel("test accuracy, %")
-    ax.set_ylim(max(0, 100 * ref.test_accuracy - 15), 100 * ref.test_accuracy + 2)
-    ax.set_title("Fashion-MNIST: accuracy vs size")
-    ax.legend(fontsize=8, loc="lower right")
+    shown = [100 * p.test_accuracy for p in points] + [100 * u["test_accuracy"] for rows in series.values() for u in rows]
+    ax.set_ylim(max(0.0, min(shown) - 3), max(shown) + 2)
+    ax.set_title("Fashion-MNIST CNN: test accuracy vs stored size")
+    ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -129,8 +143,17 @@ def main() -> None:
     parser.add_argument("--quantizer-lr", type=float, default=1e-2)
     parser.add_argument("--init", default="scratch", choices=("scratch", "fp32"))
     parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--replot", action="store_true", help="Redraw the table and plot from fashion.json, no training.")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
+    if args.replot:
+        saved = json.loads((OUT / "fashion.json").read_text())
+        points = [SweepPoint.from_dict(p) for p in saved["points"]]
+        # The run's own arguments (older outputs record only the command line).
+        args = argparse.Namespace(**saved["args"]) if "args" in saved else parser.parse_args(saved["command"].split()[1:])
+        (OUT / "fashion.md").write_text(markdown(points, saved["uniform"], args, saved["seconds"]))
+        plot(points, saved["uniform"], OUT / "tradeoff.png")
+        return
     start = time.perf_counter()
     config = TrainConfig(epochs=args.epochs, quantizer_lr=args.quantizer_lr)
     gammas = [float(g) for g in args.gammas.split(",")]
@@ -142,7 +165,7 @@ def main() -> None:
     uniform += [uniform_row(reference, data, bits=b, group_size=64) for b in (2, 3)]
     seconds = time.perf_counter() - start
     (OUT / "fashion.json").write_text(json.dumps({
-        "command": " ".join(sys.argv), "seconds": seconds, "points": [p.to_dict() for p in points],
+        "command": " ".join(sys.argv), "args": vars(args), "seconds": seconds, "points": [p.to_dict() for p in points],
         "uniform": uniform, "paper": PAPER,
     }, indent=1))
     (OUT / "fashion.md").write_text(markdown(points, uniform, args, seconds))

@@ -102,6 +102,10 @@ class SweepPoint:
         d["history"] = [h.to_dict() for h in self.history]
         return d
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SweepPoint":
+        return cls(**{**data, "history": [EpochLog(**h) for h in data.get("history", [])]})
+
 
 def train_fp32(data: FashionData, train_config: TrainConfig, *, progress: bool = True) -> tuple[FashionCNN, SweepPoint]:
     """The floating-point reference: the same network and schedule, no quantiser."""
