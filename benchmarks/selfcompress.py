@@ -13,8 +13,10 @@ stored bit counted (packed integers, per-channel scales, minimums and widths, Ba
 and biases in fp16). "Weights left" counts the weights of the quantised layers after channel
 removal.
 
-Writes benchmarks/results/selfcompress/{fashion.md, fashion.json, tradeoff.png}.
-Run: `python benchmarks/selfcompress.py [--epochs N] [--gammas 0.05,0.2,0.5] [--quantizer-lr X]`.
+Writes benchmarks/results/selfcompress/{fashion.md, fashion.json, tradeoff-fashion.png}, or with
+`--init fp32` (self-compression fine-tunes the fp32 reference, starting at 8 bits)
+fashion-finetune.{md,json} and tradeoff-fashion-finetune.png.
+Run: `python benchmarks/selfcompress.py [--epochs N] [--gammas 0.1,0.5,2.0] [--quantizer-lr X] [--init fp32]`.
 """
 
 from __future__ import annotations
@@ -139,38 +141,41 @@ def plot(points: list[SweepPoint], uniform: list[dict], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--gammas", default="0.05,0.2,0.5")
+    parser.add_argument("--gammas", default="0.1,0.5,2.0")
     parser.add_argument("--quantizer-lr", type=float, default=1e-2)
     parser.add_argument("--init", default="scratch", choices=("scratch", "fp32"))
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--replot", action="store_true", help="Redraw the table and plot from fashion.json, no training.")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
+    # From scratch: fashion.*; fine-tuning the fp32 reference (--init fp32): fashion-finetune.*
+    stem = "fashion" if args.init == "scratch" else "fashion-finetune"
+    table, data_file, figure = OUT / f"{stem}.md", OUT / f"{stem}.json", OUT / f"tradeoff-{stem}.png"
     if args.replot:
-        saved = json.loads((OUT / "fashion.json").read_text())
+        saved = json.loads(data_file.read_text())
         points = [SweepPoint.from_dict(p) for p in saved["points"]]
         # The run's own arguments (older outputs record only the command line).
         args = argparse.Namespace(**saved["args"]) if "args" in saved else parser.parse_args(saved["command"].split()[1:])
-        (OUT / "fashion.md").write_text(markdown(points, saved["uniform"], args, saved["seconds"]))
-        plot(points, saved["uniform"], OUT / "tradeoff.png")
+        table.write_text(markdown(points, saved["uniform"], args, saved["seconds"]))
+        plot(points, saved["uniform"], figure)
         return
     start = time.perf_counter()
     config = TrainConfig(epochs=args.epochs, quantizer_lr=args.quantizer_lr)
     gammas = [float(g) for g in args.gammas.split(",")]
-    points, reference = run_recipe(gammas, config, out_dir=OUT / "artifacts", init=args.init, limit=args.limit)
-    (OUT / "fashion.json").write_text(json.dumps({"command": " ".join(sys.argv), "points": [p.to_dict() for p in points]}, indent=1))
+    points, reference = run_recipe(gammas, config, out_dir=OUT / "artifacts" / stem, init=args.init, limit=args.limit)
+    data_file.write_text(json.dumps({"command": " ".join(sys.argv), "points": [p.to_dict() for p in points]}, indent=1))
     data = load_fashion(limit=args.limit)
     uniform = [uniform_row(reference, data, bpw=32 * p.bits_share) for p in points[1:]]
     uniform += [uniform_row(reference, data, bits=b, group_size=0) for b in (1, 2, 3, 4)]
     uniform += [uniform_row(reference, data, bits=b, group_size=64) for b in (2, 3)]
     seconds = time.perf_counter() - start
-    (OUT / "fashion.json").write_text(json.dumps({
+    data_file.write_text(json.dumps({
         "command": " ".join(sys.argv), "args": vars(args), "seconds": seconds, "points": [p.to_dict() for p in points],
         "uniform": uniform, "paper": PAPER,
     }, indent=1))
-    (OUT / "fashion.md").write_text(markdown(points, uniform, args, seconds))
-    plot(points, uniform, OUT / "tradeoff.png")
-    print((OUT / "fashion.md").read_text())
+    table.write_text(markdown(points, uniform, args, seconds))
+    plot(points, uniform, figure)
+    print(table.read_text())
 
 
 if __name__ == "__main__":
