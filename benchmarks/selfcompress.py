@@ -91,7 +91,7 @@ def markdown(points: list[SweepPoint], uniform: list[dict], args, seconds: float
             lines.append(f"| {u['spec']} ({', '.join(u['configs'])}) | yes | {100 * u['test_accuracy']:.2f}% | "
                          f"{100 * (u['test_accuracy'] - ref.test_accuracy):+.2f} pt | {100 * u['bits_share']:.2f}% |")
         else:
-            lines.append(f"| {u['spec']} | no: {u['why']} | | | |")
+            lines.append(f"| {u['spec']} | no: {u['why'].split(' (')[0]} | | | |")
     lines += ["", f"Reference: {PAPER['note']}.", ""]
     return "\n".join(lines)
 
