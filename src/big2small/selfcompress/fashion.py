@@ -92,7 +92,7 @@ class SweepPoint:
     weights_share: float  # weights left in the quantised layers / original
     nominal_bits: float
     stored_bits: int
-    bytes_on_disk: int
+    bytes_on_disk: int  # the artifact's tensor file; 0 when nothing was written
     train_seconds: float
     history: list[EpochLog] = field(default_factory=list)
     artifact: str | None = None
@@ -117,7 +117,7 @@ def train_fp32(data: FashionData, train_config: TrainConfig, *, progress: bool =
     seconds = time.perf_counter() - start
     n = sum(p.numel() for p in model.parameters())
     bits = state_dict_bits(model.state_dict())
-    point = SweepPoint(None, accuracy(model, *data.test).top1, 1.0, 1.0, 32.0 * n, bits, bits // 8, seconds, history)
+    point = SweepPoint(None, accuracy(model, *data.test).top1, 1.0, 1.0, 32.0 * n, bits, 0, seconds, history)
     return model.eval(), point
 
 
