@@ -23,7 +23,7 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_
 out = Console()
 err = Console(stderr=True)
 
-MODEL_HELP = "A bundled name (smollm2, minilm, efficientnet-lite0), an HF model dir, a .gguf or a .safetensors file."
+MODEL_HELP = "A bundled name (smollm2, minilm, efficientnet-lite0, fashion-resnet), an HF model dir, a .gguf or a .safetensors file."
 
 
 def _fmt_bytes(n: float) -> str:
@@ -362,6 +362,93 @@ def selfcompress_(
     if out_dir is not None:
         out.print(f"wrote {out_dir}/")
     _emit_json({"points": [p.to_dict() for p in points], "train": config.__dict__, "init": init}, json_out)
+
+@app.command("fold")
+def fold_(
+    model: str = typer.Argument(..., help=MODEL_HELP),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Artifact directory to write (e.g. folded.b2s)."),
+    sparsity: Optional[float] = typer.Option(None, help="Fraction of all parameters to remove (default 0.3 unless --ratio)."),
+    ratio: Optional[float] = typer.Option(None, help="Fold ratio r of every group instead (k = floor(n (1 - r)) units kept)."),
+    repair: str = typer.Option("ar", help="ar (data-free variance repair), naive (none) or data (BatchNorm statistics re-estimated on real inputs; not data-free)."),
+    prune: Optional[str] = typer.Option(None, help="l1 or l2: structured magnitude pruning of the same groups instead of folding (the baseline)."),
+    group_ratio: list[str] = typer.Option([], "--group-ratio", help="PATTERN=R: fold ratio of the groups whose name matches (repeatable)."),
+    skip: list[str] = typer.Option([], "--skip", help="PATTERN: never fold matching groups (repeatable)."),
+    mlp: bool = typer.Option(True, "--mlp/--no-mlp", help="Transformers: fold MLP units."),
+    attention: bool = typer.Option(True, "--attention/--no-attention", help="Transformers: fold attention heads."),
+    norm_repair: str = typer.Option("none", help="Groups without BatchNorm: none, or scale_rows (experimental AR factor on merged rows)."),
+    multiple_of: int = typer.Option(1, help="Keep a multiple of this many units per group."),
+    seed: int = typer.Option(0, help="k-means seed."),
+    then: Optional[str] = typer.Option(None, "--then", help="METHOD:k=v,...: compress the folded tensors too, e.g. uniform:bits=4,group_size=128."),
+    raw_dtype: str = typer.Option("float32", help="Storage of the tensors --then leaves uncompressed (float32 keeps the folded model exact)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List the groups and what would be folded, then stop."),
+    overwrite: bool = typer.Option(False, help="Replace an existing output."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the fold report as JSON ('-' = stdout)."),
+) -> None:
+    """Fold a model: merge similar channels, heads and MLP units so it really becomes narrower."""
+    import big2small as b2s
+    from big2small.folding import FoldConfig, find_groups, fold, to_compressed
+    from big2small.folding.inputs import calibration_batches, example_input
+    from big2small.specs import parse_method_spec
+
+    if output is None and not dry_run:
+        raise Big2SmallError("give --output PATH for the artifact (or --dry-run)")
+    if output is not None and output.exists() and not overwrite:
+        raise Big2SmallError(f"{output} exists; pass --overwrite to replace it")
+    ratios = {}
+    for item in group_ratio:
+        pattern, eq, value = item.rpartition("=")
+        try:
+            ratios[pattern] = float(value)
+        except ValueError:
+            pattern = ""
+        if not eq or not pattern:
+            raise Big2SmallError(f"bad --group-ratio {item!r}: expected PATTERN=R")
+    config = FoldConfig(sparsity=sparsity if sparsity is not None or ratio is not None else 0.3, ratio=ratio,
+                        ratios=ratios, skip=list(skip), selection=prune or "fold", repair=repair, norm_repair=norm_repair,
+                        fold_mlp=mlp, fold_attention=attention, multiple_of=multiple_of, seed=seed)
+    config.validate()
+    recipe = None
+    if then is not None:
+        name, opts = parse_method_spec(then)
+        recipe = b2s.make_recipe(name, raw_dtype=raw_dtype, **opts)
+    err.print(f"loading {model} ...")
+    loaded = b2s.load_model(model)
+    if loaded.model is None:
+        raise Big2SmallError(f"{model} is a bare state_dict: folding needs the model's structure (an HF dir or a bundled model)")
+    if dry_run:
+        report = find_groups(loaded.model, gqa_mode=config.gqa_mode, mlp=mlp, attention=attention)
+        t = Table(title="coupling groups")
+        for col in ("group", "kind", "units", "foldable"):
+            t.add_column(col)
+        for g in report.groups:
+            t.add_row(escape(g.name), g.kind, str(g.size), "yes" if g.foldable else escape(f"no: {g.reason}"))
+        out.print(t)
+        for name, why in report.unfolded.items():
+            if all(g.name != name for g in report.groups):
+                out.print(f"not folded: {escape(name)}: {escape(why)}")
+        return
+    data = calibration_batches(loaded.source.task) if repair == "data" else None
+    result = fold(loaded.model, config, data=data, example_input=example_input(loaded.source.task, loaded.model))
+    cm = to_compressed(result, source=loaded.source, recipe=recipe, progress=True)
+    info = b2s.save(cm, output, overwrite=overwrite)
+    t = Table(title=f"{'pruned (' + prune + ')' if prune else 'folded'}, repair {repair}" +
+              ("" if result.data_free else " (uses real data)"), show_header=False)
+    t.add_column("what")
+    t.add_column("value", justify="right")
+    t.add_row("parameters before / after", f"{result.parameters_before:,} / {result.parameters_after:,}")
+    t.add_row("parameters removed", f"{result.sparsity:.1%}")
+    if result.macs_before:
+        t.add_row("MACs per example before / after", f"{result.macs_before:,} / {result.macs_after:,} "
+                  f"({1 - result.macs_after / result.macs_before:.1%} fewer)")
+    t.add_row("groups folded", f"{sum(g.units_after < g.units_before for g in result.groups)} of {len(result.groups)}"
+              + (f" (uniform r = {result.ratio:.3f})" if result.ratio is not None else ""))
+    t.add_row("time to fold", f"{result.seconds:.1f} s")
+    out.print(t)
+    for name, why in result.unfolded.items():
+        err.print(f"not folded: {escape(name)}: {escape(why)}")
+    out.print(_size_table(cm.size(), info.__dict__))
+    out.print(f"wrote {output}")
+    _emit_json({"artifact": str(output), "fold": result.to_dict(), "size": cm.size().to_dict()}, json_out)
 
 
 def main() -> None:

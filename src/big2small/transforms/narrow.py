@@ -109,6 +109,8 @@ def reshape_to(model: nn.Module, shapes: dict[str, tuple[int, ...]]) -> nn.Modul
         if attr == "weight" and isinstance(module, nn.Linear):
             module.out_features, module.in_features = shape[0], shape[1]
         elif attr == "weight" and isinstance(module, nn.modules.conv._ConvNd):
+            if module.groups > 1 and module.groups == module.in_channels == module.out_channels and shape[1] == 1:
+                module.groups = shape[0]  # a depthwise conv stays depthwise at its new width
             module.out_channels, module.in_channels = shape[0], shape[1] * module.groups
         elif isinstance(module, nn.modules.batchnorm._NormBase):
             module.num_features = shape[0]

@@ -1,0 +1,92 @@
+"""FoldConfig: every knob of model folding, a typed dataclass that round-trips through JSON."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from big2small.errors import Big2SmallError
+
+SELECTIONS = ("fold", "l1", "l2")
+REPAIRS = ("ar", "naive", "data")
+SCALINGS = ("robust", "none")
+NORM_REPAIRS = ("none", "scale_rows")
+
+
+@dataclass
+class FoldConfig:
+    """How to fold a model (METHODS.md §2).
+
+    sparsity: fraction of all parameters to remove; one fold ratio r for every foldable group is
+        found to meet it (per-group `ratios` stay fixed). None: use `ratio`.
+    ratio: the fold ratio r of every foldable group (k = floor(n * (1 - r)) units kept).
+    ratios: group-name regex -> r, overriding the above for matching groups (first match wins).
+    skip: group-name regexes never folded.
+    selection: "fold" (k-means, merge) or "l1"/"l2" (structured magnitude pruning of the same
+        groups: the baseline).
+    repair: "ar" (data-free variance repair, BatchNorm fused first), "naive" (none) or "data"
+        (BatchNorm statistics re-estimated on real inputs: not data-free).
+    feature_scaling: "robust" (per-feature median/IQR) or "none"; None picks robust for "ar".
+    norm_repair: for groups without BatchNorm (transformer MLPs), "scale_rows" multiplies each
+        merged producer row by the AR factor from that matrix's own row cosines (experimental).
+    fold_mlp, fold_attention: which transformer groups to fold; gqa_mode: "kv" (a unit is a KV
+        head and its query heads).
+    multiple_of: keep a multiple of this many units (when a group has at least that many).
+    n_init, max_iter, seed: k-means restarts, Lloyd iterations, and the seed.
+    """
+
+    sparsity: float | None = 0.3
+    ratio: float | None = None
+    ratios: dict[str, float] = field(default_factory=dict)
+    skip: list[str] = field(default_factory=list)
+    selection: str = "fold"
+    repair: str = "ar"
+    feature_scaling: str | None = None
+    norm_repair: str = "none"
+    fold_mlp: bool = True
+    fold_attention: bool = True
+    gqa_mode: str = "kv"
+    multiple_of: int = 1
+    n_init: int = 10
+    max_iter: int = 100
+    seed: int = 0
+
+    def validate(self) -> None:
+        if (self.sparsity is None) == (self.ratio is None):
+            raise Big2SmallError("give exactly one of sparsity (fraction of parameters) and ratio (fold ratio)")
+        if self.sparsity is not None and not 0 < self.sparsity < 1:
+            raise Big2SmallError(f"sparsity must be in (0, 1), got {self.sparsity}")
+        for name, r in [("ratio", self.ratio)] + [(f"ratios[{p!r}]", v) for p, v in self.ratios.items()]:
+            if r is not None and not 0 <= r < 1:
+                raise Big2SmallError(f"{name} must be in [0, 1) (r = 1 would keep no unit), got {r}")
+        for name, value, allowed in (("selection", self.selection, SELECTIONS), ("repair", self.repair, REPAIRS),
+                                     ("norm_repair", self.norm_repair, NORM_REPAIRS),
+                                     ("feature_scaling", self.feature_scaling, SCALINGS + (None,)),
+                                     ("gqa_mode", self.gqa_mode, ("kv",))):
+            if value not in allowed:
+                raise Big2SmallError(f"{name} must be one of {', '.join(map(str, allowed))}; got {value!r}")
+        if self.multiple_of < 1 or self.n_init < 1 or self.max_iter < 1:
+            raise Big2SmallError("multiple_of, n_init and max_iter must be >= 1")
+        for pattern in list(self.ratios) + self.skip:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise Big2SmallError(f"bad group pattern {pattern!r}: {exc}") from None
+
+    @property
+    def scaling(self) -> str:
+        if self.feature_scaling is not None:
+            return self.feature_scaling
+        return "robust" if self.repair == "ar" else "none"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "FoldConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise Big2SmallError(f"unknown fold option(s): {', '.join(sorted(unknown))}")
+        return cls(**data)

@@ -1,0 +1,398 @@
+"""fold(): make a model really narrower by merging similar units (METHODS.md §2), or, as the
+baseline, by structured magnitude pruning of the same units.
+
+For each foldable coupling group of n units with k kept:
+1. features: every member's slice per unit, flattened and concatenated ([n, d]);
+2. labels: k-means over the features (folding), or the k largest producer norms (pruning);
+3. merge: producers and statistics become A @ P, consumers W @ B^T, with A the k x n cluster-mean
+   matrix and B the cluster-membership matrix (for pruning both select the kept units);
+4. repair: Fold-AR fuses BatchNorm statistics into the producers first and afterwards rescales each
+   merged channel by sqrt(n_c / (1 + (n_c - 1) rho_c)), rho_c the mean cosine between the merged
+   units' features; "data" re-estimates BatchNorm statistics on real inputs instead.
+Every module is then resized to its new tensors: the result is an ordinary dense nn.Module.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from big2small.errors import Big2SmallError
+from big2small.folding.config import FoldConfig
+from big2small.folding.groups import FoldGroup, GroupReport, Member, find_groups
+from big2small.folding.kmeans import kmeans
+from big2small.progress import progress_bar
+
+
+@dataclass
+class GroupResult:
+    """One folded group: units before and after, and the fold ratio asked for."""
+
+    name: str
+    kind: str
+    units_before: int
+    units_after: int
+    ratio: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+
+@dataclass
+class FoldResult:
+    """The folded model and what folding did to it. MACs are per example input (None when no
+    example input was given); seconds is the wall time of fold() itself."""
+
+    model: nn.Module
+    config: FoldConfig
+    groups: list[GroupResult]
+    unfolded: dict[str, str]
+    parameters_before: int
+    parameters_after: int
+    macs_before: int | None
+    macs_after: int | None
+    seconds: float
+    ratio: float | None = None  # the uniform fold ratio used (found from the sparsity target)
+    data_free: bool = True
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of all parameters removed."""
+        return 1.0 - self.parameters_after / self.parameters_before
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "config": self.config.to_dict(), "ratio": self.ratio, "sparsity": self.sparsity,
+            "parameters_before": self.parameters_before, "parameters_after": self.parameters_after,
+            "macs_before": self.macs_before, "macs_after": self.macs_after, "seconds": self.seconds,
+            "data_free": self.data_free, "groups": [g.to_dict() for g in self.groups], "unfolded": self.unfolded,
+        }
+
+
+def fold(model: nn.Module, config: FoldConfig | None = None, *, data: Iterable[torch.Tensor] | None = None,
+         example_input: Any = None, progress: bool = True) -> FoldResult:
+    """Fold (or prune) a copy of `model`; the input model is left untouched.
+
+    data: input batches for repair="data" (BatchNorm statistics re-estimated on them).
+    example_input: one input (tensor or dict of tensors) to count MACs before and after.
+    Raises Big2SmallError when nothing can be folded, the target cannot be met, or options clash.
+    """
+    config = config or FoldConfig()
+    config.validate()
+    if config.repair == "data" and data is None:
+        raise Big2SmallError("repair 'data' re-estimates BatchNorm statistics: it needs input batches")
+    start = time.perf_counter()
+    model = copy.deepcopy(model).eval()
+    _check_finite(model)
+    report = find_groups(model, gqa_mode=config.gqa_mode, mlp=config.fold_mlp, attention=config.fold_attention)
+    unfolded = dict(report.unfolded)
+    groups = [g for g in report.foldable if not any(re.search(p, g.name) for p in config.skip)]
+    for g in report.foldable:
+        if g not in groups:
+            unfolded[g.name] = "skipped by the configuration"
+    if not groups:
+        reasons = "; ".join(f"{k}: {v}" for k, v in list(unfolded.items())[:3])
+        raise Big2SmallError(f"nothing to fold in {type(model).__name__} ({reasons or 'no Conv/Linear layers'})")
+    params_before = count_parameters(model)
+    macs_before = count_macs(model, example_input) if example_input is not None else None
+    ratios, uniform = _ratios(model, groups, config, params_before)
+    modules = dict(model.named_modules())
+    if config.repair == "ar" and config.selection == "fold":
+        # (For pruning, AR changes nothing: a kept unit is a cluster of one, with factor 1.)
+        for g in groups:
+            if ratios[g.name] > 0:
+                _fuse_batchnorm(modules, g)
+    results = []
+    with progress_bar("folding" if config.selection == "fold" else f"pruning ({config.selection})",
+                      total=len(groups), enabled=progress) as advance:
+        for g in groups:
+            n = g.size
+            k = keep_count(n, ratios[g.name], config.multiple_of)
+            if k < n:
+                _fold_group(model, modules, g, k, config)
+            results.append(GroupResult(g.name, g.kind, n, k, ratios[g.name]))
+            advance(1)
+    if config.repair == "data":
+        recalibrate(model, data)
+    return FoldResult(model.eval(), config, results, unfolded, params_before, count_parameters(model), macs_before,
+                      count_macs(model, example_input) if example_input is not None else None,
+                      time.perf_counter() - start, uniform, config.repair != "data")
+
+
+def keep_count(n: int, ratio: float, multiple_of: int = 1) -> int:
+    """Units kept of n at fold ratio r: floor(n (1 - r)), rounded down to a multiple of
+    `multiple_of` (when n allows it), at least 1."""
+    k = math.floor(n * (1.0 - ratio) + 1e-9)
+    if multiple_of > 1 and n >= multiple_of:
+        k = max(multiple_of, k - k % multiple_of)
+    return max(1, min(n, k))
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Parameters, tied tensors counted once."""
+    return sum(p.numel() for p in model.parameters())
+
+
+@torch.no_grad()
+def count_macs(model: nn.Module, example_input: Any) -> int:
+    """Multiply-accumulates of the Conv/Linear layers for one forward of `example_input`."""
+    total = 0
+
+    def hook(module, _inputs, output):
+        nonlocal total
+        if isinstance(module, nn.Linear):
+            total += output.numel() // output.shape[-1] * module.in_features * module.out_features
+        else:
+            per_output = module.in_channels // module.groups * math.prod(module.kernel_size)
+            total += output.numel() * per_output
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
+    try:
+        if isinstance(example_input, dict):
+            model(**example_input)
+        else:
+            model(example_input)
+    finally:
+        for h in handles:
+            h.remove()
+    return total
+
+
+@torch.no_grad()
+def recalibrate(model: nn.Module, batches: Iterable[torch.Tensor]) -> None:
+    """Fold-R: reset every BatchNorm's running statistics and re-estimate them as a cumulative
+    average over `batches` (train mode, no gradients). Uses real data: not data-free."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        raise Big2SmallError("repair 'data' re-estimates BatchNorm statistics, and this model has none")
+    saved = [(m, m.momentum) for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    try:
+        seen = 0
+        for batch in batches:
+            model(batch)
+            seen += 1
+        if seen == 0:
+            raise Big2SmallError("repair 'data' got no input batches")
+    finally:
+        for m, momentum in saved:
+            m.momentum = momentum
+        model.eval()
+
+
+# --- ratios ----------------------------------------------------------------------------------
+
+def _ratios(model: nn.Module, groups: list[FoldGroup], config: FoldConfig, params_before: int) -> tuple[dict[str, float], float | None]:
+    fixed = {}
+    for g in groups:
+        for pattern, r in config.ratios.items():
+            if re.search(pattern, g.name):
+                fixed[g.name] = r
+                break
+    if config.sparsity is None:
+        return {g.name: fixed.get(g.name, config.ratio) for g in groups}, config.ratio
+    sizes = _parameter_axes(model, groups)
+
+    def params_at(r: float) -> float:
+        keep = {g.name: keep_count(g.size, fixed.get(g.name, r), config.multiple_of) / g.size for g in groups}
+        return sum(numel * math.prod(keep[n] for n in names) for numel, names in sizes)
+
+    target = (1.0 - config.sparsity) * params_before
+    lowest = params_at(0.999999)
+    if lowest > target + 0.5:
+        raise Big2SmallError(
+            f"sparsity {config.sparsity:.0%} is impossible: folding every group to one unit removes only "
+            f"{1 - lowest / params_before:.1%} of the parameters (the rest are not in foldable groups)")
+    lo, hi = 0.0, 0.999999
+    for _ in range(60):  # smallest r whose parameter count meets the target
+        mid = (lo + hi) / 2
+        if params_at(mid) <= target + 0.5:
+            hi = mid
+        else:
+            lo = mid
+    return {g.name: fixed.get(g.name, hi) for g in groups}, hi
+
+
+def _parameter_axes(model: nn.Module, groups: list[FoldGroup]) -> list[tuple[int, list[str]]]:
+    """Each parameter's element count and the groups indexing one of its axes."""
+    index: dict[str, list[str]] = {}
+    for g in groups:
+        for m in g.members:
+            if m.role != "statistic":
+                index.setdefault(m.param, []).append(g.name)
+    seen: set[int] = set()
+    out = []
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        out.append((p.numel(), index.get(name, [])))
+    return out
+
+
+# --- one group -------------------------------------------------------------------------------
+
+def _tensor(modules: dict[str, nn.Module], name: str) -> torch.Tensor:
+    module_name, _, attr = name.rpartition(".")
+    return getattr(modules[module_name], attr)
+
+
+def unit_rows(tensor: torch.Tensor, member: Member, n: int) -> torch.Tensor:
+    """The member's slice per unit as rows: [n, -1] (METHODS.md §2.3)."""
+    t = tensor.detach().float()
+    if member.axis == 0:
+        return t.reshape(n, -1)
+    return t.reshape(t.shape[0], n, -1).transpose(0, 1).reshape(n, -1)
+
+
+def features(modules: dict[str, nn.Module], group: FoldGroup) -> torch.Tensor:
+    """[n, d]: the producers' and consumers' slices of every unit, side by side."""
+    return torch.cat([unit_rows(_tensor(modules, m.param), m, group.size)
+                      for m in group.members if m.role != "statistic"], dim=1)
+
+
+def robust_scale(x: torch.Tensor) -> torch.Tensor:
+    """Per column: subtract the median, divide by the interquartile range (1 where it is 0)."""
+    q = torch.quantile(x, torch.tensor([0.25, 0.5, 0.75], dtype=x.dtype, device=x.device), dim=0) \
+        if x.numel() <= 16_000_000 else _chunked_quantiles(x)
+    iqr = q[2] - q[0]
+    return (x - q[1]) / torch.where(iqr > 0, iqr, torch.ones_like(iqr))
+
+
+def _chunked_quantiles(x: torch.Tensor) -> torch.Tensor:
+    probs = torch.tensor([0.25, 0.5, 0.75], dtype=x.dtype, device=x.device)
+    step = max(1, 16_000_000 // x.shape[0])
+    return torch.cat([torch.quantile(x[:, i:i + step], probs, dim=0) for i in range(0, x.shape[1], step)], dim=1)
+
+
+def _labels(modules: dict[str, nn.Module], group: FoldGroup, k: int, config: FoldConfig) -> torch.Tensor:
+    """labels [n] in [0, k): the cluster of each unit, or for pruning the kept units' new index
+    (-1 for removed units)."""
+    if config.selection == "fold":
+        x = features(modules, group)
+        if config.scaling == "robust":
+            x = robust_scale(x)
+        return kmeans(x, k, n_init=config.n_init, max_iter=config.max_iter, seed=config.seed)
+    p = 1 if config.selection == "l1" else 2
+    weights = [m for m in group.producers() if m.param.endswith(".weight") and m.param.rpartition(".")[0] not in group.norms]
+    score = sum(unit_rows(_tensor(modules, m.param), m, group.size).norm(p=p, dim=1) for m in weights)
+    keep = torch.sort(torch.topk(score, k).indices).values
+    labels = torch.full((group.size,), -1, dtype=torch.long, device=score.device)
+    labels[keep] = torch.arange(k, device=score.device)
+    return labels
+
+
+@torch.no_grad()
+def _fold_group(model: nn.Module, modules: dict[str, nn.Module], group: FoldGroup, k: int, config: FoldConfig) -> None:
+    n = group.size
+    labels = _labels(modules, group, k, config)
+    device = labels.device
+    kept = labels >= 0
+    membership = torch.zeros(k, n, device=device)
+    membership[labels[kept], kept.nonzero().reshape(-1)] = 1.0
+    counts = membership.sum(1)
+    mean = membership / counts.clamp_min(1).unsqueeze(1)
+    factor = None
+    if config.selection == "fold" and config.repair == "ar" and group.fused:
+        factor = ar_factor(features(modules, group), labels, k)
+    row_factors = {}
+    if config.selection == "fold" and config.norm_repair == "scale_rows" and not group.norms:
+        for m in group.producers():
+            if m.param.endswith(".weight"):
+                row_factors[m.param.rpartition(".")[0]] = ar_factor(unit_rows(_tensor(modules, m.param), m, n), labels, k)
+    for m in group.members:
+        t = _tensor(modules, m.param)
+        rows = unit_rows(t, m, n)
+        if m.axis == 0:
+            merged = mean.to(rows.dtype) @ rows
+            layer_factor = row_factors.get(m.param.rpartition(".")[0])
+            if layer_factor is not None:
+                merged = merged * layer_factor.unsqueeze(1)
+            new = merged.reshape(k * (t.shape[0] // n), *t.shape[1:])
+        else:
+            cols = t.detach().float().reshape(t.shape[0], n, -1)
+            new = torch.einsum("kn,onr->okr", membership.to(cols.dtype), cols).reshape(t.shape[0], -1, *t.shape[2:])
+        _replace(modules, m.param, new.to(t.dtype))
+    if factor is not None:
+        fused = {bn for _, bn in group.fused}
+        for name in group.norms:
+            if name in fused:
+                norm = modules[name]
+                norm.running_var.copy_((1.0 / factor.to(norm.running_var.dtype) ** 2) - norm.eps)
+    for name in {m.param.rpartition(".")[0] for m in group.members}:
+        _sync_sizes(modules[name], name in group.depthwise)
+    group.size = k
+
+
+def ar_factor(x: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
+    """Per cluster: sqrt(n_c / (1 + (n_c - 1) rho_c)), rho_c the mean cosine between distinct
+    members' rows of `x` (clamped to [0, 1]); 1 for a cluster of one."""
+    kept = labels >= 0
+    u = torch.nn.functional.normalize(x[kept].float(), dim=1)
+    sums = torch.zeros(k, u.shape[1], device=u.device).index_add_(0, labels[kept], u)
+    n_c = torch.bincount(labels[kept], minlength=k).to(u.dtype)
+    pairs = n_c * (n_c - 1)
+    rho = torch.where(pairs > 0, (sums.pow(2).sum(1) - n_c) / pairs.clamp_min(1), torch.ones_like(n_c)).clamp(0, 1)
+    return torch.sqrt(n_c.clamp_min(1) / (1 + (n_c - 1) * rho))
+
+
+@torch.no_grad()
+def _fuse_batchnorm(modules: dict[str, nn.Module], group: FoldGroup) -> None:
+    """Divide each producer's rows by its BatchNorm's sqrt(var + eps) and move the statistics to
+    mean/sqrt(var + eps) and variance 1 - eps: the same function, with unit-variance channels that
+    Fold-AR can reason about (METHODS.md §2.6 step 1)."""
+    for layer_name, norm_name in group.fused:
+        layer, norm = modules[layer_name], modules[norm_name]
+        if not norm.track_running_stats or norm.running_var is None:
+            continue
+        sigma = torch.sqrt(norm.running_var.float() + norm.eps)
+        shape = (-1,) + (1,) * (layer.weight.ndim - 1)
+        layer.weight.copy_((layer.weight.float() / sigma.reshape(shape)).to(layer.weight.dtype))
+        mean = norm.running_mean.float()
+        if layer.bias is not None:
+            mean = mean - layer.bias.float()
+            layer.bias.zero_()
+        norm.running_mean.copy_((mean / sigma).to(norm.running_mean.dtype))
+        norm.running_var.fill_(1.0 - norm.eps)
+
+
+def _replace(modules: dict[str, nn.Module], name: str, value: torch.Tensor) -> None:
+    module_name, _, attr = name.rpartition(".")
+    module = modules[module_name]
+    if attr in module._parameters:
+        old = module._parameters[attr]
+        module._parameters[attr] = nn.Parameter(value.contiguous(), requires_grad=old.requires_grad)
+    else:
+        module._buffers[attr] = value.contiguous()
+
+
+def _sync_sizes(module: nn.Module, depthwise: bool) -> None:
+    """Make a module's size attributes follow its (new) tensors."""
+    if isinstance(module, nn.Linear):
+        module.out_features, module.in_features = module.weight.shape
+    elif isinstance(module, nn.modules.conv._ConvNd):
+        if depthwise:
+            module.groups = module.in_channels = module.out_channels = module.weight.shape[0]
+        else:
+            module.out_channels = module.weight.shape[0]
+            module.in_channels = module.weight.shape[1] * module.groups
+    elif isinstance(module, nn.modules.batchnorm._NormBase):
+        ref = module.running_mean if module.running_mean is not None else module.weight
+        module.num_features = ref.shape[0]
+
+
+def _check_finite(model: nn.Module) -> None:
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise Big2SmallError(f"{name} holds NaN or Inf values: refusing to fold")
