@@ -13,7 +13,9 @@ parameter count, and measures in this run:
 Methods (labelled by the data they use):
 - fold-ar: k-means merge with Fold-AR repair (data-free; BatchNorm models);
 - fold-naive: merge, no repair (data-free);
-- fold-rows: merge with our row-scaling repair for models without BatchNorm (data-free);
+- fold-rows: merge, merged MLP rows scaled by the AR factor (METHODS.md §2.6; data-free; no BatchNorm);
+- fold-lsq / prune-l2-lsq: MLP output columns refit by least squares on synthetic inputs drawn
+  through the preceding norm's weights (our design, folding/lsq_repair.py; data-free);
 - prune-l1 / prune-l2: structured magnitude pruning of the same groups (data-free baseline);
 - fold-data / prune-l1-data: BatchNorm statistics re-estimated on 256 real inputs (Fold-R; NOT
   data-free; photo crops with a different seed from the evaluation crops, or training images).
@@ -49,9 +51,9 @@ PLANS = {
     "efficientnet-lite0": {"sparsities": [0.1, 0.2, 0.3, 0.45], "seeds": [0], "n_init": 3,
                            "methods": ["fold-ar", "fold-naive", "prune-l1", "prune-l2", "fold-data", "prune-l1-data"]},
     "minilm": {"sparsities": [0.1, 0.2, 0.3], "seeds": [0], "n_init": 3,
-               "methods": ["fold-naive", "fold-rows", "prune-l1", "prune-l2"]},
+               "methods": ["fold-naive", "fold-rows", "fold-lsq", "prune-l1", "prune-l2", "prune-l2-lsq"]},
     "smollm2": {"sparsities": [0.1, 0.2], "seeds": [0], "n_init": 3,
-                "methods": ["fold-naive", "fold-rows", "prune-l1", "prune-l2"]},
+                "methods": ["fold-naive", "fold-rows", "fold-lsq", "prune-l2", "prune-l2-lsq"]},
 }
 METRIC = {"fashion-mnist-classifier": "top1_accuracy", "image-classifier": "top1_agreement",
           "causal-lm": "perplexity", "encoder": "mean_cosine"}
@@ -60,8 +62,9 @@ METRIC = {"fashion-mnist-classifier": "top1_accuracy", "image-classifier": "top1
 def method_config(method: str, sparsity: float, seed: int, n_init: int) -> FoldConfig:
     selection = "fold" if method.startswith("fold") else method.split("-")[1]
     repair = {"fold-ar": "ar", "fold-data": "data", "prune-l1-data": "data"}.get(method, "naive")
+    norm_repair = "scale_rows" if method == "fold-rows" else "lsq" if method.endswith("-lsq") else "none"
     return FoldConfig(sparsity=sparsity, selection=selection, repair=repair, seed=seed, n_init=n_init,
-                      norm_repair="scale_rows" if method == "fold-rows" else "none")
+                      norm_repair=norm_repair)
 
 
 def latency_ms(model: torch.nn.Module, inputs) -> float:

@@ -11,7 +11,7 @@ from big2small.errors import Big2SmallError
 SELECTIONS = ("fold", "l1", "l2")
 REPAIRS = ("ar", "naive", "data")
 SCALINGS = ("robust", "none")
-NORM_REPAIRS = ("none", "scale_rows")
+NORM_REPAIRS = ("none", "scale_rows", "lsq")
 
 
 @dataclass
@@ -28,8 +28,10 @@ class FoldConfig:
     repair: "ar" (data-free variance repair, BatchNorm fused first), "naive" (none) or "data"
         (BatchNorm statistics re-estimated on real inputs: not data-free).
     feature_scaling: "robust" (per-feature median/IQR) or "none"; None picks robust for "ar".
-    norm_repair: for groups without BatchNorm (transformer MLPs), "scale_rows" multiplies each
-        merged producer row by the AR factor from that matrix's own row cosines (experimental).
+    norm_repair: for groups without BatchNorm (transformer MLPs): "scale_rows" multiplies each
+        merged producer row by the AR factor from that matrix's own row cosines (METHODS.md §2.6);
+        "lsq" refits the merged MLP's output columns by least squares on synthetic inputs drawn
+        through the preceding norm's own weights (our design; data-free; see folding/lsq_repair.py).
     fold_mlp, fold_attention: which transformer groups to fold; gqa_mode: "kv" (a unit is a KV
         head and its query heads).
     multiple_of: keep a multiple of this many units (when a group has at least that many).

@@ -28,6 +28,7 @@ from big2small.errors import Big2SmallError
 from big2small.folding.config import FoldConfig
 from big2small.folding.groups import FoldGroup, GroupReport, Member, find_groups
 from big2small.folding.kmeans import kmeans
+from big2small.folding.lsq_repair import mlp_hidden, refit_output, sample_count, synthetic_inputs
 from big2small.progress import progress_bar
 
 
@@ -311,6 +312,13 @@ def _fold_group(model: nn.Module, modules: dict[str, nn.Module], group: FoldGrou
         for m in group.producers():
             if m.param.endswith(".weight"):
                 row_factors[m.param.rpartition(".")[0]] = ar_factor(unit_rows(_tensor(modules, m.param), m, n), labels, k)
+    refit = None
+    if config.norm_repair == "lsq" and group.mlp_module is not None:
+        # Applies to pruning too: it refits the output from whichever units are kept.
+        x = synthetic_inputs(modules[group.input_norm], sample_count(n), config.seed)
+        consumer = modules[group.consumers()[0].param.rpartition(".")[0]]
+        x = x.to(consumer.weight.device, consumer.weight.dtype)
+        refit = (x, consumer, consumer(mlp_hidden(modules[group.mlp_module], x)))
     for m in group.members:
         t = _tensor(modules, m.param)
         rows = unit_rows(t, m, n)
@@ -332,6 +340,9 @@ def _fold_group(model: nn.Module, modules: dict[str, nn.Module], group: FoldGrou
                 norm.running_var.copy_((1.0 / factor.to(norm.running_var.dtype) ** 2) - norm.eps)
     for name in {m.param.rpartition(".")[0] for m in group.members}:
         _sync_sizes(modules[name], name in group.depthwise)
+    if refit is not None:
+        x, consumer, target = refit
+        refit_output(consumer, mlp_hidden(modules[group.mlp_module], x), target)
     group.size = k
 
 

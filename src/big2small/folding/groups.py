@@ -67,6 +67,8 @@ class FoldGroup:
     fused: list[tuple[str, str]] = field(default_factory=list)
     depthwise: list[str] = field(default_factory=list)
     reason: str | None = None
+    input_norm: str | None = None  # transformer MLPs: the norm whose output the MLP reads
+    mlp_module: str | None = None  # ... and the module that computes its hidden units
 
     @property
     def foldable(self) -> bool:
@@ -361,12 +363,14 @@ def transformer_groups(model: nn.Module, *, gqa_mode: str = "kv", mlp: bool = Tr
     for prefix, layer in layers:
         if _is_llama_layer(layer):
             mlp_names = (f"{prefix}.mlp.gate_proj", f"{prefix}.mlp.up_proj"), f"{prefix}.mlp.down_proj"
+            norm, hidden = f"{prefix}.post_attention_layernorm", f"{prefix}.mlp"
             attn = layer.self_attn
             q, k, v, o = (f"{prefix}.self_attn.{p}" for p in ("q_proj", "k_proj", "v_proj", "o_proj"))
             head_dim = attn.head_dim
             kv_heads = named[k].out_features // head_dim
         else:
             mlp_names = (f"{prefix}.intermediate.dense",), f"{prefix}.output.dense"
+            norm, hidden = f"{prefix}.attention.output.LayerNorm", f"{prefix}.intermediate"
             q, k, v = (f"{prefix}.attention.self.{p}" for p in ("query", "key", "value"))
             o = f"{prefix}.attention.output.dense"
             head_dim = layer.attention.self.attention_head_size
@@ -376,7 +380,7 @@ def transformer_groups(model: nn.Module, *, gqa_mode: str = "kv", mlp: bool = Tr
             width = named[producers[0]].out_features
             members = [m for p in producers for m in _linear_producer(named, p)]
             members.append(Member(f"{consumer}.weight", 1, "consumer"))
-            groups.append(FoldGroup(f"{prefix}.mlp", width, members, "mlp"))
+            groups.append(FoldGroup(f"{prefix}.mlp", width, members, "mlp", input_norm=norm, mlp_module=hidden))
         if attention:
             g = named[q].out_features // (kv_heads * head_dim)
             members = _linear_producer(named, q, g * head_dim) + _linear_producer(named, k, head_dim)
