@@ -32,6 +32,9 @@ class FoldConfig:
         merged producer row by the AR factor from that matrix's own row cosines (METHODS.md §2.6);
         "lsq" refits the merged MLP's output columns by least squares on synthetic inputs drawn
         through the preceding norm's own weights (our design; data-free; see folding/lsq_repair.py).
+    ar_features: which unscaled, BatchNorm-fused features give Fold-AR's mean cosine per cluster:
+        "producers" (the rows that make each channel: the quantity the variance argument needs) or
+        "all" (producers and consumer columns, as METHODS.md words it).
     fold_mlp, fold_attention: which transformer groups to fold; gqa_mode: "kv" (a unit is a KV
         head and its query heads).
     multiple_of: keep a multiple of this many units (when a group has at least that many).
@@ -46,6 +49,7 @@ class FoldConfig:
     repair: str = "ar"
     feature_scaling: str | None = None
     norm_repair: str = "none"
+    ar_features: str = "all"
     fold_mlp: bool = True
     fold_attention: bool = True
     gqa_mode: str = "kv"
@@ -64,6 +68,7 @@ class FoldConfig:
                 raise Big2SmallError(f"{name} must be in [0, 1) (r = 1 would keep no unit), got {r}")
         for name, value, allowed in (("selection", self.selection, SELECTIONS), ("repair", self.repair, REPAIRS),
                                      ("norm_repair", self.norm_repair, NORM_REPAIRS),
+                                     ("ar_features", self.ar_features, ("producers", "all")),
                                      ("feature_scaling", self.feature_scaling, SCALINGS + (None,)),
                                      ("gqa_mode", self.gqa_mode, ("kv",))):
             if value not in allowed:

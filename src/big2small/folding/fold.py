@@ -257,10 +257,10 @@ def unit_rows(tensor: torch.Tensor, member: Member, n: int) -> torch.Tensor:
     return t.reshape(t.shape[0], n, -1).transpose(0, 1).reshape(n, -1)
 
 
-def features(modules: dict[str, nn.Module], group: FoldGroup) -> torch.Tensor:
-    """[n, d]: the producers' and consumers' slices of every unit, side by side."""
+def features(modules: dict[str, nn.Module], group: FoldGroup, roles: tuple[str, ...] = ("producer", "consumer")) -> torch.Tensor:
+    """[n, d]: the members' slices of every unit (producers and consumers by default), side by side."""
     return torch.cat([unit_rows(_tensor(modules, m.param), m, group.size)
-                      for m in group.members if m.role != "statistic"], dim=1)
+                      for m in group.members if m.role in roles], dim=1)
 
 
 def robust_scale(x: torch.Tensor) -> torch.Tensor:
@@ -306,7 +306,8 @@ def _fold_group(model: nn.Module, modules: dict[str, nn.Module], group: FoldGrou
     mean = membership / counts.clamp_min(1).unsqueeze(1)
     factor = None
     if config.selection == "fold" and config.repair == "ar" and group.fused:
-        factor = ar_factor(features(modules, group), labels, k)
+        roles = ("producer",) if config.ar_features == "producers" else ("producer", "consumer")
+        factor = ar_factor(features(modules, group, roles), labels, k)
     row_factors = {}
     if config.selection == "fold" and config.norm_repair == "scale_rows" and not group.norms:
         for m in group.producers():
