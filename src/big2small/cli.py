@@ -375,7 +375,7 @@ def fold_(
     skip: list[str] = typer.Option([], "--skip", help="PATTERN: never fold matching groups (repeatable)."),
     mlp: bool = typer.Option(True, "--mlp/--no-mlp", help="Transformers: fold MLP units."),
     attention: bool = typer.Option(True, "--attention/--no-attention", help="Transformers: fold attention heads."),
-    norm_repair: str = typer.Option("none", help="Groups without BatchNorm: none, or scale_rows (experimental AR factor on merged rows)."),
+    norm_repair: str = typer.Option("none", help="Groups without BatchNorm (transformer MLPs): none, lsq (refit the output by least squares on synthetic inputs; data-free) or scale_rows (AR factor on merged rows)."),
     multiple_of: int = typer.Option(1, help="Keep a multiple of this many units per group."),
     seed: int = typer.Option(0, help="k-means seed."),
     then: Optional[str] = typer.Option(None, "--then", help="METHOD:k=v,...: compress the folded tensors too, e.g. uniform:bits=4,group_size=128."),
