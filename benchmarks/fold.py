@@ -10,6 +10,10 @@ parameter count, and measures in this run:
 - parameters and MACs before and after, the wall time of folding, and CPU latency of one forward
   of a fixed input (median of 5, after a warm-up), original and folded.
 
+Per-group widths come from the sparsity target by merge-cost allocation (folding/allocation.py),
+the same widths for every method at one target; rows suffixed "-uniform" use one fold ratio for
+every group instead (METHODS.md's default), as an ablation.
+
 Methods (labelled by the data they use):
 - fold-ar: k-means merge with Fold-AR repair (data-free; BatchNorm models);
 - fold-naive: merge, no repair (data-free);
@@ -45,26 +49,30 @@ OUT = Path(__file__).resolve().parent / "results" / "fold"
 
 # What each model is measured at. n_init: k-means restarts (fewer for the wide groups of the big
 # models, to keep the run within the session); seeds: k-means seeds of the folding rows.
+CNN_METHODS = ["fold-ar", "fold-naive", "prune-l1", "prune-l2", "fold-data", "prune-l1-data"]
 PLANS = {
     "fashion-resnet": {"sparsities": [0.1, 0.2, 0.3, 0.45, 0.6], "seeds": [0, 1, 2], "n_init": 10,
-                       "methods": ["fold-ar", "fold-naive", "prune-l1", "prune-l2", "fold-data", "prune-l1-data"]},
+                       "methods": CNN_METHODS + [m + "-uniform" for m in CNN_METHODS]},
     "efficientnet-lite0": {"sparsities": [0.1, 0.2, 0.3, 0.45], "seeds": [0], "n_init": 3,
-                           "methods": ["fold-ar", "fold-naive", "prune-l1", "prune-l2", "fold-data", "prune-l1-data"]},
+                           "methods": CNN_METHODS + ["fold-ar-uniform", "prune-l1-uniform"]},
     "minilm": {"sparsities": [0.1, 0.2, 0.3], "seeds": [0], "n_init": 3,
-               "methods": ["fold-naive", "fold-rows", "fold-lsq", "prune-l1", "prune-l2", "prune-l2-lsq"]},
+               "methods": ["fold-naive", "fold-rows", "fold-lsq", "prune-l1", "prune-l2", "prune-l2-lsq",
+                           "fold-lsq-uniform"]},
     "smollm2": {"sparsities": [0.1, 0.2], "seeds": [0], "n_init": 3,
-                "methods": ["fold-naive", "fold-rows", "fold-lsq", "prune-l2", "prune-l2-lsq"]},
+                "methods": ["fold-naive", "fold-rows", "fold-lsq", "prune-l2", "prune-l2-lsq", "fold-lsq-uniform"]},
 }
 METRIC = {"fashion-mnist-classifier": "top1_accuracy", "image-classifier": "top1_agreement",
           "causal-lm": "perplexity", "encoder": "mean_cosine"}
 
 
 def method_config(method: str, sparsity: float, seed: int, n_init: int) -> FoldConfig:
+    allocation = "uniform" if method.endswith("-uniform") else "cost"
+    method = method.removesuffix("-uniform")
     selection = "fold" if method.startswith("fold") else method.split("-")[1]
     repair = {"fold-ar": "ar", "fold-data": "data", "prune-l1-data": "data"}.get(method, "naive")
     norm_repair = "scale_rows" if method == "fold-rows" else "lsq" if method.endswith("-lsq") else "none"
     return FoldConfig(sparsity=sparsity, selection=selection, repair=repair, seed=seed, n_init=n_init,
-                      norm_repair=norm_repair)
+                      norm_repair=norm_repair, allocation=allocation)
 
 
 def latency_ms(model: torch.nn.Module, inputs) -> float:
@@ -190,9 +198,11 @@ def plot(name: str, res: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for method in res["plan"]["methods"]:
         points = sorted((first["sparsity"], mean, std) for (m, _), (mean, std, first) in summary.items() if m == method)
+        if method.endswith("-uniform") and method not in ("fold-ar-uniform", "prune-l1-uniform", "fold-lsq-uniform"):
+            continue  # the table has every uniform row; the plot keeps the main ablation lines
         if points:
             xs, ys, es = zip(*points)
-            style = "--" if "data" in method else "-"
+            style = ":" if method.endswith("-uniform") else "--" if "data" in method else "-"
             ax.errorbar([100 * x for x in xs], ys, yerr=es, fmt=style + "o", ms=4, capsize=2, label=method)
     original = summary[("original", 0.0)][0]
     ax.axhline(original, color="grey", lw=0.8, ls=":", label="original")

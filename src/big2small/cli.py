@@ -369,6 +369,7 @@ def fold_(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Artifact directory to write (e.g. folded.b2s)."),
     sparsity: Optional[float] = typer.Option(None, help="Fraction of all parameters to remove (default 0.3 unless --ratio)."),
     ratio: Optional[float] = typer.Option(None, help="Fold ratio r of every group instead (k = floor(n (1 - r)) units kept)."),
+    allocation: str = typer.Option("cost", help="cost (units removed where merging loses least, per parameter saved) or uniform (one ratio for every group)."),
     repair: str = typer.Option("ar", help="ar (data-free variance repair), naive (none) or data (BatchNorm statistics re-estimated on real inputs; not data-free)."),
     prune: Optional[str] = typer.Option(None, help="l1 or l2: structured magnitude pruning of the same groups instead of folding (the baseline)."),
     group_ratio: list[str] = typer.Option([], "--group-ratio", help="PATTERN=R: fold ratio of the groups whose name matches (repeatable)."),
@@ -403,7 +404,7 @@ def fold_(
             pattern = ""
         if not eq or not pattern:
             raise Big2SmallError(f"bad --group-ratio {item!r}: expected PATTERN=R")
-    config = FoldConfig(sparsity=sparsity if sparsity is not None or ratio is not None else 0.3, ratio=ratio,
+    config = FoldConfig(sparsity=sparsity if sparsity is not None or ratio is not None else 0.3, ratio=ratio, allocation=allocation,
                         ratios=ratios, skip=list(skip), selection=prune or "fold", repair=repair, norm_repair=norm_repair,
                         fold_mlp=mlp, fold_attention=attention, multiple_of=multiple_of, seed=seed)
     config.validate()
@@ -441,7 +442,7 @@ def fold_(
         t.add_row("MACs per example before / after", f"{result.macs_before:,} / {result.macs_after:,} "
                   f"({1 - result.macs_after / result.macs_before:.1%} fewer)")
     t.add_row("groups folded", f"{sum(g.units_after < g.units_before for g in result.groups)} of {len(result.groups)}"
-              + (f" (uniform r = {result.ratio:.3f})" if result.ratio is not None else ""))
+              + (f" (uniform r = {result.ratio:.3f})" if result.ratio is not None else " (widths by merge cost)"))
     t.add_row("time to fold", f"{result.seconds:.1f} s")
     out.print(t)
     for name, why in result.unfolded.items():

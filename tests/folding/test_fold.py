@@ -9,7 +9,7 @@ import big2small as b2s
 from big2small.errors import Big2SmallError
 from big2small.folding import FoldConfig, fold, to_compressed
 from big2small.folding.fashion_resnet import FACTORY, fashion_resnet
-from big2small.folding.fold import ar_factor, count_parameters, keep_count
+from big2small.folding.fold import ar_factor, count_parameters
 from big2small.models import ModelSource
 
 from tiny_models import MBConvNet, randomise_batchnorm, tiny_bert, tiny_llama
@@ -116,11 +116,6 @@ def test_data_repair_re_estimates_batchnorm_statistics():
     assert not result.data_free
     stem_out = result.model.conv1(torch.cat(batches))
     torch.testing.assert_close(result.model.bn1.running_mean, stem_out.mean((0, 2, 3)), atol=1e-4, rtol=1e-4)
-
-
-def test_keep_count_floors_and_respects_multiple_of():
-    assert keep_count(16, 0.25) == 12 and keep_count(10, 0.99) == 1
-    assert keep_count(100, 0.3, multiple_of=8) == 64 and keep_count(4, 0.3, multiple_of=8) == 2
 
 
 def test_folded_resnet_saves_and_restores_from_the_artifact_alone(tmp_path):

@@ -18,8 +18,10 @@ NORM_REPAIRS = ("none", "scale_rows", "lsq")
 class FoldConfig:
     """How to fold a model (METHODS.md §2).
 
-    sparsity: fraction of all parameters to remove; one fold ratio r for every foldable group is
-        found to meet it (per-group `ratios` stay fixed). None: use `ratio`.
+    sparsity: fraction of all parameters to remove, turned into per-group widths by `allocation`
+        (per-group `ratios` stay fixed). None: use `ratio`.
+    allocation: "cost" (units removed where Ward merging loses the least feature variance per
+        parameter saved; data-free) or "uniform" (one fold ratio r for every group, METHODS.md).
     ratio: the fold ratio r of every foldable group (k = floor(n * (1 - r)) units kept).
     ratios: group-name regex -> r, overriding the above for matching groups (first match wins).
     skip: group-name regexes never folded.
@@ -42,6 +44,7 @@ class FoldConfig:
     """
 
     sparsity: float | None = 0.3
+    allocation: str = "cost"
     ratio: float | None = None
     ratios: dict[str, float] = field(default_factory=dict)
     skip: list[str] = field(default_factory=list)
@@ -68,6 +71,7 @@ class FoldConfig:
                 raise Big2SmallError(f"{name} must be in [0, 1) (r = 1 would keep no unit), got {r}")
         for name, value, allowed in (("selection", self.selection, SELECTIONS), ("repair", self.repair, REPAIRS),
                                      ("norm_repair", self.norm_repair, NORM_REPAIRS),
+                                     ("allocation", self.allocation, ("cost", "uniform")),
                                      ("ar_features", self.ar_features, ("producers", "all")),
                                      ("feature_scaling", self.feature_scaling, SCALINGS + (None,)),
                                      ("gqa_mode", self.gqa_mode, ("kv",))):

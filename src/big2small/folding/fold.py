@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from big2small.errors import Big2SmallError
+from big2small.folding.allocation import widths
 from big2small.folding.config import FoldConfig
 from big2small.folding.groups import FoldGroup, GroupReport, Member, find_groups
 from big2small.folding.kmeans import kmeans
@@ -34,13 +35,12 @@ from big2small.progress import progress_bar
 
 @dataclass
 class GroupResult:
-    """One folded group: units before and after, and the fold ratio asked for."""
+    """One folded group: units before and after."""
 
     name: str
     kind: str
     units_before: int
     units_after: int
-    ratio: float
 
     def to_dict(self) -> dict[str, Any]:
         return dict(vars(self))
@@ -60,7 +60,7 @@ class FoldResult:
     macs_before: int | None
     macs_after: int | None
     seconds: float
-    ratio: float | None = None  # the uniform fold ratio used (found from the sparsity target)
+    ratio: float | None = None  # the uniform fold ratio used (None when allocated by merge cost)
     data_free: bool = True
 
     @property
@@ -103,37 +103,28 @@ def fold(model: nn.Module, config: FoldConfig | None = None, *, data: Iterable[t
         raise Big2SmallError(f"nothing to fold in {type(model).__name__} ({reasons or 'no Conv/Linear layers'})")
     params_before = count_parameters(model)
     macs_before = count_macs(model, example_input) if example_input is not None else None
-    ratios, uniform = _ratios(model, groups, config, params_before)
     modules = dict(model.named_modules())
+    scaled = lambda g: robust_scale(features(modules, g))  # noqa: E731 (allocation's view of a group)
+    keep, uniform = widths(model, groups, config, params_before, scaled)
     if config.repair == "ar" and config.selection == "fold":
         # (For pruning, AR changes nothing: a kept unit is a cluster of one, with factor 1.)
         for g in groups:
-            if ratios[g.name] > 0:
+            if keep[g.name] < g.size:
                 _fuse_batchnorm(modules, g)
     results = []
     with progress_bar("folding" if config.selection == "fold" else f"pruning ({config.selection})",
                       total=len(groups), enabled=progress) as advance:
         for g in groups:
-            n = g.size
-            k = keep_count(n, ratios[g.name], config.multiple_of)
+            n, k = g.size, keep[g.name]
             if k < n:
                 _fold_group(model, modules, g, k, config)
-            results.append(GroupResult(g.name, g.kind, n, k, ratios[g.name]))
+            results.append(GroupResult(g.name, g.kind, n, k))
             advance(1)
     if config.repair == "data":
         recalibrate(model, data)
     return FoldResult(model.eval(), config, results, unfolded, params_before, count_parameters(model), macs_before,
                       count_macs(model, example_input) if example_input is not None else None,
                       time.perf_counter() - start, uniform, config.repair != "data")
-
-
-def keep_count(n: int, ratio: float, multiple_of: int = 1) -> int:
-    """Units kept of n at fold ratio r: floor(n (1 - r)), rounded down to a multiple of
-    `multiple_of` (when n allows it), at least 1."""
-    k = math.floor(n * (1.0 - ratio) + 1e-9)
-    if multiple_of > 1 and n >= multiple_of:
-        k = max(multiple_of, k - k % multiple_of)
-    return max(1, min(n, k))
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -193,54 +184,6 @@ def recalibrate(model: nn.Module, batches: Iterable[torch.Tensor]) -> None:
 
 
 # --- ratios ----------------------------------------------------------------------------------
-
-def _ratios(model: nn.Module, groups: list[FoldGroup], config: FoldConfig, params_before: int) -> tuple[dict[str, float], float | None]:
-    fixed = {}
-    for g in groups:
-        for pattern, r in config.ratios.items():
-            if re.search(pattern, g.name):
-                fixed[g.name] = r
-                break
-    if config.sparsity is None:
-        return {g.name: fixed.get(g.name, config.ratio) for g in groups}, config.ratio
-    sizes = _parameter_axes(model, groups)
-
-    def params_at(r: float) -> float:
-        keep = {g.name: keep_count(g.size, fixed.get(g.name, r), config.multiple_of) / g.size for g in groups}
-        return sum(numel * math.prod(keep[n] for n in names) for numel, names in sizes)
-
-    target = (1.0 - config.sparsity) * params_before
-    lowest = params_at(0.999999)
-    if lowest > target + 0.5:
-        raise Big2SmallError(
-            f"sparsity {config.sparsity:.0%} is impossible: folding every group to one unit removes only "
-            f"{1 - lowest / params_before:.1%} of the parameters (the rest are not in foldable groups)")
-    lo, hi = 0.0, 0.999999
-    for _ in range(60):  # smallest r whose parameter count meets the target
-        mid = (lo + hi) / 2
-        if params_at(mid) <= target + 0.5:
-            hi = mid
-        else:
-            lo = mid
-    return {g.name: fixed.get(g.name, hi) for g in groups}, hi
-
-
-def _parameter_axes(model: nn.Module, groups: list[FoldGroup]) -> list[tuple[int, list[str]]]:
-    """Each parameter's element count and the groups indexing one of its axes."""
-    index: dict[str, list[str]] = {}
-    for g in groups:
-        for m in g.members:
-            if m.role != "statistic":
-                index.setdefault(m.param, []).append(g.name)
-    seen: set[int] = set()
-    out = []
-    for name, p in model.named_parameters(remove_duplicate=False):
-        if id(p) in seen:
-            continue
-        seen.add(id(p))
-        out.append((p.numel(), index.get(name, [])))
-    return out
-
 
 # --- one group -------------------------------------------------------------------------------
 
