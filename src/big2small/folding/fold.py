@@ -104,8 +104,11 @@ def fold(model: nn.Module, config: FoldConfig | None = None, *, data: Iterable[t
     params_before = count_parameters(model)
     macs_before = count_macs(model, example_input) if example_input is not None else None
     modules = dict(model.named_modules())
-    scaled = lambda g: robust_scale(features(modules, g))  # noqa: E731 (allocation's view of a group)
-    keep, uniform = widths(model, groups, config, params_before, scaled)
+
+    def scaled_features(group: FoldGroup) -> torch.Tensor:  # what clustering sees, before any fusion
+        return robust_scale(features(modules, group))
+
+    keep, uniform = widths(model, groups, config, params_before, scaled_features)
     if config.repair == "ar" and config.selection == "fold":
         # (For pruning, AR changes nothing: a kept unit is a cluster of one, with factor 1.)
         for g in groups:
