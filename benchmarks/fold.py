@@ -7,8 +7,7 @@ parameter count, and measures in this run:
   (10,000 images); EfficientNet-Lite0 top-1 agreement and KL against the original on 256 seeded
   photo crops; SmolLM2-135M perplexity (Wikipedia extract, 20 windows of 512 tokens, token 0
   prepended); all-MiniLM-L6-v2 embedding cosine against the original (300 documents) and Lee-50;
-- parameters and MACs before and after, the wall time of folding, and CPU latency of one forward
-  of a fixed input (median of 5, after a warm-up), original and folded.
+- parameters and MACs (Conv/Linear layers) before and after, and the wall time of folding.
 
 Per-group widths come from the sparsity target by merge-cost allocation (folding/allocation.py),
 the same widths for every method at one target; rows suffixed "-uniform" use one fold ratio for
@@ -26,7 +25,10 @@ Methods (labelled by the data they use):
 
 Writes benchmarks/results/fold/{<model>.json, fold.md, fold-<model>.png}; rows already in a
 model's JSON are kept, so an interrupted run resumes.
-Run: `python benchmarks/fold.py [--models fashion-resnet,efficientnet-lite0,minilm,smollm2] [--replot]`.
+Latency is measured in a separate pass, alone on the machine (`--speed`), for the original and the
+folded widths at each target (the same widths serve every method of one allocation).
+Run: `python benchmarks/fold.py [--models fashion-resnet,efficientnet-lite0,minilm,smollm2] [--replot]`,
+then `python benchmarks/fold.py --speed`.
 """
 
 from __future__ import annotations
@@ -75,11 +77,11 @@ def method_config(method: str, sparsity: float, seed: int, n_init: int) -> FoldC
                       norm_repair=norm_repair, allocation=allocation)
 
 
-def latency_ms(model: torch.nn.Module, inputs) -> float:
+def latency_ms(model: torch.nn.Module, inputs, repeats: int = 5) -> float:
     """Median wall time of one forward (ms), after a warm-up."""
     times = []
     with torch.inference_mode():
-        for i in range(6):
+        for i in range(repeats + 1):
             start = time.perf_counter()
             model(**inputs) if isinstance(inputs, dict) else model(inputs)
             if i:
@@ -144,6 +146,36 @@ def run_model(name: str, settings: EvalSettings) -> list[dict]:
     return rows
 
 
+def measure_speed(name: str) -> None:
+    """Latency of the original and of the folded widths (cost and uniform allocation) at each
+    target, alone on the machine; stored under "speed" in the model's JSON."""
+    from big2small.folding import count_macs
+
+    path = OUT / f"{name}.json"
+    res = json.loads(path.read_text())
+    loaded = b2s.load_model(name)
+    task = loaded.source.task
+    lat_in = latency_input(task, loaded.model)
+    macs_in = example_input(task, loaded.model)
+    base_macs = count_macs(loaded.model, macs_in)
+    rows = [{"label": "original", "sparsity": 0.0, "macs_removed": 0.0, "latency_ms": latency_ms(loaded.model, lat_in, 20)}]
+    fold_method = next(m for m in PLANS[name]["methods"] if m.startswith("fold"))
+    # The transformers' uniform widths are far worse (see their tables): only the CNNs time both.
+    for allocation in ("", "-uniform") if task not in ("causal-lm", "encoder") else ("",):
+        for sparsity in PLANS[name]["sparsities"]:
+            config = method_config(fold_method + allocation, sparsity, 0, 1)
+            if config.repair == "data":
+                config.repair = "naive"
+            result = fold(loaded.model, config, example_input=macs_in, progress=False)
+            rows.append({"label": f"{sparsity:.0%} target, {'uniform r' if allocation else 'by merge cost'}",
+                         "sparsity": result.sparsity, "macs_removed": 1 - result.macs_after / base_macs,
+                         "latency_ms": latency_ms(result.model, lat_in, 20)})
+            print(name, rows[-1], flush=True)
+    shape = {k: list(v.shape) for k, v in lat_in.items()} if isinstance(lat_in, dict) else list(lat_in.shape)
+    res["speed"] = {"input": f"input {shape}, {torch.get_num_threads()} threads", "rows": rows}
+    path.write_text(json.dumps(res, indent=1))
+
+
 def _summary(rows: list[dict], metric: str) -> dict[tuple[str, float], tuple[float, float, dict]]:
     """(method, target) -> (mean, std over seeds, first row)."""
     out = {}
@@ -168,10 +200,9 @@ def markdown(results: dict[str, dict]) -> str:
         original = summary[("original", 0.0)][2]
         lines += [f"## {name}", "", f"Machine: {res.get('machine', '?')}. Original: {original['parameters']:,} parameters, "
                   f"{original['macs']:,} MACs per example input, {metric} {original['metrics'][metric]:.4g}"
-                  + (f", {extra} {original['metrics'][extra]:.4g}" if extra else "")
-                  + f", latency {original['latency_ms']:.1f} ms.", ""]
+                  + (f", {extra} {original['metrics'][extra]:.4g}" if extra else "") + ".", ""]
         header = ["target", "method", "params removed", "MACs removed", metric] + ([extra] if extra else []) + \
-                 ["fold time (s)", "latency (ms)"]
+                 ["fold time (s)"]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for (method, target), (mean, std, first) in sorted(summary.items(), key=lambda kv: (kv[0][1], res["plan"]["methods"].index(kv[0][0]) if kv[0][0] in res["plan"]["methods"] else -1)):
             if method == "original":
@@ -181,9 +212,18 @@ def markdown(results: dict[str, dict]) -> str:
             cells = [f"{target:.0%}", label, f"{first['sparsity']:.1%}", f"{1 - first['macs'] / original['macs']:.1%}", value]
             if extra:
                 cells.append(f"{statistics.mean(r['metrics'][extra] for r in rows if (r['method'], r['sparsity_target']) == (method, target)):.4g}")
-            cells += [f"{first['fold_seconds']:.1f}", f"{first['latency_ms']:.1f}"]
+            cells.append(f"{first['fold_seconds']:.1f}")
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
+        if res.get("speed"):
+            lines += ["CPU latency of one forward (median of 20 after a warm-up, measured alone, "
+                      f"{res['speed']['input']}): the original, and the folded widths at each target.", "",
+                      "| widths | params removed | MACs removed | latency (ms) | speed-up |", "|---|---|---|---|---|"]
+            base = res["speed"]["rows"][0]["latency_ms"]
+            for r in res["speed"]["rows"]:
+                lines.append(f"| {r['label']} | {r['sparsity']:.1%} | {r['macs_removed']:.1%} | {r['latency_ms']:.1f} | "
+                             f"{base / r['latency_ms']:.2f}x |")
+            lines.append("")
     return "\n".join(lines)
 
 
@@ -221,12 +261,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(PLANS))
     parser.add_argument("--replot", action="store_true", help="Only rebuild the table and plots from the JSON files.")
+    parser.add_argument("--speed", action="store_true", help="Only measure CPU latency (run it alone on the machine).")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     settings = EvalSettings(progress=False)
-    if not args.replot:
-        for name in args.models.split(","):
-            run_model(name, settings)
+    for name in args.models.split(",") if not args.replot else []:
+        measure_speed(name) if args.speed else run_model(name, settings)
     results = {}
     for name in PLANS:
         path = OUT / f"{name}.json"
