@@ -17,7 +17,7 @@ def test_efficientnet_lite0_folds_with_depthwise_groups_and_reloads(tmp_path):
     assert sum(len(g.depthwise) for g in report.foldable) == 16
     result = fold(loaded.model, FoldConfig(sparsity=0.2, n_init=1), example_input=torch.zeros(1, 3, 224, 224),
                   progress=False)
-    assert 0.2 <= result.sparsity < 0.23 and result.macs_after < 0.9 * result.macs_before
+    assert 0.2 <= result.sparsity < 0.23 and result.macs_after < 0.95 * result.macs_before
     b2s.save(to_compressed(result, source=loaded.source), tmp_path / "f.b2s")
     x = torch.randn(2, 3, 224, 224)
     torch.testing.assert_close(b2s.restore(tmp_path / "f.b2s")(x), result.model(x), atol=1e-4, rtol=1e-4)
