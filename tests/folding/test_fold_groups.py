@@ -1,7 +1,6 @@
 """Coupling groups for folding: residual streams, BatchNorm, depthwise convs, SE gates, flatten,
 transformer MLP units and attention heads; unsupported structures reported with a reason."""
 
-import torch
 from torch import nn
 
 from big2small.folding import find_groups

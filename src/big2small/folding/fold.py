@@ -18,7 +18,7 @@ import copy
 import math
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 import torch
@@ -27,10 +27,11 @@ from torch import nn
 from big2small.errors import Big2SmallError
 from big2small.folding.allocation import widths
 from big2small.folding.config import FoldConfig
-from big2small.folding.groups import FoldGroup, GroupReport, Member, find_groups
+from big2small.folding.groups import FoldGroup, Member, find_groups
 from big2small.folding.kmeans import kmeans
 from big2small.folding.lsq_repair import mlp_hidden, refit_output, sample_count, synthetic_inputs
 from big2small.progress import progress_bar
+from big2small.transforms.narrow import replace_tensor, sync_sizes
 
 
 @dataclass
@@ -278,7 +279,8 @@ def _fold_group(model: nn.Module, modules: dict[str, nn.Module], group: FoldGrou
         else:
             cols = t.detach().float().reshape(t.shape[0], n, -1)
             new = torch.einsum("kn,onr->okr", membership.to(cols.dtype), cols).reshape(t.shape[0], -1, *t.shape[2:])
-        _replace(modules, m.param, new.to(t.dtype))
+        module_name, _, attr = m.param.rpartition(".")
+        replace_tensor(modules[module_name], attr, new.to(t.dtype))
     if factor is not None:
         fused = {bn for _, bn in group.fused}
         for name in group.norms:
@@ -286,7 +288,7 @@ def _fold_group(model: nn.Module, modules: dict[str, nn.Module], group: FoldGrou
                 norm = modules[name]
                 norm.running_var.copy_((1.0 / factor.to(norm.running_var.dtype) ** 2) - norm.eps)
     for name in {m.param.rpartition(".")[0] for m in group.members}:
-        _sync_sizes(modules[name], name in group.depthwise)
+        sync_sizes(modules[name])
     if refit is not None:
         x, consumer, target = refit
         refit_output(consumer, mlp_hidden(modules[group.mlp_module], x), target)
@@ -323,31 +325,6 @@ def _fuse_batchnorm(modules: dict[str, nn.Module], group: FoldGroup) -> None:
             layer.bias.zero_()
         norm.running_mean.copy_((mean / sigma).to(norm.running_mean.dtype))
         norm.running_var.fill_(1.0 - norm.eps)
-
-
-def _replace(modules: dict[str, nn.Module], name: str, value: torch.Tensor) -> None:
-    module_name, _, attr = name.rpartition(".")
-    module = modules[module_name]
-    if attr in module._parameters:
-        old = module._parameters[attr]
-        module._parameters[attr] = nn.Parameter(value.contiguous(), requires_grad=old.requires_grad)
-    else:
-        module._buffers[attr] = value.contiguous()
-
-
-def _sync_sizes(module: nn.Module, depthwise: bool) -> None:
-    """Make a module's size attributes follow its (new) tensors."""
-    if isinstance(module, nn.Linear):
-        module.out_features, module.in_features = module.weight.shape
-    elif isinstance(module, nn.modules.conv._ConvNd):
-        if depthwise:
-            module.groups = module.in_channels = module.out_channels = module.weight.shape[0]
-        else:
-            module.out_channels = module.weight.shape[0]
-            module.in_channels = module.weight.shape[1] * module.groups
-    elif isinstance(module, nn.modules.batchnorm._NormBase):
-        ref = module.running_mean if module.running_mean is not None else module.weight
-        module.num_features = ref.shape[0]
 
 
 def _check_finite(model: nn.Module) -> None:

@@ -41,15 +41,15 @@ def remove_channels(model: nn.Module, group: ChannelGroup, keep: torch.Tensor,
             _fold_into_bias(module, constants[consumer], ~keep)
         w = module.weight.reshape(module.weight.shape[0], group.width, per_channel, *module.weight.shape[2:])
         w = w[:, idx].reshape(module.weight.shape[0], -1, *module.weight.shape[2:])
-        _set(module, "weight", w)
+        replace_tensor(module, "weight", w)
         if isinstance(module, nn.Linear):
             module.in_features = w.shape[1]
         else:
             module.in_channels = w.shape[1]
     producer = modules[group.producer]
-    _set(producer, "weight", producer.weight[idx])
+    replace_tensor(producer, "weight", producer.weight[idx])
     if producer.bias is not None:
-        _set(producer, "bias", producer.bias[idx])
+        replace_tensor(producer, "bias", producer.bias[idx])
     if isinstance(producer, nn.Linear):
         producer.out_features = len(idx)
     else:
@@ -58,7 +58,7 @@ def remove_channels(model: nn.Module, group: ChannelGroup, keep: torch.Tensor,
         norm = modules[name]
         for attr in ("weight", "bias", "running_mean", "running_var"):
             if getattr(norm, attr, None) is not None:
-                _set(norm, attr, getattr(norm, attr)[idx])
+                replace_tensor(norm, attr, getattr(norm, attr)[idx])
         norm.num_features = len(idx)
     group.width = len(idx)
     return removed
@@ -78,11 +78,28 @@ def _fold_into_bias(module: nn.Module, constant: torch.Tensor, removed: torch.Te
     module.bias.add_(shift.to(module.bias.dtype))
 
 
-def _set(module: nn.Module, attr: str, value: torch.Tensor) -> None:
+def replace_tensor(module: nn.Module, attr: str, value: torch.Tensor) -> None:
+    """Put `value` in place of a parameter or buffer of a different shape (keeps requires_grad)."""
     if attr in module._parameters:
         module._parameters[attr] = nn.Parameter(value.contiguous(), requires_grad=module._parameters[attr].requires_grad)
     else:
         module._buffers[attr] = value.contiguous()
+
+
+def sync_sizes(module: nn.Module) -> None:
+    """Make a Linear/Conv/BatchNorm module's size attributes follow its (new) tensors. A depthwise
+    conv (groups = in = out channels) stays depthwise at its new width."""
+    if isinstance(module, nn.Linear):
+        module.out_features, module.in_features = module.weight.shape[:2]
+    elif isinstance(module, nn.modules.conv._ConvNd):
+        shape = module.weight.shape
+        if module.groups > 1 and module.groups == module.in_channels == module.out_channels and shape[1] == 1:
+            module.groups = shape[0]
+        module.out_channels, module.in_channels = shape[0], shape[1] * module.groups
+    elif isinstance(module, nn.modules.batchnorm._NormBase):
+        ref = module.running_mean if module.running_mean is not None else module.weight
+        if ref is not None:
+            module.num_features = ref.shape[0]
 
 
 def reshape_to(model: nn.Module, shapes: dict[str, tuple[int, ...]]) -> nn.Module:
@@ -99,19 +116,12 @@ def reshape_to(model: nn.Module, shapes: dict[str, tuple[int, ...]]) -> nn.Modul
         if name not in current and not (attr == "bias" and getattr(module, "bias", 0) is None):
             continue
         ref = current.get(name, module.weight)
+        if attr not in module._parameters and attr not in module._buffers:
+            continue
         fresh = torch.zeros(shape, dtype=ref.dtype, device=ref.device)
         if attr in module._parameters:
             module._parameters[attr] = nn.Parameter(fresh)
-        elif attr in module._buffers:
-            module._buffers[attr] = fresh
         else:
-            continue
-        if attr == "weight" and isinstance(module, nn.Linear):
-            module.out_features, module.in_features = shape[0], shape[1]
-        elif attr == "weight" and isinstance(module, nn.modules.conv._ConvNd):
-            if module.groups > 1 and module.groups == module.in_channels == module.out_channels and shape[1] == 1:
-                module.groups = shape[0]  # a depthwise conv stays depthwise at its new width
-            module.out_channels, module.in_channels = shape[0], shape[1] * module.groups
-        elif isinstance(module, nn.modules.batchnorm._NormBase):
-            module.num_features = shape[0]
+            module._buffers[attr] = fresh
+        sync_sizes(module)
     return model
