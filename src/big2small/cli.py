@@ -399,11 +399,12 @@ def fold_(
     for item in group_ratio:
         pattern, eq, value = item.rpartition("=")
         try:
-            ratios[pattern] = float(value)
+            ratio_value = float(value)
         except ValueError:
-            pattern = ""
-        if not eq or not pattern:
+            ratio_value = None
+        if not eq or not pattern or ratio_value is None:
             raise Big2SmallError(f"bad --group-ratio {item!r}: expected PATTERN=R")
+        ratios[pattern] = ratio_value
     config = FoldConfig(sparsity=sparsity if sparsity is not None or ratio is not None else 0.3, ratio=ratio, allocation=allocation,
                         ratios=ratios, skip=list(skip), selection=prune or "fold", repair=repair, norm_repair=norm_repair,
                         fold_mlp=mlp, fold_attention=attention, multiple_of=multiple_of, seed=seed)
