@@ -82,3 +82,32 @@ def _unpack_blocks(data: torch.Tensor, bits: int, count: int) -> torch.Tensor:
     word = (data[:need].reshape(blocks, bits) << (8 * torch.arange(bits, device=device))).sum(1)
     values = (word.unsqueeze(1) >> (bits * torch.arange(8, device=device))) & ((1 << bits) - 1)
     return values.reshape(-1)[:count]
+
+
+def index_bits(m: int) -> int:
+    """Bits of an index into a set of m items: ceil(log2 m), 0 if m <= 1."""
+    return max(0, m - 1).bit_length()
+
+
+def pack_stream(tensors: dict[str, torch.Tensor], name: str, values: torch.Tensor, width: int) -> None:
+    """Store `values` at `width` bits under `name` in `tensors`: nothing for width 0 (an index into a
+    set of one), two streams (low and high bits, same total) above MAX_BITS."""
+    if width == 0:
+        return
+    if width <= MAX_BITS:
+        tensors[name] = pack(values, width)
+        return
+    tensors[name + "_lo"] = pack(values & ((1 << MAX_BITS) - 1), MAX_BITS)
+    tensors[name + "_hi"] = pack(values >> MAX_BITS, width - MAX_BITS)
+
+
+def unpack_stream(tensors: dict[str, torch.Tensor], name: str, width: int, count: int,
+                  device: torch.device | None = None) -> torch.Tensor:
+    """Inverse of :func:`pack_stream`: `count` int64 values."""
+    if width == 0:
+        return torch.zeros(count, dtype=torch.int64, device=device)
+    if width <= MAX_BITS:
+        return unpack(tensors[name], width, count)
+    lo = unpack(tensors[name + "_lo"], MAX_BITS, count)
+    hi = unpack(tensors[name + "_hi"], width - MAX_BITS, count)
+    return lo | (hi << MAX_BITS)

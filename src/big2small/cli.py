@@ -106,8 +106,9 @@ def _extra_options(items: list[str]) -> dict[str, Any]:
 def compress(
     model: str = typer.Argument(..., help=MODEL_HELP),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Artifact directory to write (e.g. model.b2s)."),
-    method: str = typer.Option("uniform", "--method", "-m", help="uniform, hyper, hyper_ref, lowrank, prune or channel_int."),
+    method: str = typer.Option("uniform", "--method", "-m", help="uniform, hyper, hyper_ref, lowrank, prune, channel_int or inr (Big2Small)."),
     bpw: Optional[float] = typer.Option(None, help="Target bits per weight for the whole model; options left open are chosen to meet it."),
+    ratio: Optional[float] = typer.Option(None, help="Target compression ratio against fp32 (same as --bpw 32/RATIO)."),
     bits: Optional[int] = typer.Option(None, help="uniform: code width (1-8); hyper: index width per pair of weights (8 = about 4 bits per weight)."),
     group_size: Optional[int] = typer.Option(None, help="uniform, hyper: weights per group (0 = per channel)."),
     symmetric: Optional[bool] = typer.Option(None, "--symmetric/--asymmetric", help="uniform: grid shape."),
@@ -120,6 +121,8 @@ def compress(
     min_numel: int = typer.Option(4096, help="Smaller weights are kept uncompressed."),
     raw_dtype: str = typer.Option("float16", help="Storage of uncompressed tensors: float16, bfloat16, float32, same."),
     recipe: Optional[Path] = typer.Option(None, help="A recipe JSON file (replaces the method options above)."),
+    device: Optional[str] = typer.Option(None, help="Where encoding runs: cpu (default) or cuda (INR fitting is much faster there)."),
+    seed: int = typer.Option(0, help="Seed of every random choice (INR initialisation); same seed, same artifact."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the pre-flight report and stop."),
     overwrite: bool = typer.Option(False, help="Replace an existing output."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the size report as JSON to this file ('-' = stdout)."),
@@ -132,6 +135,12 @@ def compress(
 
     if output is None and not dry_run:
         raise Big2SmallError("give --output PATH for the artifact (or --dry-run)")
+    if ratio is not None:
+        if bpw is not None:
+            raise Big2SmallError("give --bpw or --ratio, not both")
+        if not ratio > 1:
+            raise Big2SmallError(f"--ratio must be > 1 (compression against fp32), got {ratio}")
+        bpw = 32.0 / ratio
     if output is not None and output.exists() and not overwrite:
         raise Big2SmallError(f"{output} exists; pass --overwrite to replace it")
     if recipe is not None:
@@ -153,7 +162,7 @@ def compress(
                 name, opts = parse_method_spec(spec)
                 overrides.append((pattern, b2s.GeneratorConfig.from_dict({"method": name, **opts})))
         the_recipe = b2s.make_recipe(method, bpw=bpw, overrides=overrides, include_embeddings=include_embeddings,
-                                     min_numel=min_numel, raw_dtype=raw_dtype,
+                                     min_numel=min_numel, raw_dtype=raw_dtype, seed=seed,
                                      **{**_method_options(bits, group_size, symmetric, rank, energy, sparsity),
                                         **_extra_options(option)})
     err.print(f"loading {model} ...")
@@ -163,7 +172,7 @@ def compress(
         out.print(_plan_table(entries))
         out.print(_plan_summary(entries))
         return
-    cm = b2s.compress(loaded, the_recipe)
+    cm = b2s.compress(loaded, the_recipe, device=device)
     info = b2s.save(cm, output, overwrite=overwrite)
     size = cm.size()
     err.print(_plan_summary(cm.plan))
@@ -393,6 +402,12 @@ def fold_(
 
     if output is None and not dry_run:
         raise Big2SmallError("give --output PATH for the artifact (or --dry-run)")
+    if ratio is not None:
+        if bpw is not None:
+            raise Big2SmallError("give --bpw or --ratio, not both")
+        if not ratio > 1:
+            raise Big2SmallError(f"--ratio must be > 1 (compression against fp32), got {ratio}")
+        bpw = 32.0 / ratio
     if output is not None and output.exists() and not overwrite:
         raise Big2SmallError(f"{output} exists; pass --overwrite to replace it")
     ratios = {}

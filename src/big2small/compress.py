@@ -166,12 +166,13 @@ def plan_model(model: nn.Module | dict[str, torch.Tensor], recipe: Recipe) -> tu
 
 
 def compress(model: Any, recipe: Recipe | str | None = None, *, source: Any = None, progress: bool = True,
-             **options: Any) -> CompressedModel:
+             device: str | torch.device | None = None, **options: Any) -> CompressedModel:
     """Compress every tensor of `model` and account for every stored bit.
 
     model: an nn.Module, a state_dict, or a big2small.models.LoadedModel.
-    recipe: a Recipe, or a method name ("uniform", "lowrank", "prune", ...) with `options` for it
-        and for make_recipe (bpw=..., overrides=..., include_embeddings=...).
+    recipe: a Recipe, or a method name ("uniform", "lowrank", "prune", "inr", ...) with `options` for
+        it and for make_recipe (bpw=..., overrides=..., include_embeddings=...).
+    device: where encoding runs ("cuda" makes INR fitting much faster); the result is on the CPU.
     Raises Big2SmallError for user errors: NaN/Inf weights, a size target that cannot be met.
     """
     if not isinstance(recipe, Recipe):
@@ -185,17 +186,34 @@ def compress(model: Any, recipe: Recipe | str | None = None, *, source: Any = No
         from big2small.models import module_source
 
         source = module_source(model)  # records the class, so that a reload can say what skeleton it needs
+    device = _device(device)
     infos, entries = plan_model(model, recipe)
     tensors_by_name = {i.name: i.tensor for i in infos}
     n_params = count_parameters(entries)
     encoded: dict[str, Encoded] = {}
+    joint: dict[str, list[PlanEntry]] = {}
     with progress_bar("compressing", total=sum(e.numel for e in entries), enabled=progress) as advance:
         for e in entries:
+            tensor = tensors_by_name[e.name]
+            gen_cls = REGISTRY[e.config.method]
+            if gen_cls.encodes_jointly:
+                if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                    raise Big2SmallError(f"{e.name}: weight has NaN or Inf values; refusing to compress it")
+                joint.setdefault(e.config.method, []).append(e)
+                continue
             try:
-                encoded[e.name] = generator_for(e.config).encode(tensors_by_name[e.name], e.layout, seed=recipe.seed)
+                encoded[e.name] = _on_cpu(generator_for(e.config).encode(tensor.to(device), e.layout, seed=recipe.seed))
             except Big2SmallError as exc:
                 raise Big2SmallError(f"{e.name}: {exc}") from None
             advance(e.numel)
+        for method, group in joint.items():
+            items = [(e.config, tensors_by_name[e.name].to(device), e.layout) for e in group]
+            try:
+                results = REGISTRY[method].encode_many(items, seed=recipe.seed, advance=advance)
+            except Big2SmallError as exc:
+                raise Big2SmallError(f"{method} ({len(group)} tensors): {exc}") from None
+            encoded.update({e.name: _on_cpu(r) for e, r in zip(group, results)})
+    encoded = {e.name: encoded[e.name] for e in entries}  # plan order
     aliases = {a: e.name for e in entries for a in e.aliases}
     result = CompressedModel(encoded, entries, recipe, source, aliases, n_params)
     if recipe.target_bpw is not None and result.size().bpw_all > recipe.target_bpw + 1e-9:
@@ -204,6 +222,23 @@ def compress(model: Any, recipe: Recipe | str | None = None, *, source: Any = No
             f"internal: size target {recipe.target_bpw} bpw missed ({result.size().bpw_all:.4f}); please report"
         )
     return result
+
+
+def _device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cpu")
+    try:
+        device = torch.device(device)
+    except RuntimeError as exc:
+        raise Big2SmallError(f"unknown device {device!r} ({exc})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise Big2SmallError("device 'cuda' was asked for, but no CUDA GPU is available")
+    return device
+
+
+def _on_cpu(enc: Encoded) -> Encoded:
+    enc.tensors = {k: v.cpu() for k, v in enc.tensors.items()}
+    return enc
 
 
 def _planned_bits(e: PlanEntry) -> int:

@@ -7,7 +7,8 @@ import torch
 
 from big2small.errors import Big2SmallError
 from big2small.generators import HEADER_BITS, GeneratorConfig, PruneConfig, generator_for
-from big2small.generators.sparse import PruneGenerator, _pack_stream, _unpack_stream
+from big2small.bitpack import pack_stream, unpack_stream
+from big2small.generators.sparse import PruneGenerator
 from big2small.layout import MatrixLayout
 from codec_checks import randn, round_trip, assert_bits_match_bytes
 
@@ -118,9 +119,9 @@ def test_nothing_kept_decodes_to_zeros():
 def test_wide_index_streams_split_and_round_trip():
     values = torch.tensor([0, 1, (1 << 30) - 1, 123456789, 1 << 29])
     tensors = {}
-    _pack_stream(tensors, "idx", values, 30)
+    pack_stream(tensors, "idx", values, 30)
     assert sum(t.numel() for t in tensors.values()) == (5 * 24 + 7) // 8 + (5 * 6 + 7) // 8
-    assert torch.equal(_unpack_stream(tensors, "idx", 30, 5), values)
+    assert torch.equal(unpack_stream(tensors, "idx", 30, 5), values)
 
 
 def test_flat_index_width_beyond_pack_limit_is_counted():

@@ -4,7 +4,7 @@ Importing this package registers every method, so `GeneratorConfig.from_dict` an
 know all of them.
 """
 
-from big2small.generators import channel_int, hyper, hyper_ref, lowrank, raw, sparse, uniform
+from big2small.generators import channel_int, hyper, hyper_ref, inr, lowrank, raw, sparse, uniform
 from big2small.generators.base import (
     HEADER_BITS,
     REGISTRY,
@@ -17,6 +17,7 @@ from big2small.generators.base import (
 from big2small.generators.channel_int import ChannelIntConfig, ChannelIntGenerator
 from big2small.generators.hyper import HyperConfig, HyperGenerator
 from big2small.generators.hyper_ref import HyperRefConfig, HyperRefGenerator
+from big2small.generators.inr import INRConfig, INRGenerator
 from big2small.generators.lowrank import LowRankConfig, LowRankGenerator
 from big2small.generators.raw import RawConfig, RawGenerator
 from big2small.generators.sparse import PruneConfig, PruneGenerator
@@ -34,6 +35,8 @@ __all__ = [
     "HyperGenerator",
     "HyperRefConfig",
     "HyperRefGenerator",
+    "INRConfig",
+    "INRGenerator",
     "LowRankConfig",
     "LowRankGenerator",
     "PruneConfig",
@@ -47,6 +50,7 @@ __all__ = [
     "generator_for",
     "hyper",
     "hyper_ref",
+    "inr",
     "lowrank",
     "raw",
     "sparse",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
@@ -89,6 +90,9 @@ class Generator(ABC):
     """
 
     config_type: ClassVar[type[GeneratorConfig]]
+    # True when encoding many tensors in one call is much faster than one at a time (the INR fits
+    # all tiles of all tensors in shared batched matmuls); compress() then hands them over together.
+    encodes_jointly: ClassVar[bool] = False
 
     def __init__(self, config: GeneratorConfig):
         config.validate()
@@ -106,6 +110,17 @@ class Generator(ABC):
         enc = self._encode(layout.to_matrix(weight.detach().float()), layout, seed=seed)
         enc.dtype = weight.dtype
         return enc
+
+    @classmethod
+    def encode_many(cls, items: list[tuple[GeneratorConfig, torch.Tensor, MatrixLayout]], *, seed: int = 0,
+                    advance: Callable[[float], None] | None = None) -> list[Encoded]:
+        """Encode (config, weight, layout) items; `advance(n)` reports progress in weights done."""
+        out = []
+        for config, weight, layout in items:
+            out.append(cls(config).encode(weight, layout, seed=seed))
+            if advance:
+                advance(layout.numel)
+        return out
 
     @abstractmethod
     def _encode(self, matrix: torch.Tensor, layout: MatrixLayout, *, seed: int) -> Encoded:

@@ -43,11 +43,6 @@ class PruneConfig(GeneratorConfig):
             raise Big2SmallError(f"prune: sparsity must be in [0, 1), got {s!r}")
 
 
-def _index_bits(m: int) -> int:
-    """Bits of an index into a set of m items: ceil(log2 m), 0 if m <= 1."""
-    return max(0, m - 1).bit_length()
-
-
 def _kept(sparsity: float, numel: int) -> int:
     return min(numel, max(0, int(round((1.0 - sparsity) * numel))))
 
@@ -56,38 +51,13 @@ def _position_costs(nnz: int, layout: MatrixLayout) -> tuple[int, int, int]:
     rows, cols, n = layout.rows, layout.cols, layout.numel
     return (
         n,
-        nnz * _index_bits(cols) + (rows + 1) * _index_bits(nnz + 1),
-        nnz * _index_bits(n),
+        nnz * bitpack.index_bits(cols) + (rows + 1) * bitpack.index_bits(nnz + 1),
+        nnz * bitpack.index_bits(n),
     )
 
 
 def _bits(nnz: int, layout: MatrixLayout) -> int:
     return 16 * nnz + min(_position_costs(nnz, layout)) + FLAG_BITS + HEADER_BITS
-
-
-def _pack_stream(tensors: dict[str, torch.Tensor], name: str, values: torch.Tensor, width: int) -> None:
-    """Store `values` at `width` bits under `name` (nothing for width 0; two streams above 24)."""
-    if width == 0:
-        return
-    if width <= bitpack.MAX_BITS:
-        tensors[name] = bitpack.pack(values, width)
-        return
-    low = bitpack.MAX_BITS
-    tensors[name + "_lo"] = bitpack.pack(values & ((1 << low) - 1), low)
-    tensors[name + "_hi"] = bitpack.pack(values >> low, width - low)
-
-
-def _unpack_stream(
-    tensors: dict[str, torch.Tensor], name: str, width: int, count: int, device: torch.device | None = None
-) -> torch.Tensor:
-    if width == 0:
-        return torch.zeros(count, dtype=torch.int64, device=device)
-    if width <= bitpack.MAX_BITS:
-        return bitpack.unpack(tensors[name], width, count)
-    low = bitpack.MAX_BITS
-    lo = bitpack.unpack(tensors[name + "_lo"], low, count)
-    hi = bitpack.unpack(tensors[name + "_hi"], width - low, count)
-    return lo | (hi << low)
 
 
 @register
@@ -112,14 +82,14 @@ class PruneGenerator(Generator):
         if coding == BITMAP:
             mask = torch.zeros(n, dtype=torch.int64, device=idx.device)
             mask[idx] = 1
-            _pack_stream(tensors, "bitmap", mask, 1)
+            bitpack.pack_stream(tensors, "bitmap", mask, 1)
         elif coding == CSR:
             counts = torch.bincount(idx // cols, minlength=rows)
             ptr = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
-            _pack_stream(tensors, "col_idx", idx % cols, _index_bits(cols))
-            _pack_stream(tensors, "row_ptr", ptr, _index_bits(nnz + 1))
+            bitpack.pack_stream(tensors, "col_idx", idx % cols, bitpack.index_bits(cols))
+            bitpack.pack_stream(tensors, "row_ptr", ptr, bitpack.index_bits(nnz + 1))
         else:
-            _pack_stream(tensors, "idx", idx, _index_bits(n))
+            bitpack.pack_stream(tensors, "idx", idx, bitpack.index_bits(n))
         tensors["flag"] = bitpack.pack(torch.tensor([coding], dtype=torch.int64, device=idx.device), FLAG_BITS)
         bits = {"values": 16 * nnz, "positions": costs[coding], "flag": FLAG_BITS, "header": HEADER_BITS}
         meta = {"nnz": nnz, "coding": CODINGS[coding]}
@@ -132,14 +102,14 @@ class PruneGenerator(Generator):
         nnz, dev = values.numel(), values.device
         coding = int(bitpack.unpack(enc.tensors["flag"], FLAG_BITS, 1)[0])
         if coding == BITMAP:
-            idx = torch.nonzero(_unpack_stream(enc.tensors, "bitmap", 1, n, dev)).reshape(-1)
+            idx = torch.nonzero(bitpack.unpack_stream(enc.tensors, "bitmap", 1, n, dev)).reshape(-1)
         elif coding == CSR:
-            col = _unpack_stream(enc.tensors, "col_idx", _index_bits(cols), nnz, dev)
-            ptr = _unpack_stream(enc.tensors, "row_ptr", _index_bits(nnz + 1), rows + 1, dev)
+            col = bitpack.unpack_stream(enc.tensors, "col_idx", bitpack.index_bits(cols), nnz, dev)
+            ptr = bitpack.unpack_stream(enc.tensors, "row_ptr", bitpack.index_bits(nnz + 1), rows + 1, dev)
             row = torch.repeat_interleave(torch.arange(rows, device=ptr.device), ptr.diff())
             idx = row * cols + col
         elif coding == FLAT:
-            idx = _unpack_stream(enc.tensors, "idx", _index_bits(n), nnz, dev)
+            idx = bitpack.unpack_stream(enc.tensors, "idx", bitpack.index_bits(n), nnz, dev)
         else:
             raise Big2SmallError(f"prune: unknown position coding flag {coding}")
         if idx.numel() != nnz:

@@ -1,0 +1,233 @@
+"""Big2Small INR generator: fitting, preprocessing, exact sizes, determinism, residual mode."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import big2small as b2s
+from big2small.errors import Big2SmallError
+from big2small.generators import HEADER_BITS, GeneratorConfig, INRConfig, INRGenerator, decode, generator_for
+from big2small.generators.inr import budget_width, inr_bits, reorder, split_outliers
+from big2small.generators.siren import FitSettings, SirenShape, parameter_count, tile_losses
+from big2small.layout import MatrixLayout
+from codec_checks import assert_bits_match_bytes, randn
+
+FAST = dict(steps=60, lr=3e-3)
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def smooth(rows=128, cols=128):
+    u = torch.linspace(-1, 1, rows)[:, None]
+    v = torch.linspace(-1, 1, cols)[None, :]
+    return 0.05 * torch.sin(3 * u) * torch.cos(2 * v) + 0.02 * u * v
+
+
+def rel_error(a, b):
+    return float((a - b).norm() / b.norm())
+
+
+def test_parameter_count_matches_the_formula():
+    assert parameter_count(21, 3) == 2 * 21 ** 2 + 6 * 21 + 1
+    assert SirenShape(21).init(5, seed=0).shape == (5, parameter_count(21, 3))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_smooth_matrix_is_fitted_closely(device):
+    w = smooth().to(device)
+    enc = generator_for(INRConfig(width=16, steps=300, lr=3e-3, outlier_frac=0, reorder="none")).encode(w)
+    assert rel_error(decode(enc).to(device), w) < 0.1
+    assert enc.meta["steps"] == 300
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_round_trip_keeps_shape_and_dtype(dtype):
+    w = randn(40, 8, 3, 3, dtype=dtype)
+    enc = generator_for(INRConfig(width=6, **FAST)).encode(w, MatrixLayout(tuple(w.shape)))
+    out = decode(enc)
+    assert out.shape == w.shape and out.dtype == dtype
+
+
+def test_stored_bits_are_exact_and_match_the_payload():
+    w = randn(200, 130)
+    cfg = INRConfig(width=8, residual_bits=2, **FAST)
+    layout = MatrixLayout((200, 130))
+    enc = generator_for(cfg).encode(w, layout)
+    assert enc.total_bits == INRGenerator.bits_for(cfg, layout) == inr_bits(cfg, layout, 8)
+    tiles = math.ceil(200 / 64) * math.ceil(130 / 64)
+    assert enc.bits["phi"] == tiles * parameter_count(8, 3) * 16
+    assert enc.bits["outlier_index"] == 26 * 15 and enc.bits["outlier_values"] == 26 * 16
+    assert enc.bits["row_perm"] == 200 * 8 and enc.bits["col_perm"] == 130 * 8
+    assert enc.bits["header"] == HEADER_BITS
+    assert_bits_match_bytes(enc)
+
+
+def test_bytes_on_disk_match_the_reported_size(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(96, 128), nn.ReLU(), nn.Linear(128, 64))
+    cm = b2s.compress(model, "inr", bpw=5.0, steps=30, progress=False)
+    info = b2s.save(cm, tmp_path / "m.b2s")
+    size = cm.size()
+    assert size.bpw_all <= 5.0
+    stored_bytes = sum(enc.payload_bytes for enc in cm.tensors.values())
+    headers = sum(enc.bits.get("header", 0) for enc in cm.tensors.values())
+    assert abs(8 * stored_bytes - (size.bits_total - headers)) < 8 * sum(len(e.tensors) for e in cm.tensors.values())
+    # The tensor file is the stored bytes plus the safetensors header (names and offsets) alone.
+    assert stored_bytes < info.tensor_file_bytes < stored_bytes + 4096
+    back = b2s.load(tmp_path / "m.b2s")
+    assert torch.equal(back.state_dict()["0.weight"], cm.state_dict()["0.weight"])
+
+
+def test_the_same_seed_gives_the_same_encoding_and_another_seed_does_not():
+    w = randn(64, 80, seed=3)
+    gen = generator_for(INRConfig(width=6, **FAST))
+    a, b, c = gen.encode(w, seed=1), gen.encode(w, seed=1), gen.encode(w, seed=2)
+    assert all(torch.equal(a.tensors[k], b.tensors[k]) for k in a.tensors)
+    assert not torch.equal(a.tensors["phi"], c.tensors["phi"])
+
+
+def test_tensors_fit_the_same_alone_or_together():
+    w1, w2 = randn(64, 64, seed=1), randn(100, 70, seed=2)
+    cfg = INRConfig(width=6, **FAST)
+    alone = [generator_for(cfg).encode(w) for w in (w1, w2)]
+    together = INRGenerator.encode_many([(cfg, w1, MatrixLayout((64, 64))), (cfg, w2, MatrixLayout((100, 70)))])
+    for a, t in zip(alone, together):
+        assert torch.allclose(decode(a), decode(t), atol=1e-4)
+
+
+def test_tiny_tensors_are_stored_dense_in_fp16():
+    w = randn(8, 8)
+    enc = generator_for(INRConfig(width=8)).encode(w)  # 177 fp16 SIREN parameters > 64 fp16 weights
+    assert enc.meta["dense"] == 1 and set(enc.tensors) == {"dense"}
+    assert torch.equal(decode(enc), w.half().float())
+
+
+def test_compress_keeps_small_tensors_raw():
+    model = nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 32))  # 4096 and 2048 weights
+    cm = b2s.compress(model, "inr", width=6, steps=10, progress=False)
+    assert cm.tensors["0.weight"].method == "inr"
+    assert cm.tensors["1.weight"].method == "raw" and cm.tensors["0.bias"].method == "raw"
+
+
+def test_outliers_are_restored_exactly():
+    w = randn(96, 96, seed=4) * 0.02
+    spots = [(0, 0), (5, 70), (95, 95), (40, 3)]
+    for k, (i, j) in enumerate(spots):
+        w[i, j] = (-1) ** k * (0.75 + k * 0.25)  # exact in fp16
+    enc = generator_for(INRConfig(width=6, outlier_frac=0.001, **FAST)).encode(w)
+    out = decode(enc)
+    assert enc.bits["outlier_values"] == 9 * 16
+    for i, j in spots:
+        assert out[i, j] == w[i, j]
+
+
+def test_split_outliers_clips_to_the_largest_remaining_distance():
+    m = torch.tensor([[0.0, 1.0, -1.0, 10.0], [0.5, -0.5, 0.2, -8.0]])
+    clipped, idx, values = split_outliers(m, 2)
+    assert idx.tolist() == [3, 7] and values.tolist() == [10.0, -8.0]
+    mu = float(m.mean())
+    limit = float((m.reshape(-1)[:3] - mu).abs().max().clamp(min=(m.reshape(-1)[4:7] - mu).abs().max()))
+    assert clipped[0, 3].item() == pytest.approx(mu + limit) and clipped[1, 3].item() == pytest.approx(mu - limit)
+
+
+def test_reordering_finds_hidden_structure():
+    # A product of two shuffled vectors is noise to a coordinate network, and smooth once sorted.
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(128, 1, generator=g) @ torch.randn(1, 128, generator=g)
+    cfg = dict(width=8, steps=200, lr=3e-3, outlier_frac=0)
+    plain = decode(generator_for(INRConfig(reorder="none", **cfg)).encode(w))
+    ordered = decode(generator_for(INRConfig(reorder="svd1", **cfg)).encode(w))
+    assert rel_error(ordered, w) < 0.5 * rel_error(plain, w)
+
+
+@pytest.mark.parametrize("mode", ["svd1", "greedy"])
+def test_reorder_returns_permutations(mode):
+    w = randn(50, 30)
+    pr, pc = reorder(w, INRConfig(reorder=mode))
+    assert sorted(pr.tolist()) == list(range(50)) and sorted(pc.tolist()) == list(range(30))
+
+
+def test_residual_mode_lowers_the_error_and_is_paid_for():
+    w = randn(128, 128, seed=5)
+    plain = generator_for(INRConfig(width=8, **FAST)).encode(w)
+    with_res = generator_for(INRConfig(width=8, residual_bits=3, **FAST)).encode(w)
+    assert rel_error(decode(with_res), w) < 0.5 * rel_error(decode(plain), w)
+    assert with_res.total_bits - plain.total_bits == with_res.bits["residual"] > 3 * w.numel()
+
+
+def test_frequency_term_is_the_mse_when_unweighted():
+    # Parseval: with alpha = 0 the focal weights are 1 and the orthonormal spectrum keeps the energy.
+    pred, target = randn(3, 16, 16, seed=1), randn(3, 16, 16, seed=2)
+    mask = torch.ones(3, 16, 16)
+    loss, mse = tile_losses(pred, target, mask, FitSettings(lambda_f=1.0, alpha=0.0))
+    assert torch.allclose(loss, 2 * mse, rtol=1e-5)
+    focal, _ = tile_losses(pred, target, mask, FitSettings(lambda_f=1.0, alpha=1.0))
+    assert (focal < loss).all() and (focal > mse).all()
+
+
+def test_padding_and_masked_entries_do_not_count():
+    pred, target = torch.zeros(1, 4, 4), torch.ones(1, 4, 4)
+    mask = torch.zeros(1, 4, 4)
+    mask[0, :2] = 1
+    target[0, 2:] = 100.0
+    _, mse = tile_losses(pred, target, mask, FitSettings(lambda_f=0.0))
+    assert mse.item() == pytest.approx(1.0)
+
+
+def test_width_from_the_budget_is_the_largest_that_fits():
+    layout = MatrixLayout((256, 384))
+    cfg = INRGenerator.for_budget(4.0, layout, {})
+    h = budget_width(cfg, layout, 4.0)
+    assert inr_bits(cfg, layout, h) <= 4.0 * layout.numel < inr_bits(cfg, layout, h + 1)
+    assert INRGenerator.bits_for(cfg, layout) == inr_bits(cfg, layout, h)
+    assert 18 <= h <= 21  # METHODS.md's table: h = 21 at 4 bpw before outliers and permutations
+
+
+def test_an_impossible_budget_names_the_way_out():
+    with pytest.raises(Big2SmallError, match="even width 4 does not fit.*larger tile"):
+        INRGenerator.for_budget(0.05, MatrixLayout((128, 128)), {})
+
+
+def test_a_budget_too_small_for_a_siren_leaves_the_residual_alone():
+    layout = MatrixLayout((32, 144))
+    cfg = INRGenerator.for_budget(3.5, layout, {"residual_bits": 3})
+    w = randn(32, 144)
+    enc = generator_for(cfg).encode(w, layout)
+    assert enc.meta["width"] == 0 and "phi" not in enc.tensors
+    assert enc.total_bits <= 3.5 * layout.numel
+    assert rel_error(decode(enc), w) < 0.3  # 3-bit RTN of a Gaussian: about 0.2
+
+
+def test_time_budget_and_error_target_stop_the_fit_early():
+    w = smooth()
+    timed = generator_for(INRConfig(width=8, steps=100000, max_seconds=1.0)).encode(w)
+    assert timed.meta["steps"] < 100000
+    easy = generator_for(INRConfig(width=16, steps=5000, lr=3e-3, target_rel_error=0.3, reorder="none")).encode(w)
+    assert easy.meta["steps"] < 5000
+
+
+def test_config_round_trips_through_json_and_rejects_bad_values():
+    cfg = INRConfig(bits_per_weight=3.5, residual_bits=2, freq_mode="highpass")
+    assert GeneratorConfig.from_dict(cfg.to_dict()) == cfg
+    for bad in (dict(width=2), dict(width=8, bits_per_weight=4), dict(reorder="random"), dict(phi_bits=8),
+                dict(freq_mode="x"), dict(residual_bits=9), dict(outlier_frac=0.6)):
+        with pytest.raises(Big2SmallError):
+            generator_for(INRConfig(**bad))
+
+
+def test_nan_weights_are_refused():
+    w = randn(64, 64)
+    w[3, 3] = float("nan")
+    with pytest.raises(Big2SmallError, match="NaN"):
+        generator_for(INRConfig(width=4)).encode(w)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_encoding_decodes_the_same_on_cpu():
+    w = randn(128, 192, seed=7)
+    enc = generator_for(INRConfig(width=8, **FAST)).encode(w.cuda())
+    on_gpu = generator_for(enc.config).decode_matrix(enc)
+    enc.tensors = {k: v.cpu() for k, v in enc.tensors.items()}
+    on_cpu = generator_for(enc.config).decode_matrix(enc)
+    assert torch.allclose(on_gpu.cpu(), on_cpu, atol=1e-5 * float(w.abs().max()))
