@@ -150,7 +150,7 @@ def fit(carry: Path, out: Path, model_name: str, variants: list[str] | None, dev
                           "tensors": {j["name"]: {"meta": e.meta, "bits": e.bits} for j, e in zip(jobs[v], encs)}}
             err = sum(e.meta.get("inr_rel_error", 0) for e in encs) / max(len(encs), 1)
             print(f"{tag} {v}: {len(encs)} tensors in {seconds:.1f} s, mean INR rel error {err:.3f}", flush=True)
-        (out / f"{tag}.fit.json").write_text(json.dumps(summary))
+            (out / f"{tag}.fit.json").write_text(json.dumps(summary))  # after every variant: a cut-off run keeps them
 
 
 def _fitted(model_name: str, variant: str, fit_dirs: list[Path]):
