@@ -227,7 +227,8 @@ def evaluate_model(model_name: str, fit_dirs: list[Path], steps: int | None) -> 
     reference = reference_outputs(loaded.model, task, loaded.tokenizer, settings)
     base = evaluate(loaded.model, task, loaded.tokenizer, reference=reference, settings=settings)
     rows = [BenchRow("fp32", "original", 32.0, 32.0, {m.metric: m.value for m in base}, None, None, "reference")]
-    sizes = sorted({b for b, _ in VARIANTS.values()})
+    fitted = [v for v in VARIANTS if any(any(d.glob(f"{model_name}*.{v}.safetensors")) for d in fit_dirs)]
+    sizes = sorted({VARIANTS[v][0] for v in fitted})  # baselines where there is an INR to compare with
     for b in sizes:
         for label, spec in BASELINES.items():
             row, _ = _measure(loaded, spec.format(b=b, b2=2 * b), quiet, reference)
@@ -237,14 +238,12 @@ def evaluate_model(model_name: str, fit_dirs: list[Path], steps: int | None) -> 
         row, _ = _measure(loaded, f"lowrank:bpw={_rtn_bpw(loaded, b):.6f}", quiet, reference)
         row.method = "low-rank"
         rows.append(row)
-    for v in VARIANTS:
-        if not any(any(d.glob(f"{model_name}*.{v}.safetensors")) for d in fit_dirs):
-            continue
+    for v in fitted:
         cm, seconds, device = _assemble(loaded, v, fit_dirs, steps)
         size = cm.size()
         disk = _disk_check(cm)
         model = cm.apply_to(copy.deepcopy(loaded.model)).eval()
-        err = cm.weight_error(loaded.model.state_dict())
+        err = cm.weight_error(loaded.model.state_dict(), decoded=dict(model.state_dict()))  # decode once
         metrics = evaluate(model, task, loaded.tokenizer, reference=reference, settings=quiet)
         widths = sorted({e.meta.get("width") for e in cm.tensors.values() if e.method == "inr" and not e.meta.get("dense")})
         inr_err = [e.meta["inr_rel_error"] for e in cm.tensors.values() if e.method == "inr" and "inr_rel_error" in e.meta]
@@ -266,6 +265,86 @@ def evaluate_model(model_name: str, fit_dirs: list[Path], steps: int | None) -> 
     plot_pareto(result, OUT / f"{model_name}.png")
 
 
+def sharing(steps: int) -> None:
+    """Per-tile SIRENs against one bank shared by MiniLM's six query matrices (layer index as a third
+    coordinate), at the same bits, fitted here on the CPU with `steps` steps (weight error only)."""
+    from big2small.generators import INRConfig, INRGenerator
+    from big2small.layout import MatrixLayout
+
+    loaded = _load("minilm")
+    sd = loaded.model.state_dict()
+    names = sorted(n for n in sd if n.endswith("attention.self.query.weight"))
+    weights = [sd[n].float() for n in names]
+    layout = MatrixLayout(tuple(weights[0].shape))
+    bpw = 4.157  # the 4-bit RTN g128 row's bits per compressed weight
+    lines = ["# INR sharing across layers: MiniLM's query matrices", "",
+             f"{len(names)} tensors of {list(layout.shape)}; {bpw} bits per weight each (every stored bit); "
+             f"{steps} fitting steps on this CPU (2000 on the GPU elsewhere), so errors are higher than in the main tables.", "",
+             "| SIRENs | width h | bits per weight | mean relative error | fit s |", "|---|---|---|---|---|"]
+    for k in (1, len(names)):
+        cfg = INRConfig(bits_per_weight=bpw, steps=steps, shared_layers=k)
+        t0 = time.perf_counter()
+        encs = INRGenerator.encode_many([(cfg, w, layout) for w in weights])
+        seconds = time.perf_counter() - t0
+        bits = sum(e.total_bits for e in encs) / sum(w.numel() for w in weights)
+        err = sum(e.meta["rel_error"] for e in encs) / len(encs)
+        label = "one per tile per tensor" if k == 1 else f"one per tile position, shared by {k} layers (z = layer)"
+        lines.append(f"| {label} | {encs[0].meta['width']} | {bits:.3f} | {err:.4f} | {seconds:.0f} |")
+        print(lines[-1], flush=True)
+    lines += ["", f"Reproduce: `python benchmarks/inr.py sharing --steps {steps}`"]
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "sharing.md").write_text("\n".join(lines) + "\n")
+
+
+PRIMARY = {"minilm": "mean_cosine", "efficientnet-lite0": "top1_agreement", "fashion-resnet": "top1_accuracy",
+           "smollm2": "perplexity"}
+
+
+def summary() -> None:
+    """One table (main metric, bits per compressed weight) and one figure across the models measured."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = {m: json.loads((OUT / f"{m}.json").read_text()) for m in PRIMARY if (OUT / f"{m}.json").exists()}
+    lines = ["# Big2Small INR against the baselines, at matched size", "",
+             "Main metric per model; `bpw` is bits per compressed weight (every stored bit of the compressed "
+             "tensors over their count; the rest of the model is identical fp16 in every row). Full tables, with "
+             "second metrics, whole-model bpw, weight SQNR and fitting times: the per-model files beside this one.", ""]
+    fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 4), squeeze=False)
+    for ax, (model, res) in zip(axes[0], results.items()):
+        metric = PRIMARY[model]
+        rows = res["rows"]
+        ref = next(r for r in rows if r["method"] == "fp32")["metrics"][metric]
+        lines += [f"## {model} ({metric}; original {ref:.4g})", "", "| method | bpw | " + metric + " | weight SQNR dB |", "|---|---|---|---|"]
+        by_method: dict[str, list] = {}
+        for r in sorted(rows[1:], key=lambda r: (r["bpw_scope"] or 0)):
+            value = r["metrics"].get(metric)
+            sq = "-" if r["sqnr_db"] is None else f"{r['sqnr_db']:.2f}"
+            lines.append(f"| {r['method']} | {r['bpw_scope']:.3f} | {value:.4g} | {sq} |")
+            family = r["method"] if r["method"] not in VARIANTS else _family(r["method"])
+            if family in ("inr", "inr_res", "uniform RTN g128", "hyper (ours)", "low-rank"):
+                by_method.setdefault(family, []).append((r["bpw_scope"], value))
+        lines.append("")
+        for name, pts in sorted(by_method.items()):
+            pts.sort()
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=name)
+        ax.axhline(ref, color="k", ls="--", lw=1, label="original")
+        if metric == "perplexity":
+            ax.set_yscale("log")
+        ax.set_xlabel("bits per compressed weight")
+        ax.set_ylabel(metric)
+        ax.set_title(model)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(OUT / "summary.png", dpi=110)
+    plt.close(fig)
+    lines.append("![INR against the baselines](summary.png)")
+    (OUT / "summary.md").write_text("\n".join(lines) + "\n")
+
+
 def main(argv: list[str]) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="stage", required=True)
@@ -284,13 +363,20 @@ def main(argv: list[str]) -> None:
     v.add_argument("model")
     v.add_argument("--fits", type=Path, action="append", required=True)
     v.add_argument("--steps", type=int, default=None)
+    sub.add_parser("summary")
+    sh = sub.add_parser("sharing")
+    sh.add_argument("--steps", type=int, default=300)
     args = ap.parse_args(argv)
     if args.stage == "export":
         export(args.model, args.variants.split(","), args.shards, args.steps)
     elif args.stage == "fit":
         fit(args.carry, args.out, args.model, args.variants.split(",") if args.variants else None, args.device)
-    else:
+    elif args.stage == "eval":
         evaluate_model(args.model, args.fits, args.steps)
+    elif args.stage == "sharing":
+        sharing(args.steps)
+    else:
+        summary()
 
 
 if __name__ == "__main__":

@@ -97,10 +97,11 @@ def save(cm: CompressedModel, path: str | os.PathLike, *, overwrite: bool = Fals
     try:
         arrays: dict[str, torch.Tensor] = {}
         entries: dict[str, Any] = {}
+        written: dict[int, str] = {}  # one array held by several tensors (a shared INR bank) is written once
         for name, enc in cm.tensors.items():
             stored = {}
             for part, t in enc.tensors.items():
-                key = f"{name}::{part}"
+                key = written.setdefault(id(t), f"{name}::{part}")
                 arrays[key] = t.contiguous()
                 stored[part] = {"key": key, "sha256": tensor_sha256(t)}
             entries[name] = {
@@ -208,12 +209,15 @@ def load(path: str | os.PathLike) -> CompressedModel:
     try:
         with safe_open(str(path / TENSORS), "pt") as f:
             keys = set(f.keys())
+            read: dict[str, torch.Tensor] = {}  # arrays shared by several tensors stay shared
             for name, e in manifest["tensors"].items():
                 stored = {}
                 for part, info in e["stored"].items():
                     if info["key"] not in keys:
                         raise Big2SmallError(f"{path}: corrupt artifact: array {info['key']} is missing")
-                    t = f.get_tensor(info["key"])
+                    if info["key"] not in read:
+                        read[info["key"]] = f.get_tensor(info["key"])
+                    t = read[info["key"]]
                     if tensor_sha256(t) != info["sha256"]:
                         raise Big2SmallError(f"{path}: corrupt artifact: array {info['key']} fails its hash")
                     stored[part] = t

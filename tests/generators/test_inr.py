@@ -231,3 +231,33 @@ def test_gpu_encoding_decodes_the_same_on_cpu():
     enc.tensors = {k: v.cpu() for k, v in enc.tensors.items()}
     on_cpu = generator_for(enc.config).decode_matrix(enc)
     assert torch.allclose(on_gpu.cpu(), on_cpu, atol=1e-5 * float(w.abs().max()))
+
+
+def test_layers_sharing_one_bank_store_it_once(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(*[nn.Linear(80, 80) for _ in range(4)])
+    cm = b2s.compress(model, "inr", bpw=6.0, steps=30, shared_layers=3, progress=False)
+    encs = [cm.tensors[f"{i}.weight"] for i in range(4)]
+    # Layers 0-2 share one bank (z = -1, 0, 1); layer 3 is a group of one, with its own.
+    assert [e.meta["layers"] for e in encs] == [3, 3, 3, 1] and [e.meta["layer"] for e in encs] == [0, 1, 2, 0]
+    assert encs[1].tensors["phi"] is encs[0].tensors["phi"] and "phi" not in encs[1].bits
+    assert "phi" in encs[0].bits and "phi" in encs[3].bits
+    assert cm.size().bpw_all <= 6.0
+    info = b2s.save(cm, tmp_path / "m.b2s")
+    stored = sum(e.payload_bytes for e in cm.tensors.values())
+    assert stored < info.tensor_file_bytes < stored + 4096  # the shared bank is on disk once
+    back = b2s.load(tmp_path / "m.b2s")
+    assert back.tensors["2.weight"].tensors["phi"] is back.tensors["0.weight"].tensors["phi"]
+    for name, t in cm.state_dict().items():
+        assert torch.equal(back.state_dict()[name], t)
+
+
+def test_a_shared_bank_fits_several_layers():
+    # Layers that are one smooth function sampled at z = -1 and 1: one bank fits both.
+    u = torch.linspace(-1, 1, 128)[:, None]
+    v = torch.linspace(-1, 1, 128)[None, :]
+    layers = [0.05 * torch.sin(3 * u + z) * torch.cos(2 * v) for z in (-0.5, 0.5)]
+    cfg = INRConfig(width=24, steps=300, lr=3e-3, outlier_frac=0, reorder="none", shared_layers=2)
+    encs = INRGenerator.encode_many([(cfg, w, MatrixLayout((128, 128))) for w in layers])
+    for enc, w in zip(encs, layers):
+        assert rel_error(decode(enc), w) < 0.15

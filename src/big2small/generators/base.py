@@ -77,8 +77,10 @@ class Encoded:
 
     @property
     def payload_bytes(self) -> int:
-        """Bytes of the stored tensors themselves, as written to disk."""
-        return sum(t.numel() * t.element_size() for t in self.tensors.values())
+        """Bytes of the stored tensors themselves, as written to disk; parts shared with another
+        tensor (`meta["shared_parts"]`, written once, with their owner) are not counted again."""
+        shared = set(self.meta.get("shared_parts", ()))
+        return sum(t.numel() * t.element_size() for k, t in self.tensors.items() if k not in shared)
 
 
 class Generator(ABC):

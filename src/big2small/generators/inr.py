@@ -18,8 +18,8 @@ INR, it is stored dense in fp16 instead (`meta["dense"]`).
 
 from __future__ import annotations
 
+import json
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -29,7 +29,7 @@ import torch
 from big2small import bitpack
 from big2small.errors import Big2SmallError
 from big2small.generators.base import HEADER_BITS, Encoded, Generator, GeneratorConfig, register
-from big2small.generators.siren import FREQ_MODES, FitSettings, SirenShape, fit_bank, tile_grid
+from big2small.generators.siren import FREQ_MODES, FitSettings, SirenShape, fit_bank, grid_axis, tile_grid
 from big2small.generators.uniform import UniformConfig, UniformGenerator
 from big2small.layout import MatrixLayout
 
@@ -73,6 +73,7 @@ class INRConfig(GeneratorConfig):
     max_seconds: float | None = None
     target_rel_error: float | None = None
     tiles_per_chunk: int = 0
+    shared_layers: int = 1
 
     def validate(self) -> None:
         def bad(msg: str) -> None:
@@ -114,6 +115,13 @@ class INRConfig(GeneratorConfig):
             bad(f"max_seconds must be > 0, got {self.max_seconds}")
         if self.target_rel_error is not None and self.target_rel_error <= 0:
             bad(f"target_rel_error must be > 0, got {self.target_rel_error}")
+        if not (isinstance(self.shared_layers, int) and 1 <= self.shared_layers <= 256):
+            bad(f"shared_layers must be an integer in 1..256, got {self.shared_layers!r}")
+
+    @property
+    def d_in(self) -> int:
+        """SIREN inputs: (u, v), plus the layer coordinate z when tensors share SIRENs."""
+        return 3 if self.shared_layers > 1 else 2
 
     def fit_settings(self) -> FitSettings:
         return FitSettings(
@@ -153,35 +161,49 @@ def side_bits(config: INRConfig, layout: MatrixLayout, width: int) -> dict[str, 
     return bits
 
 
-def inr_bits(config: INRConfig, layout: MatrixLayout, width: int) -> int:
+def phi_bits(config: INRConfig, layout: MatrixLayout, width: int) -> int:
+    """Bits of one SIREN bank: every tile's parameters (shared by a group of layers when sharing)."""
     tr, tc, nr, nc = tile_dims(config, layout)
-    phi = nr * nc * SirenShape(width, config.depth).n_params * config.phi_bits if width else 0
-    return phi + sum(side_bits(config, layout, width).values())
+    return nr * nc * SirenShape(width, config.depth, d_in=config.d_in).n_params * config.phi_bits if width else 0
+
+
+def group_bits(config: INRConfig, layout: MatrixLayout, width: int, members: int) -> int:
+    """Exact bits of `members` same-shaped tensors sharing one bank (members = 1: one tensor)."""
+    return phi_bits(config, layout, width) + members * sum(side_bits(config, layout, width).values())
+
+
+def inr_bits(config: INRConfig, layout: MatrixLayout, width: int) -> int:
+    """Bits of one tensor; when tensors share SIRENs, its share of a full group's bank (rounded up)."""
+    k = config.shared_layers
+    return -(-group_bits(config, layout, width, k) // k)
 
 
 def dense_bits(layout: MatrixLayout) -> int:
     return 16 * layout.numel + HEADER_BITS
 
 
-def budget_width(config: INRConfig, layout: MatrixLayout, bits_per_weight: float) -> int:
-    """The largest width whose INR fits `bits_per_weight * N` (MIN_WIDTH - 1 when none does)."""
-    budget = bits_per_weight * layout.numel
+def budget_width(config: INRConfig, layout: MatrixLayout, bits_per_weight: float, members: int | None = None) -> int:
+    """The largest width whose INR fits `bits_per_weight * N` per tensor, for a group of `members`
+    tensors sharing one bank (default: a full group); MIN_WIDTH - 1 when none fits."""
+    members = members or config.shared_layers
+    budget = bits_per_weight * layout.numel * members
     lo, hi = MIN_WIDTH - 1, MAX_WIDTH
     while lo < hi:  # bits grow with width: bisect for the last width that fits
         mid = (lo + hi + 1) // 2
-        if inr_bits(config, layout, mid) <= budget:
+        if group_bits(config, layout, mid, members) <= budget:
             lo = mid
         else:
             hi = mid - 1
     return lo
 
 
-def chosen_width(config: INRConfig, layout: MatrixLayout) -> int:
-    """The width of a config on a layout; raises Big2SmallError when no width fits its budget."""
+def chosen_width(config: INRConfig, layout: MatrixLayout, members: int | None = None) -> int:
+    """The width of a config on a layout (for a group of `members` sharing tensors; default: a full
+    group); raises Big2SmallError when no width fits its budget."""
     if config.width is not None:
         return config.width
     bpw = 4.0 if config.bits_per_weight is None else config.bits_per_weight
-    h = budget_width(config, layout, bpw)
+    h = budget_width(config, layout, bpw, members)
     if h < MIN_WIDTH and config.residual_bits and inr_bits(config, layout, 0) <= bpw * layout.numel:
         return 0  # too small for any SIREN at this budget: the residual codec alone stores it
     if h < MIN_WIDTH:
@@ -381,6 +403,8 @@ def encode_inr(items: list[tuple[INRConfig, torch.Tensor, MatrixLayout]], *, see
     width, tile size and fit settings are fitted in one bank (fewer, larger batched matmuls)."""
     out: list[Encoded | None] = [None] * len(items)
     prepared: list[_Prepared] = []
+    shared_groups: list[list[int]] = []
+    filling: dict[str, list[int]] = {}
     for i, (config, matrix, layout) in enumerate(items):
         width = chosen_width(config, layout)
         if is_dense(config, layout, width):
@@ -391,8 +415,19 @@ def encode_inr(items: list[tuple[INRConfig, torch.Tensor, MatrixLayout]], *, see
                              {"dense": 16 * layout.numel, "header": HEADER_BITS}, {"dense": 1, "width": width})
             if advance:
                 advance(layout.numel)
+        elif config.shared_layers > 1:
+            # Consecutive tensors of one shape and config share a bank, up to shared_layers at a time.
+            group = filling.setdefault(json.dumps([layout.rows, layout.cols, config.to_dict()], sort_keys=True), [])
+            group.append(i)
+            if len(group) == config.shared_layers:
+                shared_groups.append(list(group))
+                group.clear()
         else:
             prepared.append(_prepare(i, config, matrix, layout, width))
+    shared_groups += [g for g in filling.values() if g]
+    for group in shared_groups:
+        for i, enc in zip(group, _encode_shared([items[i] for i in group], group, seed, advance)):
+            out[i] = enc
     banks: dict[tuple, list[_Prepared]] = {}
     for p in prepared:
         if p.width == 0:
@@ -420,11 +455,38 @@ def encode_inr(items: list[tuple[INRConfig, torch.Tensor, MatrixLayout]], *, see
     return out  # type: ignore[return-value]
 
 
-def _store(p: _Prepared, phi: torch.Tensor, steps: int, seconds: float) -> Encoded:
+def _encode_shared(items: list[tuple[INRConfig, torch.Tensor, MatrixLayout]], indices: list[int], seed: int,
+                   advance: Callable[[float], None] | None) -> list[Encoded]:
+    """Same-shaped tensors (layers) fitted by one bank whose SIRENs take the layer coordinate z as a
+    third input. The first tensor stores the bank; the others hold the same array (written once)."""
+    config, _, layout = items[0]
+    m = len(items)
+    width = chosen_width(config, layout, m)
+    prepared = [_prepare(i, config, matrix, layout, width) for i, (_, matrix, _) in zip(indices, items)]
+    if width == 0:
+        return [_store(p, torch.zeros(0, 0), 0, 0.0) for p in prepared]
+    shape = SirenShape(width, config.depth, config.omega0_first, config.omega0_hidden, d_in=3)
+    targets = torch.stack([p.tiles for p in prepared], 1)  # [tiles, layers, rows, cols]
+    n_weights = m * layout.numel
+    result = fit_bank(shape, targets, torch.stack([p.mask for p in prepared], 1), shape.init(targets.shape[0], seed),
+                      config.fit_settings(), (lambda f: advance(f * n_weights)) if advance else None,
+                      layers=grid_axis(m, targets.device))
+    encoded: list[Encoded] = []
+    for layer, p in enumerate(prepared):
+        owner = encoded[0].tensors["phi"] if encoded else None
+        encoded.append(_store(p, result.phi, result.steps_run, result.seconds / m, layer=(layer, m), shared_phi=owner))
+    return encoded
+
+
+def _store(p: _Prepared, phi: torch.Tensor, steps: int, seconds: float, *, layer: tuple[int, int] | None = None,
+           shared_phi: torch.Tensor | None = None) -> Encoded:
+    """The stored record of a fitted tensor. `layer` = (index, group size) for a shared bank, whose
+    parameters only the first member stores; the others get `shared_phi`, the same array."""
     config, layout = p.config, p.layout
     tensors: dict[str, torch.Tensor] = {"norm": torch.tensor([p.mu, p.sigma], dtype=torch.float32)}
     if p.width:
-        tensors["phi"] = phi.to(torch.float16 if config.phi_bits == 16 else torch.float32).contiguous()
+        tensors["phi"] = (shared_phi if shared_phi is not None else
+                          phi.to(torch.float16 if config.phi_bits == 16 else torch.float32).cpu().contiguous())
     if not torch.isfinite(phi).all() or ("phi" in tensors and not torch.isfinite(tensors["phi"]).all()):
         raise Big2SmallError("inr: the fitted SIREN parameters overflow fp16; use phi_bits=32")
     n, width = layout.numel, bitpack.index_bits(layout.numel)
@@ -440,6 +502,11 @@ def _store(p: _Prepared, phi: torch.Tensor, steps: int, seconds: float) -> Encod
             bitpack.pack_stream(tensors, "col_perm", p.pc.cpu(), bitpack.index_bits(layout.cols))
     bits = {"phi": phi.numel() * config.phi_bits, **side_bits(config, layout, p.width)}
     meta: dict[str, Any] = {"dense": 0, "width": p.width}
+    if layer is not None:
+        meta.update(layer=layer[0], layers=layer[1])
+    if shared_phi is not None:
+        del bits["phi"]
+        meta["shared_parts"] = ["phi"]  # stored once, with the group's first tensor
     decoded_inr = decode_inr(config, layout, {k: v.to(p.matrix.device) for k, v in tensors.items()}, meta)
     if config.residual_bits:
         res = UniformGenerator(_residual_config(config))._encode(p.matrix - decoded_inr, layout, seed=0)
@@ -447,11 +514,12 @@ def _store(p: _Prepared, phi: torch.Tensor, steps: int, seconds: float) -> Encod
         decoded = decode_inr(config, layout, {k: v.to(p.matrix.device) for k, v in tensors.items()}, meta)
     else:
         decoded = decoded_inr
-    tensors = {k: v.cpu() for k, v in tensors.items()}
+    tensors = {k: v.cpu() for k, v in tensors.items()}  # a CPU tensor stays the same object: sharing survives
     ref = p.matrix.norm().clamp_min(1e-30)
     meta.update(rel_error=float((decoded - p.matrix).norm() / ref),
                 inr_rel_error=float((decoded_inr - p.matrix).norm() / ref), steps=steps, fit_seconds=round(seconds, 3))
-    assert sum(bits.values()) == inr_bits(config, layout, p.width)
+    if config.shared_layers == 1:
+        assert sum(bits.values()) == inr_bits(config, layout, p.width)
     return Encoded(config.method, config, layout, p.matrix.dtype, tensors, bits, meta)
 
 
@@ -464,7 +532,7 @@ def decode_inr(config: INRConfig, layout: MatrixLayout, tensors: dict[str, torch
     if meta["width"] == 0:
         matrix = torch.zeros(rows, cols, device=device)
     else:
-        matrix = _siren_matrix(config, layout, tensors, meta["width"])
+        matrix = _siren_matrix(config, layout, tensors, meta)
     mu, sigma = tensors["norm"].tolist()
     matrix = matrix * (sigma if sigma > 0 else 1.0) + mu
     if "residual_codes" in tensors:
@@ -479,14 +547,16 @@ def decode_inr(config: INRConfig, layout: MatrixLayout, tensors: dict[str, torch
     return matrix
 
 
-def _siren_matrix(config: INRConfig, layout: MatrixLayout, tensors: dict[str, torch.Tensor], width: int) -> torch.Tensor:
+def _siren_matrix(config: INRConfig, layout: MatrixLayout, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> torch.Tensor:
     """The SIRENs' standardised matrix, in the original row and column order."""
+    width = meta["width"]
     rows, cols = layout.rows, layout.cols
     device = tensors["phi"].device
     tr, tc, nr, nc = tile_dims(config, layout)
-    shape = SirenShape(width, config.depth, config.omega0_first, config.omega0_hidden)
+    shape = SirenShape(width, config.depth, config.omega0_first, config.omega0_hidden, d_in=config.d_in)
     phi = tensors["phi"].float()
-    coords = tile_grid(tr, tc, device)
+    z = grid_axis(meta["layers"], device)[meta["layer"]:meta["layer"] + 1] if config.d_in == 3 else None
+    coords = tile_grid(tr, tc, device, z)
     per_chunk = max(1, int(2e8 // (tr * tc * shape.width)))  # bounds decode memory to ~1 GB
     with torch.no_grad():
         tiles = torch.cat([shape.forward(phi[i:i + per_chunk], coords) for i in range(0, phi.shape[0], per_chunk)])

@@ -78,13 +78,22 @@ class SirenShape:
         return x.squeeze(2)
 
 
-def tile_grid(rows: int, cols: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """Coordinates [rows * cols, 2] of a tile, row-major: u_i = -1 + 2i/(rows-1) (0 for one row)."""
-    def axis(n: int) -> torch.Tensor:
-        return torch.zeros(1, device=device) if n == 1 else torch.linspace(-1.0, 1.0, n, device=device)
+def grid_axis(n: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """n coordinates spread over [-1, 1] (0 when n = 1)."""
+    return torch.zeros(1, device=device) if n == 1 else torch.linspace(-1.0, 1.0, n, device=device)
 
-    u, v = torch.meshgrid(axis(rows), axis(cols), indexing="ij")
-    return torch.stack([u.reshape(-1), v.reshape(-1)], 1)
+
+def tile_grid(rows: int, cols: int, device: torch.device | str = "cpu", layers: torch.Tensor | None = None) -> torch.Tensor:
+    """Coordinates of a tile, row-major: [rows * cols, 2] of (u_i, v_j), u_i = -1 + 2i/(rows-1).
+
+    With `layers` (layer coordinates z), a shared SIREN's input: [len(z) * rows * cols, 3] of
+    (u_i, v_j, z_l), ordered layer by layer."""
+    u, v = torch.meshgrid(grid_axis(rows, device), grid_axis(cols, device), indexing="ij")
+    uv = torch.stack([u.reshape(-1), v.reshape(-1)], 1)
+    if layers is None:
+        return uv
+    z = layers.to(device).repeat_interleave(rows * cols).unsqueeze(1)
+    return torch.cat([uv.repeat(len(layers), 1), z], 1)
 
 
 @dataclass(frozen=True)
@@ -126,30 +135,32 @@ def _highpass_weight(rows: int, cols: int, alpha: float, device) -> torch.Tensor
 
 
 def tile_losses(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, settings: FitSettings) -> tuple[torch.Tensor, torch.Tensor]:
-    """(loss [T], masked MSE [T]) of predictions against targets, both [T, rows, cols].
+    """(loss [T], masked MSE [T]) of predictions against targets, both [T, ..., rows, cols] (a shared
+    SIREN's tiles of several layers sit in the middle dimensions; the FFT is per 2-D tile).
 
     loss = MSE + lambda_f * L_freq (METHODS.md §1.7). By Parseval an unweighted spectral MSE of the
     orthonormal FFT equals the spatial MSE, so the frequency term acts only through its weighting.
     """
-    count = mask.sum((1, 2)).clamp_min(1.0)
+    dims = tuple(range(1, pred.dim()))
+    count = mask.sum(dims).clamp_min(1.0)
     diff = (pred - target) * mask
-    mse = diff.pow(2).sum((1, 2)) / count
+    mse = diff.pow(2).sum(dims) / count
     if not settings.lambda_f:
         return mse, mse
     if settings.freq_mode == "amplitude":
         fp = torch.fft.fft2(pred * mask, norm="ortho")
         ft = torch.fft.fft2(target * mask, norm="ortho")
         amp = lambda z: torch.sqrt(z.real.pow(2) + z.imag.pow(2) + 1e-12)  # noqa: E731 - smooth at 0
-        freq = (amp(fp) - amp(ft)).abs().mean((1, 2))
+        freq = (amp(fp) - amp(ft)).abs().mean(dims)
     else:
         spec = torch.fft.fft2(diff, norm="ortho")
         power = spec.real.pow(2) + spec.imag.pow(2)
         if settings.freq_mode == "focal":
             mag = power.detach().sqrt()
-            weight = (mag / mag.amax((1, 2), keepdim=True).clamp_min(1e-12)) ** settings.alpha
+            weight = (mag / mag.amax((-2, -1), keepdim=True).clamp_min(1e-12)) ** settings.alpha
         else:
-            weight = _highpass_weight(pred.shape[1], pred.shape[2], settings.alpha, pred.device)
-        freq = (weight * power).mean((1, 2))
+            weight = _highpass_weight(pred.shape[-2], pred.shape[-1], settings.alpha, pred.device)
+        freq = (weight * power).mean(dims)
     return mse + settings.lambda_f * freq, mse
 
 
@@ -168,8 +179,10 @@ def chunk_size(shape: SirenShape, tile_numel: int, settings: FitSettings) -> int
 
 
 def fit_bank(shape: SirenShape, targets: torch.Tensor, masks: torch.Tensor, init: torch.Tensor,
-             settings: FitSettings, advance: Callable[[float], None] | None = None) -> FitResult:
-    """Fit T SIRENs (initial parameters `init` [T, P]) to `targets` [T, rows, cols] under 0/1 `masks`.
+             settings: FitSettings, advance: Callable[[float], None] | None = None,
+             layers: torch.Tensor | None = None) -> FitResult:
+    """Fit T SIRENs (initial parameters `init` [T, P]) to `targets` [T, rows, cols] under 0/1 `masks`;
+    with `layers` (z coordinates), targets are [T, L, rows, cols] and each SIREN covers L layers.
 
     Runs on the targets' device, in fp32 with TF32 off (w0 = 30 amplifies matmul rounding inside the
     sine). Stops after `steps`, or earlier on `max_seconds` (the cosine schedule is shortened to fit)
@@ -177,9 +190,9 @@ def fit_bank(shape: SirenShape, targets: torch.Tensor, masks: torch.Tensor, init
     fractions of the whole fit.
     """
     device = targets.device
-    n_tiles, rows, cols = targets.shape
-    coords = tile_grid(rows, cols, device)
-    per_chunk = chunk_size(shape, rows * cols, settings)
+    n_tiles, rows, cols = targets.shape[0], targets.shape[-2], targets.shape[-1]
+    coords = tile_grid(rows, cols, device, layers)
+    per_chunk = chunk_size(shape, coords.shape[0], settings)
     chunks = [slice(i, min(i + per_chunk, n_tiles)) for i in range(0, n_tiles, per_chunk)]
     start = time.perf_counter()
     out_phi, out_mse, steps_run = [], [], 0
@@ -204,7 +217,7 @@ def fit_bank(shape: SirenShape, targets: torch.Tensor, masks: torch.Tensor, init
 def _fit_chunk(shape: SirenShape, coords: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
                init: torch.Tensor, settings: FitSettings, seconds: float | None,
                advance: Callable[[float], None]) -> tuple[torch.Tensor, torch.Tensor, int]:
-    t, rows, cols = target.shape
+    t = target.shape[0]
     phi = init.clone().requires_grad_(True)
     opt = torch.optim.Adam([phi], lr=settings.lr, betas=(0.9, 0.999))
     best_phi = _stored(init, settings.phi_bits).clone()
@@ -219,7 +232,7 @@ def _fit_chunk(shape: SirenShape, coords: torch.Tensor, target: torch.Tensor, ma
         nonlocal best_mse
         with torch.no_grad():
             stored = _stored(phi.detach(), settings.phi_bits)
-            pred = shape.forward(stored, coords).reshape(t, rows, cols)
+            pred = shape.forward(stored, coords).reshape(target.shape)
             _, mse = tile_losses(pred, target, mask, FitSettings(lambda_f=0.0))
             better = mse < best_mse
             best_phi[better] = stored[better]
@@ -231,7 +244,7 @@ def _fit_chunk(shape: SirenShape, coords: torch.Tensor, target: torch.Tensor, ma
         params = phi
         if settings.phi_bits == 16 and step >= qat_from:
             params = phi + (phi.half().float() - phi).detach()  # straight-through rounding
-        pred = shape.forward(params, coords).reshape(t, rows, cols)
+        pred = shape.forward(params, coords).reshape(target.shape)
         loss, _ = tile_losses(pred, target, mask, settings)
         opt.zero_grad(set_to_none=True)
         loss.sum().backward()
