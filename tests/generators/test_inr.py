@@ -210,8 +210,8 @@ def test_time_budget_and_error_target_stop_the_fit_early():
 def test_config_round_trips_through_json_and_rejects_bad_values():
     cfg = INRConfig(bits_per_weight=3.5, residual_bits=2, freq_mode="highpass")
     assert GeneratorConfig.from_dict(cfg.to_dict()) == cfg
-    for bad in (dict(width=2), dict(width=8, bits_per_weight=4), dict(reorder="random"), dict(phi_bits=8),
-                dict(freq_mode="x"), dict(residual_bits=9), dict(outlier_frac=0.6)):
+    for bad in (dict(width=2), dict(width=8, bits_per_weight=4), dict(reorder="random"),
+                dict(freq_mode="x"), dict(phi_bits=4), dict(residual_bits=9), dict(outlier_frac=0.6)):
         with pytest.raises(Big2SmallError):
             generator_for(INRConfig(**bad))
 
@@ -261,3 +261,24 @@ def test_a_shared_bank_fits_several_layers():
     encs = INRGenerator.encode_many([(cfg, w, MatrixLayout((128, 128))) for w in layers])
     for enc, w in zip(encs, layers):
         assert rel_error(decode(enc), w) < 0.15
+
+
+def test_8_bit_siren_parameters_are_counted_and_decoded_as_stored():
+    w = randn(96, 160, seed=8)
+    cfg = INRConfig(width=10, phi_bits=8, phi_qat_steps=20, **FAST)
+    layout = MatrixLayout((96, 160))
+    enc = generator_for(cfg).encode(w, layout)
+    tiles = 2 * 3
+    blocks = 2 * (3 + 1)  # a weight matrix and a bias per layer
+    assert enc.tensors["phi_codes"].dtype == torch.int8 and enc.tensors["phi_scales"].shape == (tiles, blocks)
+    assert enc.bits["phi"] == tiles * (parameter_count(10, 3) * 8 + blocks * 16)
+    assert enc.total_bits == INRGenerator.bits_for(cfg, layout)
+    assert_bits_match_bytes(enc)
+    assert rel_error(decode(enc), w) == pytest.approx(enc.meta["rel_error"], rel=1e-4)
+
+
+def test_8_bit_parameters_buy_a_wider_siren_at_the_same_size():
+    layout = MatrixLayout((512, 512))
+    h16 = budget_width(INRConfig(), layout, 4.0)
+    h8 = budget_width(INRConfig(phi_bits=8), layout, 4.0)
+    assert h8 >= 1.3 * h16

@@ -29,11 +29,14 @@ import torch
 from big2small import bitpack
 from big2small.errors import Big2SmallError
 from big2small.generators.base import HEADER_BITS, Encoded, Generator, GeneratorConfig, register
-from big2small.generators.siren import FREQ_MODES, FitSettings, SirenShape, fit_bank, grid_axis, tile_grid
+from big2small.generators.siren import (
+    FREQ_MODES, FitSettings, SirenShape, dequantise_params, fit_bank, grid_axis, quantise_params, tile_grid,
+)
 from big2small.generators.uniform import UniformConfig, UniformGenerator
 from big2small.layout import MatrixLayout
 
 REORDERS = ("svd1", "greedy", "none")
+PHI_PARTS = ("phi", "phi_codes", "phi_scales")  # the stored forms of a bank's parameters
 MIN_WIDTH = 4
 MAX_WIDTH = 512
 NORM_BITS = 64  # mu and sigma in fp32
@@ -103,8 +106,8 @@ class INRConfig(GeneratorConfig):
             bad("lambda_f and alpha must be >= 0")
         if self.steps < 1 or self.lr <= 0 or self.lr_final <= 0:
             bad("steps must be >= 1 and lr, lr_final > 0")
-        if self.phi_bits not in (16, 32):
-            bad(f"phi_bits must be 16 or 32, got {self.phi_bits}")
+        if self.phi_bits not in (8, 16, 32):
+            bad(f"phi_bits must be 8, 16 or 32, got {self.phi_bits}")
         if not 0 <= self.phi_qat_steps <= self.steps:
             bad(f"phi_qat_steps must be in 0..steps, got {self.phi_qat_steps}")
         if not 0 <= self.residual_bits <= 8:
@@ -163,8 +166,12 @@ def side_bits(config: INRConfig, layout: MatrixLayout, width: int) -> dict[str, 
 
 def phi_bits(config: INRConfig, layout: MatrixLayout, width: int) -> int:
     """Bits of one SIREN bank: every tile's parameters (shared by a group of layers when sharing)."""
+    if not width:
+        return 0
     tr, tc, nr, nc = tile_dims(config, layout)
-    return nr * nc * SirenShape(width, config.depth, d_in=config.d_in).n_params * config.phi_bits if width else 0
+    shape = SirenShape(width, config.depth, d_in=config.d_in)
+    scales = 16 * len(shape.blocks()) if config.phi_bits == 8 else 0  # fp16 scale per block
+    return nr * nc * (shape.n_params * config.phi_bits + scales)
 
 
 def group_bits(config: INRConfig, layout: MatrixLayout, width: int, members: int) -> int:
@@ -473,22 +480,31 @@ def _encode_shared(items: list[tuple[INRConfig, torch.Tensor, MatrixLayout]], in
                       layers=grid_axis(m, targets.device))
     encoded: list[Encoded] = []
     for layer, p in enumerate(prepared):
-        owner = encoded[0].tensors["phi"] if encoded else None
+        owner = {k: v for k, v in encoded[0].tensors.items() if k in PHI_PARTS} if encoded else None
         encoded.append(_store(p, result.phi, result.steps_run, result.seconds / m, layer=(layer, m), shared_phi=owner))
     return encoded
 
 
+def _phi_arrays(config: INRConfig, shape: SirenShape, phi: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The stored form of a bank's parameters [T, P] (already rounded to what storage keeps)."""
+    if config.phi_bits == 8:
+        codes, scales = quantise_params(shape, phi)
+        return {"phi_codes": codes.cpu(), "phi_scales": scales.cpu()}
+    stored = phi.to(torch.float16 if config.phi_bits == 16 else torch.float32).cpu().contiguous()
+    if not torch.isfinite(stored).all():
+        raise Big2SmallError("inr: the fitted SIREN parameters overflow fp16; use phi_bits=32")
+    return {"phi": stored}
+
+
 def _store(p: _Prepared, phi: torch.Tensor, steps: int, seconds: float, *, layer: tuple[int, int] | None = None,
-           shared_phi: torch.Tensor | None = None) -> Encoded:
+           shared_phi: dict[str, torch.Tensor] | None = None) -> Encoded:
     """The stored record of a fitted tensor. `layer` = (index, group size) for a shared bank, whose
-    parameters only the first member stores; the others get `shared_phi`, the same array."""
+    parameters only the first member stores; the others get `shared_phi`, the same arrays."""
     config, layout = p.config, p.layout
     tensors: dict[str, torch.Tensor] = {"norm": torch.tensor([p.mu, p.sigma], dtype=torch.float32)}
     if p.width:
-        tensors["phi"] = (shared_phi if shared_phi is not None else
-                          phi.to(torch.float16 if config.phi_bits == 16 else torch.float32).cpu().contiguous())
-    if not torch.isfinite(phi).all() or ("phi" in tensors and not torch.isfinite(tensors["phi"]).all()):
-        raise Big2SmallError("inr: the fitted SIREN parameters overflow fp16; use phi_bits=32")
+        shape = SirenShape(p.width, config.depth, d_in=config.d_in)
+        tensors.update(shared_phi if shared_phi is not None else _phi_arrays(config, shape, phi))
     n, width = layout.numel, bitpack.index_bits(layout.numel)
     if p.out_idx.numel():
         bitpack.pack_stream(tensors, "outlier_index", p.out_idx.cpu(), width)
@@ -500,13 +516,13 @@ def _store(p: _Prepared, phi: torch.Tensor, steps: int, seconds: float, *, layer
         bitpack.pack_stream(tensors, "row_perm", p.pr.cpu(), bitpack.index_bits(layout.rows))
         if config.reorder_axes == "both":
             bitpack.pack_stream(tensors, "col_perm", p.pc.cpu(), bitpack.index_bits(layout.cols))
-    bits = {"phi": phi.numel() * config.phi_bits, **side_bits(config, layout, p.width)}
+    bits = {"phi": phi_bits(config, layout, p.width), **side_bits(config, layout, p.width)}
     meta: dict[str, Any] = {"dense": 0, "width": p.width}
     if layer is not None:
         meta.update(layer=layer[0], layers=layer[1])
     if shared_phi is not None:
         del bits["phi"]
-        meta["shared_parts"] = ["phi"]  # stored once, with the group's first tensor
+        meta["shared_parts"] = sorted(shared_phi)  # stored once, with the group's first tensor
     decoded_inr = decode_inr(config, layout, {k: v.to(p.matrix.device) for k, v in tensors.items()}, meta)
     if config.residual_bits:
         res = UniformGenerator(_residual_config(config))._encode(p.matrix - decoded_inr, layout, seed=0)
@@ -551,10 +567,13 @@ def _siren_matrix(config: INRConfig, layout: MatrixLayout, tensors: dict[str, to
     """The SIRENs' standardised matrix, in the original row and column order."""
     width = meta["width"]
     rows, cols = layout.rows, layout.cols
-    device = tensors["phi"].device
+    device = tensors["norm"].device
     tr, tc, nr, nc = tile_dims(config, layout)
     shape = SirenShape(width, config.depth, config.omega0_first, config.omega0_hidden, d_in=config.d_in)
-    phi = tensors["phi"].float()
+    if "phi_codes" in tensors:
+        phi = dequantise_params(shape, tensors["phi_codes"], tensors["phi_scales"])
+    else:
+        phi = tensors["phi"].float()
     z = grid_axis(meta["layers"], device)[meta["layer"]:meta["layer"] + 1] if config.d_in == 3 else None
     coords = tile_grid(tr, tc, device, z)
     per_chunk = max(1, int(2e8 // (tr * tc * shape.width)))  # bounds decode memory to ~1 GB

@@ -49,6 +49,15 @@ class SirenShape:
         h = self.width
         return [(self.d_in, h)] + [(h, h)] * (self.depth - 1) + [(h, 1)]
 
+    def blocks(self) -> list[tuple[int, int]]:
+        """(start, end) of each weight matrix and bias vector inside a flat parameter row."""
+        out, offset = [], 0
+        for fan_in, fan_out in self.layer_dims():
+            for size in (fan_in * fan_out, fan_out):
+                out.append((offset, offset + size))
+                offset += size
+        return out
+
     def init(self, n: int, seed: int) -> torch.Tensor:
         """[n, P] parameters with the SIREN initialisation, drawn on the CPU from `seed` (so that CPU
         and GPU fits start from the same values)."""
@@ -122,9 +131,31 @@ class FitResult:
     seconds: float
 
 
-def _stored(phi: torch.Tensor, phi_bits: int) -> torch.Tensor:
-    """The parameters as the decoder will see them."""
-    return phi.half().float() if phi_bits == 16 else phi
+def quantise_params(shape: SirenShape, phi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """8-bit storage of [T, P] parameters: int8 codes and one fp16 scale per tile and block (each
+    weight matrix and bias vector: their ranges differ by orders of magnitude)."""
+    codes = torch.empty(phi.shape, dtype=torch.int8, device=phi.device)
+    scales = torch.empty(phi.shape[0], len(shape.blocks()), dtype=torch.float16, device=phi.device)
+    for b, (start, end) in enumerate(shape.blocks()):  # a handful of blocks; each one vectorised over tiles
+        block = phi[:, start:end]
+        scale = (block.abs().amax(1) / 127).half().clamp_min(torch.finfo(torch.float16).tiny)
+        scales[:, b] = scale
+        codes[:, start:end] = torch.round(block / scale.float().unsqueeze(1)).clamp(-127, 127).to(torch.int8)
+    return codes, scales
+
+
+def dequantise_params(shape: SirenShape, codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    widths = torch.tensor([end - start for start, end in shape.blocks()], device=codes.device)
+    return codes.float() * scales.float().repeat_interleave(widths, dim=1)
+
+
+def stored_params(shape: SirenShape, phi: torch.Tensor, phi_bits: int) -> torch.Tensor:
+    """The parameters as the decoder will see them after storage at `phi_bits` (32, 16 or 8)."""
+    if phi_bits == 16:
+        return phi.half().float()
+    if phi_bits == 8:
+        return dequantise_params(shape, *quantise_params(shape, phi))
+    return phi
 
 
 def _highpass_weight(rows: int, cols: int, alpha: float, device) -> torch.Tensor:
@@ -220,7 +251,7 @@ def _fit_chunk(shape: SirenShape, coords: torch.Tensor, target: torch.Tensor, ma
     t = target.shape[0]
     phi = init.clone().requires_grad_(True)
     opt = torch.optim.Adam([phi], lr=settings.lr, betas=(0.9, 0.999))
-    best_phi = _stored(init, settings.phi_bits).clone()
+    best_phi = stored_params(shape, init, settings.phi_bits).clone()
     best_mse = torch.full((t,), float("inf"), device=target.device)
     total = settings.steps
     start = time.perf_counter()
@@ -231,7 +262,7 @@ def _fit_chunk(shape: SirenShape, coords: torch.Tensor, target: torch.Tensor, ma
     def evaluate() -> None:
         nonlocal best_mse
         with torch.no_grad():
-            stored = _stored(phi.detach(), settings.phi_bits)
+            stored = stored_params(shape, phi.detach(), settings.phi_bits)
             pred = shape.forward(stored, coords).reshape(target.shape)
             _, mse = tile_losses(pred, target, mask, FitSettings(lambda_f=0.0))
             better = mse < best_mse
@@ -242,8 +273,9 @@ def _fit_chunk(shape: SirenShape, coords: torch.Tensor, target: torch.Tensor, ma
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, total, settings)
         params = phi
-        if settings.phi_bits == 16 and step >= qat_from:
-            params = phi + (phi.half().float() - phi).detach()  # straight-through rounding
+        if settings.phi_bits < 32 and step >= qat_from:
+            # straight-through rounding: the forward pass sees the stored values
+            params = phi + (stored_params(shape, phi.detach(), settings.phi_bits) - phi).detach()
         pred = shape.forward(params, coords).reshape(target.shape)
         loss, _ = tile_losses(pred, target, mask, settings)
         opt.zero_grad(set_to_none=True)
