@@ -265,15 +265,16 @@ def evaluate_model(model_name: str, fit_dirs: list[Path], steps: int | None) -> 
     plot_pareto(result, OUT / f"{model_name}.png")
 
 
-def sharing(steps: int) -> None:
-    """Per-tile SIRENs against one bank shared by MiniLM's six query matrices (layer index as a third
-    coordinate), at the same bits, fitted here on the CPU with `steps` steps (weight error only)."""
+def sharing(steps: int, layers: int) -> None:
+    """Per-tile SIRENs against one bank shared by MiniLM's first `layers` query matrices (layer index as
+    a third coordinate), at the same bits, fitted here on the CPU with `steps` steps (weight error only);
+    and per-tile SIRENs with 8-bit parameters (wider, same bits)."""
     from big2small.generators import INRConfig, INRGenerator
     from big2small.layout import MatrixLayout
 
     loaded = _load("minilm")
     sd = loaded.model.state_dict()
-    names = sorted(n for n in sd if n.endswith("attention.self.query.weight"))
+    names = sorted(n for n in sd if n.endswith("attention.self.query.weight"))[:layers]
     weights = [sd[n].float() for n in names]
     layout = MatrixLayout(tuple(weights[0].shape))
     bpw = 4.157  # the 4-bit RTN g128 row's bits per compressed weight
@@ -281,17 +282,18 @@ def sharing(steps: int) -> None:
              f"{len(names)} tensors of {list(layout.shape)}; {bpw} bits per weight each (every stored bit); "
              f"{steps} fitting steps on this CPU (2000 on the GPU elsewhere), so errors are higher than in the main tables.", "",
              "| SIRENs | width h | bits per weight | mean relative error | fit s |", "|---|---|---|---|---|"]
-    for k in (1, len(names)):
-        cfg = INRConfig(bits_per_weight=bpw, steps=steps, shared_layers=k)
+    for k, phi in ((1, 16), (1, 8), (len(names), 16)):
+        cfg = INRConfig(bits_per_weight=bpw, steps=steps, shared_layers=k, phi_bits=phi)
         t0 = time.perf_counter()
         encs = INRGenerator.encode_many([(cfg, w, layout) for w in weights])
         seconds = time.perf_counter() - t0
         bits = sum(e.total_bits for e in encs) / sum(w.numel() for w in weights)
         err = sum(e.meta["rel_error"] for e in encs) / len(encs)
-        label = "one per tile per tensor" if k == 1 else f"one per tile position, shared by {k} layers (z = layer)"
+        label = (f"one per tile per tensor, {phi}-bit parameters" if k == 1 else
+                 f"one per tile position, shared by {k} layers (z = layer), {phi}-bit parameters")
         lines.append(f"| {label} | {encs[0].meta['width']} | {bits:.3f} | {err:.4f} | {seconds:.0f} |")
         print(lines[-1], flush=True)
-    lines += ["", f"Reproduce: `python benchmarks/inr.py sharing --steps {steps}`"]
+    lines += ["", f"Reproduce: `python benchmarks/inr.py sharing --steps {steps} --layers {layers}`"]
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "sharing.md").write_text("\n".join(lines) + "\n")
 
@@ -366,6 +368,7 @@ def main(argv: list[str]) -> None:
     sub.add_parser("summary")
     sh = sub.add_parser("sharing")
     sh.add_argument("--steps", type=int, default=300)
+    sh.add_argument("--layers", type=int, default=2)
     args = ap.parse_args(argv)
     if args.stage == "export":
         export(args.model, args.variants.split(","), args.shards, args.steps)
@@ -374,7 +377,7 @@ def main(argv: list[str]) -> None:
     elif args.stage == "eval":
         evaluate_model(args.model, args.fits, args.steps)
     elif args.stage == "sharing":
-        sharing(args.steps)
+        sharing(args.steps, args.layers)
     else:
         summary()
 
