@@ -278,7 +278,7 @@ def sharing(steps: int, layers: int) -> None:
     weights = [sd[n].float() for n in names]
     layout = MatrixLayout(tuple(weights[0].shape))
     bpw = 4.157  # the 4-bit RTN g128 row's bits per compressed weight
-    lines = ["# INR sharing across layers: MiniLM's query matrices", "",
+    lines = ["# INR options measured on the CPU: layer sharing and 8-bit SIREN parameters (MiniLM query matrices)", "",
              f"{len(names)} tensors of {list(layout.shape)}; {bpw} bits per weight each (every stored bit); "
              f"{steps} fitting steps on this CPU (2000 on the GPU elsewhere), so errors are higher than in the main tables.", "",
              "| SIRENs | width h | bits per weight | mean relative error | fit s |", "|---|---|---|---|---|"]
