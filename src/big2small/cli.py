@@ -402,12 +402,6 @@ def fold_(
 
     if output is None and not dry_run:
         raise Big2SmallError("give --output PATH for the artifact (or --dry-run)")
-    if ratio is not None:
-        if bpw is not None:
-            raise Big2SmallError("give --bpw or --ratio, not both")
-        if not ratio > 1:
-            raise Big2SmallError(f"--ratio must be > 1 (compression against fp32), got {ratio}")
-        bpw = 32.0 / ratio
     if output is not None and output.exists() and not overwrite:
         raise Big2SmallError(f"{output} exists; pass --overwrite to replace it")
     ratios = {}
