@@ -197,8 +197,10 @@ def compress(model: Any, recipe: Recipe | str | None = None, *, source: Any = No
             tensor = tensors_by_name[e.name]
             gen_cls = REGISTRY[e.config.method]
             if gen_cls.encodes_jointly:
-                if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-                    raise Big2SmallError(f"{e.name}: weight has NaN or Inf values; refusing to compress it")
+                try:
+                    gen_cls.matrix_view(tensor, e.layout)  # the input checks, here where the name is known
+                except Big2SmallError as exc:
+                    raise Big2SmallError(f"{e.name}: {exc}") from None
                 joint.setdefault(e.config.method, []).append(e)
                 continue
             try:

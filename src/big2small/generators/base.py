@@ -102,16 +102,21 @@ class Generator(ABC):
 
     def encode(self, weight: torch.Tensor, layout: MatrixLayout | None = None, *, seed: int = 0) -> Encoded:
         """Encode `weight` (any float dtype) into its stored form."""
-        if not weight.is_floating_point():
-            raise Big2SmallError(f"{self.config.method}: cannot encode a {weight.dtype} tensor")
-        if not torch.isfinite(weight).all():
-            raise Big2SmallError("weight has NaN or Inf values; refusing to compress it")
         layout = layout or MatrixLayout(tuple(weight.shape))
-        if tuple(weight.shape) != layout.shape:
-            raise ValueError(f"layout shape {layout.shape} does not match tensor {tuple(weight.shape)}")
-        enc = self._encode(layout.to_matrix(weight.detach().float()), layout, seed=seed)
+        enc = self._encode(self.matrix_view(weight, layout), layout, seed=seed)
         enc.dtype = weight.dtype
         return enc
+
+    @classmethod
+    def matrix_view(cls, weight: torch.Tensor, layout: MatrixLayout) -> torch.Tensor:
+        """The fp32 matrix view that encoding works on, after the input checks every method shares."""
+        if not weight.is_floating_point():
+            raise Big2SmallError(f"{cls.config_type.method}: cannot encode a {weight.dtype} tensor")
+        if not torch.isfinite(weight).all():
+            raise Big2SmallError("weight has NaN or Inf values; refusing to compress it")
+        if tuple(weight.shape) != layout.shape:
+            raise ValueError(f"layout shape {layout.shape} does not match tensor {tuple(weight.shape)}")
+        return layout.to_matrix(weight.detach().float())
 
     @classmethod
     def encode_many(cls, items: list[tuple[GeneratorConfig, torch.Tensor, MatrixLayout]], *, seed: int = 0,

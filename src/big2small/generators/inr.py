@@ -337,7 +337,10 @@ def _prepare(index: int, config: INRConfig, matrix: torch.Tensor, layout: Matrix
     sigma = float(kept.std(correction=0)) if kept.numel() > 1 else 0.0
     mu, sigma = float(torch.tensor(mu, dtype=torch.float32)), float(torch.tensor(sigma, dtype=torch.float32))
     std = (clipped - mu) / (sigma if sigma > 0 else 1.0)
-    pr, pc = reorder(std, config) if width else reorder(std, INRConfig(reorder="none"))
+    if width:
+        pr, pc = reorder(std, config)
+    else:  # no SIREN: nothing to make smooth
+        pr, pc = torch.arange(layout.rows, device=std.device), torch.arange(layout.cols, device=std.device)
     ordered = std[pr][:, pc]
     # Outlier positions in the reordered matrix: inverse permutations map old -> new.
     inv_r, inv_c = torch.argsort(pr), torch.argsort(pc)
@@ -362,13 +365,7 @@ class INRGenerator(Generator):
     encodes_jointly = True
 
     def _encode(self, matrix: torch.Tensor, layout: MatrixLayout, *, seed: int) -> Encoded:
-        return self.fit_many([(matrix, layout)], seed=seed)[0]
-
-    def fit_many(self, items: list[tuple[torch.Tensor, MatrixLayout]], *, seed: int = 0,
-                 advance: Callable[[float], None] | None = None) -> list[Encoded]:
-        """Encode fp32 matrix views with this config, fitting every tile of every tensor in shared
-        banks (one per distinct width and tile size). `advance(n)` reports progress in weights."""
-        return encode_inr([(self.config, m, l) for m, l in items], seed=seed, advance=advance)
+        return encode_inr([(self.config, matrix, layout)], seed=seed)[0]
 
     def decode_matrix(self, enc: Encoded) -> torch.Tensor:
         return decode_inr(enc.config, enc.layout, enc.tensors, enc.meta)
@@ -394,11 +391,9 @@ class INRGenerator(Generator):
     def encode_many(cls, items: list[tuple[INRConfig, torch.Tensor, MatrixLayout]], *, seed: int = 0,
                     advance: Callable[[float], None] | None = None) -> list[Encoded]:
         """Encode (config, weight, layout) items together (see `encode_inr`); weights in any float dtype."""
-        for config, w, _ in items:
+        for config, _, _ in items:
             config.validate()
-            if not torch.isfinite(w).all():
-                raise Big2SmallError("weight has NaN or Inf values; refusing to compress it")
-        encoded = encode_inr([(c, l.to_matrix(w.detach().float()), l) for c, w, l in items], seed=seed, advance=advance)
+        encoded = encode_inr([(c, cls.matrix_view(w, l), l) for c, w, l in items], seed=seed, advance=advance)
         for enc, (_, w, _) in zip(encoded, items):
             enc.dtype = w.dtype
         return encoded
