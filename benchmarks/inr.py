@@ -76,12 +76,9 @@ def _load(model_name: str):
 
 def _rtn_bpw(loaded, bits: int) -> float:
     import big2small as b2s
-    from big2small.compress import plan_model
+    from big2small.compress import _planned_bits, count_parameters, plan_model
 
-    recipe = b2s.make_recipe("uniform", bits=bits, group_size=RTN_GROUP)
-    _, entries = plan_model(loaded.weights, recipe)
-    from big2small.compress import _planned_bits, count_parameters
-
+    _, entries = plan_model(loaded.weights, b2s.make_recipe("uniform", bits=bits, group_size=RTN_GROUP))
     return sum(_planned_bits(e) for e in entries) / count_parameters(entries)
 
 

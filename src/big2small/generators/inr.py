@@ -447,7 +447,7 @@ def encode_inr(items: list[tuple[INRConfig, torch.Tensor, MatrixLayout]], *, see
         init = torch.cat([shape.init(p.tiles.shape[0], seed) for p in group])
         n_weights = sum(p.layout.numel for p in group)
         result = fit_bank(shape, targets, masks, init, first.config.fit_settings(),
-                          (lambda f: advance(f * n_weights)) if advance else None)
+                          (lambda f, n=n_weights: advance(f * n)) if advance else None)
         offset = 0
         for p in group:
             t = p.tiles.shape[0]
@@ -500,9 +500,8 @@ def _store(p: _Prepared, phi: torch.Tensor, steps: int, seconds: float, *, layer
     if p.width:
         shape = SirenShape(p.width, config.depth, d_in=config.d_in)
         tensors.update(shared_phi if shared_phi is not None else _phi_arrays(config, shape, phi))
-    n, width = layout.numel, bitpack.index_bits(layout.numel)
     if p.out_idx.numel():
-        bitpack.pack_stream(tensors, "outlier_index", p.out_idx.cpu(), width)
+        bitpack.pack_stream(tensors, "outlier_index", p.out_idx.cpu(), bitpack.index_bits(layout.numel))
         values = p.out_val.to(torch.float16)
         if not torch.isfinite(values).all():
             raise Big2SmallError("inr: outlier weights too large for fp16 storage")
