@@ -230,7 +230,7 @@ def fit_bank(shape: SirenShape, targets: torch.Tensor, masks: torch.Tensor, init
     old_tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     try:
-        for ci, sl in enumerate(chunks):
+        for sl in chunks:
             seconds = None
             if settings.max_seconds is not None:
                 left = settings.max_seconds - (time.perf_counter() - start)
@@ -283,6 +283,8 @@ def _fit_chunk(shape: SirenShape, coords: torch.Tensor, target: torch.Tensor, ma
         opt.step()
         step += 1
         if seconds is not None and step == TIMING_STEPS:
+            if target.is_cuda:
+                torch.cuda.synchronize(target.device)  # kernels run asynchronously: time them finished
             per_step = (time.perf_counter() - start) / TIMING_STEPS
             total = max(step + 1, min(total, int(seconds / per_step)))
             qat_from = total - settings.phi_qat_steps
