@@ -198,7 +198,7 @@ def compress(model: Any, recipe: Recipe | str | None = None, *, source: Any = No
             gen_cls = REGISTRY[e.config.method]
             if gen_cls.encodes_jointly:
                 try:
-                    gen_cls.matrix_view(tensor, e.layout)  # the input checks, here where the name is known
+                    gen_cls.check_input(tensor, e.layout)  # here, where the name is known
                 except Big2SmallError as exc:
                     raise Big2SmallError(f"{e.name}: {exc}") from None
                 joint.setdefault(e.config.method, []).append(e)

@@ -110,13 +110,18 @@ class Generator(ABC):
     @classmethod
     def matrix_view(cls, weight: torch.Tensor, layout: MatrixLayout) -> torch.Tensor:
         """The fp32 matrix view that encoding works on, after the input checks every method shares."""
+        cls.check_input(weight, layout)
+        return layout.to_matrix(weight.detach().float())
+
+    @classmethod
+    def check_input(cls, weight: torch.Tensor, layout: MatrixLayout) -> None:
+        """Refuse what no method can encode: non-float or non-finite weights, a layout of another shape."""
         if not weight.is_floating_point():
             raise Big2SmallError(f"{cls.config_type.method}: cannot encode a {weight.dtype} tensor")
         if not torch.isfinite(weight).all():
             raise Big2SmallError("weight has NaN or Inf values; refusing to compress it")
         if tuple(weight.shape) != layout.shape:
             raise ValueError(f"layout shape {layout.shape} does not match tensor {tuple(weight.shape)}")
-        return layout.to_matrix(weight.detach().float())
 
     @classmethod
     def encode_many(cls, items: list[tuple[GeneratorConfig, torch.Tensor, MatrixLayout]], *, seed: int = 0,
