@@ -3,7 +3,7 @@
 For each model and each target sparsity (fraction of all parameters removed) it folds or prunes
 the same coupling groups to the same widths, so every method at one sparsity has exactly the same
 parameter count, and measures in this run:
-- quality on the model's task (big2small.evaluate.suite): Fashion-MNIST ResNet test accuracy
+- quality on the model's task (big2small.models.tasks): Fashion-MNIST ResNet test accuracy
   (10,000 images); EfficientNet-Lite0 top-1 agreement and KL against the original on 256 seeded
   photo crops; SmolLM2-135M perplexity (Wikipedia extract, 20 windows of 512 tokens, token 0
   prepended); all-MiniLM-L6-v2 embedding cosine against the original (300 documents) and Lee-50;
@@ -43,9 +43,9 @@ from pathlib import Path
 import torch
 
 import big2small as b2s
-from big2small.evaluate.suite import EvalSettings, evaluate, reference_outputs
+from big2small.evaluate.suite import EvalSettings
 from big2small.folding import FoldConfig, fold
-from big2small.folding.inputs import calibration_batches, example_input
+from big2small.models.tasks import evaluate, get_task, reference_outputs
 
 OUT = Path(__file__).resolve().parent / "results" / "fold"
 
@@ -96,7 +96,7 @@ def latency_input(task: str, model: torch.nn.Module):
         return torch.randn(256, 1, 28, 28)
     if task == "image-classifier":
         return torch.randn(8, 3, 224, 224)
-    ids = example_input(task, model)["input_ids"]
+    ids = get_task(task).example_input(model)["input_ids"]
     return {"input_ids": ids.repeat(8, 4) if task == "encoder" else ids.repeat(1, 4)}  # 8x512 or 1x512 tokens
 
 
@@ -109,7 +109,7 @@ def run_model(name: str, settings: EvalSettings) -> list[dict]:
     model, task, tok = loaded.model, loaded.source.task, loaded.tokenizer
     reference = reference_outputs(model, task, tok, settings)
     lat_in = latency_input(task, model)
-    macs_in = example_input(task, model)
+    macs_in = get_task(task).example_input(model)
 
     def record(row: dict) -> None:
         rows.append(row)
@@ -134,7 +134,7 @@ def run_model(name: str, settings: EvalSettings) -> list[dict]:
                 if (method, sparsity, seed) in done:
                     continue
                 config = method_config(method, sparsity, seed, plan["n_init"])
-                data = calibration_batches(task) if config.repair == "data" else None
+                data = get_task(task).calibration_batches() if config.repair == "data" else None
                 try:
                     result = fold(model, config, data=data, example_input=macs_in, progress=False)
                 except b2s.Big2SmallError as exc:
@@ -158,7 +158,7 @@ def measure_speed(name: str) -> None:
     loaded = b2s.load_model(name)
     task = loaded.source.task
     lat_in = latency_input(task, loaded.model)
-    macs_in = example_input(task, loaded.model)
+    macs_in = get_task(task).example_input(loaded.model)
     base_macs = count_macs(loaded.model, macs_in)
     rows = [{"label": "original", "sparsity": 0.0, "macs_removed": 0.0, "latency_ms": latency_ms(loaded.model, lat_in, 20)}]
     fold_method = next(m for m in PLANS[name]["methods"] if m.startswith("fold"))

@@ -32,7 +32,8 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
 from big2small.bench import BenchResult, BenchRow, run_bench, write_outputs
-from big2small.evaluate.suite import EvalSettings, evaluate, reference_outputs
+from big2small.evaluate.suite import EvalSettings
+from big2small.models.tasks import evaluate, reference_outputs
 
 OUT = ROOT / "results" / "hyper"
 SIZES = (3, 4, 5, 6)  # bits per weight of the codes

@@ -215,7 +215,8 @@ def _disk_check(cm) -> int:
 
 def evaluate_model(model_name: str, fit_dirs: list[Path], steps: int | None) -> None:
     from big2small.bench import BenchResult, BenchRow, _environment, _measure, plot_pareto
-    from big2small.evaluate.suite import EvalSettings, evaluate, reference_outputs
+    from big2small.evaluate.suite import EvalSettings
+    from big2small.models.tasks import evaluate, reference_outputs
 
     loaded = _load(model_name)
     task = loaded.source.task

@@ -31,15 +31,16 @@ import torch
 
 import big2small as b2s
 from big2small.selfcompress.export import state_dict_bits
-from big2small.selfcompress.fashion import FashionData, SweepPoint, load_fashion, run_recipe
+from big2small.evaluate.data import FashionSplits, fashion_mnist_splits
+from big2small.selfcompress.sweep import SweepPoint, run_recipe
 from big2small.evaluate.classification import accuracy
-from big2small.selfcompress.training import TrainConfig
+from big2small.training import TrainConfig
 
 OUT = Path(__file__).resolve().parent / "results" / "selfcompress"
 PAPER = {"bits_share": 0.03, "weights_share": 0.18, "note": "paper, CIFAR-10: fp accuracy at 3% of the bits, 18% of the weights"}
 
 
-def uniform_row(reference: torch.nn.Module, data: FashionData, *, bpw: float | None = None, **options) -> dict:
+def uniform_row(reference: torch.nn.Module, data: FashionSplits, *, bpw: float | None = None, **options) -> dict:
     """RTN of the fp32 reference, every weight in scope (min_numel 0), raw tensors fp16."""
     reference_bits = state_dict_bits(reference.state_dict())
     try:
@@ -68,7 +69,7 @@ def markdown(points: list[SweepPoint], uniform: list[dict], args, seconds: float
         f"Command: `python benchmarks/selfcompress.py --epochs {args.epochs} --gammas {args.gammas}"
         f" --quantizer-lr {args.quantizer_lr} --init {args.init}"
         + (f" --limit {args.limit}" if args.limit else "") + f"` ({seconds / 60:.0f} min on this machine's CPU).",
-        "Network: `big2small.selfcompress.fashion.FashionCNN` (3 conv blocks with non-affine BatchNorm, "
+        "Network: `big2small.models.zoo.fashion.FashionCNN` (3 conv blocks with non-affine BatchNorm, "
         f"a linear classifier; {ref.stored_bits // 8 / 1024:.0f} KiB in fp32). Adam, lr 1e-3 (weights), batch 256; "
         "validation: the last 5,000 training images; accuracy on the 10,000 test images, measured on the "
         "network reloaded from its artifact.",
@@ -164,7 +165,7 @@ def main() -> None:
     gammas = [float(g) for g in args.gammas.split(",")]
     points, reference = run_recipe(gammas, config, out_dir=OUT / "artifacts" / stem, init=args.init, limit=args.limit)
     data_file.write_text(json.dumps({"command": " ".join(sys.argv), "points": [p.to_dict() for p in points]}, indent=1))
-    data = load_fashion(limit=args.limit)
+    data = fashion_mnist_splits(limit=args.limit)
     uniform = [uniform_row(reference, data, bpw=32 * p.bits_share) for p in points[1:]]
     uniform += [uniform_row(reference, data, bits=b, group_size=0) for b in (1, 2, 3, 4)]
     uniform += [uniform_row(reference, data, bits=b, group_size=64) for b in (2, 3)]

@@ -54,7 +54,7 @@ def test_efficientnet_rebuilds_from_its_artifact_and_agrees(tmp_path):
 
 def test_smollm2_from_gguf_round_trips_through_an_artifact(tmp_path):
     from big2small.evaluate import perplexity, wiki_text
-    from big2small.models import load_tokenizer_from
+    from big2small.models.load import load_tokenizer_from
 
     loaded = b2s.load_model("smollm2")
     cm = b2s.compress(loaded, "uniform", bits=8, group_size=64, progress=False)

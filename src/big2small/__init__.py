@@ -9,18 +9,17 @@
     b2s.decompress("smollm2-4bit.b2s", "dense.safetensors")  # no model class needed
 """
 
-__version__ = "0.1.0"
-
-from big2small.artifact import decompress, load, read_manifest, save  # noqa: E402
-from big2small.compress import CompressedModel, SizeReport, compress, make_recipe  # noqa: E402
-from big2small.errors import Big2SmallError  # noqa: E402
-from big2small.generators import GeneratorConfig  # noqa: E402
-from big2small.models import LoadedModel, ModelSource, load_model  # noqa: E402
-from big2small.recipe import Override, Recipe  # noqa: E402
-from big2small.restore import restore  # noqa: E402
+from big2small.artifact import decompress, load, read_manifest, save
+from big2small.compress import CompressedModel, SizeReport, compress, make_recipe
+from big2small.errors import Big2SmallError
+from big2small.generators import GeneratorConfig
+from big2small.models import LoadedModel, ModelSource, load_model
+from big2small.recipe import Override, Recipe
+from big2small.restore import restore
+from big2small.version import __version__
 
 __all__ = [
     "Big2SmallError", "CompressedModel", "GeneratorConfig", "LoadedModel", "ModelSource", "Override",
     "Recipe", "SizeReport", "compress", "decompress", "load", "load_model", "make_recipe", "read_manifest",
-    "restore", "save",
+    "restore", "save", "__version__",
 ]

@@ -29,13 +29,14 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from big2small import __version__
 from big2small.compress import CompressedModel
 from big2small.errors import Big2SmallError
 from big2small.generators import Encoded, GeneratorConfig
 from big2small.layout import MatrixLayout
-from big2small.models import source_files
+from big2small.models.loaders import source_files
+from big2small.models.source import ModelSource
 from big2small.recipe import Recipe
+from big2small.version import __version__
 
 FORMAT_NAME = "big2small"
 FORMAT_VERSION = 1
@@ -197,8 +198,6 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
 
 def load(path: str | os.PathLike) -> CompressedModel:
     """Read and verify an artifact (every array and source file against its sha256)."""
-    from big2small.models import ModelSource
-
     path = Path(path)
     manifest = read_manifest(path)
     for rel, info in manifest["files"].items():

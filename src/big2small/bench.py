@@ -17,8 +17,12 @@ from typing import Any
 
 import torch
 
+from big2small.compress import compress
 from big2small.errors import Big2SmallError
-from big2small.evaluate.suite import EvalSettings, MetricRow, evaluate, reference_outputs
+from big2small.evaluate.suite import EvalSettings, MetricRow
+from big2small.models.load import load_model
+from big2small.models.tasks import evaluate, reference_outputs
+from big2small.progress import progress_bar
 from big2small.specs import parse_method_spec
 
 DEFAULT_SWEEP = tuple(
@@ -98,11 +102,9 @@ def _environment() -> dict[str, Any]:
 
 
 def _measure(loaded, spec: str, settings: EvalSettings, reference) -> tuple[BenchRow, list[MetricRow]]:
-    import big2small as b2s
-
     method, options = parse_method_spec(spec)
     t0 = time.perf_counter()
-    cm = b2s.compress(loaded, method, progress=False, **options)
+    cm = compress(loaded, method, progress=False, **options)
     seconds = time.perf_counter() - t0
     model = cm.apply_to(copy.deepcopy(loaded.model)).eval()
     err = cm.weight_error(loaded.model.state_dict())
@@ -123,11 +125,8 @@ def run_bench(model_spec: str, configs: list[str], *, matched: bool = True, matc
     matched: run lowrank and prune sized to each uniform row's bits per weight (or, with
     `match_only`, to those rows' only).
     """
-    import big2small as b2s
-    from big2small.progress import progress_bar
-
     settings = settings or EvalSettings()
-    loaded = b2s.load_model(model_spec)
+    loaded = load_model(model_spec)
     if loaded.model is None:
         raise Big2SmallError("bench needs a runnable model, not a bare state_dict")
     task = loaded.source.task

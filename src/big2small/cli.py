@@ -272,13 +272,14 @@ def _load_for_eval(target: str):
     """A model to evaluate: an artifact (restored) or a model spec. Returns (model, tokenizer, task, source spec)."""
     import big2small as b2s
     from big2small.artifact import MANIFEST
-    from big2small.models import load_tokenizer_from
+    from big2small.models import get_task, load_tokenizer_from
 
     p = Path(target)
     if p.is_dir() and (p / MANIFEST).is_file():
         cm = b2s.load(p)
         model = b2s.restore(cm)
-        return model, load_tokenizer_from(cm.source), cm.source.task, cm.source.name
+        task = get_task(cm.source.task, cm.source.architecture).name  # resolves earlier versions' names
+        return model, load_tokenizer_from(cm.source), task, cm.source.name
     loaded = b2s.load_model(target)
     if loaded.model is None:
         raise Big2SmallError(f"{target} is a bare state_dict: nothing to run (use verify for weight error)")
@@ -296,13 +297,14 @@ def eval_(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the figures as JSON ('-' = stdout)."),
 ) -> None:
     """Measure a model on its task (perplexity, embedding fidelity, classifier agreement)."""
-    from big2small.evaluate.suite import EvalSettings, evaluate, reference_outputs
+    from big2small.evaluate.suite import EvalSettings
+    from big2small.models.tasks import evaluate, get_task, reference_outputs
 
     settings = EvalSettings(context=context, windows=windows, documents=documents, photos=photos)
     model, tok, task, source_spec = _load_for_eval(target)
     ref = None
     ref_spec = reference or (source_spec if source_spec != target else None)
-    if ref_spec and task in ("encoder", "image-classifier"):
+    if ref_spec and get_task(task).needs_reference:
         ref_model, ref_tok, _, _ = _load_for_eval(ref_spec)
         ref = reference_outputs(ref_model, task, ref_tok or tok, settings)
     rows = evaluate(model, task, tok, reference=ref, settings=settings)
@@ -351,8 +353,8 @@ def selfcompress_(
 ) -> None:
     """Train a self-compressing CNN on Fashion-MNIST (needs the Debian data set) for several gammas;
     report test accuracy, the share of bits left (vs fp32) and the share of weights left."""
-    from big2small.selfcompress.fashion import run_recipe
-    from big2small.selfcompress.training import TrainConfig
+    from big2small.selfcompress.sweep import run_recipe
+    from big2small.training import TrainConfig
 
     config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, quantizer_lr=quantizer_lr, seed=seed,
                          target_bits=target_bits)
@@ -397,7 +399,7 @@ def fold_(
     """Fold a model: merge similar channels, heads and MLP units so it really becomes narrower."""
     import big2small as b2s
     from big2small.folding import FoldConfig, find_groups, fold, to_compressed
-    from big2small.folding.inputs import calibration_batches, example_input
+    from big2small.models.tasks import get_task
     from big2small.specs import parse_method_spec
 
     if output is None and not dry_run:
@@ -438,8 +440,9 @@ def fold_(
             if all(g.name != name for g in report.groups):
                 out.print(f"not folded: {escape(name)}: {escape(why)}")
         return
-    data = calibration_batches(loaded.source.task) if repair == "data" else None
-    result = fold(loaded.model, config, data=data, example_input=example_input(loaded.source.task, loaded.model))
+    task = get_task(loaded.source.task, loaded.source.architecture)
+    data = task.calibration_batches() if repair == "data" else None
+    result = fold(loaded.model, config, data=data, example_input=task.example_input(loaded.model))
     cm = to_compressed(result, source=loaded.source, recipe=recipe, progress=True)
     info = b2s.save(cm, output, overwrite=overwrite)
     t = Table(title=f"{'pruned (' + prune + ')' if prune else 'folded'}, repair {repair}" +

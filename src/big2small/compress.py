@@ -9,8 +9,11 @@ import torch
 from torch import nn
 
 from big2small.errors import Big2SmallError
+from big2small.evaluate.weights import WeightErrorReport, weight_error
 from big2small.generators import REGISTRY, Encoded, GeneratorConfig, RawConfig, decode, generator_for
+from big2small.models.source import LoadedModel, ModelSource, module_source
 from big2small.progress import progress_bar
+from big2small.transforms import reshape_to
 from big2small.recipe import (
     Override, PlanEntry, Recipe, TensorInfo, describe_module_tensors, describe_state_dict, plan,
 )
@@ -61,7 +64,7 @@ class CompressedModel:
     tensors: dict[str, Encoded]
     plan: list[PlanEntry]
     recipe: Recipe
-    source: Any = None  # big2small.models.ModelSource, or None for a bare module/state_dict
+    source: ModelSource | None = None  # None for a bare module/state_dict
     aliases: dict[str, str] = field(default_factory=dict)  # tied name -> stored name
     n_parameters: int = 0  # of the original model (before any transform)
     # Architecture changes applied before storage (e.g. channels removed), as JSON records; when
@@ -79,12 +82,11 @@ class CompressedModel:
                 out[alias] = out[target]
         return out
 
-    def weight_error(self, original: dict[str, torch.Tensor], decoded: dict[str, torch.Tensor] | None = None):
-        """Error of the compressed (non-raw) tensors against `original` (a state_dict): a
-        big2small.evaluate.weights.WeightErrorReport, or None when nothing is compressed.
-        Pass `decoded` (from state_dict()) to reuse tensors already decoded."""
-        from big2small.evaluate.weights import weight_error
-
+    def weight_error(self, original: dict[str, torch.Tensor],
+                     decoded: dict[str, torch.Tensor] | None = None) -> WeightErrorReport | None:
+        """Error of the compressed (non-raw) tensors against `original` (a state_dict), or None
+        when nothing is compressed. Pass `decoded` (from state_dict()) to reuse tensors already
+        decoded."""
         names = [n for n, e in self.tensors.items() if e.method != "raw"]
         if not names:
             return None
@@ -101,8 +103,6 @@ class CompressedModel:
         resized to the stored shapes first."""
         state = self.state_dict()
         if self.transforms:
-            from big2small.transforms import reshape_to
-
             reshape_to(model, {name: tuple(t.shape) for name, t in state.items()})
         missing, unexpected = model.load_state_dict(state, strict=False)
         missing = [m for m in missing if m not in self.aliases]
@@ -165,11 +165,11 @@ def plan_model(model: nn.Module | dict[str, torch.Tensor], recipe: Recipe) -> tu
     return infos, entries
 
 
-def compress(model: Any, recipe: Recipe | str | None = None, *, source: Any = None, progress: bool = True,
+def compress(model: Any, recipe: Recipe | str | None = None, *, source: ModelSource | None = None, progress: bool = True,
              device: str | torch.device | None = None, **options: Any) -> CompressedModel:
     """Compress every tensor of `model` and account for every stored bit.
 
-    model: an nn.Module, a state_dict, or a big2small.models.LoadedModel.
+    model: an nn.Module, a state_dict, or a LoadedModel.
     recipe: a Recipe, or a method name ("uniform", "lowrank", "prune", "inr", ...) with `options` for
         it and for make_recipe (bpw=..., overrides=..., include_embeddings=...).
     device: where encoding runs ("cuda" makes INR fitting much faster); the result is on the CPU.
@@ -179,12 +179,10 @@ def compress(model: Any, recipe: Recipe | str | None = None, *, source: Any = No
         recipe = make_recipe(recipe, **options)
     elif options:
         raise TypeError("pass options either in the Recipe or as keywords with a method name, not both")
-    if hasattr(model, "source") and hasattr(model, "weights"):  # a LoadedModel
+    if isinstance(model, LoadedModel):
         source = source or model.source
         model = model.weights
     if source is None and isinstance(model, nn.Module):
-        from big2small.models import module_source
-
         source = module_source(model)  # records the class, so that a reload can say what skeleton it needs
     device = _device(device)
     infos, entries = plan_model(model, recipe)

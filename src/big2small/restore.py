@@ -6,8 +6,11 @@ import os
 
 from torch import nn
 
+from big2small.artifact import load
 from big2small.compress import CompressedModel
 from big2small.errors import Big2SmallError
+from big2small.models.load import build_skeleton
+from big2small.onthefly import attach
 
 
 def restore(artifact: str | os.PathLike | CompressedModel, skeleton: nn.Module | None = None, *,
@@ -19,16 +22,11 @@ def restore(artifact: str | os.PathLike | CompressedModel, skeleton: nn.Module |
     on_the_fly: compressed layer weights stay compact and are decoded inside each forward
         (big2small.onthefly); `unpack` keeps their codes unpacked (faster, more memory).
     """
-    from big2small.artifact import load
-    from big2small.models import build_skeleton
-
     cm = artifact if isinstance(artifact, CompressedModel) else load(artifact)
     if skeleton is None:
         if cm.source is None:
             raise Big2SmallError("this artifact has no source model record: pass a skeleton")
         skeleton = build_skeleton(cm.source)
     if on_the_fly:
-        from big2small.onthefly import attach
-
         return attach(skeleton, cm, unpack=unpack).eval()
     return cm.apply_to(skeleton).eval()

@@ -8,9 +8,9 @@ from torch import nn
 import big2small as b2s
 from big2small.errors import Big2SmallError
 from big2small.folding import FoldConfig, fold, to_compressed
-from big2small.folding.fashion_resnet import FACTORY, fashion_resnet
+from big2small.models.zoo.fashion import RESNET_FACTORY, fashion_resnet
 from big2small.folding.fold import ar_factor, count_parameters
-from big2small.models import ModelSource
+from big2small.models.source import ModelSource
 
 from tiny_models import MBConvNet, randomise_batchnorm, tiny_bert, tiny_llama
 
@@ -121,7 +121,7 @@ def test_data_repair_re_estimates_batchnorm_statistics():
 def test_folded_resnet_saves_and_restores_from_the_artifact_alone(tmp_path):
     model = randomise_batchnorm(fashion_resnet())
     result = fold(model, FoldConfig(sparsity=0.3, n_init=1), progress=False)
-    source = ModelSource("module", "fashion-resnet", "fashion-mnist-classifier", factory=FACTORY)
+    source = ModelSource("module", "fashion-resnet", "fashion-mnist-classifier", factory=RESNET_FACTORY)
     cm = to_compressed(result, source=source)
     info = b2s.save(cm, tmp_path / "folded.b2s")
     size = cm.size()

@@ -4,7 +4,7 @@ transformer MLP units and attention heads; unsupported structures reported with 
 from torch import nn
 
 from big2small.folding import find_groups
-from big2small.folding.fashion_resnet import fashion_resnet
+from big2small.models.zoo.fashion import fashion_resnet
 
 from tiny_models import ConcatNet, FlattenNet, MBConvNet, tiny_bert, tiny_llama
 

@@ -9,7 +9,7 @@ from torch import nn
 import big2small as b2s
 from big2small.errors import Big2SmallError
 from big2small.selfcompress import SelfCompressConfig, convert, prepare, quantized_layers
-from big2small.selfcompress.fashion import FashionCNN
+from big2small.models.zoo.fashion import FashionCNN, fashion_cnn_source
 
 
 class BiasNet(nn.Module):
@@ -130,10 +130,9 @@ def test_reloaded_artifact_gives_the_same_outputs_in_an_original_width_skeleton(
 
 
 def test_builtin_cnn_restores_from_the_artifact_alone(tmp_path):
-    from big2small.selfcompress.fashion import fashion_source
 
     net = _prepared(FashionCNN(widths=(32, 64, 128)), {"conv3": list(range(0, 128, 3))})
-    result = convert(net, source=fashion_source())
+    result = convert(net, source=fashion_cnn_source())
     b2s.save(result.compressed, tmp_path / "a")
     restored = b2s.restore(tmp_path / "a")
     x = torch.randn(2, 1, 28, 28)

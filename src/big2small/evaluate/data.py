@@ -17,12 +17,14 @@ import hashlib
 import importlib.util
 import os
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from big2small.cache import cache_dir
 from big2small.errors import Big2SmallError
 
 __all__ = [
@@ -33,6 +35,8 @@ __all__ = [
     "digits",
     "fashion_mnist",
     "fashion_mnist_normalised",
+    "fashion_mnist_splits",
+    "FashionSplits",
     "lee50",
     "lee_background_docs",
     "photo_crops",
@@ -55,17 +59,6 @@ PHOTO_SCALE_RANGE = (0.3, 1.0)
 # Colour natural photographs only; the other skimage images are greyscale, synthetic,
 # microscopy or astronomy, which an ImageNet classifier would treat as out-of-distribution.
 _SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
-
-
-def cache_dir() -> Path:
-    """The on-disk cache folder: ``$BIG2SMALL_CACHE`` if set, else ``~/.cache/big2small``.
-
-    The folder is created if needed.
-    """
-    root = os.environ.get("BIG2SMALL_CACHE")
-    path = Path(root).expanduser() if root else Path.home() / ".cache" / "big2small"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def _gensim_test_file(name: str) -> Path:
@@ -327,6 +320,26 @@ def fashion_mnist_normalised(split: str = "train") -> tuple[Tensor, Tensor]:
     standardised with the training set's mean and std; int64 ``[N]`` labels."""
     images, labels = fashion_mnist(split)
     return ((images.float() / 255.0 - FASHION_MNIST_MEAN) / FASHION_MNIST_STD).unsqueeze(1), labels
+
+
+@dataclass
+class FashionSplits:
+    """Normalised [N, 1, 28, 28] images and labels: train, validation (held out of train), test."""
+
+    train: tuple[Tensor, Tensor]
+    val: tuple[Tensor, Tensor]
+    test: tuple[Tensor, Tensor]
+
+
+def fashion_mnist_splits(val_size: int = 5000, limit: int | None = None) -> FashionSplits:
+    """Fashion-MNIST for training: the last `val_size` training images held out for validation,
+    the 10,000 test images for the reported accuracy only. `limit` keeps the first training
+    images only (quick runs)."""
+    x, y = fashion_mnist_normalised("train")
+    train_x, train_y, val_x, val_y = x[:-val_size], y[:-val_size], x[-val_size:], y[-val_size:]
+    if limit is not None:
+        train_x, train_y = train_x[:limit], train_y[:limit]
+    return FashionSplits((train_x, train_y), (val_x, val_y), fashion_mnist_normalised("test"))
 
 
 @functools.lru_cache(maxsize=1)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from big2small.errors import Big2SmallError
+from big2small.evaluate.data import lee50
 
 __all__ = [
     "FidelityResult",
@@ -172,8 +173,6 @@ def lee50_pearson(
     Returns:
         :class:`Lee50Result` with ``pearson`` (unitless, [-1, 1]).
     """
-    from big2small.evaluate.data import lee50
-
     docs, human = lee50()
     emb = sentence_embeddings(model, tokenizer, docs, batch_size=batch_size, max_length=max_length)
     cos = emb.double() @ emb.double().T

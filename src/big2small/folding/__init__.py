@@ -3,8 +3,8 @@ really becomes narrower; structured magnitude pruning of the same units is the b
 
 from big2small.folding.config import FoldConfig
 from big2small.folding.export import to_compressed
-from big2small.folding.fold import FoldResult, count_macs, count_parameters, fold, recalibrate
+from big2small.folding.fold import FoldResult, count_macs, count_parameters, fold
 from big2small.folding.groups import FoldGroup, GroupReport, Member, find_groups
 
 __all__ = ["FoldConfig", "FoldGroup", "FoldResult", "GroupReport", "Member", "count_macs", "count_parameters",
-           "find_groups", "fold", "recalibrate", "to_compressed"]
+           "find_groups", "fold", "to_compressed"]

@@ -31,6 +31,7 @@ from big2small.folding.groups import FoldGroup, Member, find_groups
 from big2small.folding.kmeans import kmeans
 from big2small.folding.lsq_repair import mlp_hidden, refit_output, sample_count, synthetic_inputs
 from big2small.progress import progress_bar
+from big2small.training import recalibrate_batchnorm
 from big2small.transforms.narrow import replace_tensor, sync_sizes
 
 
@@ -125,7 +126,8 @@ def fold(model: nn.Module, config: FoldConfig | None = None, *, data: Iterable[t
             results.append(GroupResult(g.name, g.kind, n, k))
             advance(1)
     if config.repair == "data":
-        recalibrate(model, data)
+        if recalibrate_batchnorm(model, data) == 0:
+            raise Big2SmallError("repair 'data' re-estimates BatchNorm statistics, and this model has none")
     return FoldResult(model.eval(), config, results, unfolded, params_before, count_parameters(model), macs_before,
                       count_macs(model, example_input) if example_input is not None else None,
                       time.perf_counter() - start, uniform, config.repair != "data")
@@ -160,31 +162,6 @@ def count_macs(model: nn.Module, example_input: Any) -> int:
         for h in handles:
             h.remove()
     return total
-
-
-@torch.no_grad()
-def recalibrate(model: nn.Module, batches: Iterable[torch.Tensor]) -> None:
-    """Fold-R: reset every BatchNorm's running statistics and re-estimate them as a cumulative
-    average over `batches` (train mode, no gradients). Uses real data: not data-free."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not norms:
-        raise Big2SmallError("repair 'data' re-estimates BatchNorm statistics, and this model has none")
-    saved = [(m, m.momentum) for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None
-    model.train()
-    try:
-        seen = 0
-        for batch in batches:
-            model(batch)
-            seen += 1
-        if seen == 0:
-            raise Big2SmallError("repair 'data' got no input batches")
-    finally:
-        for m, momentum in saved:
-            m.momentum = momentum
-        model.eval()
 
 
 # --- ratios ----------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from big2small.selfcompress.export import LayerSummary, SelfCompressed, convert
 from big2small.selfcompress.quantizer import (
     ChannelQuantizer,
     SelfCompressConfig,
+    SizePenalty,
     prepare,
     quantize,
     quantized_layers,
@@ -29,6 +30,7 @@ __all__ = [
     "LayerSummary",
     "SelfCompressConfig",
     "SelfCompressed",
+    "SizePenalty",
     "convert",
     "prepare",
     "quantize",

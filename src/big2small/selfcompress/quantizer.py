@@ -23,6 +23,7 @@ from torch.nn.utils import parametrize
 
 from big2small.errors import Big2SmallError
 from big2small.generators.channel_int import MAX_CHANNEL_BITS, fitted_exponents
+from big2small.transforms import channel_groups
 
 QUANTIZED_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
@@ -131,8 +132,6 @@ def prepare(model: nn.Module, config: SelfCompressConfig | None = None) -> nn.Mo
     if not targets:
         raise Big2SmallError("selfcompress: the model has no Conv or Linear layer to quantise")
     if config.count_live_inputs:
-        from big2small.transforms import channel_groups
-
         model._big2small_feeds = {c: g.producer for g in channel_groups(model).groups if g.removable for c in g.consumers}
     for name, module in targets:
         if parametrize.is_parametrized(module, "weight"):
@@ -173,6 +172,27 @@ def size_loss(model: nn.Module) -> torch.Tensor:
         per_channel = quantizer.weights_per_channel * live_inputs.get(name, 1.0)
         q = q + per_channel * quantizer.channel_bits().sum()
     return q / total
+
+
+class SizePenalty:
+    """Self-compression as a training regulariser (big2small.training.Regulariser): the size loss Q
+    in bits per weight, trained through the quantisers' b and e."""
+
+    def __init__(self, model: nn.Module):
+        if not any(True for _ in quantized_layers(model)):
+            raise Big2SmallError("selfcompress: model is not prepared (call big2small.selfcompress.prepare first)")
+        self.model = model
+
+    def parameters(self) -> list[nn.Parameter]:
+        return quantizer_parameters(self.model)
+
+    def loss(self) -> torch.Tensor:
+        return size_loss(self.model)
+
+    @torch.no_grad()
+    def dead_channels(self) -> int:
+        """Channels whose bit depth is 0 (they output exactly zero)."""
+        return sum(int((q.channel_bits() <= 0).sum()) for _, _, q in quantized_layers(self.model))
 
 
 def _live_input_fractions(model: nn.Module, layers: list[tuple[str, nn.Module, ChannelQuantizer]]) -> dict[str, float]:

@@ -1,4 +1,5 @@
-"""A short self-compressing training run on real data (sklearn digits) really lowers the bits."""
+"""The training loop and BatchNorm recalibration; a short self-compressing run on real data (sklearn
+digits) really lowers the bits."""
 
 import pytest
 import torch
@@ -7,9 +8,9 @@ from torch import nn
 import big2small as b2s
 from big2small.errors import Big2SmallError
 from big2small.evaluate.data import digits
-from big2small.selfcompress import SelfCompressConfig, convert, prepare, size_loss
+from big2small.selfcompress import SelfCompressConfig, SizePenalty, convert, prepare, size_loss
 from big2small.evaluate.classification import accuracy
-from big2small.selfcompress.training import TrainConfig, train
+from big2small.training import TrainConfig, recalibrate_batchnorm, sample_batches, train
 
 
 def _digits_net():
@@ -30,7 +31,7 @@ def trained(tmp_path_factory):
     model = prepare(_digits_net(), SelfCompressConfig(init_bits=2.0, init_exponent=None))
     start_q = float(size_loss(model).detach())
     logs = train(model, *train_set, TrainConfig(epochs=12, batch_size=64, gamma=0.5, quantizer_lr=1e-2),
-                 val=val_set, progress=False)
+                 val=val_set, regulariser=SizePenalty(model), progress=False)
     result = convert(model, raw_dtype="float16")
     path = tmp_path_factory.mktemp("sc") / "digits.b2s"
     b2s.save(result.compressed, path)
@@ -67,15 +68,13 @@ def test_bad_training_settings_are_refused():
 
 
 def test_batchnorm_recalibration_replaces_stale_statistics():
-    from big2small.selfcompress.training import recalibrate_batchnorm
-
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(5, 3), nn.BatchNorm1d(3)).eval()
     with torch.no_grad():
         net[1].running_mean.fill_(7.0)
         net[1].running_var.fill_(1e-6)
     x = torch.randn(64, 5)
-    recalibrate_batchnorm(net, x, batches=1, batch_size=64)
+    assert recalibrate_batchnorm(net, sample_batches(x, batches=1, batch_size=64)) == 1
     h = net[0](x).detach()
     assert torch.allclose(net[1].running_mean, h.mean(0), atol=1e-5)
     assert torch.allclose(net[1].running_var, h.var(0), atol=1e-4)
@@ -88,9 +87,21 @@ def test_target_bits_keeps_the_best_epoch_within_the_size():
     model = prepare(_digits_net())
     logs = train(model, images[:600], labels[:600], TrainConfig(epochs=4, batch_size=64, gamma=0.5, quantizer_lr=1e-2,
                                                                 target_bits=1.95),
-                 val=(images[1400:], labels[1400:]), progress=False)
+                 val=(images[1400:], labels[1400:]), regulariser=SizePenalty(model), progress=False)
     within = [l for l in logs if l.q_bits <= 1.95]
     kept = [l for l in logs if l.kept]
     assert within and len(kept) == 1
     assert kept[0].val_accuracy == max(l.val_accuracy for l in within)
     assert float(size_loss(model).detach()) == pytest.approx(kept[0].q_bits)
+
+
+def test_batchnorm_recalibration_refuses_no_batches_and_skips_models_without_batchnorm():
+    net = nn.Sequential(nn.Linear(5, 3), nn.BatchNorm1d(3))
+    with pytest.raises(Big2SmallError, match="no input batches"):
+        recalibrate_batchnorm(net, [])
+    assert recalibrate_batchnorm(nn.Sequential(nn.Linear(5, 3)), [torch.randn(4, 5)]) == 0
+
+
+def test_a_regulariser_needs_a_prepared_model():
+    with pytest.raises(Big2SmallError, match="not prepared"):
+        SizePenalty(_digits_net())

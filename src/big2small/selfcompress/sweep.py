@@ -1,8 +1,7 @@
-"""The built-in recipe: a small CNN trained on Fashion-MNIST (Debian's data set) with the size
-penalty, for several gamma values, each exported as a packed artifact and evaluated after reload.
+"""The built-in recipe: the zoo's Fashion-MNIST CNN (big2small.models.zoo.fashion.FashionCNN)
+trained with the size penalty for several gamma values, each exported as a packed artifact and
+evaluated after reload (docs/self-compression.md).
 
-The network follows the reference code (METHODS.md §4.4): convs without bias, each followed by a
-non-affine BatchNorm and a ReLU, so a channel costs only its weights and two BatchNorm statistics.
 The last 5,000 training images are held out for validation; the 10,000 test images are used only
 for the reported accuracy.
 """
@@ -18,69 +17,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from big2small.artifact import save
 from big2small.errors import Big2SmallError
-from big2small.models import ModelSource
-from big2small.selfcompress.export import SelfCompressed, convert, state_dict_bits
-from big2small.selfcompress.quantizer import SelfCompressConfig, prepare
 from big2small.evaluate.classification import accuracy
-from big2small.selfcompress.training import EpochLog, TrainConfig, train
-
-FACTORY = "big2small.selfcompress.fashion:fashion_cnn"
-
-
-class FashionCNN(nn.Module):
-    """Three conv blocks (28 -> 14 -> 7 -> 3 pixels) and a linear classifier; about 105k weights."""
-
-    def __init__(self, widths: tuple[int, int, int] = (32, 64, 128), classes: int = 10):
-        super().__init__()
-        c1, c2, c3 = widths
-        self.conv1 = nn.Conv2d(1, c1, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(c1, affine=False)
-        self.conv2 = nn.Conv2d(c1, c2, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(c2, affine=False)
-        self.conv3 = nn.Conv2d(c2, c3, 3, padding=1, bias=False)
-        self.bn3 = nn.BatchNorm2d(c3, affine=False)
-        self.pool = nn.MaxPool2d(2)
-        self.act = nn.ReLU()
-        self.classifier = nn.Linear(c3 * 3 * 3, classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool(self.act(self.bn1(self.conv1(x))))
-        x = self.pool(self.act(self.bn2(self.conv2(x))))
-        x = self.pool(self.act(self.bn3(self.conv3(x))))
-        return self.classifier(torch.flatten(x, 1))
-
-
-def fashion_cnn() -> FashionCNN:
-    """The recipe's network at full width (the skeleton an artifact of it is restored into)."""
-    return FashionCNN()
-
-
-def fashion_source() -> ModelSource:
-    return ModelSource("module", "fashion-cnn", task="fashion-mnist-classifier", factory=FACTORY,
-                       module_class=f"{FashionCNN.__module__}.FashionCNN")
-
-
-@dataclass
-class FashionData:
-    """Normalised [N, 1, 28, 28] images and labels: train, validation (held out), test."""
-
-    train: tuple[torch.Tensor, torch.Tensor]
-    val: tuple[torch.Tensor, torch.Tensor]
-    test: tuple[torch.Tensor, torch.Tensor]
-
-
-def load_fashion(val_size: int = 5000, limit: int | None = None) -> FashionData:
-    """Fashion-MNIST from /usr/share/datasets (see evaluate.data.fashion_mnist); `limit` keeps the
-    first images of the training split only (for quick runs)."""
-    from big2small.evaluate.data import fashion_mnist_normalised
-
-    x, y = fashion_mnist_normalised("train")
-    train_x, train_y, val_x, val_y = x[:-val_size], y[:-val_size], x[-val_size:], y[-val_size:]
-    if limit is not None:
-        train_x, train_y = train_x[:limit], train_y[:limit]
-    return FashionData((train_x, train_y), (val_x, val_y), fashion_mnist_normalised("test"))
-
+from big2small.evaluate.data import FashionSplits, fashion_mnist_splits
+from big2small.models.zoo.fashion import FashionCNN, fashion_cnn, fashion_cnn_source
+from big2small.restore import restore
+from big2small.selfcompress.export import SelfCompressed, convert, state_dict_bits
+from big2small.selfcompress.quantizer import SelfCompressConfig, SizePenalty, prepare
+from big2small.training import EpochLog, TrainConfig, train
 
 @dataclass
 class SweepPoint:
@@ -107,7 +52,7 @@ class SweepPoint:
         return cls(**{**data, "history": [EpochLog(**h) for h in data.get("history", [])]})
 
 
-def train_fp32(data: FashionData, train_config: TrainConfig, *, progress: bool = True) -> tuple[FashionCNN, SweepPoint]:
+def train_fp32(data: FashionSplits, train_config: TrainConfig, *, progress: bool = True) -> tuple[FashionCNN, SweepPoint]:
     """The floating-point reference: the same network and schedule, no quantiser."""
     torch.manual_seed(train_config.seed)
     model = fashion_cnn()
@@ -121,25 +66,24 @@ def train_fp32(data: FashionData, train_config: TrainConfig, *, progress: bool =
     return model.eval(), point
 
 
-def train_selfcompressed(data: FashionData, train_config: TrainConfig, config: SelfCompressConfig | None = None, *,
+def train_selfcompressed(data: FashionSplits, train_config: TrainConfig, config: SelfCompressConfig | None = None, *,
                          init: nn.Module | None = None, out: Path | None = None, raw_dtype: str = "float16",
                          progress: bool = True) -> tuple[SelfCompressed, SweepPoint]:
     """Train one self-compressing network at train_config.gamma, export it, save it (if `out`),
     reload the artifact and measure its test accuracy. `init`: start from these weights (e.g. the
     fp32 reference) instead of a fresh initialisation."""
-    import big2small as b2s
-
     torch.manual_seed(train_config.seed)
     model = copy.deepcopy(init) if init is not None else fashion_cnn()
     prepare(model, config or SelfCompressConfig())
+    penalty = SizePenalty(model)
     start = time.perf_counter()
-    history = train(model, *data.train, train_config, val=data.val, progress=progress,
+    history = train(model, *data.train, train_config, val=data.val, regulariser=penalty, progress=progress,
                     description=f"gamma {train_config.gamma:g}")
     seconds = time.perf_counter() - start
-    result = convert(model, raw_dtype=raw_dtype, source=fashion_source())
+    result = convert(model, raw_dtype=raw_dtype, source=fashion_cnn_source())
     if out is not None:
-        info = b2s.save(result.compressed, out, overwrite=True)
-        restored = b2s.restore(out)
+        info = save(result.compressed, out, overwrite=True)
+        restored = restore(out)
         on_disk = info.tensor_file_bytes
     else:
         restored = result.compressed.apply_to(fashion_cnn()).eval()
@@ -164,7 +108,7 @@ def run_recipe(gammas: list[float], train_config: TrainConfig, *, out_dir: Path 
         raise Big2SmallError(f"init must be 'scratch' or 'fp32', got {init!r}")
     if init == "fp32" and not fp32:
         raise Big2SmallError("init 'fp32' fine-tunes the fp32 reference: do not turn the reference off")
-    data = load_fashion(limit=limit)
+    data = fashion_mnist_splits(limit=limit)
     points: list[SweepPoint] = []
     reference = None
     if fp32:

@@ -1,11 +1,11 @@
-"""The folding benchmark's CNN: a small ResNet trained on Fashion-MNIST (Debian's data set).
+"""The Fashion-MNIST networks of the zoo (Debian's data set): the folding benchmark's ResNet and
+the self-compression recipe's CNN.
 
-Three stages of two BasicBlocks (16, 32, 64 channels; 28 -> 14 -> 7 pixels), projection
-shortcuts where the width changes, global average pooling and a linear classifier: about 175k
-parameters, BatchNorm after every conv. It has residual streams, so folding has to merge whole
-streams at once (METHODS.md §2.2).
-
-The trained weights are cached as safetensors (`trained_resnet`), so benchmarks train it once.
+FashionResNet: three stages of two BasicBlocks (16, 32, 64 channels; 28 -> 14 -> 7 pixels),
+projection shortcuts where the width changes, global average pooling and a linear classifier:
+about 175k parameters, BatchNorm after every conv. It has residual streams, so folding has to
+merge whole streams at once (docs/folding.md). Its trained weights are cached as safetensors
+(`trained_resnet`), so benchmarks train it once.
 """
 
 from __future__ import annotations
@@ -15,11 +15,17 @@ import time
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
-from big2small.models import cache_dir
+from big2small.cache import cache_dir
+from big2small.evaluate.classification import accuracy
+from big2small.evaluate.data import fashion_mnist_splits
+from big2small.models.source import ModelSource
+from big2small.training import TrainConfig, train
 
-FACTORY = "big2small.folding.fashion_resnet:fashion_resnet"
+RESNET_FACTORY = "big2small.models.zoo.fashion:fashion_resnet"
+CNN_FACTORY = "big2small.models.zoo.fashion:fashion_cnn"
 
 
 class BasicBlock(nn.Module):
@@ -68,24 +74,54 @@ def fashion_resnet() -> FashionResNet:
     return FashionResNet()
 
 
+class FashionCNN(nn.Module):
+    """The self-compression recipe's network (after the reference code): three conv blocks without
+    bias, each followed by a non-affine BatchNorm and a ReLU (28 -> 14 -> 7 -> 3 pixels), and a
+    linear classifier; about 105k weights. A channel costs only its weights and two BatchNorm
+    statistics."""
+
+    def __init__(self, widths: tuple[int, int, int] = (32, 64, 128), classes: int = 10):
+        super().__init__()
+        c1, c2, c3 = widths
+        self.conv1 = nn.Conv2d(1, c1, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c1, affine=False)
+        self.conv2 = nn.Conv2d(c1, c2, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c2, affine=False)
+        self.conv3 = nn.Conv2d(c2, c3, 3, padding=1, bias=False)
+        self.bn3 = nn.BatchNorm2d(c3, affine=False)
+        self.pool = nn.MaxPool2d(2)
+        self.act = nn.ReLU()
+        self.classifier = nn.Linear(c3 * 3 * 3, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.act(self.bn1(self.conv1(x))))
+        x = self.pool(self.act(self.bn2(self.conv2(x))))
+        x = self.pool(self.act(self.bn3(self.conv3(x))))
+        return self.classifier(torch.flatten(x, 1))
+
+
+def fashion_cnn() -> FashionCNN:
+    """The self-compression network at full width (the skeleton its artifacts are restored into)."""
+    return FashionCNN()
+
+
+def fashion_cnn_source() -> ModelSource:
+    return ModelSource("module", "fashion-cnn", task="fashion-mnist-classifier", factory=CNN_FACTORY,
+                       module_class=f"{FashionCNN.__module__}.FashionCNN")
+
+
 def trained_resnet(*, epochs: int = 4, seed: int = 0, progress: bool = True,
                    path: Path | None = None) -> tuple[FashionResNet, dict]:
     """The ResNet trained on the 55,000 training images (Adam at lr 1e-3, batch 256, `epochs` epochs),
     loaded from the cache if it was trained before with the same settings. Returns the model (eval
     mode) and its record: settings, validation and test accuracy, training seconds."""
-    from safetensors.torch import load_file, save_file
-
-    from big2small.evaluate.classification import accuracy
-    from big2small.selfcompress.fashion import load_fashion
-    from big2small.selfcompress.training import TrainConfig, train
-
     path = path or cache_dir() / f"fashion-resnet-e{epochs}-s{seed}.safetensors"
     record_path = path.with_suffix(".json")
     model = fashion_resnet()
     if path.exists() and record_path.exists():
         model.load_state_dict(load_file(str(path)))
         return model.eval(), json.loads(record_path.read_text())
-    data = load_fashion()
+    data = fashion_mnist_splits()
     torch.manual_seed(seed)
     start = time.perf_counter()
     history = train(model, *data.train, TrainConfig(epochs=epochs, gamma=0.0, seed=seed, lr=1e-3), val=data.val,

@@ -1,0 +1,80 @@
+"""Loading a model by what the user names, and rebuilding a model's skeleton from its source
+record (to restore an artifact into)."""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from big2small.errors import Big2SmallError
+from big2small.models.loaders import hf_class, load_gguf, load_hf_dir, load_state_dict_file, load_tokenizer
+from big2small.models.source import LoadedModel, ModelSource, offline
+from big2small.models.zoo import ZOO
+
+# Factories recorded by earlier versions, before the bundled networks moved into the zoo.
+LEGACY_FACTORIES = {
+    "big2small.folding.fashion_resnet:fashion_resnet": "big2small.models.zoo.fashion:fashion_resnet",
+    "big2small.selfcompress.fashion:fashion_cnn": "big2small.models.zoo.fashion:fashion_cnn",
+    "big2small.models:efficientnet_lite0_skeleton": "big2small.models.zoo:efficientnet_lite0_skeleton",
+}
+# Only big2small's own code may be imported to rebuild a skeleton named in an artifact: a
+# manifest is data a stranger may have written.
+TRUSTED_FACTORY_PREFIX = "big2small."
+
+
+def load_model(spec: str | os.PathLike) -> LoadedModel:
+    """Load a model from a bundled name, an HF directory, a GGUF file or a safetensors state_dict."""
+    offline()
+    spec_s = str(spec)
+    if spec_s in ZOO:
+        return ZOO[spec_s].load()
+    path = Path(spec_s)
+    if not path.exists():
+        raise Big2SmallError(f"{spec_s}: no such file or directory (bundled models: {', '.join(ZOO)})")
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise Big2SmallError(f"{path}: not a Hugging Face model directory (no config.json)")
+        return load_hf_dir(path, name=spec_s)
+    if path.suffix == ".gguf":
+        return load_gguf(path, name=spec_s)
+    if path.suffix == ".safetensors":
+        return load_state_dict_file(path)
+    raise Big2SmallError(f"{path}: unsupported model file (use an HF directory, a .gguf or a .safetensors file)")
+
+
+def build_skeleton(source: ModelSource) -> nn.Module:
+    """An untrained model of the source's architecture, ready for the decoded weights."""
+    offline()
+    if source.kind == "hf":
+        if source.files_dir is None or not (source.files_dir / "config.json").is_file():
+            raise Big2SmallError("artifact has no source/config.json: cannot rebuild the Hugging Face model")
+        from transformers import AutoConfig  # imported on first use: it takes seconds
+
+        config = AutoConfig.from_pretrained(str(source.files_dir))
+        return hf_class(source.architecture)(config).float().eval()
+    if source.kind == "module" and source.factory:
+        factory = LEGACY_FACTORIES.get(source.factory, source.factory)
+        module_name, _, fn = factory.partition(":")
+        if not module_name.startswith(TRUSTED_FACTORY_PREFIX):
+            raise Big2SmallError(f"refusing to import {source.factory!r}: only big2small's own factories are trusted")
+        try:
+            make = getattr(importlib.import_module(module_name), fn)
+        except (ImportError, AttributeError):
+            raise Big2SmallError(f"this artifact names the factory {source.factory!r}, which this big2small "
+                                 "does not have: pass its skeleton instead") from None
+        return make()
+    raise Big2SmallError(
+        f"this artifact holds a {source.kind} ({source.module_class or source.name}): pass its skeleton "
+        "(an instance of the model class) to load it, or use `decompress` for a dense state_dict"
+    )
+
+
+def load_tokenizer_from(source: ModelSource) -> Any:
+    """The tokenizer stored with an artifact's source files, or None."""
+    if source.files_dir is None:
+        return None
+    return load_tokenizer(source.files_dir)
