@@ -1,7 +1,7 @@
 """The built-in recipe: a small CNN trained on Fashion-MNIST (Debian's data set) with the size
 penalty, for several gamma values, each exported as a packed artifact and evaluated after reload.
 
-The network follows the reference code (METHODS.md §4.4): convs without bias, each followed by a
+The network follows the reference code (docs/self-compression.md#the-fashion-mnist-recipe): convs without bias, each followed by a
 non-affine BatchNorm and a ReLU, so a channel costs only its weights and two BatchNorm statistics.
 The last 5,000 training images are held out for validation; the 10,000 test images are used only
 for the reported accuracy.

@@ -1,7 +1,7 @@
 """A plain classifier training loop with the size penalty, used by the built-in recipe.
 
 Users with their own loop need only `prepare`, `size_loss` and `convert`; this module is what the
-recipe and the tests run: Adam on weights, b and e alike (METHODS.md §4.4), per-epoch logs of Q,
+recipe and the tests run: Adam on weights, b and e alike (docs/self-compression.md#training), per-epoch logs of Q,
 dead channels and validation accuracy, a progress bar with an ETA.
 """
 
@@ -27,7 +27,7 @@ class TrainConfig:
     (None: the same lr, as in the reference code); gamma: weight of the size loss (bits per weight;
     0 trains without it); seed: data order and initialisation; target_bits: if set, the model
     ends at its most accurate epoch (validation) whose Q is at most this many bits per weight
-    (METHODS.md §4.4; the last epoch if none is)."""
+    (docs/self-compression.md#training; the last epoch if none is)."""
 
     epochs: int = 10
     batch_size: int = 256
