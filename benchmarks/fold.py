@@ -11,12 +11,12 @@ parameter count, and measures in this run:
 
 Per-group widths come from the sparsity target by merge-cost allocation (folding/allocation.py),
 the same widths for every method at one target; rows suffixed "-uniform" use one fold ratio for
-every group instead (METHODS.md's default), as an ablation.
+every group instead (the published method's setting; docs/folding.md#widths), as an ablation.
 
 Methods (labelled by the data they use):
 - fold-ar: k-means merge with Fold-AR repair (data-free; BatchNorm models);
 - fold-naive: merge, no repair (data-free);
-- fold-rows: merge, merged MLP rows scaled by the AR factor (METHODS.md §2.6; data-free; no BatchNorm);
+- fold-rows: merge, merged MLP rows scaled by the AR factor (docs/folding.md#repair-without-batchnorm; data-free; no BatchNorm);
 - fold-lsq / prune-l2-lsq: MLP output columns refit by least squares on synthetic inputs drawn
   through the preceding norm's weights (our design, folding/lsq_repair.py; data-free);
 - prune-l1 / prune-l2: structured magnitude pruning of the same groups (data-free baseline);

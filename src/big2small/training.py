@@ -4,7 +4,7 @@ The loop trains with cross-entropy plus, optionally, a `Regulariser` (self-compr
 penalty is one: big2small.selfcompress.SizePenalty), whose own parameters get their own learning
 rate. Users with their own loop need only selfcompress's `prepare`, `size_loss` and `convert`;
 this loop is what the zoo's networks, the self-compression recipe and the tests run: Adam on
-everything (docs/self-compression.md), per-epoch logs of the regulariser's bits per weight, dead
+everything (docs/self-compression.md#training), per-epoch logs of the regulariser's bits per weight, dead
 channels and validation accuracy, a progress bar with an ETA.
 """
 

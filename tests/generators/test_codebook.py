@@ -1,4 +1,4 @@
-"""Codebooks of the hyper generator and the exact nearest-codeword search (METHODS.md §3.5)."""
+"""Codebooks of the hyper generator and the exact nearest-codeword search (docs/hyper-compression.md#nearest-codeword-search)."""
 
 import math
 from itertools import pairwise

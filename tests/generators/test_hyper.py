@@ -1,4 +1,4 @@
-"""hyper, the improved hyper-compression (METHODS.md §3.5): one codebook index per short vector."""
+"""hyper, the improved hyper-compression (docs/hyper-compression.md): one codebook index per short vector."""
 
 import dataclasses
 import json
@@ -139,7 +139,7 @@ def test_bits_for_equals_encoded_bits_and_bytes(cfg, layout):
 
 
 def test_bits_match_methods_example():
-    # METHODS.md §3.5 item 9: 4096 x 4096, B = 8, G = 128, fitted.
+    # docs/hyper-compression.md#bits: 4096 x 4096, B = 8, G = 128, fitted.
     assert HyperGenerator.bits_for(HyperConfig(bits=8, codebook="fitted"), MatrixLayout((4096, 4096))) == 69_214_336
 
 
@@ -191,7 +191,7 @@ def test_unpacked_indices_decode_like_packed_codes(index_dtype):
         assert torch.equal(decode(dataclasses.replace(enc, tensors=tensors)), decode(enc)), cfg
 
 
-# --- METHODS.md §3.5 item 12 calibration --------------------------------------------------------
+# --- calibration (docs/hyper-compression.md#calibration) ----------------------------------------
 
 CALIBRATION = {  # (data, bits): (lattice, winding, fitted)
     ("gaussian", 8): (0.104, 0.108, 0.091),
@@ -204,7 +204,7 @@ CALIBRATION = {  # (data, bits): (lattice, winding, fitted)
 @pytest.mark.parametrize("codebook", ["lattice", "winding", "fitted"])
 @pytest.mark.parametrize("kind, bits", list(CALIBRATION))
 def test_calibration_table(kind, bits, codebook):
-    # The spec measures 1024 x 1024; 512 x 1024 reproduces it to within 0.002 at half the cost.
+    # The table was first measured on 1024 x 1024; 512 x 1024 reproduces it to within 0.002 at half the cost.
     w = data(kind, 512, 1024)
     cfg = HyperConfig(bits=bits, group_size=128, codebook=codebook, scale_grid=[1.0], lloyd_iters=30)
     expected = CALIBRATION[(kind, bits)][["lattice", "winding", "fitted"].index(codebook)]

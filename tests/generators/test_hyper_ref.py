@@ -1,4 +1,4 @@
-"""hyper_ref, the faithful reproduction of the Hyper-Compression reference code (METHODS.md §3.2)."""
+"""hyper_ref, the faithful reproduction of the Hyper-Compression reference code (docs/hyper-compression.md#reference-scheme)."""
 
 import json
 import math

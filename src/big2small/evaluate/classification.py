@@ -1,4 +1,4 @@
-"""Classifier evaluation: logits, top-1 accuracy, and label-free agreement (METHODS section 6.4).
+"""Classifier evaluation: logits, top-1 accuracy, and label-free agreement (docs/evaluation.md#classifiers).
 
 Models run in eval mode (BatchNorm uses running statistics) under ``torch.inference_mode``, with
 no test-time augmentation; inputs must already carry the checkpoint's own preprocessing.

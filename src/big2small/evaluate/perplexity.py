@@ -1,4 +1,4 @@
-"""Causal-LM perplexity under an explicit, recorded protocol (METHODS section 6.3).
+"""Causal-LM perplexity under an explicit, recorded protocol (docs/evaluation.md#perplexity).
 
 The whole text is tokenised once (no special tokens), cut into non-overlapping windows, and the
 final partial window is dropped. The loss is the mean token NLL over every predicted position,

@@ -1,4 +1,4 @@
-"""Model folding (METHODS.md §2): merge structurally similar units, data-free, so the network
+"""Model folding (docs/folding.md): merge structurally similar units, data-free, so the network
 really becomes narrower; structured magnitude pruning of the same units is the baseline."""
 
 from big2small.folding.config import FoldConfig

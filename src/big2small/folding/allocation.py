@@ -1,6 +1,6 @@
 """How many units each group keeps, from a global target (fraction of parameters to remove).
 
-- "uniform": one fold ratio r for every group, the smallest that meets the target (METHODS.md §2.8).
+- "uniform": one fold ratio r for every group, the smallest that meets the target (docs/folding.md#widths).
 - "cost" (our design, data-free): groups differ in how much redundancy they hold. For each group,
   Ward agglomerative clustering of its (robust-scaled) features gives the share of the features'
   variance lost at every k at once; units are then removed greedily where that loss per parameter

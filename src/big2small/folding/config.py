@@ -16,12 +16,12 @@ NORM_REPAIRS = ("none", "scale_rows", "lsq")
 
 @dataclass
 class FoldConfig:
-    """How to fold a model (METHODS.md §2).
+    """How to fold a model (docs/folding.md).
 
     sparsity: fraction of all parameters to remove, turned into per-group widths by `allocation`
         (per-group `ratios` stay fixed). None: use `ratio`.
     allocation: "cost" (units removed where Ward merging loses the least feature variance per
-        parameter saved; data-free) or "uniform" (one fold ratio r for every group, METHODS.md).
+        parameter saved; data-free) or "uniform" (one fold ratio r for every group, docs/folding.md#widths).
     ratio: the fold ratio r of every foldable group (k = floor(n * (1 - r)) units kept).
     ratios: group-name regex -> r, overriding the above for matching groups (first match wins).
     skip: group-name regexes never folded.
@@ -31,12 +31,12 @@ class FoldConfig:
         (BatchNorm statistics re-estimated on real inputs: not data-free).
     feature_scaling: "robust" (per-feature median/IQR) or "none"; None picks robust for "ar".
     norm_repair: for groups without BatchNorm (transformer MLPs): "scale_rows" multiplies each
-        merged producer row by the AR factor from that matrix's own row cosines (METHODS.md §2.6);
+        merged producer row by the AR factor from that matrix's own row cosines (docs/folding.md#repair-without-batchnorm);
         "lsq" refits the merged MLP's output columns by least squares on synthetic inputs drawn
         through the preceding norm's own weights (our design; data-free; see folding/lsq_repair.py).
     ar_features: which unscaled, BatchNorm-fused features give Fold-AR's mean cosine per cluster:
         "producers" (the rows that make each channel: the quantity the variance argument needs) or
-        "all" (producers and consumer columns, as METHODS.md words it).
+        "all" (producers and consumer columns: the clustering features; docs/folding.md#fold-ar).
     fold_mlp, fold_attention: which transformer groups to fold; gqa_mode: "kv" (a unit is a KV
         head and its query heads).
     multiple_of: keep a multiple of this many units (when a group has at least that many).

@@ -1,4 +1,4 @@
-"""fold(): make a model really narrower by merging similar units (METHODS.md §2), or, as the
+"""fold(): make a model really narrower by merging similar units (docs/folding.md), or, as the
 baseline, by structured magnitude pruning of the same units.
 
 For each foldable coupling group of n units with k kept:
@@ -174,7 +174,7 @@ def _tensor(modules: dict[str, nn.Module], name: str) -> torch.Tensor:
 
 
 def unit_rows(tensor: torch.Tensor, member: Member, n: int) -> torch.Tensor:
-    """The member's slice per unit as rows: [n, -1] (METHODS.md §2.3)."""
+    """The member's slice per unit as rows: [n, -1] (docs/folding.md#features)."""
     t = tensor.detach().float()
     if member.axis == 0:
         return t.reshape(n, -1)
@@ -288,7 +288,7 @@ def ar_factor(x: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
 def _fuse_batchnorm(modules: dict[str, nn.Module], group: FoldGroup) -> None:
     """Divide each producer's rows by its BatchNorm's sqrt(var + eps) and move the statistics to
     mean/sqrt(var + eps) and variance 1 - eps: the same function, with unit-variance channels that
-    Fold-AR can reason about (METHODS.md §2.6 step 1)."""
+    Fold-AR can reason about (docs/folding.md#fold-ar, step 1)."""
     for layer_name, norm_name in group.fused:
         layer, norm = modules[layer_name], modules[norm_name]
         if not norm.track_running_stats or norm.running_var is None:

@@ -1,4 +1,4 @@
-"""Channel coupling groups for folding (METHODS.md §2.2 and §2.7): every tensor axis one hidden
+"""Channel coupling groups for folding (docs/folding.md#coupling-groups, #transformers): every tensor axis one hidden
 dimension indexes, so that merging units changes all of them consistently.
 
 Two sources:
@@ -348,7 +348,7 @@ def _finish(spaces: list[_Space], modules: dict[str, nn.Module], order: dict[str
 # --- Hugging Face transformers --------------------------------------------------------------
 
 def transformer_groups(model: nn.Module, *, gqa_mode: str = "kv", mlp: bool = True, attention: bool = True) -> GroupReport:
-    """Groups of a LLaMA-style or BERT-style Hugging Face model (METHODS.md §2.7): one per MLP
+    """Groups of a LLaMA-style or BERT-style Hugging Face model (docs/folding.md#transformers): one per MLP
     (its intermediate units) and one per attention layer (whole heads; for grouped-query attention
     a unit is a KV head with its query heads)."""
     if gqa_mode != "kv":
@@ -359,7 +359,7 @@ def transformer_groups(model: nn.Module, *, gqa_mode: str = "kv", mlp: bool = Tr
     layers = [(n, m) for n, m in named.items() if _is_llama_layer(m) or _is_bert_layer(m)]
     if not layers:
         return GroupReport([], {type(model).__name__: f"no folding builder for model_type {config.model_type!r}"})
-    unfolded["residual stream"] = "not folded: the embeddings, every norm and the LM head share it (METHODS.md §2.7)"
+    unfolded["residual stream"] = "not folded: the embeddings, every norm and the LM head share it (docs/folding.md#transformers)"
     for prefix, layer in layers:
         if _is_llama_layer(layer):
             mlp_names = (f"{prefix}.mlp.gate_proj", f"{prefix}.mlp.up_proj"), f"{prefix}.mlp.down_proj"

@@ -1,4 +1,4 @@
-"""k-means in torch (METHODS.md §2.4): k-means++ seeding, Lloyd iterations, several restarts,
+"""k-means in torch (docs/folding.md#clustering): k-means++ seeding, Lloyd iterations, several restarts,
 empty clusters reseeded with the worst-fitted point. Runs on whatever device the features are on.
 """
 

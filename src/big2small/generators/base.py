@@ -19,7 +19,7 @@ import torch
 from big2small.errors import Big2SmallError
 from big2small.layout import MatrixLayout
 
-# Each encoded tensor pays this for its shape and method parameters (METHODS.md, bit ledger).
+# Each encoded tensor pays this for its shape and method parameters (docs/bit-accounting.md#the-bit-ledger).
 HEADER_BITS = 128
 
 DTYPE_BITS = {torch.float32: 32, torch.float16: 16, torch.bfloat16: 16, torch.float64: 64}

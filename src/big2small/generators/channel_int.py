@@ -1,6 +1,6 @@
 """Integers per output channel, each channel at its own bit width, scaled by a power of two.
 
-This is the stored form of a self-compressed layer (METHODS.md §4.6): channel i keeps integers
+This is the stored form of a self-compressed layer (docs/quantisation.md#per-channel-integers): channel i keeps integers
 W_int,i and a real exponent e_i, and decodes as W_i = 2^e_i * W_int,i. On disk:
 
     payload    (W_int,i - min_i) bit-packed LSB-first at nbits_i = ceil(log2(max_i - min_i + 1))
@@ -9,7 +9,7 @@ W_int,i and a real exponent e_i, and decodes as W_i = 2^e_i * W_int,i. On disk:
     mins       min_i, int16
     nbits      nbits_i, uint8
 
-We store the scale 2^e_i rather than e_i (METHODS.md stores e; same 32 bits): torch.exp2 is not
+We store the scale 2^e_i rather than e_i (the same 32 bits could hold e): torch.exp2 is not
 bit-reproducible (its vectorised and scalar paths differ in the last bit, and so would another
 device), so storing the scale that the training forward multiplied by makes decoding exact
 everywhere: a multiply, no transcendental.
@@ -18,7 +18,7 @@ so a channel costs cols * nbits_i + 56 bits. Trained layers come from
 `big2small.selfcompress.convert`, which passes its learnt integers and scales to
 :func:`encode_integers`. Used on its own (``--method channel_int``), the generator quantises an
 untrained weight with a fixed `bits` per channel and the smallest exponent whose range covers the
-channel, the near-lossless starting point of METHODS.md §4.2.
+channel, the near-lossless starting point of docs/self-compression.md#initialisation.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ odd row is padded with a 0 that is encoded, paid for and dropped). Each group of
 weights along a row shares one fp16 scale; the normalised vector is replaced by the index of its
 nearest codeword in a codebook of 2**bits points, so a weight costs bits/dim plus 16/group_size.
 
-Codebooks (METHODS.md §3.5; the faithful reproduction of the reference code is `hyper_ref`):
+Codebooks (docs/hyper-compression.md#codebooks; the faithful reproduction of the reference code is `hyper_ref`):
 - "winding": the paper's hyperfunction, an irrational winding on [-1, 1]^dim (the plastic number
   for pairs); groups scaled by their absolute maximum. 0 stored bits.
 - "lattice": the reference code's grid, centred; absmax scaling. 0 stored bits.
@@ -346,7 +346,7 @@ def _ring_radii(cfg: HyperConfig, radius: float, device) -> torch.Tensor:
 
 def _ring_codes(vectors: torch.Tensor, codebook: torch.Tensor, cfg: HyperConfig, radius: float) -> torch.Tensor:
     """Points inside the square keep ring 0; others go to the smallest ring that holds them and are
-    companded by 1/r_i into the unit disk before the search (METHODS.md §3.2 step 5)."""
+    companded by 1/r_i into the unit disk before the search (docs/hyper-compression.md#rings)."""
     radii = _ring_radii(cfg, radius, vectors.device)
     norm = vectors.norm(dim=1)
     outside = vectors.abs().amax(1) > 1

@@ -1,4 +1,4 @@
-"""Hyper-Compression as its reference code does it (`hyper_ref`, METHODS.md §3.2-3.4).
+"""Hyper-Compression as its reference code does it (`hyper_ref`, docs/hyper-compression.md#reference-scheme).
 
 A faithful reproduction of `Juntongkuki/Hyper-Compression` (`lib/param_compress_new_uint_i.py`:
 `get_Try`, `find_inner_outer`, `test_ClassLoss`, `compress_decom_v3`, `decompress_v3`;
@@ -32,10 +32,10 @@ in torch. Per tensor:
 Stored tensors: "codes" (the packed indices), "centre" and "farthest" (2 x fp32 each), "side"
 (uint8 [C, index into num_inner_list, padding flag, uint_i]) and "num_inner_list" (int64, like the
 reference's uint64 file); a raw tensor stores "raw" (fp32, in stored order) alone. Every stored bit
-is counted, plus the 128-bit header (METHODS.md §0.2).
+is counted, plus the 128-bit header (docs/bit-accounting.md#the-bit-ledger).
 
 Deviations from the reference, none of which changes a stored bit count:
-- The bit stream is packed LSB-first (`big2small.bitpack`, METHODS.md §0.2) rather than MSB-first
+- The bit stream is packed LSB-first (`big2small.bitpack`, docs/bit-accounting.md#bit-packing) rather than MSB-first
   with the reference's leading zero padding; the bits per index and the total are the same.
 - uint_i travels in "side" (8 bits) instead of the reference's file name, and `num_inner_list` is
   stored with each tensor rather than once per model.

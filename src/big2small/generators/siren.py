@@ -1,4 +1,4 @@
-"""A bank of small SIRENs fitted together, one per tile of weights (METHODS.md §1.6-1.8).
+"""A bank of small SIRENs fitted together, one per tile of weights (docs/inr.md#the-siren-bank).
 
 Each SIREN maps a coordinate (u, v) in [-1, 1]^2 to one value:
     h_1 = sin(w0_first (W_1 x + b_1)),  h_{l+1} = sin(w0_hidden (W_l h_l + b_l)),  y = W_out h + b_out.
@@ -169,7 +169,7 @@ def tile_losses(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, se
     """(loss [T], masked MSE [T]) of predictions against targets, both [T, ..., rows, cols] (a shared
     SIREN's tiles of several layers sit in the middle dimensions; the FFT is per 2-D tile).
 
-    loss = MSE + lambda_f * L_freq (METHODS.md §1.7). By Parseval an unweighted spectral MSE of the
+    loss = MSE + lambda_f * L_freq (docs/inr.md#the-loss). By Parseval an unweighted spectral MSE of the
     orthonormal FFT equals the spatial MSE, so the frequency term acts only through its weighting.
     """
     dims = tuple(range(1, pred.dim()))

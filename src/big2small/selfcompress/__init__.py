@@ -1,4 +1,4 @@
-"""Self-compressing networks (METHODS.md §4): training with a learnable bit depth per channel.
+"""Self-compressing networks (docs/self-compression.md): training with a learnable bit depth per channel.
 
 Drop it into your own training loop:
 

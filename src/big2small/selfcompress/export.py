@@ -4,7 +4,7 @@
    forward, bit for bit), and its integers and scales 2^e are kept for storage.
 2. Dead channels (every integer 0) are removed where their channel group allows it (one producer,
    plus BatchNorm and bias), their constant output folded into the consumers' biases; units that
-   every consumer ignores (all-zero input slices) go too (METHODS.md §4.5). Channels of groups that
+   every consumer ignores (all-zero input slices) go too (docs/self-compression.md#removing-dead-channels). Channels of groups that
    cannot be narrowed (residual streams, untraceable models) stay, at 0 payload bits.
 3. The integers are bit-packed per channel at their own width (generators/channel_int.py); every
    other tensor is stored raw. The result saves through the artifact format like any other.

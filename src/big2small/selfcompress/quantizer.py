@@ -1,11 +1,11 @@
 """Quantisation-aware training with a learnable bit depth b and exponent e per output channel.
 
 The quantiser is a `torch.nn.utils.parametrize` parametrisation of each layer's `weight`
-(ARCHITECTURE.md: self-compression is the generator parametrisation with trainable phi), so the
+(docs/README.md#the-generator-view: self-compression is the generator parametrisation with trainable phi), so the
 user's model keeps its class and its forward; the fp32 shadow weights live at
 `parametrizations.weight.original`, and b and e are ordinary parameters that any optimiser sees.
 
-    q(x, b, e) = 2^e * round(clamp(2^-e x, -2^(b-1), 2^(b-1) - 1))       (METHODS.md §4.2)
+    q(x, b, e) = 2^e * round(clamp(2^-e x, -2^(b-1), 2^(b-1) - 1))       (docs/self-compression.md#the-quantiser)
 
 with the straight-through estimator for the rounding. A channel whose b reaches 0 outputs exactly
 zero, gets no gradient any more, and is removed by `convert`.
@@ -35,7 +35,7 @@ class SelfCompressConfig:
     init_bits: b0, the starting bit depth (2 from scratch as in the reference code; 8 when starting
         from a pretrained model).
     init_exponent: None (default) fits each channel's exponent to its initial weights at b0, so a
-        pretrained model starts near-lossless (METHODS.md §4.2, our design). A number sets e0 for
+        pretrained model starts near-lossless (docs/self-compression.md#initialisation, our design). A number sets e0 for
         every channel: the reference code's -8 clips almost every freshly initialised weight, and
         Adam moves e by about lr per step, so it learns nothing for thousands of steps (measured:
         on Fashion-MNIST, 9.6% validation accuracy after 40 steps with -8; 81% after 78 fitted).
@@ -160,7 +160,7 @@ def quantizer_parameters(model: nn.Module) -> list[nn.Parameter]:
 
 def size_loss(model: nn.Module) -> torch.Tensor:
     """Q: the average bits per weight of the quantised layers, (1/N) sum_l w_l sum_i relu(b_l,i)
-    (METHODS.md §4.3). Differentiable in b; add gamma * size_loss(model) to the task loss."""
+    (docs/self-compression.md#the-size-loss). Differentiable in b; add gamma * size_loss(model) to the task loss."""
     layers = list(quantized_layers(model))
     if not layers:
         raise Big2SmallError("selfcompress: model is not prepared (call big2small.selfcompress.prepare first)")

@@ -1,6 +1,6 @@
 """The built-in recipe: the zoo's Fashion-MNIST CNN (big2small.models.zoo.fashion.FashionCNN)
 trained with the size penalty for several gamma values, each exported as a packed artifact and
-evaluated after reload (docs/self-compression.md).
+evaluated after reload (docs/self-compression.md#the-fashion-mnist-recipe).
 
 The last 5,000 training images are held out for validation; the 10,000 test images are used only
 for the reported accuracy.

@@ -1,4 +1,4 @@
-"""Which tensor slices a hidden channel indexes: the channel groups of METHODS.md §2.2.
+"""Which tensor slices a hidden channel indexes: the channel groups of docs/folding.md#coupling-groups.
 
 A group starts at a producer (a Conv or Linear layer, called once) and follows its output through
 per-channel modules (BatchNorm: members whose entries belong to the channel) and channel-wise

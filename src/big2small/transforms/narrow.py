@@ -2,7 +2,7 @@
 
 Removing channel c of a group takes row c from the producer (weight and bias), entry c from each
 BatchNorm member, and input slice c from every consumer. A removed channel that still emitted a
-constant is folded into the consumers' biases first (METHODS.md §4.5), so the network computes
+constant is folded into the consumers' biases first (docs/self-compression.md#removing-dead-channels), so the network computes
 the same function (exactly, away from zero-padded borders).
 """
 

@@ -4,7 +4,7 @@ the self-compression recipe's CNN.
 FashionResNet: three stages of two BasicBlocks (16, 32, 64 channels; 28 -> 14 -> 7 pixels),
 projection shortcuts where the width changes, global average pooling and a linear classifier:
 about 175k parameters, BatchNorm after every conv. It has residual streams, so folding has to
-merge whole streams at once (docs/folding.md). Its trained weights are cached as safetensors
+merge whole streams at once (docs/folding.md#coupling-groups). Its trained weights are cached as safetensors
 (`trained_resnet`), so benchmarks train it once.
 """
 
