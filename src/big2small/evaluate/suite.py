@@ -23,7 +23,7 @@ class EvalSettings:
 
     context: int = 512  # tokens per perplexity window
     windows: int = 20  # first n non-overlapping windows
-    bos: str = "token0"  # token id 0 prepended to each window
+    bos: int | str | None = None  # start token prepended to each window: None = the model's own, an id, or "none"
     documents: int = 300  # lee_background documents for embedding fidelity
     photos: int = 256  # seeded photo crops for classifier agreement
     seed: int = 0
@@ -74,7 +74,7 @@ def evaluate(model: nn.Module, task: str, tokenizer: Any = None, *, reference: d
         if tokenizer is None:
             raise Big2SmallError("perplexity needs the model's tokenizer, and none was found")
         r = perplexity(model, tokenizer, data.wiki_text(), context=settings.context, windows=settings.windows,
-                       bos=settings.bos, progress=settings.progress, dataset="Wikipedia extract (gensim test data)")
+                       bos_token_id=settings.bos, progress=settings.progress, dataset="Wikipedia extract (gensim test data)")
         rows.append(MetricRow("perplexity", r.ppl, False, r.protocol, r.describe()))
     elif task == "encoder":
         from big2small.evaluate.embeddings import embedding_fidelity, lee50_pearson, sentence_embeddings
