@@ -23,6 +23,7 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_
 out = Console()
 err = Console(stderr=True)
 
+BOS_HELP = "Perplexity: start token prepended to each window, ID or none (default: the model's own, from its tokenizer and config)."
 MODEL_HELP = "A bundled name (smollm2, minilm, efficientnet-lite0, fashion-resnet), an HF model dir, a .gguf or a .safetensors file."
 
 
@@ -292,6 +293,7 @@ def eval_(
     reference: Optional[str] = typer.Option(None, help="Original model for fidelity metrics (default: the artifact's source)."),
     windows: int = typer.Option(20, help="Perplexity: number of windows."),
     context: int = typer.Option(512, help="Perplexity: tokens per window."),
+    bos: Optional[str] = typer.Option(None, "--bos", help=BOS_HELP),
     documents: int = typer.Option(300, help="Encoders: documents for embedding fidelity."),
     photos: int = typer.Option(256, help="Image classifiers: photo crops for agreement."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the figures as JSON ('-' = stdout)."),
@@ -300,7 +302,7 @@ def eval_(
     from big2small.evaluate.suite import EvalSettings
     from big2small.models.tasks import evaluate, get_task, reference_outputs
 
-    settings = EvalSettings(context=context, windows=windows, documents=documents, photos=photos)
+    settings = EvalSettings(context=context, windows=windows, bos=bos, documents=documents, photos=photos)
     model, tok, task, source_spec = _load_for_eval(target)
     ref = None
     ref_spec = reference or (source_spec if source_spec != target else None)
@@ -320,6 +322,7 @@ def bench(
     matched: bool = typer.Option(True, help="Also run lowrank and prune at each uniform config's bits per weight."),
     out_dir: Path = typer.Option(Path("bench-out"), "--out-dir", help="Where the table (Markdown), JSON and plot (PNG) go."),
     windows: int = typer.Option(20, help="Perplexity: number of windows."),
+    bos: Optional[str] = typer.Option(None, "--bos", help=BOS_HELP),
     documents: int = typer.Option(300, help="Encoders: documents for embedding fidelity."),
     photos: int = typer.Option(256, help="Image classifiers: photo crops for agreement."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the rows as JSON here ('-' = stdout)."),
@@ -328,7 +331,7 @@ def bench(
     from big2small.bench import DEFAULT_SWEEP, run_bench
     from big2small.evaluate.suite import EvalSettings
 
-    settings = EvalSettings(windows=windows, documents=documents, photos=photos)
+    settings = EvalSettings(windows=windows, bos=bos, documents=documents, photos=photos)
     result = run_bench(model, list(configs) or list(DEFAULT_SWEEP), matched=matched, settings=settings, out_dir=out_dir,
                        command="big2small bench " + " ".join(sys.argv[2:]))
     out.print(result.markdown())

@@ -46,7 +46,7 @@ class UniformLM(nn.Module):
 TEXT = "".join(chr(65 + (i * 7) % 50) for i in range(1000))
 
 
-@pytest.mark.parametrize("bos", ["token0", "per_window", "once", "none"])
+@pytest.mark.parametrize("bos", ["prepend", "per_window", "once", "none"])
 def test_uniform_logits_give_vocab_size(bos):
     result = perplexity(
         UniformLM(), CharTokenizer(), TEXT, context=64, windows=None, bos=bos, progress=False
@@ -56,15 +56,15 @@ def test_uniform_logits_give_vocab_size(bos):
     assert result.mean_nll == pytest.approx(math.log(VOCAB), rel=1e-6)
 
 
-def test_token0_prepends_zero_to_full_windows():
+def test_prepend_puts_the_tokenizers_bos_before_full_windows():
     model = UniformLM()
     result = perplexity(
-        model, CharTokenizer(), TEXT, context=100, windows=3, bos="token0", batch_size=2,
+        model, CharTokenizer(), TEXT, context=100, windows=3, bos="prepend", batch_size=2,
         progress=False,
     )
     seen = torch.cat(model.seen)
     assert seen.shape == (3, 101)
-    assert torch.all(seen[:, 0] == 0)
+    assert torch.all(seen[:, 0] == CharTokenizer.bos_token_id)
     ids = torch.tensor([ord(c) % VOCAB for c in TEXT])
     assert torch.equal(seen[:, 1:].reshape(-1), ids[:300])
     assert result.tokens_scored == 300
@@ -109,19 +109,20 @@ def test_unknown_bos_raises():
 
 def test_protocol_is_complete_and_json():
     result = perplexity(
-        UniformLM(), CharTokenizer(), TEXT, context=64, windows=5, bos="token0",
+        UniformLM(), CharTokenizer(), TEXT, context=64, windows=5, bos="prepend",
         progress=False, dataset="synthetic",
     )
     proto = result.protocol
     json.dumps(proto)
     assert proto["dataset"] == "synthetic"
     assert proto["context"] == 64 and proto["windows"] == 5 and proto["windows_used"] == 5
-    assert proto["bos"] == "token0" and proto["bos_token_id"] == 0
+    assert proto["bos"] == "prepend" and proto["bos_token_id"] == CharTokenizer.bos_token_id
+    assert proto["bos_source"] == "tokenizer bos_token"
     assert proto["partial_window"] == "dropped"
     assert proto["tokenizer"].startswith("char-stub")
     assert proto["text_tokens"] == len(TEXT)
     line = result.describe()
-    assert "64.000" in line and "context 64" in line and "bos=token0" in line
+    assert "64.000" in line and "context 64" in line and "bos=prepend id 1" in line
 
 
 def test_progress_bar_runs():
@@ -142,11 +143,11 @@ def test_matches_hf_loss_on_tiny_llama():
     model = LlamaForCausalLM(config)
     model.train()  # perplexity() must switch to eval and restore this
     result = perplexity(
-        model, CharTokenizer(), TEXT, context=32, windows=4, bos="token0", progress=False
+        model, CharTokenizer(), TEXT, context=32, windows=4, bos="prepend", progress=False
     )
     assert model.training
     ids = torch.tensor([ord(c) % VOCAB for c in TEXT[:128]]).view(4, 32)
-    inputs = torch.cat([torch.zeros(4, 1, dtype=torch.long), ids], dim=1)
+    inputs = torch.cat([torch.full((4, 1), CharTokenizer.bos_token_id), ids], dim=1)
     model.eval()
     with torch.no_grad():
         loss = model(input_ids=inputs, labels=inputs).loss  # mean over 4 * 32 predictions
@@ -180,9 +181,12 @@ def test_smollm2_wiki_perplexity_reference(smollm2):
 
     model, tokenizer = smollm2
     result = perplexity(
-        model, tokenizer, wiki_text(), context=512, windows=20, bos="token0", progress=False,
+        model, tokenizer, wiki_text(), context=512, windows=20, progress=False,
         dataset="gensim enwiki extract",
     )
+    # The explicit SmolLM2 rule, not the declared bos_token <|im_start|> (id 1).
+    assert result.protocol["bos_token_id"] == 0 and result.protocol["bos_token"] == "<|endoftext|>"
+    assert result.protocol["bos"] == "prepend" and "SmolLM2" in result.protocol["bos_source"]
     assert result.tokens_scored == 20 * 512
     assert result.ppl == pytest.approx(PPL_MEASURED, abs=0.2)
 

@@ -16,7 +16,7 @@ class EvalSettings:
 
     context: int = 512  # tokens per perplexity window
     windows: int = 20  # first n non-overlapping windows
-    bos: str = "token0"  # token id 0 prepended to each window
+    bos: int | str | None = None  # start token prepended to each window: None = the model's own, an id, or "none"
     documents: int = 300  # lee_background documents for embedding fidelity
     photos: int = 256  # seeded photo crops for classifier agreement
     seed: int = 0

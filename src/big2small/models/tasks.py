@@ -78,7 +78,7 @@ class CausalLM(TextTask):
     def evaluate(self, model, tokenizer, reference, settings):
         _require_tokenizer(tokenizer, "perplexity")
         r = perplexity(model, tokenizer, data.wiki_text(), context=settings.context, windows=settings.windows,
-                       bos=settings.bos, progress=settings.progress, dataset="Wikipedia extract (gensim test data)")
+                       bos_token_id=settings.bos, progress=settings.progress, dataset="Wikipedia extract (gensim test data)")
         return [MetricRow("perplexity", r.ppl, False, r.protocol, r.describe())]
 
 
