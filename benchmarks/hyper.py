@@ -77,7 +77,7 @@ def _hqq_rows(loaded) -> list[BenchRow]:
     rows = []
     for bits in SIZES:
         scaffold = b2s.compress(loaded, "uniform", bits=bits, group_size=128, progress=False)
-        names = [n for n, e in scaffold.tensors.items() if e.method != "raw"]
+        names = [n for n, e in scaffold.tensors.items() if e.compressed]
         state = scaffold.state_dict()
         original = loaded.model.state_dict()
         dequantised, hqq_bits, seconds = hqq_compress_state(original, names, bits, 128)

@@ -174,28 +174,24 @@ def _fitted(model_name: str, variant: str, fit_dirs: list[Path]):
 
 
 def _assemble(loaded, variant: str, fit_dirs: list[Path], steps: int | None):
-    """The CompressedModel of a variant: fitted INR tensors, everything else encoded here."""
-    from big2small.compress import CompressedModel, _planned_bits, count_parameters, plan_model
-    from big2small.generators import Encoded, generator_for
+    """The CompressedModel of a variant: fitted INR tensors (their bits checked against the plan by
+    compress), everything else encoded here."""
+    from big2small.compress import compress, plan_model
+    from big2small.generators import Encoded
 
     recipe = _inr_recipe(loaded, variant, steps)
     infos, entries = plan_model(loaded.weights, recipe)
     by_name = {i.name: i.tensor for i in infos}
     fitted, records, seconds, device = _fitted(loaded.source.name, variant, fit_dirs)
-    encoded = {}
+    pre_encoded = {}
     for e in entries:
         if e.config.method == "inr":
             if e.name not in fitted:
                 raise SystemExit(f"{variant}: no fit for {e.name}; run the fit stage first")
             rec = records[e.name]
-            enc = Encoded("inr", e.config, e.layout, by_name[e.name].dtype, fitted[e.name], rec["bits"], rec["meta"])
-            if enc.total_bits != _planned_bits(e):
-                raise SystemExit(f"{variant}: {e.name} has {enc.total_bits} bits, the plan says {_planned_bits(e)}")
-        else:
-            enc = generator_for(e.config).encode(by_name[e.name], e.layout, seed=recipe.seed)
-        encoded[e.name] = enc
-    aliases = {a: e.name for e in entries for a in e.aliases}
-    cm = CompressedModel(encoded, entries, recipe, loaded.source, aliases, count_parameters(entries))
+            pre_encoded[e.name] = Encoded("inr", e.config, e.layout, by_name[e.name].dtype, fitted[e.name], rec["bits"],
+                                          rec["meta"])
+    cm = compress(loaded, recipe, progress=False, pre_encoded=pre_encoded, pre_encoded_reason="INR fitted on a GPU")
     return cm, seconds, device
 
 

@@ -1,8 +1,11 @@
+import dataclasses
+
 import pytest
 import torch
 
 import big2small as b2s
 from big2small.errors import Big2SmallError
+from big2small.transforms.records import ChannelRemovalRecord
 
 
 def test_compressed_model_runs_close_to_original(small_net):
@@ -125,3 +128,37 @@ def test_weight_error_covers_compressed_tensors_only(small_net):
 def test_weight_error_is_none_when_nothing_is_compressed(small_net):
     cm = b2s.compress(small_net, "uniform", min_numel=10**9, progress=False)
     assert cm.weight_error(small_net.state_dict()) is None
+
+
+def _first_compressed(cm):
+    return next(e for e in cm.plan if e.compressed)
+
+
+def test_pre_encoded_tensors_are_stored_as_given_with_their_reason(small_net):
+    planned = b2s.compress(small_net, "uniform", bits=4, group_size=64, progress=False)
+    name = _first_compressed(planned).name
+    given = {name: planned.tensors[name]}
+    cm = b2s.compress(small_net, "uniform", bits=4, group_size=64, progress=False, pre_encoded=given,
+                      pre_encoded_reason="fitted elsewhere")
+    assert cm.tensors[name] is given[name]
+    assert next(e for e in cm.plan if e.name == name).reason == "fitted elsewhere"
+
+
+def test_pre_encoded_tensors_must_match_the_plan(small_net):
+    planned = b2s.compress(small_net, "uniform", bits=4, group_size=64, progress=False)
+    name = _first_compressed(planned).name
+    enc = planned.tensors[name]
+    with pytest.raises(Big2SmallError, match="not in the model"):
+        b2s.compress(small_net, "uniform", bits=4, group_size=64, progress=False, pre_encoded={"nope.weight": enc})
+    wrong_bits = dataclasses.replace(enc, bits={**enc.bits, "header": enc.bits["header"] + 8})
+    with pytest.raises(Big2SmallError, match="the plan says"):
+        b2s.compress(small_net, "uniform", bits=4, group_size=64, progress=False, pre_encoded={name: wrong_bits})
+    other = next(e.name for e in planned.plan if e.compressed and e.shape != enc.layout.shape)
+    with pytest.raises(Big2SmallError, match="pre-encoded shape"):
+        b2s.compress(small_net, "uniform", bits=4, group_size=64, progress=False, pre_encoded={other: enc})
+
+
+def test_transform_records_and_the_original_parameter_count_are_kept(small_net):
+    record = ChannelRemovalRecord({"conv": 2})
+    cm = b2s.compress(small_net, "uniform", bits=4, progress=False, transforms=[record], n_parameters=10**6)
+    assert cm.transforms == [record] and cm.size().n_parameters == 10**6

@@ -36,6 +36,7 @@ from big2small.layout import MatrixLayout
 from big2small.models.loaders import source_files
 from big2small.models.source import ModelSource
 from big2small.recipe import Recipe
+from big2small.transforms.records import TransformRecord
 from big2small.version import __version__
 
 FORMAT_NAME = "big2small"
@@ -134,7 +135,7 @@ def save(cm: CompressedModel, path: str | os.PathLike, *, overwrite: bool = Fals
             "n_parameters": cm.n_parameters,
             "size": cm.size().to_dict(),
             "aliases": cm.aliases,
-            "transforms": cm.transforms,
+            "transforms": [t.to_dict() for t in cm.transforms],
             "files": files,
             "tensors": entries,
         }
@@ -232,10 +233,13 @@ def load(path: str | os.PathLike) -> CompressedModel:
     except (SafetensorError, OSError, KeyError, TypeError, ValueError) as exc:
         raise Big2SmallError(f"{path}: corrupt artifact ({_first_line(exc)})") from None
     source = ModelSource.from_dict(manifest["source"], files_dir=path / SOURCE_DIR) if manifest["source"] else None
+    try:
+        transforms = [TransformRecord.from_dict(t) for t in manifest.get("transforms", [])]
+    except Big2SmallError as exc:
+        raise Big2SmallError(f"{path}: corrupt artifact: {exc}") from None
     return CompressedModel(
         tensors=tensors, plan=[], recipe=Recipe.from_dict(manifest["recipe"]), source=source,
-        aliases=manifest["aliases"], n_parameters=manifest["n_parameters"],
-        transforms=manifest.get("transforms", []),
+        aliases=manifest["aliases"], n_parameters=manifest["n_parameters"], transforms=transforms,
     )
 
 

@@ -243,7 +243,7 @@ def verify(
     decoded = {n: t.float() for n, t in cm.state_dict().items() if n not in cm.aliases}
     out.print(f"integrity: ok ({len(cm.tensors)} tensors, every array matches its sha256); decoded: ok")
     if cm.transforms:
-        names = ", ".join(t.get("transform", "?") for t in cm.transforms)
+        names = ", ".join(t.kind for t in cm.transforms)
         out.print(f"the architecture was changed ({names}): weight error against the original is not defined")
         return
     spec = model or (cm.source.name if cm.source is not None else None)

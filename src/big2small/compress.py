@@ -14,6 +14,7 @@ from big2small.generators import REGISTRY, Encoded, GeneratorConfig, RawConfig, 
 from big2small.models.source import LoadedModel, ModelSource, module_source
 from big2small.progress import progress_bar
 from big2small.transforms import reshape_to
+from big2small.transforms.records import TransformRecord
 from big2small.recipe import (
     Override, PlanEntry, Recipe, TensorInfo, describe_module_tensors, describe_state_dict, plan,
 )
@@ -67,9 +68,9 @@ class CompressedModel:
     source: ModelSource | None = None  # None for a bare module/state_dict
     aliases: dict[str, str] = field(default_factory=dict)  # tied name -> stored name
     n_parameters: int = 0  # of the original model (before any transform)
-    # Architecture changes applied before storage (e.g. channels removed), as JSON records; when
-    # present, the stored tensor shapes differ from the original model's and apply_to adopts them.
-    transforms: list[dict[str, Any]] = field(default_factory=list)
+    # Architecture changes applied before storage (e.g. channels removed); when present, the stored
+    # tensor shapes differ from the original model's and apply_to adopts them.
+    transforms: list[TransformRecord] = field(default_factory=list)
 
     def size(self) -> SizeReport:
         return size_of(self.tensors, self.n_parameters)
@@ -87,7 +88,7 @@ class CompressedModel:
         """Error of the compressed (non-raw) tensors against `original` (a state_dict), or None
         when nothing is compressed. Pass `decoded` (from state_dict()) to reuse tensors already
         decoded."""
-        names = [n for n, e in self.tensors.items() if e.method != "raw"]
+        names = [n for n, e in self.tensors.items() if e.compressed]
         if not names:
             return None
         missing = [n for n in names if n not in original]
@@ -119,9 +120,9 @@ def size_of(tensors: dict[str, Encoded], n_parameters: int) -> SizeReport:
     bits_c = n_c = bits_raw = 0
     for enc in tensors.values():
         for k, v in enc.bits.items():
-            key = "raw" if enc.method == "raw" else k
+            key = k if enc.compressed else "raw"
             by_item[key] = by_item.get(key, 0) + v
-        if enc.method == "raw":
+        if not enc.compressed:
             bits_raw += enc.total_bits
         else:
             bits_c += enc.total_bits
@@ -143,8 +144,8 @@ def make_recipe(method: str | None = None, *, bpw: float | None = None,
     """
     default = None
     if method is not None:
-        if method not in REGISTRY or method == "raw":
-            known = sorted(m for m in REGISTRY if m != "raw")
+        if method not in REGISTRY or REGISTRY[method].config_type.stores_dense:
+            known = sorted(m for m, g in REGISTRY.items() if not g.config_type.stores_dense)
             raise Big2SmallError(f"unknown method {method!r}; known: {', '.join(known)}")
         default = GeneratorConfig.from_dict({"method": method, **options})
         default.validate()
@@ -166,13 +167,21 @@ def plan_model(model: nn.Module | dict[str, torch.Tensor], recipe: Recipe) -> tu
 
 
 def compress(model: Any, recipe: Recipe | str | None = None, *, source: ModelSource | None = None, progress: bool = True,
-             device: str | torch.device | None = None, **options: Any) -> CompressedModel:
-    """Compress every tensor of `model` and account for every stored bit.
+             device: str | torch.device | None = None, pre_encoded: dict[str, Encoded] | None = None,
+             pre_encoded_reason: str = "given in stored form", transforms: list[TransformRecord] | None = None,
+             n_parameters: int | None = None, **options: Any) -> CompressedModel:
+    """Compress every tensor of `model` and account for every stored bit: the one way to build a
+    CompressedModel (artifact.load only reads one back).
 
     model: an nn.Module, a state_dict, or a LoadedModel.
     recipe: a Recipe, or a method name ("uniform", "lowrank", "prune", "inr", ...) with `options` for
         it and for make_recipe (bpw=..., overrides=..., include_embeddings=...).
     device: where encoding runs ("cuda" makes INR fitting much faster); the result is on the CPU.
+    pre_encoded: tensors already in stored form (self-compression's trained integers, INR fits made
+        elsewhere), used as they are; the plan gives them `pre_encoded_reason`. Where the plan has
+        the same config for one, its bits must be what the plan predicts.
+    transforms, n_parameters: for a model a structural transform produced: its records, and the
+        original model's parameter count (bits per weight count against it).
     Raises Big2SmallError for user errors: NaN/Inf weights, a size target that cannot be met.
     """
     if not isinstance(recipe, Recipe):
@@ -187,11 +196,11 @@ def compress(model: Any, recipe: Recipe | str | None = None, *, source: ModelSou
     device = _device(device)
     infos, entries = plan_model(model, recipe)
     tensors_by_name = {i.name: i.tensor for i in infos}
-    n_params = count_parameters(entries)
-    encoded: dict[str, Encoded] = {}
+    encoded = _adopt(entries, pre_encoded or {}, pre_encoded_reason)
     joint: dict[str, list[PlanEntry]] = {}
-    with progress_bar("compressing", total=sum(e.numel for e in entries), enabled=progress) as advance:
-        for e in entries:
+    to_encode = [e for e in entries if e.name not in encoded]
+    with progress_bar("compressing", total=sum(e.numel for e in to_encode), enabled=progress) as advance:
+        for e in to_encode:
             tensor = tensors_by_name[e.name]
             gen_cls = REGISTRY[e.config.method]
             if gen_cls.encodes_jointly:
@@ -215,13 +224,30 @@ def compress(model: Any, recipe: Recipe | str | None = None, *, source: ModelSou
             encoded.update({e.name: _on_cpu(r) for e, r in zip(group, results)})
     encoded = {e.name: encoded[e.name] for e in entries}  # plan order
     aliases = {a: e.name for e in entries for a in e.aliases}
-    result = CompressedModel(encoded, entries, recipe, source, aliases, n_params)
+    n_params = n_parameters if n_parameters is not None else count_parameters(entries)
+    result = CompressedModel(encoded, entries, recipe, source, aliases, n_params, list(transforms or []))
     if recipe.target_bpw is not None and result.size().bpw_all > recipe.target_bpw + 1e-9:
         # The sizing below is exact by construction; this guards the promise made to the user.
         raise Big2SmallError(
             f"internal: size target {recipe.target_bpw} bpw missed ({result.size().bpw_all:.4f}); please report"
         )
     return result
+
+
+def _adopt(entries: list[PlanEntry], pre_encoded: dict[str, Encoded], reason: str) -> dict[str, Encoded]:
+    """Put tensors given in stored form into the plan (their config and `reason`), checked against it."""
+    by_name = {e.name: e for e in entries}
+    unknown = sorted(set(pre_encoded) - set(by_name))
+    if unknown:
+        raise Big2SmallError(f"{len(unknown)} pre-encoded tensor(s) are not in the model, e.g. {unknown[0]}")
+    for name, enc in pre_encoded.items():
+        e = by_name[name]
+        if enc.layout.shape != e.shape:
+            raise Big2SmallError(f"{name}: pre-encoded shape {enc.layout.shape} is not the model's {e.shape}")
+        if e.config == enc.config and enc.total_bits != _planned_bits(e):
+            raise Big2SmallError(f"{name}: pre-encoded tensor has {enc.total_bits} bits, the plan says {_planned_bits(e)}")
+        e.config, e.reason = enc.config, reason
+    return dict(pre_encoded)
 
 
 def _device(device: str | torch.device | None) -> torch.device:

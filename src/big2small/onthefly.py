@@ -57,7 +57,7 @@ def attach(model: nn.Module, cm: CompressedModel, *, unpack: bool = False) -> nn
     for name, enc in cm.tensors.items():
         module_name, _, attr = name.rpartition(".")
         module = _submodule(model, module_name)
-        eligible = (enc.method != "raw" and attr == "weight" and name not in alias_targets and module is not None
+        eligible = (enc.compressed and attr == "weight" and name not in alias_targets and module is not None
                     and isinstance(getattr(module, "weight", None), nn.Parameter))
         (on_the_fly if eligible else dense)[name] = enc
     state = {name: generator_for(enc.config).decode(enc) for name, enc in dense.items()}

@@ -123,7 +123,7 @@ class PlanEntry:
 
     @property
     def compressed(self) -> bool:
-        return not isinstance(self.config, RawConfig)
+        return not self.config.stores_dense
 
     @property
     def layout(self) -> MatrixLayout:

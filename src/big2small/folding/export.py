@@ -8,6 +8,7 @@ from typing import Any
 from big2small.compress import CompressedModel, compress
 from big2small.folding.fold import FoldResult
 from big2small.recipe import Recipe
+from big2small.transforms.records import FoldRecord
 
 
 def to_compressed(result: FoldResult, *, source: Any = None, recipe: Recipe | None = None,
@@ -16,7 +17,6 @@ def to_compressed(result: FoldResult, *, source: Any = None, recipe: Recipe | No
     (e.g. make_recipe("uniform", bits=4): fold, then quantise). Sizes count against the original
     model's parameters, so bpw_all shows what folding saved as well."""
     recipe = recipe or Recipe(default=None, raw_dtype="float32", min_numel=0)
-    cm = compress(result.model, recipe, source=source, progress=progress)
-    cm.n_parameters = result.parameters_before
-    cm.transforms.append({"transform": "fold", **{k: v for k, v in result.to_dict().items() if k != "unfolded"}})
-    return cm
+    record = FoldRecord(**{k: v for k, v in result.to_dict().items() if k != "unfolded"})
+    return compress(result.model, recipe, source=source, progress=progress, transforms=[record],
+                    n_parameters=result.parameters_before)

@@ -30,6 +30,8 @@ class GeneratorConfig:
     """Base of every method's config. Subclasses are dataclasses with a class-level `method`."""
 
     method: ClassVar[str] = ""
+    # True for the one config that stores a tensor as it is (raw): its bits are not "compressed".
+    stores_dense: ClassVar[bool] = False
 
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, **dataclasses.asdict(self)}
@@ -68,6 +70,11 @@ class Encoded:
     meta: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def compressed(self) -> bool:
+        """False for a tensor stored as it is (raw)."""
+        return not self.config.stores_dense
+
+    @property
     def total_bits(self) -> int:
         return sum(self.bits.values())
 
@@ -86,9 +93,11 @@ class Encoded:
 class Generator(ABC):
     """Base class of every storage codec.
 
-    Subclasses set `config_type`, implement `_encode` and `decode`, and `bits_for`, which predicts
-    the exact stored bits of a config on a tensor layout without encoding (used to meet a size
-    target). `encode` checks the input once for all methods.
+    Subclasses set `config_type`, implement `encode_matrix` and `decode_matrix` (the fp32 matrix
+    view in and out) and `bits_for`, which predicts the exact stored bits of a config on a tensor
+    layout without encoding (used to meet a size target). `encode` checks the input once for all
+    methods; a generator that stores a part with another one (the INR's residual) calls that one's
+    public `encode_matrix`.
     """
 
     config_type: ClassVar[type[GeneratorConfig]]
@@ -103,7 +112,7 @@ class Generator(ABC):
     def encode(self, weight: torch.Tensor, layout: MatrixLayout | None = None, *, seed: int = 0) -> Encoded:
         """Encode `weight` (any float dtype) into its stored form."""
         layout = layout or MatrixLayout(tuple(weight.shape))
-        enc = self._encode(self.matrix_view(weight, layout), layout, seed=seed)
+        enc = self.encode_matrix(self.matrix_view(weight, layout), layout, seed=seed)
         enc.dtype = weight.dtype
         return enc
 
@@ -135,8 +144,9 @@ class Generator(ABC):
         return out
 
     @abstractmethod
-    def _encode(self, matrix: torch.Tensor, layout: MatrixLayout, *, seed: int) -> Encoded:
-        """Encode the fp32 matrix view [rows, cols]; `dtype` is filled in by `encode`."""
+    def encode_matrix(self, matrix: torch.Tensor, layout: MatrixLayout, *, seed: int) -> Encoded:
+        """Encode the fp32 matrix view [rows, cols] of a tensor of `layout` (already checked); `dtype`
+        is filled in by `encode`."""
 
     @abstractmethod
     def decode_matrix(self, enc: Encoded) -> torch.Tensor:

@@ -149,7 +149,7 @@ def quantize_integers(matrix: torch.Tensor, bits: torch.Tensor | float, exponent
 class ChannelIntGenerator(Generator):
     config_type = ChannelIntConfig
 
-    def _encode(self, matrix: torch.Tensor, layout: MatrixLayout, *, seed: int) -> Encoded:
+    def encode_matrix(self, matrix: torch.Tensor, layout: MatrixLayout, *, seed: int) -> Encoded:
         cfg: ChannelIntConfig = self.config
         e = fitted_exponents(matrix, cfg.bits)
         return encode_integers(quantize_integers(matrix, float(cfg.bits), e), torch.exp2(e), layout, cfg)

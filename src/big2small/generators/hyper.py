@@ -136,7 +136,7 @@ def _padded_layout(layout: MatrixLayout, dim: int) -> MatrixLayout:
 class HyperGenerator(Generator):
     config_type = HyperConfig
 
-    def _encode(self, matrix: torch.Tensor, layout: MatrixLayout, *, seed: int) -> Encoded:
+    def encode_matrix(self, matrix: torch.Tensor, layout: MatrixLayout, *, seed: int) -> Encoded:
         cfg: HyperConfig = self.config
         padded = _pad_cols(matrix, cfg.dim)
         playout = MatrixLayout(tuple(padded.shape))

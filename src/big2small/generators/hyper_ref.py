@@ -268,7 +268,7 @@ def _decode_points(idx: torch.Tensor, centre: torch.Tensor, farthest: torch.Tens
 class HyperRefGenerator(Generator):
     config_type = HyperRefConfig
 
-    def _encode(self, matrix: torch.Tensor, layout: MatrixLayout, *, seed: int) -> Encoded:
+    def encode_matrix(self, matrix: torch.Tensor, layout: MatrixLayout, *, seed: int) -> Encoded:
         cfg: HyperRefConfig = self.config
         flat = layout.from_matrix(matrix).reshape(-1).float()  # the stored tensor's own order
         numel = flat.numel()

@@ -364,7 +364,7 @@ class INRGenerator(Generator):
     config_type = INRConfig
     encodes_jointly = True
 
-    def _encode(self, matrix: torch.Tensor, layout: MatrixLayout, *, seed: int) -> Encoded:
+    def encode_matrix(self, matrix: torch.Tensor, layout: MatrixLayout, *, seed: int) -> Encoded:
         return encode_inr([(self.config, matrix, layout)], seed=seed)[0]
 
     def decode_matrix(self, enc: Encoded) -> torch.Tensor:
@@ -519,7 +519,7 @@ def _store(p: _Prepared, phi: torch.Tensor, steps: int, seconds: float, *, layer
         meta["shared_parts"] = sorted(shared_phi)  # stored once, with the group's first tensor
     decoded_inr = decode_inr(config, layout, {k: v.to(p.matrix.device) for k, v in tensors.items()}, meta)
     if config.residual_bits:
-        res = UniformGenerator(_residual_config(config))._encode(p.matrix - decoded_inr, layout, seed=0)
+        res = UniformGenerator(_residual_config(config)).encode_matrix(p.matrix - decoded_inr, layout, seed=0)
         tensors.update({f"residual_{k}": v for k, v in res.tensors.items()})
         decoded = decode_inr(config, layout, {k: v.to(p.matrix.device) for k, v in tensors.items()}, meta)
     else:

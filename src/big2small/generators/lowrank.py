@@ -104,7 +104,7 @@ def _energy_rank(s: torch.Tensor, energy: float) -> int:
 class LowRankGenerator(Generator):
     config_type = LowRankConfig
 
-    def _encode(self, matrix: torch.Tensor, layout: MatrixLayout, *, seed: int) -> Encoded:
+    def encode_matrix(self, matrix: torch.Tensor, layout: MatrixLayout, *, seed: int) -> Encoded:
         cfg: LowRankConfig = self.config
         if cfg.data_dependent:
             u, s, vh = torch.linalg.svd(matrix, full_matrices=False)

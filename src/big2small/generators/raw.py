@@ -18,6 +18,7 @@ class RawConfig(GeneratorConfig):
     """Store the tensor uncompressed. `dtype`: float32, float16, bfloat16, or "same" (its own)."""
 
     method = "raw"
+    stores_dense = True
     dtype: str = "float16"
 
     def validate(self) -> None:
@@ -41,7 +42,7 @@ class RawGenerator(Generator):
             tensors={"values": stored}, bits={"values": stored.numel() * stored.element_size() * 8},
         )
 
-    def _encode(self, matrix, layout, *, seed):  # pragma: no cover - encode is overridden
+    def encode_matrix(self, matrix, layout, *, seed):  # pragma: no cover - encode is overridden
         raise NotImplementedError
 
     def decode_matrix(self, enc: Encoded) -> torch.Tensor:

@@ -64,7 +64,7 @@ def _bits(nnz: int, layout: MatrixLayout) -> int:
 class PruneGenerator(Generator):
     config_type = PruneConfig
 
-    def _encode(self, matrix: torch.Tensor, layout: MatrixLayout, *, seed: int) -> Encoded:
+    def encode_matrix(self, matrix: torch.Tensor, layout: MatrixLayout, *, seed: int) -> Encoded:
         cfg: PruneConfig = self.config
         rows, cols, n = layout.rows, layout.cols, layout.numel
         flat = matrix.reshape(-1)

@@ -44,7 +44,7 @@ class UniformConfig(GeneratorConfig):
 class UniformGenerator(Generator):
     config_type = UniformConfig
 
-    def _encode(self, matrix: torch.Tensor, layout: MatrixLayout, *, seed: int) -> Encoded:
+    def encode_matrix(self, matrix: torch.Tensor, layout: MatrixLayout, *, seed: int) -> Encoded:
         cfg: UniformConfig = self.config
         gp = grouping(layout, cfg.group_size)
         groups = grouped(matrix, gp)

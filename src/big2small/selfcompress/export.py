@@ -28,6 +28,7 @@ from big2small.layout import MatrixLayout
 from big2small.recipe import Recipe
 from big2small.selfcompress.quantizer import quantized_layers
 from big2small.transforms import channel_groups, constant_inputs, remove_channels
+from big2small.transforms.records import ChannelRemovalRecord
 
 log = logging.getLogger(__name__)
 
@@ -133,15 +134,10 @@ def convert(model: nn.Module, *, remove: bool = True, raw_dtype: str = "float32"
             raise Big2SmallError(
                 f"internal: {name} does not decode exactly from its integers ({int(bad.sum())} channels); please report")
         encoded[f"{name}.weight"] = encode_integers(integers.to(torch.int64).cpu(), scale_vector.cpu(), layout, ChannelIntConfig())
-    recipe = Recipe(default=None, raw_dtype=raw_dtype, min_numel=0)
-    cm = compress(plain, recipe, source=source, progress=False)
-    cm.tensors.update(encoded)
-    for entry in cm.plan:
-        if entry.name in encoded:
-            entry.config, entry.reason = encoded[entry.name].config, "self-compressed"
-    cm.n_parameters = n_parameters
     removed = {name: before[name][0] - modules[name].weight.shape[0] for name in scales}
-    cm.transforms = [{"transform": "selfcompress_channel_removal", "removed_channels": removed}]
+    cm = compress(plain, Recipe(default=None, raw_dtype=raw_dtype, min_numel=0), source=source, progress=False,
+                  pre_encoded=encoded, pre_encoded_reason="self-compressed",
+                  transforms=[ChannelRemovalRecord(removed)], n_parameters=n_parameters)
     summaries = []
     for name in scales:
         enc = encoded[f"{name}.weight"]

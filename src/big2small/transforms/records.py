@@ -1,0 +1,66 @@
+"""What a structural transform did to a model, as stored in an artifact's manifest.
+
+A record says that the stored tensors have other shapes than the original model's (so restoring
+into an original-width skeleton resizes it first) and what the transform reported. Each kind is
+a typed dataclass; the manifest holds `{"transform": kind, **fields}`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from big2small.errors import Big2SmallError
+
+
+@dataclass
+class TransformRecord:
+    """Base of every record; subclasses set `kind` and declare their fields."""
+
+    kind: ClassVar[str] = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"transform": self.kind, **dataclasses.asdict(self)}
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> "TransformRecord":
+        """The record of a manifest entry; unknown kinds and fields are refused."""
+        if not isinstance(data, dict) or data.get("transform") not in RECORDS:
+            kind = data.get("transform") if isinstance(data, dict) else data
+            raise Big2SmallError(f"unknown transform record {kind!r} (known: {', '.join(RECORDS)})")
+        cls = RECORDS[data["transform"]]
+        fields = {f.name for f in dataclasses.fields(cls)}
+        given = {k: v for k, v in data.items() if k != "transform"}
+        if set(given) != fields:
+            raise Big2SmallError(f"transform record {cls.kind!r} has fields {sorted(given)}, expected {sorted(fields)}")
+        return cls(**given)
+
+
+@dataclass
+class FoldRecord(TransformRecord):
+    """Folding or structured pruning (big2small.folding): units merged or removed per group.
+    Parameter and MAC counts are per example input; seconds is fold()'s wall time."""
+
+    kind: ClassVar[str] = "fold"
+    config: dict[str, Any]
+    ratio: float | None
+    sparsity: float
+    parameters_before: int
+    parameters_after: int
+    macs_before: int | None
+    macs_after: int | None
+    seconds: float
+    data_free: bool
+    groups: list[dict[str, Any]]
+
+
+@dataclass
+class ChannelRemovalRecord(TransformRecord):
+    """Self-compression's export: channels whose bit depth reached 0 removed, per producer layer."""
+
+    kind: ClassVar[str] = "selfcompress_channel_removal"
+    removed_channels: dict[str, int]
+
+
+RECORDS: dict[str, type[TransformRecord]] = {cls.kind: cls for cls in (FoldRecord, ChannelRemovalRecord)}
