@@ -51,8 +51,3 @@ def parse_method_spec(text: str) -> tuple[str, dict[str, Any]]:
         raise Big2SmallError(f"bad method spec {text!r}")
     return method, options
 
-
-def format_method_spec(method: str, options: dict[str, Any]) -> str:
-    if not options:
-        return method
-    return method + ":" + ",".join(f"{k}={v}" for k, v in options.items())
