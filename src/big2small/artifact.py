@@ -258,7 +258,7 @@ def decompress(path: str | os.PathLike, out: str | os.PathLike, *, overwrite: bo
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.tmp-", dir=out.parent)
     os.close(fd)
     try:
-        save_file(state, tmp, metadata={"big2small.aliases": json.dumps(cm.aliases), "format": "pt"})
+        save_file(state, tmp, metadata={"big2small.aliases": json.dumps(cm.aliases, sort_keys=True), "format": "pt"})
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

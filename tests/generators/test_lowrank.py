@@ -270,3 +270,17 @@ def test_encoding_is_deterministic():
     a = generator_for(LowRankConfig(rank=5)).encode(w)
     b = generator_for(LowRankConfig(rank=5)).encode(w)
     assert all(torch.equal(a.tensors[k], b.tensors[k]) for k in a.tensors)
+
+
+def test_factors_are_the_same_bytes_on_any_thread_count():
+    torch.manual_seed(0)
+    w = torch.randn(256, 192)
+    threads = torch.get_num_threads()
+    try:
+        stored = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            stored.append(LowRankGenerator(LowRankConfig(rank=40)).encode(w).tensors)
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(stored[0][k], stored[1][k]) for k in ("L", "R"))

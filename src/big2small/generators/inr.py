@@ -433,7 +433,7 @@ def encode_inr(items: list[tuple[INRConfig, torch.Tensor, MatrixLayout]], *, see
     banks: dict[tuple, list[_Prepared]] = {}
     for p in prepared:
         if p.width == 0:
-            out[p.index] = _store(p, torch.zeros(0, 0, device=p.matrix.device), 0, 0.0)
+            out[p.index] = _store(p, torch.zeros(0, 0, device=p.matrix.device), 0)
             if advance:
                 advance(p.layout.numel)
         else:
@@ -451,8 +451,7 @@ def encode_inr(items: list[tuple[INRConfig, torch.Tensor, MatrixLayout]], *, see
         offset = 0
         for p in group:
             t = p.tiles.shape[0]
-            out[p.index] = _store(p, result.phi[offset:offset + t], result.steps_run,
-                                  result.seconds * t / targets.shape[0])
+            out[p.index] = _store(p, result.phi[offset:offset + t], result.steps_run)
             offset += t
     return out  # type: ignore[return-value]
 
@@ -466,7 +465,7 @@ def _encode_shared(items: list[tuple[INRConfig, torch.Tensor, MatrixLayout]], in
     width = chosen_width(config, layout, m)
     prepared = [_prepare(i, config, matrix, layout, width) for i, (_, matrix, _) in zip(indices, items)]
     if width == 0:
-        return [_store(p, torch.zeros(0, 0), 0, 0.0) for p in prepared]
+        return [_store(p, torch.zeros(0, 0), 0) for p in prepared]
     shape = SirenShape(width, config.depth, config.omega0_first, config.omega0_hidden, d_in=3)
     targets = torch.stack([p.tiles for p in prepared], 1)  # [tiles, layers, rows, cols]
     n_weights = m * layout.numel
@@ -476,7 +475,7 @@ def _encode_shared(items: list[tuple[INRConfig, torch.Tensor, MatrixLayout]], in
     encoded: list[Encoded] = []
     for layer, p in enumerate(prepared):
         owner = {k: v for k, v in encoded[0].tensors.items() if k in PHI_PARTS} if encoded else None
-        encoded.append(_store(p, result.phi, result.steps_run, result.seconds / m, layer=(layer, m), shared_phi=owner))
+        encoded.append(_store(p, result.phi, result.steps_run, layer=(layer, m), shared_phi=owner))
     return encoded
 
 
@@ -491,7 +490,7 @@ def _phi_arrays(config: INRConfig, shape: SirenShape, phi: torch.Tensor) -> dict
     return {"phi": stored}
 
 
-def _store(p: _Prepared, phi: torch.Tensor, steps: int, seconds: float, *, layer: tuple[int, int] | None = None,
+def _store(p: _Prepared, phi: torch.Tensor, steps: int, *, layer: tuple[int, int] | None = None,
            shared_phi: dict[str, torch.Tensor] | None = None) -> Encoded:
     """The stored record of a fitted tensor. `layer` = (index, group size) for a shared bank, whose
     parameters only the first member stores; the others get `shared_phi`, the same arrays."""
@@ -527,7 +526,7 @@ def _store(p: _Prepared, phi: torch.Tensor, steps: int, seconds: float, *, layer
     tensors = {k: v.cpu() for k, v in tensors.items()}  # a CPU tensor stays the same object: sharing survives
     ref = p.matrix.norm().clamp_min(1e-30)
     meta.update(rel_error=float((decoded - p.matrix).norm() / ref),
-                inr_rel_error=float((decoded_inr - p.matrix).norm() / ref), steps=steps, fit_seconds=round(seconds, 3))
+                inr_rel_error=float((decoded_inr - p.matrix).norm() / ref), steps=steps)  # no wall time: same input, same bytes
     if config.shared_layers == 1:
         assert sum(bits.values()) == inr_bits(config, layout, p.width)
     return Encoded(config.method, config, layout, p.matrix.dtype, tensors, bits, meta)

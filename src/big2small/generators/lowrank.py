@@ -100,6 +100,16 @@ def _energy_rank(s: torch.Tensor, energy: float) -> int:
     return min(int((cum < (energy - ENERGY_TOL) * total).sum()) + 1, s.numel())
 
 
+def _svd(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The thin SVD in float64 with a fixed sign per singular pair (the largest entry of each left
+    vector positive), so that the stored fp16 factors are the same bytes on any thread count: in
+    fp32, LAPACK's blocking by threads moves results by more than fp16 rounding hides, and signs
+    may flip."""
+    u, s, vh = torch.linalg.svd(matrix.double(), full_matrices=False)
+    sign = torch.sign(u.gather(0, u.abs().argmax(0, keepdim=True))).clamp_min(0) * 2 - 1
+    return u * sign, s, vh * sign.reshape(-1, 1)
+
+
 @register
 class LowRankGenerator(Generator):
     config_type = LowRankConfig
@@ -107,7 +117,7 @@ class LowRankGenerator(Generator):
     def encode_matrix(self, matrix: torch.Tensor, layout: MatrixLayout, *, seed: int) -> Encoded:
         cfg: LowRankConfig = self.config
         if cfg.data_dependent:
-            u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
+            u, s, vh = _svd(matrix)
             rank = _energy_rank(s, DEFAULT_ENERGY if cfg.energy is None else cfg.energy)
         else:
             rank = _known_rank(cfg, layout)
@@ -120,7 +130,7 @@ class LowRankGenerator(Generator):
             meta = {"rank": rank, "dense": 1}
         else:
             if s is None:
-                u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
+                u, s, vh = _svd(matrix)
             root = s[:rank].sqrt()
             left = (u[:, :rank] * root).to(torch.float16)
             right = (root.unsqueeze(1) * vh[:rank]).to(torch.float16)
