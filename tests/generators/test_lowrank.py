@@ -273,14 +273,13 @@ def test_encoding_is_deterministic():
 
 
 def test_factors_are_the_same_bytes_on_any_thread_count():
-    torch.manual_seed(0)
-    w = torch.randn(256, 192)
+    w = torch.randn(768, 768, generator=torch.Generator().manual_seed(1))  # fp32 SVD differed on this one
     threads = torch.get_num_threads()
     try:
         stored = []
         for n in (1, 2):
             torch.set_num_threads(n)
-            stored.append(LowRankGenerator(LowRankConfig(rank=40)).encode(w).tensors)
+            stored.append(LowRankGenerator(LowRankConfig(rank=64)).encode(w).tensors)
     finally:
         torch.set_num_threads(threads)
     assert all(torch.equal(stored[0][k], stored[1][k]) for k in ("L", "R"))
