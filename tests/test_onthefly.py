@@ -8,7 +8,6 @@ from torch.nn.utils import parametrize
 
 import big2small as b2s
 from big2small.onthefly import attach, resident_bytes
-from big2small.restore import restore
 
 
 @pytest.fixture
@@ -18,14 +17,6 @@ def compressed(small_net):
 
 def _input():
     return torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
-
-
-@pytest.mark.parametrize("unpack", [False, True])
-def test_outputs_equal_dense_restore(small_net, compressed, unpack):
-    dense = compressed.apply_to(copy.deepcopy(small_net)).eval()
-    lazy = attach(copy.deepcopy(small_net), compressed, unpack=unpack).eval()
-    with torch.no_grad():
-        assert torch.equal(lazy(_input()), dense(_input()))
 
 
 def test_compressed_weights_are_parametrised_and_others_dense(small_net, compressed):
@@ -52,22 +43,6 @@ def test_cached_context_decodes_once(small_net, compressed):
         first = lazy.fc.weight
         assert lazy.fc.weight is first
     assert lazy.fc.weight is not lazy.fc.weight  # decoded afresh on each access outside the context
-
-
-def test_restore_on_the_fly_from_artifact(small_net, compressed, tmp_path):
-    b2s.save(compressed, tmp_path / "m.b2s")
-    dense = restore(tmp_path / "m.b2s", copy.deepcopy(small_net))
-    lazy = restore(tmp_path / "m.b2s", copy.deepcopy(small_net), on_the_fly=True)
-    with torch.no_grad():
-        assert torch.equal(lazy(_input()), dense(_input()))
-
-
-def test_uniform_generator_works_on_the_fly_too(small_net):
-    cm = b2s.compress(small_net, "uniform", bits=4, min_numel=1024, progress=False)
-    dense = cm.apply_to(copy.deepcopy(small_net)).eval()
-    lazy = attach(copy.deepcopy(small_net), cm).eval()
-    with torch.no_grad():
-        assert torch.equal(lazy(_input()), dense(_input()))
 
 
 def test_wrong_model_refused(compressed):

@@ -2,7 +2,7 @@
 
 import torch
 
-from big2small.generators import decode, generator_for
+from big2small.generators import REGISTRY, decode, generator_for
 
 
 def randn(*shape, seed=0, dtype=torch.float32):
@@ -21,3 +21,14 @@ def assert_bits_match_bytes(enc):
     payload = 8 * enc.payload_bytes
     assert stored <= payload
     assert payload - stored < 8 * len(enc.tensors)
+
+
+def assert_stored_bits(enc, *, exact=True):
+    """`bits_for` predicts the stored bits (exactly, or as an upper bound for a method whose widths
+    follow the data), and the stored arrays hold them (assert_bits_match_bytes)."""
+    predicted = REGISTRY[enc.method].bits_for(enc.config, enc.layout)
+    if exact:
+        assert enc.total_bits == predicted
+    else:
+        assert enc.total_bits <= predicted
+    assert_bits_match_bytes(enc)

@@ -1,15 +1,14 @@
 """hyper_ref, the faithful reproduction of the Hyper-Compression reference code (docs/hyper-compression.md#reference-scheme)."""
 
-import json
 import math
 
 import pytest
 import torch
-from codec_checks import assert_bits_match_bytes, randn, round_trip
+from codec_checks import assert_bits_match_bytes, assert_stored_bits, randn, round_trip
 
 from big2small import bitpack
 from big2small.errors import Big2SmallError
-from big2small.generators import HEADER_BITS, GeneratorConfig, generator_for
+from big2small.generators import HEADER_BITS, generator_for
 from big2small.generators.hyper_ref import (
     HyperRefConfig,
     HyperRefGenerator,
@@ -28,21 +27,6 @@ def indices(enc):
     side = enc.tensors["side"].tolist()
     count = (enc.layout.numel + 1) // 2
     return bitpack.unpack(enc.tensors["codes"], side[3], count), side
-
-
-@pytest.mark.parametrize(
-    "cfg",
-    [
-        HyperRefConfig(),
-        HyperRefConfig(rect_l=0.8, num_inner_list=[225, 1600], class_max=4, hyperfunction="winding"),
-        HyperRefConfig(set_loss_limit=True, loss_limit=0.01, loss_threshold=0.002, loss_max=0.0),
-    ],
-    ids=["default", "winding", "limit"],
-)
-def test_config_json_round_trip(cfg):
-    data = json.loads(json.dumps(cfg.to_dict()))
-    assert data["method"] == "hyper_ref"
-    assert GeneratorConfig.from_dict(data) == cfg
 
 
 @pytest.mark.parametrize(
@@ -133,9 +117,8 @@ def test_bits_match_payload_bytes_and_bits_for_bounds_them(shape, limit):
     layout = MatrixLayout(shape)
     cfg = HyperRefConfig(num_inner_list=[225, 1600], set_loss_limit=limit)
     enc, _ = round_trip(gaussian(*shape, seed=2), cfg, layout)
-    assert_bits_match_bytes(enc)
     assert enc.bits["header"] == HEADER_BITS
-    assert enc.total_bits <= HyperRefGenerator.bits_for(cfg, layout)
+    assert_stored_bits(enc, exact=False)
 
 
 def test_bits_are_itemised():
@@ -162,17 +145,6 @@ def test_bits_for_upper_bound():
     big = HyperRefConfig(num_inner_list=[1 << 20], set_loss_limit=True)
     assert HyperRefGenerator.bits_for(big, layout) == raw > 3072 * 23 + 224 + HEADER_BITS
     assert HyperRefGenerator.bits_for(cfg, MatrixLayout((3, 3))) == 32 * 9 + HEADER_BITS
-
-
-def test_encoding_is_deterministic():
-    w = gaussian(40, 90, seed=4)
-    w[3, 7] = 0.5
-    cfg = HyperRefConfig(num_inner_list=[225])
-    a = generator_for(cfg).encode(w)
-    b = generator_for(cfg).encode(w.clone())
-    assert a.tensors.keys() == b.tensors.keys()
-    assert all(torch.equal(a.tensors[k], b.tensors[k]) for k in a.tensors)
-    assert a.bits == b.bits
 
 
 def test_odd_length_pads_with_the_mean():
@@ -317,21 +289,6 @@ def test_transposed_layout_decodes_to_the_original_shape():
     assert torch.equal(enc_t.tensors["codes"], enc_p.tensors["codes"])
     assert torch.equal(out_t, out_p)
     assert (out_t - w).abs().max() < 0.01
-
-
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_low_precision_input_keeps_its_dtype(dtype):
-    w = gaussian(16, 40, seed=13).to(dtype)
-    _, out = round_trip(w, HyperRefConfig())
-    assert out.dtype == dtype and out.shape == w.shape
-
-
-@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
-def test_non_finite_input_is_refused(bad):
-    w = gaussian(8, 8)
-    w[3, 4] = bad
-    with pytest.raises(Big2SmallError):
-        generator_for(HyperRefConfig()).encode(w)
 
 
 def test_no_budget_sizing():

@@ -8,11 +8,11 @@ from torch import nn
 
 import big2small as b2s
 from big2small.errors import Big2SmallError
-from big2small.generators import HEADER_BITS, GeneratorConfig, INRConfig, INRGenerator, decode, generator_for
+from big2small.generators import HEADER_BITS, INRConfig, INRGenerator, decode, generator_for
 from big2small.generators.inr import budget_width, inr_bits, reorder, split_outliers
 from big2small.generators.siren import FitSettings, SirenShape, parameter_count, tile_losses
 from big2small.layout import MatrixLayout
-from codec_checks import assert_bits_match_bytes, randn
+from codec_checks import assert_bits_match_bytes, assert_stored_bits, randn
 
 FAST = dict(steps=60, lr=3e-3)
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -41,50 +41,25 @@ def test_a_smooth_matrix_is_fitted_closely(device):
     assert enc.meta["steps"] == 300
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-def test_round_trip_keeps_shape_and_dtype(dtype):
-    w = randn(40, 8, 3, 3, dtype=dtype)
-    enc = generator_for(INRConfig(width=6, **FAST)).encode(w, MatrixLayout(tuple(w.shape)))
-    out = decode(enc)
-    assert out.shape == w.shape and out.dtype == dtype
-
-
 def test_stored_bits_are_exact_and_match_the_payload():
     w = randn(200, 130)
     cfg = INRConfig(width=8, residual_bits=2, **FAST)
     layout = MatrixLayout((200, 130))
     enc = generator_for(cfg).encode(w, layout)
-    assert enc.total_bits == INRGenerator.bits_for(cfg, layout) == inr_bits(cfg, layout, 8)
+    assert_stored_bits(enc)
+    assert enc.total_bits == inr_bits(cfg, layout, 8)
     tiles = math.ceil(200 / 64) * math.ceil(130 / 64)
     assert enc.bits["phi"] == tiles * parameter_count(8, 3) * 16
     assert enc.bits["outlier_index"] == 26 * 15 and enc.bits["outlier_values"] == 26 * 16
     assert enc.bits["row_perm"] == 200 * 8 and enc.bits["col_perm"] == 130 * 8
     assert enc.bits["header"] == HEADER_BITS
-    assert_bits_match_bytes(enc)
 
 
-def test_bytes_on_disk_match_the_reported_size(tmp_path):
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(96, 128), nn.ReLU(), nn.Linear(128, 64))
-    cm = b2s.compress(model, "inr", bpw=5.0, steps=30, progress=False)
-    info = b2s.save(cm, tmp_path / "m.b2s")
-    size = cm.size()
-    assert size.bpw_all <= 5.0
-    stored_bytes = sum(enc.payload_bytes for enc in cm.tensors.values())
-    headers = sum(enc.bits.get("header", 0) for enc in cm.tensors.values())
-    assert abs(8 * stored_bytes - (size.bits_total - headers)) < 8 * sum(len(e.tensors) for e in cm.tensors.values())
-    # The tensor file is the stored bytes plus the safetensors header (names and offsets) alone.
-    assert stored_bytes < info.tensor_file_bytes < stored_bytes + 4096
-    back = b2s.load(tmp_path / "m.b2s")
-    assert torch.equal(back.state_dict()["0.weight"], cm.state_dict()["0.weight"])
-
-
-def test_the_same_seed_gives_the_same_encoding_and_another_seed_does_not():
+def test_another_seed_gives_another_fit():
+    # (the same seed gives the same one: test_conformance)
     w = randn(64, 80, seed=3)
     gen = generator_for(INRConfig(width=6, **FAST))
-    a, b, c = gen.encode(w, seed=1), gen.encode(w, seed=1), gen.encode(w, seed=2)
-    assert all(torch.equal(a.tensors[k], b.tensors[k]) for k in a.tensors)
-    assert not torch.equal(a.tensors["phi"], c.tensors["phi"])
+    assert not torch.equal(gen.encode(w, seed=1).tensors["phi"], gen.encode(w, seed=2).tensors["phi"])
 
 
 def test_tensors_fit_the_same_alone_or_together():
@@ -207,20 +182,11 @@ def test_time_budget_and_error_target_stop_the_fit_early():
     assert easy.meta["steps"] < 5000
 
 
-def test_config_round_trips_through_json_and_rejects_bad_values():
-    cfg = INRConfig(bits_per_weight=3.5, residual_bits=2, freq_mode="highpass")
-    assert GeneratorConfig.from_dict(cfg.to_dict()) == cfg
+def test_invalid_config_is_refused():
     for bad in (dict(width=2), dict(width=8, bits_per_weight=4), dict(reorder="random"),
                 dict(freq_mode="x"), dict(phi_bits=4), dict(residual_bits=9), dict(outlier_frac=0.6)):
         with pytest.raises(Big2SmallError):
             generator_for(INRConfig(**bad))
-
-
-def test_nan_weights_are_refused():
-    w = randn(64, 64)
-    w[3, 3] = float("nan")
-    with pytest.raises(Big2SmallError, match="NaN"):
-        generator_for(INRConfig(width=4)).encode(w)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -1,16 +1,15 @@
 """Low-rank SVD: rank by value, energy or budget; fp16 factors; dense fallback; exact bits."""
 
-import json
 import math
 
 import pytest
 import torch
 
 from big2small.errors import Big2SmallError
-from big2small.generators import HEADER_BITS, GeneratorConfig, LowRankConfig, generator_for
+from big2small.generators import HEADER_BITS, LowRankConfig, generator_for
 from big2small.generators.lowrank import LowRankGenerator
 from big2small.layout import MatrixLayout
-from codec_checks import randn, round_trip, assert_bits_match_bytes
+from codec_checks import assert_stored_bits, randn, round_trip
 
 
 def _with_singular_values(rows, cols, s, seed=0):
@@ -21,13 +20,6 @@ def _with_singular_values(rows, cols, s, seed=0):
 
 SHAPES = [(7, 5), (1, 1), (3, 1000), (33, 3, 3, 3), (64, 48)]
 CONFIGS = [LowRankConfig(rank=1), LowRankConfig(rank=2), LowRankConfig(rank=100), LowRankConfig(bits_per_weight=4.0)]
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-def test_round_trip_keeps_shape_and_dtype(dtype):
-    w = randn(33, 3, 3, 3, dtype=dtype)
-    _, out = round_trip(w, LowRankConfig(rank=4))
-    assert out.shape == w.shape and out.dtype == dtype
 
 
 def test_true_rank_is_reproduced_up_to_fp16():
@@ -130,25 +122,9 @@ def test_large_budget_stores_dense():
 
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("cfg", CONFIGS, ids=str)
-def test_bits_match_payload_bytes(shape, cfg):
+def test_bits_for_equals_encoded_bits_and_bytes(shape, cfg):
     enc, _ = round_trip(randn(*shape), cfg)
-    assert_bits_match_bytes(enc)
-
-
-@pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("cfg", CONFIGS, ids=str)
-def test_bits_for_equals_encoded_bits(shape, cfg):
-    enc, _ = round_trip(randn(*shape), cfg)
-    assert LowRankGenerator.bits_for(cfg, MatrixLayout(shape)) == enc.total_bits
-
-
-def test_transposed_layout_matches_the_transposed_matrix():
-    w = randn(48, 20, seed=10)  # HF Conv1D [in, out]
-    enc, out = round_trip(w, LowRankConfig(rank=3), MatrixLayout((48, 20), transposed=True))
-    _, ref = round_trip(w.t().contiguous(), LowRankConfig(rank=3))
-    assert enc.tensors["L"].shape == (20, 3)  # rows are output channels
-    assert out.shape == w.shape
-    torch.testing.assert_close(out, ref.t())
+    assert_stored_bits(enc)
 
 
 def test_conv_round_trip_at_true_rank():
@@ -229,23 +205,6 @@ def test_for_budget_config_encodes_within_budget():
     assert enc.total_bits <= 12.0 * layout.numel
 
 
-@pytest.mark.parametrize("non_finite", [float("nan"), float("inf")])
-def test_non_finite_input_is_refused(non_finite):
-    w = randn(8, 8)
-    w[0, 0] = non_finite
-    with pytest.raises(Big2SmallError):
-        generator_for(LowRankConfig(rank=2)).encode(w)
-
-
-@pytest.mark.parametrize(
-    "cfg", CONFIGS + [LowRankConfig(), LowRankConfig(energy=0.75)], ids=str
-)
-def test_config_json_round_trip(cfg):
-    data = json.loads(json.dumps(cfg.to_dict()))
-    assert data["method"] == "lowrank"
-    assert GeneratorConfig.from_dict(data) == cfg
-
-
 @pytest.mark.parametrize(
     "kwargs",
     [
@@ -263,13 +222,6 @@ def test_config_json_round_trip(cfg):
 def test_invalid_config_is_refused(kwargs):
     with pytest.raises(Big2SmallError):
         generator_for(LowRankConfig(**kwargs))
-
-
-def test_encoding_is_deterministic():
-    w = randn(30, 40, seed=14)
-    a = generator_for(LowRankConfig(rank=5)).encode(w)
-    b = generator_for(LowRankConfig(rank=5)).encode(w)
-    assert all(torch.equal(a.tensors[k], b.tensors[k]) for k in a.tensors)
 
 
 def test_factors_are_the_same_bytes_on_any_thread_count():

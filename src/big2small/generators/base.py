@@ -129,6 +129,11 @@ class Generator(ABC):
             raise Big2SmallError(f"{cls.config_type.method}: cannot encode a {weight.dtype} tensor")
         if not torch.isfinite(weight).all():
             raise Big2SmallError("weight has NaN or Inf values; refusing to compress it")
+        cls.check_layout(weight, layout)
+
+    @staticmethod
+    def check_layout(weight: torch.Tensor, layout: MatrixLayout) -> None:
+        """Refuse a layout made for a tensor of another shape."""
         if tuple(weight.shape) != layout.shape:
             raise ValueError(f"layout shape {layout.shape} does not match tensor {tuple(weight.shape)}")
 

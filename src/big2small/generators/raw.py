@@ -33,6 +33,7 @@ class RawGenerator(Generator):
     def encode(self, weight: torch.Tensor, layout: MatrixLayout | None = None, *, seed: int = 0) -> Encoded:
         # Raw storage also keeps integer buffers (BatchNorm's num_batches_tracked) and any shape.
         layout = layout or MatrixLayout(tuple(weight.shape))
+        self.check_layout(weight, layout)
         stored = weight.detach()
         if weight.is_floating_point() and self.config.dtype != "same":
             stored = stored.to(STORAGE_DTYPES[self.config.dtype])
