@@ -7,8 +7,9 @@ user's model keeps its class and its forward; the fp32 shadow weights live at
 
     q(x, b, e) = 2^e * round(clamp(2^-e x, -2^(b-1), 2^(b-1) - 1))       (docs/self-compression.md#the-quantiser)
 
-with the straight-through estimator for the rounding. A channel whose b reaches 0 outputs exactly
-zero, gets no gradient any more, and is removed by `convert`.
+with the straight-through estimator for the rounding; the formula is the stored format's own
+(`big2small.generators.channel_int.quantize`), so export reproduces the forward bit for bit. A
+channel whose b reaches 0 outputs exactly zero, gets no gradient any more, and is removed by `convert`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from big2small.errors import Big2SmallError
-from big2small.generators.channel_int import MAX_CHANNEL_BITS, fitted_exponents
+from big2small.generators.channel_int import MAX_CHANNEL_BITS, fitted_exponents, quantize
 from big2small.transforms import channel_groups
 
 QUANTIZED_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -75,23 +76,6 @@ class SelfCompressConfig:
 
     def skips(self, name: str) -> bool:
         return any(p == name or re.fullmatch(p, name) for p in self.skip)
-
-
-def quantize(weight: torch.Tensor, bits: torch.Tensor, exponent: torch.Tensor) -> torch.Tensor:
-    """q(w, b, e) with per-channel b and e shaped to broadcast against `weight` ([O, 1, ...]).
-
-    Gradients: w straight through inside the range (none where clipped); b through the clip
-    bounds; e through both 2^e and 2^-e.
-    """
-    b = torch.relu(bits)
-    lo = -torch.exp2(b - 1)
-    hi = torch.exp2(b - 1) - 1
-    x = torch.exp2(-exponent) * weight
-    clipped = torch.minimum(torch.maximum(x, lo), hi)
-    # Forward: round (half to even); backward: identity. The sum equals round(clipped) exactly
-    # (the two operands are within a factor of two), so export reproduces this bit for bit.
-    rounded = clipped + (torch.round(clipped) - clipped).detach()
-    return torch.exp2(exponent) * rounded
 
 
 class ChannelQuantizer(nn.Module):
