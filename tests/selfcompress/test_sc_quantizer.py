@@ -8,6 +8,8 @@ from torch import nn
 from big2small.errors import Big2SmallError
 from big2small.selfcompress import SelfCompressConfig, prepare, quantized_layers, quantizer_parameters, size_loss
 
+from tiny_models import ResidualMLP
+
 
 def _net():
     torch.manual_seed(0)
@@ -38,6 +40,17 @@ def test_count_live_inputs_discounts_inputs_from_dead_channels():
     with torch.no_grad():
         first.bits[:2] = -1.0  # half the second layer's inputs are dead
     expected = (6 * 2 * 2.0 + 4 * 0.5 * 3 * 2.0) / (24 + 12)
+    assert size_loss(net).item() == pytest.approx(expected)
+
+
+def test_count_live_inputs_counts_a_stream_input_alive_while_any_writer_is():
+    net = prepare(ResidualMLP(), SelfCompressConfig(init_bits=2.0, count_live_inputs=True))
+    quantizers = {name: q for name, _, q in quantized_layers(net)}
+    with torch.no_grad():
+        quantizers["a"].bits[:2] = -1.0  # channels 0, 1 dead in a
+        quantizers["b"].bits[1:3] = -1.0  # channels 1, 2 dead in b: only channel 1 is dead in both
+    live = 5 / 6  # of the stream's channels, which b and head read
+    expected = (6 * 4 * 2.0 + 6 * live * 4 * 2.0 + 6 * live * 2 * 2.0) / (36 + 36 + 12)
     assert size_loss(net).item() == pytest.approx(expected)
 
 

@@ -24,7 +24,7 @@ from torch.nn.utils import parametrize
 
 from big2small.errors import Big2SmallError
 from big2small.generators.channel_int import MAX_CHANNEL_BITS, fitted_exponents, quantize
-from big2small.transforms import channel_groups
+from big2small.transforms import find_groups
 
 QUANTIZED_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
@@ -41,8 +41,8 @@ class SelfCompressConfig:
         Adam moves e by about lr per step, so it learns nothing for thousands of steps (measured:
         on Fashion-MNIST, 9.6% validation accuracy after 40 steps with -8; 81% after 78 fitted).
     min_bits: floor on b during training (0 lets channels die, as in the paper).
-    count_live_inputs: size_loss counts only inputs whose producing channel is still alive (for
-        layers fed by one producer through BatchNorm/activations/pooling; see transforms.coupling).
+    count_live_inputs: size_loss counts only inputs whose channel is still alive in some layer that
+        writes it (for the consumers of the coupling groups that can be narrowed; big2small.transforms.graph).
     skip: regexes (or exact module names) of layers to leave in floating point.
     """
 
@@ -116,7 +116,8 @@ def prepare(model: nn.Module, config: SelfCompressConfig | None = None) -> nn.Mo
     if not targets:
         raise Big2SmallError("selfcompress: the model has no Conv or Linear layer to quantise")
     if config.count_live_inputs:
-        model._big2small_feeds = {c: g.producer for g in channel_groups(model).groups if g.removable for c in g.consumers}
+        model._big2small_feeds = {m.param.rpartition(".")[0]: (g.size, tuple(g.sources))
+                                  for g in find_groups(model).narrowable for m in g.consumers()}
     for name, module in targets:
         if parametrize.is_parametrized(module, "weight"):
             raise Big2SmallError(f"selfcompress: {name}.weight is already parametrised (prepared twice?)")
@@ -180,13 +181,14 @@ class SizePenalty:
 
 
 def _live_input_fractions(model: nn.Module, layers: list[tuple[str, nn.Module, ChannelQuantizer]]) -> dict[str, float]:
-    """Share of each layer's inputs whose producing channel is alive. Only layers whose inputs all
-    come from one quantised producer (a channel group found at prepare time) are discounted."""
-    feeds: dict[str, str] = getattr(model, "_big2small_feeds", {})
+    """Share of each layer's input units alive in at least one of the quantised layers that write
+    them (a coupling group found at prepare time: consumer -> (units, source layers))."""
+    feeds: dict[str, tuple[int, tuple[str, ...]]] = getattr(model, "_big2small_feeds", {})
     quantizers = {name: q for name, _, q in layers}
     out = {}
     with torch.no_grad():
-        for consumer, producer in feeds.items():
-            if consumer in quantizers and producer in quantizers:
-                out[consumer] = float((quantizers[producer].channel_bits() > 0).float().mean())
+        for consumer, (units, sources) in feeds.items():
+            if consumer in quantizers and all(s in quantizers for s in sources):
+                alive = torch.stack([(quantizers[s].channel_bits() > 0).reshape(units, -1).any(1) for s in sources]).any(0)
+                out[consumer] = float(alive.float().mean())
     return out
