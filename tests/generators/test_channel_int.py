@@ -1,4 +1,7 @@
-"""Per-channel integers at their own bit widths: packing, round trips, exact bit accounting."""
+"""Per-channel integers at their own bit widths: packing, round trips, exact bit accounting, and the
+quantiser formula self-compression trains with (forward values, straight-through gradients)."""
+
+import math
 
 import pytest
 import torch
@@ -7,7 +10,7 @@ from big2small.errors import Big2SmallError
 from big2small.generators import ChannelIntConfig, generator_for
 from big2small.generators.channel_int import (
     CHANNEL_HEADER_BITS, ChannelIntGenerator, channel_widths, encode_integers, fitted_exponents, pack_rows,
-    quantize_integers, unpack_rows,
+    quantize, quantize_integers, unpack_rows,
 )
 from big2small.layout import MatrixLayout
 from codec_checks import assert_bits_match_bytes, assert_stored_bits, randn, round_trip
@@ -70,14 +73,63 @@ def test_untrained_encode_stays_within_half_a_step_and_within_bits_for(shape, bi
     assert_stored_bits(enc, exact=False)  # bits_for counts every channel at `bits`
 
 
-def test_quantize_integers_clamps_to_the_bit_depth_range():
-    m = torch.tensor([[10.0, -10.0, 0.4]])
-    assert quantize_integers(m, 2.0, torch.zeros(1)).tolist() == [[1, -2, 0]]
+def test_quantize_integers_are_the_training_forward_over_its_scale():
+    m = torch.randn(6, 10, generator=torch.Generator().manual_seed(0)) * 4
+    bits = torch.tensor([0.0, 0.8, 2.0, 3.0, 4.5, 8.0])
+    e = torch.tensor([0.0, -1.0, 0.5, -2.0, 0.0, -5.0])
+    q = quantize(m, bits.reshape(-1, 1), e.reshape(-1, 1))
+    assert torch.equal(quantize_integers(m, bits, e).float(), q / torch.exp2(e).reshape(-1, 1))
+    assert quantize_integers(m, 2.0, torch.zeros(6)).abs().max() <= 2
 
 
-def test_zero_bit_depth_gives_zero_integers():
-    m = torch.tensor([[10.0, -10.0, 0.4]])
-    assert quantize_integers(m, 0.0, torch.zeros(1)).tolist() == [[0, 0, 0]]
+def _q(w, b, e):
+    return quantize(torch.as_tensor(w), torch.as_tensor(b), torch.as_tensor(e))
+
+
+def test_forward_matches_the_formula():
+    w = torch.tensor([0.3, -1.7, 5.0, -9.0, 2.5])
+    out = _q(w, 3.0, 0.0)  # range [-4, 3], round half to even
+    assert out.tolist() == [0.0, -2.0, 3.0, -4.0, 2.0]
+
+
+def test_exponent_scales_the_grid():
+    out = _q(torch.tensor([0.3, -0.2]), 4.0, -2.0)  # step 0.25
+    assert out.tolist() == [0.25, -0.25]
+
+
+def test_weight_gradient_is_straight_through_inside_and_zero_when_clipped():
+    w = torch.tensor([0.4, 1.2, 7.0, -9.0], requires_grad=True)
+    _q(w, 3.0, 0.0).sum().backward()
+    assert w.grad.tolist() == [1.0, 1.0, 0.0, 0.0]
+
+
+def test_bit_gradient_flows_only_through_clipped_weights():
+    b = torch.tensor(3.0, requires_grad=True)
+    quantize(torch.tensor([7.0]), b, torch.tensor(0.0)).sum().backward()
+    assert b.grad.item() == pytest.approx(2 ** 2 * math.log(2))  # d hi / d b = 2^(b-1) ln 2
+    b.grad = None
+    quantize(torch.tensor([0.4]), b, torch.tensor(0.0)).sum().backward()
+    assert b.grad.item() == 0.0
+
+
+def test_exponent_receives_a_gradient():
+    e = torch.tensor(-1.0, requires_grad=True)
+    quantize(torch.tensor([0.7, 3.0]), torch.tensor(2.0), e).sum().backward()
+    assert e.grad.item() != 0.0
+
+
+def test_zero_bits_outputs_zero_and_freezes_the_channel():
+    w = torch.tensor([0.4, -3.0], requires_grad=True)
+    b = torch.tensor(-0.5, requires_grad=True)
+    out = quantize(w, b, torch.tensor(0.0))
+    out.sum().backward()
+    assert out.tolist() == [0.0, 0.0]
+    assert b.grad.item() == 0.0 and w.grad.tolist() == [0.0, 0.0]
+
+
+def test_fractional_bits_below_one_give_an_asymmetric_range():
+    out = _q(torch.tensor([-5.0, 5.0, -0.6]), 0.8, 0.0)  # range [-0.87, -0.13]: only -1 and 0
+    assert out.tolist() == [-1.0, 0.0, -1.0]
 
 
 def test_invalid_bits_are_refused():

@@ -1,63 +1,14 @@
-"""The per-channel quantiser: forward values, straight-through gradients, dead channels, size loss."""
-
-import math
+"""prepare and the size loss: quantisers on every layer, b and e exposed, Q in bits per weight,
+live inputs, configuration. (The formula itself: tests/generators/test_channel_int.py.)"""
 
 import pytest
 import torch
 from torch import nn
 
 from big2small.errors import Big2SmallError
-from big2small.selfcompress import SelfCompressConfig, prepare, quantize, quantized_layers, quantizer_parameters, size_loss
+from big2small.selfcompress import SelfCompressConfig, prepare, quantized_layers, quantizer_parameters, size_loss
 
-
-def _q(w, b, e):
-    return quantize(torch.as_tensor(w), torch.as_tensor(b), torch.as_tensor(e))
-
-
-def test_forward_matches_the_formula():
-    w = torch.tensor([0.3, -1.7, 5.0, -9.0, 2.5])
-    out = _q(w, 3.0, 0.0)  # range [-4, 3], round half to even
-    assert out.tolist() == [0.0, -2.0, 3.0, -4.0, 2.0]
-
-
-def test_exponent_scales_the_grid():
-    out = _q(torch.tensor([0.3, -0.2]), 4.0, -2.0)  # step 0.25
-    assert out.tolist() == [0.25, -0.25]
-
-
-def test_weight_gradient_is_straight_through_inside_and_zero_when_clipped():
-    w = torch.tensor([0.4, 1.2, 7.0, -9.0], requires_grad=True)
-    _q(w, 3.0, 0.0).sum().backward()
-    assert w.grad.tolist() == [1.0, 1.0, 0.0, 0.0]
-
-
-def test_bit_gradient_flows_only_through_clipped_weights():
-    b = torch.tensor(3.0, requires_grad=True)
-    quantize(torch.tensor([7.0]), b, torch.tensor(0.0)).sum().backward()
-    assert b.grad.item() == pytest.approx(2 ** 2 * math.log(2))  # d hi / d b = 2^(b-1) ln 2
-    b.grad = None
-    quantize(torch.tensor([0.4]), b, torch.tensor(0.0)).sum().backward()
-    assert b.grad.item() == 0.0
-
-
-def test_exponent_receives_a_gradient():
-    e = torch.tensor(-1.0, requires_grad=True)
-    quantize(torch.tensor([0.7, 3.0]), torch.tensor(2.0), e).sum().backward()
-    assert e.grad.item() != 0.0
-
-
-def test_zero_bits_outputs_zero_and_freezes_the_channel():
-    w = torch.tensor([0.4, -3.0], requires_grad=True)
-    b = torch.tensor(-0.5, requires_grad=True)
-    out = quantize(w, b, torch.tensor(0.0))
-    out.sum().backward()
-    assert out.tolist() == [0.0, 0.0]
-    assert b.grad.item() == 0.0 and w.grad.tolist() == [0.0, 0.0]
-
-
-def test_fractional_bits_below_one_give_an_asymmetric_range():
-    out = _q(torch.tensor([-5.0, 5.0, -0.6]), 0.8, 0.0)  # range [-0.87, -0.13]: only -1 and 0
-    assert out.tolist() == [-1.0, 0.0, -1.0]
+from tiny_models import ResidualMLP
 
 
 def _net():
@@ -89,6 +40,17 @@ def test_count_live_inputs_discounts_inputs_from_dead_channels():
     with torch.no_grad():
         first.bits[:2] = -1.0  # half the second layer's inputs are dead
     expected = (6 * 2 * 2.0 + 4 * 0.5 * 3 * 2.0) / (24 + 12)
+    assert size_loss(net).item() == pytest.approx(expected)
+
+
+def test_count_live_inputs_counts_a_stream_input_alive_while_any_writer_is():
+    net = prepare(ResidualMLP(), SelfCompressConfig(init_bits=2.0, count_live_inputs=True))
+    quantizers = {name: q for name, _, q in quantized_layers(net)}
+    with torch.no_grad():
+        quantizers["a"].bits[:2] = -1.0  # channels 0, 1 dead in a
+        quantizers["b"].bits[1:3] = -1.0  # channels 1, 2 dead in b: only channel 1 is dead in both
+    live = 5 / 6  # of the stream's channels, which b and head read
+    expected = (6 * 4 * 2.0 + 6 * live * 4 * 2.0 + 6 * live * 2 * 2.0) / (36 + 36 + 12)
     assert size_loss(net).item() == pytest.approx(expected)
 
 

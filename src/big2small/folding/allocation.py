@@ -22,7 +22,7 @@ from torch import nn
 
 from big2small.errors import Big2SmallError
 from big2small.folding.config import FoldConfig
-from big2small.folding.groups import FoldGroup
+from big2small.transforms import CouplingGroup
 
 
 def keep_count(n: int, ratio: float, multiple_of: int = 1) -> int:
@@ -34,7 +34,7 @@ def keep_count(n: int, ratio: float, multiple_of: int = 1) -> int:
     return max(1, min(n, k))
 
 
-def parameter_axes(model: nn.Module, groups: list[FoldGroup]) -> list[tuple[int, list[str]]]:
+def parameter_axes(model: nn.Module, groups: list[CouplingGroup]) -> list[tuple[int, list[str]]]:
     """Each parameter's element count (tied tensors once) and the groups indexing its axes."""
     index: dict[str, list[str]] = {}
     for g in groups:
@@ -50,7 +50,7 @@ def parameter_axes(model: nn.Module, groups: list[FoldGroup]) -> list[tuple[int,
     return out
 
 
-def widths(model: nn.Module, groups: list[FoldGroup], config: FoldConfig, params_before: int,
+def widths(model: nn.Module, groups: list[CouplingGroup], config: FoldConfig, params_before: int,
            features) -> tuple[dict[str, int], float | None]:
     """Units kept per group (name -> k) and the uniform ratio used (None for "cost" allocation).
     `features(group)` returns the group's [n, d] clustering features (for "cost")."""

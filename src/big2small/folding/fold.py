@@ -1,11 +1,12 @@
 """fold(): make a model really narrower by merging similar units (docs/folding.md), or, as the
 baseline, by structured magnitude pruning of the same units.
 
-For each foldable coupling group of n units with k kept:
+For each foldable coupling group (big2small.transforms.graph) of n units with k kept:
 1. features: every member's slice per unit, flattened and concatenated ([n, d]);
 2. labels: k-means over the features (folding), or the k largest producer norms (pruning);
-3. merge: producers and statistics become A @ P, consumers W @ B^T, with A the k x n cluster-mean
-   matrix and B the cluster-membership matrix (for pruning both select the kept units);
+3. merge with the coupling graph's apply step (big2small.transforms.apply): producers and
+   statistics become A @ P, consumers W @ B^T, with A the k x n cluster-mean matrix and B the
+   cluster-membership matrix; pruning selects the kept units (`select`);
 4. repair: Fold-AR fuses BatchNorm statistics into the producers first and afterwards rescales each
    merged channel by sqrt(n_c / (1 + (n_c - 1) rho_c)), rho_c the mean cosine between the merged
    units' features; "data" re-estimates BatchNorm statistics on real inputs instead.
@@ -27,12 +28,11 @@ from torch import nn
 from big2small.errors import Big2SmallError
 from big2small.folding.allocation import widths
 from big2small.folding.config import FoldConfig
-from big2small.folding.groups import FoldGroup, Member, find_groups
 from big2small.folding.kmeans import kmeans
 from big2small.folding.lsq_repair import mlp_hidden, refit_output, sample_count, synthetic_inputs
 from big2small.progress import progress_bar
 from big2small.training import recalibrate_batchnorm
-from big2small.transforms.narrow import replace_tensor, sync_sizes
+from big2small.transforms import CouplingGroup, Member, apply, find_groups, named_tensor, select
 
 
 @dataclass
@@ -107,7 +107,7 @@ def fold(model: nn.Module, config: FoldConfig | None = None, *, data: Iterable[t
     macs_before = count_macs(model, example_input) if example_input is not None else None
     modules = dict(model.named_modules())
 
-    def scaled_features(group: FoldGroup) -> torch.Tensor:  # what clustering sees, before any fusion
+    def scaled_features(group: CouplingGroup) -> torch.Tensor:  # what clustering sees, before any fusion
         return robust_scale(features(modules, group))
 
     keep, uniform = widths(model, groups, config, params_before, scaled_features)
@@ -164,14 +164,7 @@ def count_macs(model: nn.Module, example_input: Any) -> int:
     return total
 
 
-# --- ratios ----------------------------------------------------------------------------------
-
 # --- one group -------------------------------------------------------------------------------
-
-def _tensor(modules: dict[str, nn.Module], name: str) -> torch.Tensor:
-    module_name, _, attr = name.rpartition(".")
-    return getattr(modules[module_name], attr)
-
 
 def unit_rows(tensor: torch.Tensor, member: Member, n: int) -> torch.Tensor:
     """The member's slice per unit as rows: [n, -1] (docs/folding.md#features)."""
@@ -181,9 +174,9 @@ def unit_rows(tensor: torch.Tensor, member: Member, n: int) -> torch.Tensor:
     return t.reshape(t.shape[0], n, -1).transpose(0, 1).reshape(n, -1)
 
 
-def features(modules: dict[str, nn.Module], group: FoldGroup, roles: tuple[str, ...] = ("producer", "consumer")) -> torch.Tensor:
+def features(modules: dict[str, nn.Module], group: CouplingGroup, roles: tuple[str, ...] = ("producer", "consumer")) -> torch.Tensor:
     """[n, d]: the members' slices of every unit (producers and consumers by default), side by side."""
-    return torch.cat([unit_rows(_tensor(modules, m.param), m, group.size)
+    return torch.cat([unit_rows(named_tensor(modules, m.param), m, group.size)
                       for m in group.members if m.role in roles], dim=1)
 
 
@@ -201,75 +194,66 @@ def _chunked_quantiles(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.quantile(x[:, i:i + step], probs, dim=0) for i in range(0, x.shape[1], step)], dim=1)
 
 
-def _labels(modules: dict[str, nn.Module], group: FoldGroup, k: int, config: FoldConfig) -> torch.Tensor:
-    """labels [n] in [0, k): the cluster of each unit, or for pruning the kept units' new index
-    (-1 for removed units)."""
-    if config.selection == "fold":
-        x = features(modules, group)
-        if config.scaling == "robust":
-            x = robust_scale(x)
-        return kmeans(x, k, n_init=config.n_init, max_iter=config.max_iter, seed=config.seed)
+def _largest_units(modules: dict[str, nn.Module], group: CouplingGroup, k: int, config: FoldConfig) -> torch.Tensor:
+    """keep [n] (bool): the k units whose producer weights have the largest L1 or L2 norm (pruning)."""
     p = 1 if config.selection == "l1" else 2
     weights = [m for m in group.producers() if m.param.endswith(".weight") and m.param.rpartition(".")[0] not in group.norms]
-    score = sum(unit_rows(_tensor(modules, m.param), m, group.size).norm(p=p, dim=1) for m in weights)
-    keep = torch.sort(torch.topk(score, k).indices).values
-    labels = torch.full((group.size,), -1, dtype=torch.long, device=score.device)
-    labels[keep] = torch.arange(k, device=score.device)
-    return labels
+    score = sum(unit_rows(named_tensor(modules, m.param), m, group.size).norm(p=p, dim=1) for m in weights)
+    keep = torch.zeros(group.size, dtype=torch.bool, device=score.device)
+    keep[torch.topk(score, k).indices] = True
+    return keep
 
 
 @torch.no_grad()
-def _fold_group(model: nn.Module, modules: dict[str, nn.Module], group: FoldGroup, k: int, config: FoldConfig) -> None:
-    n = group.size
-    labels = _labels(modules, group, k, config)
-    device = labels.device
-    kept = labels >= 0
-    membership = torch.zeros(k, n, device=device)
-    membership[labels[kept], kept.nonzero().reshape(-1)] = 1.0
-    counts = membership.sum(1)
-    mean = membership / counts.clamp_min(1).unsqueeze(1)
-    factor = None
-    if config.selection == "fold" and config.repair == "ar" and group.fused:
-        roles = ("producer",) if config.ar_features == "producers" else ("producer", "consumer")
-        factor = ar_factor(features(modules, group, roles), labels, k)
-    row_factors = {}
-    if config.selection == "fold" and config.norm_repair == "scale_rows" and not group.norms:
-        for m in group.producers():
-            if m.param.endswith(".weight"):
-                row_factors[m.param.rpartition(".")[0]] = ar_factor(unit_rows(_tensor(modules, m.param), m, n), labels, k)
+def _fold_group(model: nn.Module, modules: dict[str, nn.Module], group: CouplingGroup, k: int, config: FoldConfig) -> None:
+    """Merge (folding) or select (pruning) the group's units down to k, with the configured repairs."""
     refit = None
     if config.norm_repair == "lsq" and group.mlp_module is not None:
         # Applies to pruning too: it refits the output from whichever units are kept.
-        x = synthetic_inputs(modules[group.input_norm], sample_count(n), config.seed)
+        x = synthetic_inputs(modules[group.input_norm], sample_count(group.size), config.seed)
         consumer = modules[group.consumers()[0].param.rpartition(".")[0]]
         x = x.to(consumer.weight.device, consumer.weight.dtype)
         refit = (x, consumer, consumer(mlp_hidden(modules[group.mlp_module], x)))
-    for m in group.members:
-        t = _tensor(modules, m.param)
-        rows = unit_rows(t, m, n)
-        if m.axis == 0:
-            merged = mean.to(rows.dtype) @ rows
-            layer_factor = row_factors.get(m.param.rpartition(".")[0])
-            if layer_factor is not None:
-                merged = merged * layer_factor.unsqueeze(1)
-            new = merged.reshape(k * (t.shape[0] // n), *t.shape[1:])
-        else:
-            cols = t.detach().float().reshape(t.shape[0], n, -1)
-            new = torch.einsum("kn,onr->okr", membership.to(cols.dtype), cols).reshape(t.shape[0], -1, *t.shape[2:])
-        module_name, _, attr = m.param.rpartition(".")
-        replace_tensor(modules[module_name], attr, new.to(t.dtype))
+    if config.selection == "fold":
+        _merge(model, modules, group, k, config)
+    else:
+        select(model, group, _largest_units(modules, group, k, config))
+    if refit is not None:
+        x, consumer, target = refit
+        refit_output(consumer, mlp_hidden(modules[group.mlp_module], x), target)
+
+
+def _merge(model: nn.Module, modules: dict[str, nn.Module], group: CouplingGroup, k: int, config: FoldConfig) -> None:
+    """Cluster the units, merge each cluster into one, and repair the merged units' variance."""
+    n = group.size
+    x = features(modules, group)
+    if config.scaling == "robust":
+        x = robust_scale(x)
+    labels = kmeans(x, k, n_init=config.n_init, max_iter=config.max_iter, seed=config.seed)
+    membership = torch.zeros(k, n, device=labels.device)
+    membership[labels, torch.arange(n, device=labels.device)] = 1.0
+    mean = membership / membership.sum(1).clamp_min(1).unsqueeze(1)
+    factor = None
+    if config.repair == "ar" and group.fused:
+        roles = ("producer",) if config.ar_features == "producers" else ("producer", "consumer")
+        factor = ar_factor(features(modules, group, roles), labels, k)
+    row_factors = {}
+    if config.norm_repair == "scale_rows" and not group.norms:
+        for m in group.producers():
+            if m.param.endswith(".weight"):
+                row_factors[m.param.rpartition(".")[0]] = ar_factor(unit_rows(named_tensor(modules, m.param), m, n), labels, k)
+    apply(model, group, mean, membership)
+    for m in group.producers():
+        layer_factor = row_factors.get(m.param.rpartition(".")[0])
+        if layer_factor is not None:  # each merged row times its layer's own AR factor
+            t = named_tensor(modules, m.param)
+            t.copy_((t.float().reshape(k, -1) * layer_factor.unsqueeze(1)).reshape(t.shape).to(t.dtype))
     if factor is not None:
         fused = {bn for _, bn in group.fused}
         for name in group.norms:
             if name in fused:
                 norm = modules[name]
                 norm.running_var.copy_((1.0 / factor.to(norm.running_var.dtype) ** 2) - norm.eps)
-    for name in {m.param.rpartition(".")[0] for m in group.members}:
-        sync_sizes(modules[name])
-    if refit is not None:
-        x, consumer, target = refit
-        refit_output(consumer, mlp_hidden(modules[group.mlp_module], x), target)
-    group.size = k
 
 
 def ar_factor(x: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
@@ -285,7 +269,7 @@ def ar_factor(x: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _fuse_batchnorm(modules: dict[str, nn.Module], group: FoldGroup) -> None:
+def _fuse_batchnorm(modules: dict[str, nn.Module], group: CouplingGroup) -> None:
     """Divide each producer's rows by its BatchNorm's sqrt(var + eps) and move the statistics to
     mean/sqrt(var + eps) and variance 1 - eps: the same function, with unit-variance channels that
     Fold-AR can reason about (docs/folding.md#fold-ar, step 1)."""

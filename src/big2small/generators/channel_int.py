@@ -136,13 +136,41 @@ def fitted_exponents(matrix: torch.Tensor, bits: float) -> torch.Tensor:
     return torch.where(peak > 0, e, torch.zeros_like(e))
 
 
-def quantize_integers(matrix: torch.Tensor, bits: torch.Tensor | float, exponents: torch.Tensor) -> torch.Tensor:
-    """round(clamp(2^-e W, -2^(b-1), 2^(b-1) - 1)) per row, in fp32, as the training forward does."""
-    b = torch.as_tensor(bits, dtype=torch.float32).clamp(min=0).reshape(-1, 1)
+def quantize_levels(weight: torch.Tensor, bits: torch.Tensor, exponent: torch.Tensor, *,
+                    straight_through: bool = False) -> torch.Tensor:
+    """round(clamp(2^-e W, -2^(b-1), 2^(b-1) - 1)) with b := relu(b): the integer levels of `weight`,
+    as floats; b and e broadcast against it (one per channel: [O, 1, ...]).
+
+    straight_through: round in the forward pass, identity in the backward pass
+    (x + (round(x) - x).detach(), which equals round(x) exactly: the two operands are within a
+    factor of two), so that training gets gradients and export reproduces it bit for bit.
+    """
+    b = torch.relu(bits)
     lo = -torch.exp2(b - 1)
     hi = torch.exp2(b - 1) - 1
-    x = torch.exp2(-exponents.float().reshape(-1, 1)) * matrix
-    return torch.round(torch.minimum(torch.maximum(x, lo), hi)).to(torch.int64)
+    x = torch.exp2(-exponent) * weight
+    clipped = torch.minimum(torch.maximum(x, lo), hi)
+    if straight_through:
+        return clipped + (torch.round(clipped) - clipped).detach()
+    return torch.round(clipped)
+
+
+def quantize(weight: torch.Tensor, bits: torch.Tensor, exponent: torch.Tensor) -> torch.Tensor:
+    """q(w, b, e) = 2^e * round(clamp(2^-e w, -2^(b-1), 2^(b-1) - 1)) (docs/self-compression.md#the-quantiser),
+    the training forward of a self-compressed layer, with per-channel b and e shaped to broadcast
+    against `weight` ([O, 1, ...]).
+
+    Gradients: w straight through inside the range (none where clipped); b through the clip
+    bounds; e through both 2^e and 2^-e.
+    """
+    return torch.exp2(exponent) * quantize_levels(weight, bits, exponent, straight_through=True)
+
+
+def quantize_integers(matrix: torch.Tensor, bits: torch.Tensor | float, exponents: torch.Tensor) -> torch.Tensor:
+    """The integer levels of a matrix [rows, cols] at one bit depth (or one per row) and one
+    exponent per row, in fp32, as the training forward computes them."""
+    b = torch.as_tensor(bits, dtype=torch.float32, device=matrix.device).reshape(-1, 1)
+    return quantize_levels(matrix, b, exponents.float().reshape(-1, 1)).to(torch.int64)
 
 
 @register

@@ -2,10 +2,11 @@
 
 1. Each quantised layer's weight becomes its quantised value 2^e * W_int (the training-time
    forward, bit for bit), and its integers and scales 2^e are kept for storage.
-2. Dead channels (every integer 0) are removed where their channel group allows it (one producer,
-   plus BatchNorm and bias), their constant output folded into the consumers' biases; units that
-   every consumer ignores (all-zero input slices) go too (docs/self-compression.md#removing-dead-channels). Channels of groups that
-   cannot be narrowed (residual streams, untraceable models) stay, at 0 payload bits.
+2. Dead channels (every integer 0 in every layer writing them) are removed from their coupling
+   group, the graph folding uses, their constant output folded into the consumers' biases; units
+   that every consumer ignores (all-zero input slices) go too (selfcompress/removal.py,
+   docs/self-compression.md#removing-dead-channels). Channels of groups that cannot be narrowed
+   (a concatenation, the model's output, untraceable models) stay, at 0 payload bits.
 3. The integers are bit-packed per channel at their own width (generators/channel_int.py); every
    other tensor is stored raw. The result saves through the artifact format like any other.
 """
@@ -13,7 +14,6 @@
 from __future__ import annotations
 
 import copy
-import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,10 +27,8 @@ from big2small.generators.channel_int import ChannelIntConfig, encode_integers
 from big2small.layout import MatrixLayout
 from big2small.recipe import Recipe
 from big2small.selfcompress.quantizer import quantized_layers
-from big2small.transforms import channel_groups, constant_inputs, remove_channels
+from big2small.selfcompress.removal import remove_dead_channels
 from big2small.transforms.records import ChannelRemovalRecord
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -55,7 +53,7 @@ class SelfCompressed:
     compressed: CompressedModel
     layers: list[LayerSummary]
     reference_bits: int  # the original model's state_dict in its own dtypes (fp32): what a plain save takes
-    unremovable: dict[str, str] = field(default_factory=dict)  # producer -> why its channels stay
+    unremovable: dict[str, str] = field(default_factory=dict)  # coupling group -> why its dead channels stay
 
     @property
     def bits_total(self) -> int:
@@ -118,7 +116,7 @@ def convert(model: nn.Module, *, remove: bool = True, raw_dtype: str = "float32"
             delattr(plain, attr)
     plain.eval()
 
-    unremovable = _remove_dead_channels(plain, scales) if remove else {}
+    unremovable = remove_dead_channels(plain, scales) if remove else {}
     modules = dict(plain.named_modules())
     encoded = {}
     for name, scale_vector in scales.items():
@@ -170,58 +168,3 @@ def _bake(module: nn.Module) -> None:
     del module._modules["parametrizations"]
     module.__class__ = plain_class
     module.register_parameter("weight", nn.Parameter(weight))
-
-
-def _remove_dead_channels(model: nn.Module, scales: dict[str, torch.Tensor]) -> dict[str, str]:
-    """Narrow every removable group in place (scales sliced alike); return the groups that hold
-    dead channels but cannot be narrowed, with the reason."""
-    report = channel_groups(model)
-    modules = dict(model.named_modules())
-    if report.untraceable:
-        dead_layers = [n for n in scales if bool((modules[n].weight.reshape(modules[n].weight.shape[0], -1) == 0).all(1).any())]
-        return {n: report.untraceable for n in dead_layers}
-    unremovable = {}
-    changed = True
-    while changed:
-        changed = False
-        for group in report.groups:
-            producer = modules[group.producer]
-            rows = producer.weight.reshape(group.width, -1)
-            dead = (rows == 0).all(1)
-            if group.consumers:
-                unused = torch.ones_like(dead)
-                for consumer, per_channel in group.consumers.items():
-                    w = modules[consumer].weight
-                    cols = w.reshape(w.shape[0], group.width, -1).transpose(0, 1).reshape(group.width, -1)
-                    unused &= (cols == 0).all(1)
-                dead = dead | unused
-            if not bool(dead.any()):
-                continue
-            if not group.removable:
-                unremovable[group.producer] = group.reason
-                continue
-            keep = ~dead
-            if not bool(keep.any()):
-                keep[0] = True  # a layer keeps one channel so that the network still has a shape
-            if bool(keep.all()):
-                continue
-            bias = producer.bias if producer.bias is not None else producer.weight.new_zeros(group.width)
-            constants = constant_inputs(model, group, bias.detach())
-            _warn_if_padded(modules, group, constants, ~keep)
-            idx = keep.nonzero().reshape(-1)
-            remove_channels(model, group, keep, constants)
-            if group.producer in scales:
-                scales[group.producer] = scales[group.producer][idx]
-            changed = True
-    return unremovable
-
-
-def _warn_if_padded(modules: dict[str, nn.Module], group, constants: dict[str, torch.Tensor], removed: torch.Tensor) -> None:
-    """A constant folded into a zero-padded conv is exact only away from the image borders."""
-    for consumer, values in constants.items():
-        module = modules[consumer]
-        padded = isinstance(module, nn.modules.conv._ConvNd) and (
-            module.padding != "valid" if isinstance(module.padding, str) else any(p != 0 for p in module.padding))
-        if padded and bool((values[removed].abs() > 1e-8).any()):
-            log.warning("%s: removed channels of %s emit a constant; folded into its bias, exact away from "
-                        "the zero-padded borders only", consumer, group.producer)

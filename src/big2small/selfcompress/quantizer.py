@@ -7,8 +7,9 @@ user's model keeps its class and its forward; the fp32 shadow weights live at
 
     q(x, b, e) = 2^e * round(clamp(2^-e x, -2^(b-1), 2^(b-1) - 1))       (docs/self-compression.md#the-quantiser)
 
-with the straight-through estimator for the rounding. A channel whose b reaches 0 outputs exactly
-zero, gets no gradient any more, and is removed by `convert`.
+with the straight-through estimator for the rounding; the formula is the stored format's own
+(`big2small.generators.channel_int.quantize`), so export reproduces the forward bit for bit. A
+channel whose b reaches 0 outputs exactly zero, gets no gradient any more, and is removed by `convert`.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from big2small.errors import Big2SmallError
-from big2small.generators.channel_int import MAX_CHANNEL_BITS, fitted_exponents
-from big2small.transforms import channel_groups
+from big2small.generators.channel_int import MAX_CHANNEL_BITS, fitted_exponents, quantize
+from big2small.transforms import find_groups
 
 QUANTIZED_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
@@ -40,8 +41,8 @@ class SelfCompressConfig:
         Adam moves e by about lr per step, so it learns nothing for thousands of steps (measured:
         on Fashion-MNIST, 9.6% validation accuracy after 40 steps with -8; 81% after 78 fitted).
     min_bits: floor on b during training (0 lets channels die, as in the paper).
-    count_live_inputs: size_loss counts only inputs whose producing channel is still alive (for
-        layers fed by one producer through BatchNorm/activations/pooling; see transforms.coupling).
+    count_live_inputs: size_loss counts only inputs whose channel is still alive in some layer that
+        writes it (for the consumers of the coupling groups that can be narrowed; big2small.transforms.graph).
     skip: regexes (or exact module names) of layers to leave in floating point.
     """
 
@@ -75,23 +76,6 @@ class SelfCompressConfig:
 
     def skips(self, name: str) -> bool:
         return any(p == name or re.fullmatch(p, name) for p in self.skip)
-
-
-def quantize(weight: torch.Tensor, bits: torch.Tensor, exponent: torch.Tensor) -> torch.Tensor:
-    """q(w, b, e) with per-channel b and e shaped to broadcast against `weight` ([O, 1, ...]).
-
-    Gradients: w straight through inside the range (none where clipped); b through the clip
-    bounds; e through both 2^e and 2^-e.
-    """
-    b = torch.relu(bits)
-    lo = -torch.exp2(b - 1)
-    hi = torch.exp2(b - 1) - 1
-    x = torch.exp2(-exponent) * weight
-    clipped = torch.minimum(torch.maximum(x, lo), hi)
-    # Forward: round (half to even); backward: identity. The sum equals round(clipped) exactly
-    # (the two operands are within a factor of two), so export reproduces this bit for bit.
-    rounded = clipped + (torch.round(clipped) - clipped).detach()
-    return torch.exp2(exponent) * rounded
 
 
 class ChannelQuantizer(nn.Module):
@@ -132,7 +116,8 @@ def prepare(model: nn.Module, config: SelfCompressConfig | None = None) -> nn.Mo
     if not targets:
         raise Big2SmallError("selfcompress: the model has no Conv or Linear layer to quantise")
     if config.count_live_inputs:
-        model._big2small_feeds = {c: g.producer for g in channel_groups(model).groups if g.removable for c in g.consumers}
+        model._big2small_feeds = {m.param.rpartition(".")[0]: (g.size, tuple(g.sources))
+                                  for g in find_groups(model).narrowable for m in g.consumers()}
     for name, module in targets:
         if parametrize.is_parametrized(module, "weight"):
             raise Big2SmallError(f"selfcompress: {name}.weight is already parametrised (prepared twice?)")
@@ -196,13 +181,14 @@ class SizePenalty:
 
 
 def _live_input_fractions(model: nn.Module, layers: list[tuple[str, nn.Module, ChannelQuantizer]]) -> dict[str, float]:
-    """Share of each layer's inputs whose producing channel is alive. Only layers whose inputs all
-    come from one quantised producer (a channel group found at prepare time) are discounted."""
-    feeds: dict[str, str] = getattr(model, "_big2small_feeds", {})
+    """Share of each layer's input units alive in at least one of the quantised layers that write
+    them (a coupling group found at prepare time: consumer -> (units, source layers))."""
+    feeds: dict[str, tuple[int, tuple[str, ...]]] = getattr(model, "_big2small_feeds", {})
     quantizers = {name: q for name, _, q in layers}
     out = {}
     with torch.no_grad():
-        for consumer, producer in feeds.items():
-            if consumer in quantizers and producer in quantizers:
-                out[consumer] = float((quantizers[producer].channel_bits() > 0).float().mean())
+        for consumer, (units, sources) in feeds.items():
+            if consumer in quantizers and all(s in quantizers for s in sources):
+                alive = torch.stack([(quantizers[s].channel_bits() > 0).reshape(units, -1).any(1) for s in sources]).any(0)
+                out[consumer] = float(alive.float().mean())
     return out

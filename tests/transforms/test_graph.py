@@ -1,10 +1,12 @@
-"""Coupling groups for folding: residual streams, BatchNorm, depthwise convs, SE gates, flatten,
-transformer MLP units and attention heads; unsupported structures reported with a reason."""
+"""The coupling graph: residual streams, BatchNorm, depthwise convs, SE gates, flatten, transformer
+MLP units and attention heads; every structure no handler understands refused with a reason."""
 
+import pytest
+import torch
 from torch import nn
 
-from big2small.folding import find_groups
 from big2small.models.zoo.fashion import fashion_resnet
+from big2small.transforms import find_groups
 
 from tiny_models import ConcatNet, FlattenNet, MBConvNet, tiny_bert, tiny_llama
 
@@ -96,3 +98,54 @@ def test_bert_groups_include_biases_and_leave_the_residual_stream():
 def test_transformer_groups_can_be_limited_to_mlps():
     report = find_groups(tiny_llama(), attention=False)
     assert {g.kind for g in report.groups} == {"mlp"}
+
+
+def test_flattened_linear_outputs_are_refused():
+    class SeqNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.Linear(4, 6)
+            self.head = nn.Linear(5 * 6, 2)
+
+        def forward(self, x):  # x: [batch, 5 tokens, 4]
+            return self.head(torch.relu(self.proj(x)).flatten(1))
+
+    group = next(g for g in find_groups(SeqNet()).groups if g.name == "proj")
+    assert not group.narrowable and "flattened" in group.reason
+
+
+class _Uses(nn.Module):
+    """conv -> `use` -> head: whatever `use` does to the channels decides whether conv's group narrows."""
+
+    def __init__(self, use):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+        self.extra = nn.Conv2d(4, 4, 3, padding=1, groups=2)
+        self.norm = nn.LayerNorm(4)
+        self.scale = nn.Parameter(torch.ones(1, 4, 1, 1))
+        self.head = nn.Conv2d(4, 2, 1)
+        self.use = use
+
+    def forward(self, x):
+        return self.head(self.use(self, self.conv(x)))
+
+
+@pytest.mark.parametrize("use, reason", [
+    (lambda m, h: h, None),
+    (lambda m, h: torch.cumsum(h, 1), "it feeds cumsum"),
+    (lambda m, h: m.norm(h.transpose(1, 3)).transpose(1, 3), "it feeds transpose"),
+    (lambda m, h: h.permute(0, 1, 3, 2), "it feeds permute"),
+    (lambda m, h: m.extra(h), "grouped conv extra"),
+    (lambda m, h: h * m.scale, "the tensor scale, used directly"),
+    (lambda m, h: m.conv(h), "conv is called more than once"),
+])
+def test_an_operation_without_a_handler_refuses_the_group_and_names_itself(use, reason):
+    group = next(g for g in find_groups(_Uses(use)).groups if g.sources == ["conv"])
+    assert group.reason == reason or reason in group.reason
+
+
+def test_every_traced_group_records_its_sources_and_readers():
+    group = next(g for g in find_groups(MBConvNet()).groups if g.name == "stream:expand")
+    assert group.sources == ["expand", "se_expand"]
+    assert set(group.trace.readers) == {"dw", "se_reduce", "project"}
+    assert [group.trace.sources[n] for n in group.trace.sources] == ["expand", "se_expand"]

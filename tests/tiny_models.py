@@ -1,4 +1,5 @@
-"""Small models with the structures folding must handle (shared by the folding tests)."""
+"""Small models with the structures the coupling graph must handle (shared by the transforms,
+folding and self-compression tests)."""
 
 import torch
 from torch import nn
@@ -30,6 +31,20 @@ class MBConvNet(nn.Module):
         h = torch.sigmoid(s) * h
         x = x + self.bn3(self.project(h))
         return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+class ResidualMLP(nn.Module):
+    """h = a(x); out = head(h + relu(b(h))): a and b write one residual stream."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(6, 6)
+        self.b = nn.Linear(6, 6)
+        self.head = nn.Linear(6, 2)
+
+    def forward(self, x):
+        h = self.a(x)
+        return self.head(h + torch.relu(self.b(h)))
 
 
 class ConcatNet(nn.Module):
