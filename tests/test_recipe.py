@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+import big2small as b2s
 from big2small.errors import Big2SmallError
 from big2small.generators import LowRankConfig, RawConfig, UniformConfig
 from big2small.recipe import Override, Recipe, describe_module_tensors, describe_state_dict, plan
@@ -101,3 +102,26 @@ def test_compressing_an_integer_buffer_is_refused(small_net):
     recipe = Recipe(default=UniformConfig(), overrides=[Override("bn.num_batches_tracked", UniformConfig())])
     with pytest.raises(Big2SmallError, match="cannot compress a torch.int64 tensor"):
         plan(describe_module_tensors(small_net), recipe)
+
+
+@pytest.mark.parametrize("state, match", [
+    ({"a": torch.zeros(8, 8, dtype=torch.uint16)}, "uint16 tensors are not supported"),
+    ({"a": torch.zeros(8, 8, dtype=torch.complex64)}, "complex64 tensors are not supported"),
+    ({"a": torch.zeros(8, 8).to(torch.float8_e4m3fn)}, "float8_e4m3fn tensors are not supported"),
+    ({}, "nothing to compress"),
+    ({"a": torch.zeros(0, 8)}, "nothing to compress"),
+    ({"a": torch.randn(64, 64), "b": torch.tensor([1.0, float("nan")])}, "b: NaN or Inf"),
+    ({"a": torch.randn(64, 64), "b": torch.tensor([1.0, float("inf")])}, "b: NaN or Inf"),
+])
+def test_what_no_artifact_can_hold_is_refused_in_one_line(state, match):
+    with pytest.raises(Big2SmallError, match=match) as info:
+        b2s.compress(state, "uniform", bits=4, progress=False)
+    assert "\n" not in str(info.value)
+
+
+def test_kept_values_beyond_float16_are_stored_in_float32_and_the_plan_says_so():
+    state = {"w": torch.randn(64, 64), "scale": torch.tensor([70000.0, -1e30, 0.5])}
+    cm = b2s.compress(state, "uniform", bits=4, progress=False)
+    entry = next(e for e in cm.plan if e.name == "scale")
+    assert entry.config.dtype == "float32" and "beyond float16" in entry.reason
+    assert torch.equal(cm.state_dict()["scale"], state["scale"])

@@ -30,6 +30,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from big2small.compress import CompressedModel
+from big2small.dtypes import STORED_DTYPES, dtype_name
 from big2small.errors import Big2SmallError
 from big2small.generators import Encoded, GeneratorConfig
 from big2small.layout import MatrixLayout
@@ -46,20 +47,10 @@ TENSORS = "tensors.safetensors"
 SOURCE_DIR = "source"
 HASH_KEY = "big2small.manifest_sha256"
 
-_DTYPES = {str(d).removeprefix("torch."): d for d in (
-    torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.uint8, torch.int8,
-    torch.int16, torch.int32, torch.int64, torch.bool,
-)}
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
 def _dtype(name: str) -> torch.dtype:
-    if name not in _DTYPES:
+    if name not in STORED_DTYPES:
         raise Big2SmallError(f"corrupt artifact: unknown dtype {name!r}")
-    return _DTYPES[name]
+    return STORED_DTYPES[name]
 
 
 def tensor_sha256(t: torch.Tensor) -> str:

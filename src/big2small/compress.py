@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, asdict
 from typing import Any
 
@@ -45,11 +46,11 @@ class SizeReport:
 
     @property
     def ratio_vs_fp32(self) -> float:
-        return 32.0 / self.bpw_all
+        return 32.0 / self.bpw_all if self.bpw_all else math.inf
 
     @property
     def ratio_vs_fp16(self) -> float:
-        return 16.0 / self.bpw_all
+        return 16.0 / self.bpw_all if self.bpw_all else math.inf
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

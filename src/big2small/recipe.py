@@ -14,7 +14,9 @@ import torch
 from torch import nn
 
 from big2small.errors import Big2SmallError
+from big2small.dtypes import STORED_DTYPES, dtype_name
 from big2small.generators import GeneratorConfig, RawConfig
+from big2small.generators.raw import STORAGE_DTYPES
 from big2small.layout import MatrixLayout
 
 # Layer kinds whose `weight` the storage codecs understand. Subclasses count (EfficientNet's
@@ -201,10 +203,13 @@ def describe_state_dict(state: dict[str, torch.Tensor]) -> list[TensorInfo]:
 
 def plan(infos: list[TensorInfo], recipe: Recipe) -> list[PlanEntry]:
     """Decide, for every tensor, the method (or raw storage) and the reason."""
+    if sum(info.tensor.numel() for info in infos) == 0:
+        raise Big2SmallError("nothing to compress: the model has no tensors with any elements")
     raw = RawConfig(dtype=recipe.raw_dtype)
     entries = []
     for info in infos:
         t = info.tensor
+        _check_storable(info)
         config, reason = _decide(info, recipe)
         encodes = config is not None and not isinstance(config, RawConfig)
         if encodes and not t.is_floating_point():
@@ -213,6 +218,9 @@ def plan(infos: list[TensorInfo], recipe: Recipe) -> list[PlanEntry]:
             raise Big2SmallError(f"{info.name}: cannot compress a scalar")
         if config is None and not t.is_floating_point():
             config_raw = RawConfig(dtype="same")
+        elif config is None and raw.dtype != "same" and _exceeds(t, STORAGE_DTYPES[raw.dtype]):
+            config_raw = RawConfig(dtype="float32")
+            reason += f" (stored as float32: values beyond {raw.dtype}'s range)"
         else:
             config_raw = raw
         entries.append(
@@ -223,6 +231,21 @@ def plan(infos: list[TensorInfo], recipe: Recipe) -> list[PlanEntry]:
             )
         )
     return entries
+
+
+def _check_storable(info: TensorInfo) -> None:
+    """Refuse what no artifact can hold: dtypes it does not store, NaN or Inf values."""
+    t = info.tensor
+    if dtype_name(t.dtype) not in STORED_DTYPES:
+        raise Big2SmallError(f"{info.name}: {dtype_name(t.dtype)} tensors are not supported "
+                             f"(supported: {', '.join(STORED_DTYPES)})")
+    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        raise Big2SmallError(f"{info.name}: NaN or Inf values; refusing to store them")
+
+
+def _exceeds(t: torch.Tensor, dtype: torch.dtype) -> bool:
+    """Whether some finite value of `t` becomes Inf in `dtype` (fp16 ends at 65504)."""
+    return t.is_floating_point() and t.numel() > 0 and float(t.abs().max()) > torch.finfo(dtype).max
 
 
 def _decide(info: TensorInfo, recipe: Recipe) -> tuple[GeneratorConfig | None, str]:
