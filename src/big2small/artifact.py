@@ -79,12 +79,33 @@ class ArtifactInfo:
         """Bytes that carry the model's weights: the tensor file and the manifest."""
         return self.tensor_file_bytes + self.manifest_bytes
 
+    def to_dict(self) -> dict[str, int]:
+        """The bytes on disk per file, for JSON (the path is the report's, not repeated here)."""
+        return {"tensor_file_bytes": self.tensor_file_bytes, "manifest_bytes": self.manifest_bytes,
+                "source_bytes": self.source_bytes}
 
-def save(cm: CompressedModel, path: str | os.PathLike, *, overwrite: bool = False) -> ArtifactInfo:
-    """Write `cm` as an artifact directory at `path`, atomically."""
+
+def artifact_info(path: str | os.PathLike, manifest: dict[str, Any]) -> ArtifactInfo:
+    """The bytes on disk of the artifact at `path`, whose manifest (read_manifest) is `manifest`."""
+    path = Path(path)
+    source_bytes = sum(f["bytes"] for f in manifest["files"].values())
+    return ArtifactInfo(path, (path / TENSORS).stat().st_size, (path / MANIFEST).stat().st_size, source_bytes)
+
+
+def ensure_writable(path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """`path` as a Path, after refusing to replace what is there unless `overwrite`.
+
+    save and decompress call it; so does the command line, before it loads any model, so that
+    the refusal comes before the expensive work."""
     path = Path(path)
     if path.exists() and not overwrite:
         raise Big2SmallError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
+    return path
+
+
+def save(cm: CompressedModel, path: str | os.PathLike, *, overwrite: bool = False) -> ArtifactInfo:
+    """Write `cm` as an artifact directory at `path`, atomically."""
+    path = ensure_writable(path, overwrite=overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
@@ -147,8 +168,7 @@ def save(cm: CompressedModel, path: str | os.PathLike, *, overwrite: bool = Fals
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    source_bytes = sum(v["bytes"] for v in files.values())
-    return ArtifactInfo(path, (path / TENSORS).stat().st_size, (path / MANIFEST).stat().st_size, source_bytes)
+    return artifact_info(path, manifest)
 
 
 def _publish_permissions(root: Path) -> None:
@@ -240,9 +260,7 @@ def decompress(path: str | os.PathLike, out: str | os.PathLike, *, overwrite: bo
     Tied tensors are written once, under their stored name (as Hugging Face does); the aliases go
     into the file's metadata.
     """
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise Big2SmallError(f"{out} exists; pass --overwrite to replace it")
+    out = ensure_writable(out, overwrite=overwrite)
     cm = load(path)
     state = {name: t.contiguous() for name, t in cm.state_dict().items() if name not in cm.aliases}
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,253 @@
+"""One function per command: its options, their checks, one call into the library, the report
+rendered. The library is imported inside each function, so that --help and argument errors
+answer without loading torch.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from big2small.cli import options, render
+from big2small.errors import Big2SmallError
+
+BOS_HELP = "Perplexity: start token prepended to each window, ID or none (default: the model's own, from its tokenizer and config)."
+MODEL_HELP = "A bundled name (smollm2, minilm, efficientnet-lite0, fashion-resnet), an HF model dir, a .gguf or a .safetensors file."
+
+# Options of more than one command.
+Model = Annotated[str, typer.Argument(help=MODEL_HELP)]
+Windows = Annotated[int, typer.Option(help="Perplexity: number of windows.")]
+Bos = Annotated[Optional[str], typer.Option("--bos", help=BOS_HELP)]
+Documents = Annotated[int, typer.Option(help="Encoders: documents for embedding fidelity.")]
+Photos = Annotated[int, typer.Option(help="Image classifiers: photo crops for agreement.")]
+
+
+def _require_output(output: Optional[Path], dry_run: bool) -> None:
+    if output is None and not dry_run:
+        raise Big2SmallError("give --output PATH for the artifact (or --dry-run)")
+
+
+def compress(
+    model: Model,
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Artifact directory to write (e.g. model.b2s)."),
+    method: str = typer.Option("uniform", "--method", "-m", help="uniform, hyper, hyper_ref, lowrank, prune, channel_int or inr (Big2Small)."),
+    bpw: Optional[float] = typer.Option(None, help="Target bits per weight for the whole model; options left open are chosen to meet it."),
+    ratio: Optional[float] = typer.Option(None, help="Target compression ratio against fp32 (same as --bpw 32/RATIO)."),
+    bits: Optional[int] = typer.Option(None, help="uniform: code width (1-8); hyper: index width per pair of weights (8 = about 4 bits per weight)."),
+    group_size: Optional[int] = typer.Option(None, help="uniform, hyper: weights per group (0 = per channel)."),
+    symmetric: Optional[bool] = typer.Option(None, "--symmetric/--asymmetric", help="uniform: grid shape."),
+    rank: Optional[int] = typer.Option(None, help="lowrank: rank."),
+    energy: Optional[float] = typer.Option(None, help="lowrank: keep this share of singular-value energy."),
+    sparsity: Optional[float] = typer.Option(None, help="prune: share of weights set to zero."),
+    option: list[str] = typer.Option([], "--option", "-O", help="KEY=VALUE: any option of the method (repeatable), e.g. -O codebook=winding -O scale_grid=1.0/0.9."),
+    override: list[str] = typer.Option([], "--override", help="PATTERN=METHOD:k=v,... or PATTERN=keep (name or regex; repeatable; first match wins)."),
+    include_embeddings: bool = typer.Option(False, help="Also compress the token embedding and the LM head."),
+    min_numel: int = typer.Option(4096, help="Smaller weights are kept uncompressed."),
+    raw_dtype: str = typer.Option("float16", help="Storage of uncompressed tensors: float16, bfloat16, float32, same."),
+    recipe: Optional[Path] = typer.Option(None, help="A recipe JSON file (replaces the method options above)."),
+    device: Optional[str] = typer.Option(None, help="Where encoding runs: cpu (default) or cuda (INR fitting is much faster there)."),
+    seed: int = typer.Option(0, help="Seed of every random choice (INR initialisation); same seed, same artifact."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the pre-flight report and stop."),
+    overwrite: bool = typer.Option(False, help="Replace an existing output."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the size report (with --dry-run: the plan) as JSON to this file ('-' = stdout)."),
+) -> None:
+    """Compress a model and write an artifact (safetensors + JSON manifest)."""
+    _require_output(output, dry_run)
+    bpw = options.target_bpw(bpw, ratio)
+    import big2small as b2s
+    from big2small.compress import plan_model
+    from big2small.reports import CompressReport, PlanReport
+
+    if output is not None:
+        b2s.ensure_writable(output, overwrite=overwrite)
+    if recipe is not None:
+        the_recipe = options.recipe_from_file(recipe)
+    else:
+        the_recipe = options.recipe_from_options(
+            method, bpw=bpw, override=override, option=option, include_embeddings=include_embeddings,
+            min_numel=min_numel, raw_dtype=raw_dtype, seed=seed,
+            method_options={"bits": bits, "group_size": group_size, "symmetric": symmetric, "rank": rank,
+                            "energy": energy, "sparsity": sparsity})
+    out = render.Output(json_out)
+    render.notes.print(f"loading {model} ...")
+    loaded = b2s.load_model(model)
+    if dry_run:
+        plan = PlanReport.of(plan_model(loaded.weights, the_recipe)[1], the_recipe)
+        render.show_plan(out.console, plan)
+        out.json(plan.to_dict())
+        return
+    cm = b2s.compress(loaded, the_recipe, device=device)
+    report = CompressReport.of(cm, b2s.save(cm, output, overwrite=overwrite))
+    render.show_compress(out.console, report)
+    out.json(report.to_dict())
+
+
+def decompress(
+    artifact: Path = typer.Argument(..., help="An artifact directory."),
+    output: Path = typer.Argument(..., help="Dense safetensors file to write."),
+    overwrite: bool = typer.Option(False, help="Replace an existing output."),
+) -> None:
+    """Write a dense safetensors state_dict from an artifact, without the model's class."""
+    import big2small as b2s
+
+    render.show_written_file(render.Output(None).console, b2s.decompress(artifact, output, overwrite=overwrite))
+
+
+def inspect(
+    artifact: Path = typer.Argument(..., help="An artifact directory."),
+    tensors: bool = typer.Option(False, "--tensors", help="List every stored tensor."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON ('-' = stdout)."),
+) -> None:
+    """What an artifact holds and where every bit goes (checks its integrity first)."""
+    from big2small.reports import inspect_artifact
+
+    out = render.Output(json_out)
+    report = inspect_artifact(artifact)
+    render.show_inspect(out.console, report, tensors=tensors)
+    out.json(report.to_dict())
+
+
+def verify(
+    artifact: Path = typer.Argument(..., help="An artifact directory."),
+    model: Optional[str] = typer.Option(None, "--model", help="The original model (default: the artifact's source, if it can be found). " + MODEL_HELP),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON ('-' = stdout)."),
+) -> None:
+    """Check integrity, decode every tensor, and compare with the original weights."""
+    from big2small.reports import verify_artifact
+
+    out = render.Output(json_out)
+    report = verify_artifact(artifact, model)
+    render.show_verify(out.console, report)
+    out.json(report.to_dict())
+
+
+def eval_(
+    target: str = typer.Argument(..., help="An artifact directory, or a model. " + MODEL_HELP),
+    reference: Optional[str] = typer.Option(None, help="Original model for fidelity metrics (default: the artifact's source)."),
+    windows: Windows = 20,
+    context: int = typer.Option(512, help="Perplexity: tokens per window."),
+    bos: Bos = None,
+    documents: Documents = 300,
+    photos: Photos = 256,
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the figures as JSON ('-' = stdout)."),
+) -> None:
+    """Measure a model on its task (perplexity, embedding fidelity, classifier agreement)."""
+    from big2small.evaluate.suite import EvalSettings
+    from big2small.reports import evaluate_target
+
+    out = render.Output(json_out)
+    settings = EvalSettings(context=context, windows=windows, bos=bos, documents=documents, photos=photos)
+    report = evaluate_target(target, reference=reference, settings=settings)
+    render.show_eval(out.console, report)
+    out.json(report.to_dict())
+
+
+def bench(
+    model: Model,
+    configs: list[str] = typer.Option([], "--config", help="METHOD:k=v,... to run (repeatable). Default: the standard sweep."),
+    matched: bool = typer.Option(True, help="Also run lowrank and prune at each uniform config's bits per weight."),
+    out_dir: Path = typer.Option(Path("bench-out"), "--out-dir", help="Where the table (Markdown), JSON and plot (PNG) go."),
+    windows: Windows = 20,
+    bos: Bos = None,
+    documents: Documents = 300,
+    photos: Photos = 256,
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the rows as JSON here ('-' = stdout)."),
+) -> None:
+    """Several methods and sizes on one model: one table, one Pareto plot of quality vs bits per weight."""
+    from big2small.bench import DEFAULT_SWEEP, run_bench
+    from big2small.evaluate.suite import EvalSettings
+
+    out = render.Output(json_out)
+    settings = EvalSettings(windows=windows, bos=bos, documents=documents, photos=photos)
+    result = run_bench(model, list(configs) or list(DEFAULT_SWEEP), matched=matched, settings=settings, out_dir=out_dir,
+                       command="big2small bench " + " ".join(sys.argv[2:]))
+    render.show_bench(out.console, result, out_dir)
+    out.json(result.to_dict())
+
+
+def selfcompress(
+    gamma: list[float] = typer.Option([0.005, 0.015, 0.05], "--gamma", "-g", help="Weight of the size loss (repeatable): one network per value."),
+    epochs: int = typer.Option(10, help="Training epochs per network."),
+    batch_size: int = typer.Option(256, help="Training batch size."),
+    lr: float = typer.Option(1e-3, help="Adam learning rate of the weights."),
+    quantizer_lr: Optional[float] = typer.Option(None, help="Adam learning rate of the bit depths and exponents (default: --lr)."),
+    init: str = typer.Option("scratch", help="scratch (b0 = 2) or fp32 (fine-tune the fp32 reference from b0 = 8)."),
+    fp32: bool = typer.Option(True, "--fp32/--no-fp32", help="Also train the fp32 reference (same network and schedule)."),
+    limit: Optional[int] = typer.Option(None, help="Train on the first N training images only (quick runs)."),
+    seed: int = typer.Option(0, help="Seed of the initialisation and the data order."),
+    target_bits: Optional[float] = typer.Option(None, help="Keep each network's most accurate epoch (validation) at or below this many bits per weight (Q)."),
+    out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="Write each network's artifact here (gamma-<g>.b2s)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON ('-' = stdout)."),
+) -> None:
+    """Train a self-compressing CNN on Fashion-MNIST (needs the Debian data set) for several gammas;
+    report test accuracy, the share of bits left (vs fp32) and the share of weights left."""
+    if limit is not None and limit < 1:
+        raise Big2SmallError(f"--limit must be positive, got {limit}")
+    from big2small.selfcompress.sweep import run_recipe
+    from big2small.training import TrainConfig
+
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, quantizer_lr=quantizer_lr, seed=seed,
+                         target_bits=target_bits)
+    config.validate()
+    out = render.Output(json_out)
+    points, _ = run_recipe(list(gamma), config, out_dir=out_dir, fp32=fp32, init=init, limit=limit)
+    render.show_selfcompress(out.console, points, out_dir)
+    out.json({"points": [p.to_dict() for p in points], "train": config.__dict__, "init": init})
+
+
+def fold(
+    model: Model,
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Artifact directory to write (e.g. folded.b2s)."),
+    sparsity: Optional[float] = typer.Option(None, help="Fraction of all parameters to remove (default 0.3 unless --ratio)."),
+    ratio: Optional[float] = typer.Option(None, help="Fold ratio r of every group instead (k = floor(n (1 - r)) units kept)."),
+    allocation: str = typer.Option("cost", help="cost (units removed where merging loses least, per parameter saved) or uniform (one ratio for every group)."),
+    repair: str = typer.Option("ar", help="ar (data-free variance repair), naive (none) or data (BatchNorm statistics re-estimated on real inputs; not data-free)."),
+    prune: Optional[str] = typer.Option(None, help="l1 or l2: structured magnitude pruning of the same groups instead of folding (the baseline)."),
+    group_ratio: list[str] = typer.Option([], "--group-ratio", help="PATTERN=R: fold ratio of the groups whose name matches (repeatable)."),
+    skip: list[str] = typer.Option([], "--skip", help="PATTERN: never fold matching groups (repeatable)."),
+    mlp: bool = typer.Option(True, "--mlp/--no-mlp", help="Transformers: fold MLP units."),
+    attention: bool = typer.Option(True, "--attention/--no-attention", help="Transformers: fold attention heads."),
+    norm_repair: str = typer.Option("none", help="Groups without BatchNorm (transformer MLPs): none, lsq (refit the output by least squares on synthetic inputs; data-free) or scale_rows (AR factor on merged rows)."),
+    multiple_of: int = typer.Option(1, help="Keep a multiple of this many units per group."),
+    seed: int = typer.Option(0, help="k-means seed."),
+    then: Optional[str] = typer.Option(None, "--then", help="METHOD:k=v,...: compress the folded tensors too, e.g. uniform:bits=4,group_size=128."),
+    raw_dtype: str = typer.Option("float32", help="Storage of the tensors --then leaves uncompressed (float32 keeps the folded model exact)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List the groups and what would be folded, then stop."),
+    overwrite: bool = typer.Option(False, help="Replace an existing output."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the fold report (with --dry-run: the groups) as JSON ('-' = stdout)."),
+) -> None:
+    """Fold a model: merge similar channels, heads and MLP units so it really becomes narrower."""
+    _require_output(output, dry_run)
+    ratios = options.group_ratios(group_ratio)
+    import big2small as b2s
+    from big2small.folding import FoldConfig, find_groups, fold as fold_model, to_compressed
+    from big2small.models.tasks import get_task
+    from big2small.reports import CompressReport, FoldPlanReport, FoldReport
+
+    if output is not None:
+        b2s.ensure_writable(output, overwrite=overwrite)
+    config = FoldConfig(sparsity=sparsity if sparsity is not None or ratio is not None else 0.3, ratio=ratio, allocation=allocation,
+                        ratios=ratios, skip=list(skip), selection=prune or "fold", repair=repair, norm_repair=norm_repair,
+                        fold_mlp=mlp, fold_attention=attention, multiple_of=multiple_of, seed=seed)
+    config.validate()
+    recipe = options.then_recipe(then, raw_dtype)
+    out = render.Output(json_out)
+    render.notes.print(f"loading {model} ...")
+    loaded = b2s.load_model(model)
+    if loaded.model is None:
+        raise Big2SmallError(f"{model} is a bare state_dict: folding needs the model's structure (an HF dir or a bundled model)")
+    if dry_run:
+        plan = FoldPlanReport.of(find_groups(loaded.model, gqa_mode=config.gqa_mode, mlp=mlp, attention=attention))
+        render.show_fold_plan(out.console, plan)
+        out.json(plan.to_dict())
+        return
+    task = get_task(loaded.source.task, loaded.source.architecture)
+    data = task.calibration_batches() if repair == "data" else None
+    result = fold_model(loaded.model, config, data=data, example_input=task.example_input(loaded.model))
+    cm = to_compressed(result, source=loaded.source, recipe=recipe, progress=True)
+    report = FoldReport(result, CompressReport.of(cm, b2s.save(cm, output, overwrite=overwrite)))
+    render.show_fold(out.console, report)
+    out.json(report.to_dict())

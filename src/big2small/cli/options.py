@@ -1,0 +1,98 @@
+"""Command-line option text into library values: a size target, a recipe (from the method options,
+--option, --override, or a recipe file), fold ratios. Bad text is a Big2SmallError naming the option.
+
+Torch loads only when a recipe is built, not when this module is imported.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from big2small.errors import Big2SmallError
+from big2small.specs import parse_method_spec, parse_value
+
+if TYPE_CHECKING:
+    from big2small.recipe import Recipe
+
+
+def target_bpw(bpw: float | None, ratio: float | None) -> float | None:
+    """Bits per weight asked for, by --bpw or as --ratio against fp32 (32 / ratio); None: no target."""
+    if ratio is None:
+        return bpw
+    if bpw is not None:
+        raise Big2SmallError("give --bpw or --ratio, not both")
+    if not ratio > 1:
+        raise Big2SmallError(f"--ratio must be > 1 (compression against fp32), got {ratio}")
+    return 32.0 / ratio
+
+
+def extra_options(items: list[str]) -> dict[str, Any]:
+    """--option KEY=VALUE items as method options (dashes in keys become underscores)."""
+    options = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise Big2SmallError(f"bad --option {item!r}: expected KEY=VALUE")
+        options[key.strip().replace("-", "_")] = parse_value(value.strip())
+    return options
+
+
+def recipe_from_options(method: str, *, bpw: float | None, override: list[str], method_options: dict[str, Any],
+                        option: list[str], **recipe_options: Any) -> Recipe:
+    """The recipe the command line describes: `method` with its options (the named ones, then
+    --option items), --override items (PATTERN=METHOD:k=v,... or PATTERN=keep), and
+    `recipe_options` for make_recipe (include_embeddings, min_numel, raw_dtype, seed)."""
+    from big2small.compress import make_recipe
+    from big2small.generators import GeneratorConfig
+
+    overrides = []
+    for item in override:
+        pattern, eq, spec = item.partition("=")
+        if not eq or not pattern:
+            raise Big2SmallError(f"bad --override {item!r}: expected PATTERN=METHOD:k=v or PATTERN=keep")
+        if spec == "keep":
+            overrides.append((pattern, None))
+        else:
+            name, opts = parse_method_spec(spec)
+            overrides.append((pattern, GeneratorConfig.from_dict({"method": name, **opts})))
+    options = {**{k: v for k, v in method_options.items() if v is not None}, **extra_options(option)}
+    return make_recipe(method, bpw=bpw, overrides=overrides, **recipe_options, **options)
+
+
+def recipe_from_file(path: Path) -> Recipe:
+    """The recipe in the JSON file at `path` (as Recipe.to_dict writes it)."""
+    from big2small.recipe import Recipe
+
+    if not path.is_file():
+        raise Big2SmallError(f"{path}: no such recipe file")
+    try:
+        return Recipe.from_dict(json.loads(path.read_text()))
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise Big2SmallError(f"{path}: not a valid recipe ({exc})") from None
+
+
+def then_recipe(then: str | None, raw_dtype: str) -> Recipe | None:
+    """fold --then METHOD:k=v,...: the recipe that compresses the folded tensors (None: stored raw)."""
+    if then is None:
+        return None
+    from big2small.compress import make_recipe
+
+    name, opts = parse_method_spec(then)
+    return make_recipe(name, raw_dtype=raw_dtype, **opts)
+
+
+def group_ratios(items: list[str]) -> dict[str, float]:
+    """fold --group-ratio PATTERN=R items: fold ratio by group-name pattern."""
+    ratios = {}
+    for item in items:
+        pattern, eq, value = item.rpartition("=")
+        try:
+            ratio = float(value)
+        except ValueError:
+            ratio = None
+        if not eq or not pattern or ratio is None:
+            raise Big2SmallError(f"bad --group-ratio {item!r}: expected PATTERN=R")
+        ratios[pattern] = ratio
+    return ratios

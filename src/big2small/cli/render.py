@@ -1,0 +1,199 @@
+"""How the command line shows the library's reports (big2small.reports): rich tables, lines of
+text, and JSON. Nothing here measures anything; it only formats what a report holds.
+
+Tables go to stdout, unless `--json -` claims stdout for JSON: then they go to stderr, so that
+stdout parses. Progress bars and notes ("loading ...") always go to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from big2small.bench import BenchResult
+    from big2small.reports import (
+        ArtifactSize, CompressReport, EvalReport, FoldPlanReport, FoldReport, InspectReport, PlanReport, VerifyReport,
+    )
+    from big2small.selfcompress.sweep import SweepPoint
+
+notes = Console(stderr=True)  # progress notes and errors
+
+
+class Output:
+    """Where one command's results go: its report as tables on `console`, and as JSON to
+    `json_path` ('-' = stdout, then `console` is stderr; None = no JSON)."""
+
+    def __init__(self, json_path: Path | None) -> None:
+        self.json_path = json_path
+        self.console = Console(stderr=json_path is not None and str(json_path) == "-")
+
+    def json(self, data: dict[str, Any]) -> None:
+        if self.json_path is None:
+            return
+        text = json.dumps(data, indent=2, default=str) + "\n"
+        if str(self.json_path) == "-":
+            sys.stdout.write(text)
+        else:
+            self.json_path.write_text(text)
+
+
+def error(message: str) -> None:
+    """A user error, as one line on stderr."""
+    notes.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def format_bytes(n: float) -> str:
+    """`n` bytes in B, KiB, MiB or GiB."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n} B"
+
+
+def summary_line(counts: dict[str, int]) -> str:
+    """'3 uniform; 2 kept: too small' from tensors per way of storing them."""
+    return "; ".join(f"{n} {k}" for k, n in counts.items())
+
+
+def size_table(stored: ArtifactSize) -> Table:
+    size, on_disk = stored.size, stored.bytes_on_disk
+    t = Table(title="size (every stored bit counted)", show_header=False)
+    t.add_column("what")
+    t.add_column("value", justify="right")
+    t.add_row("parameters (original, tied once)", f"{size.n_parameters:,}")
+    t.add_row("compressed weights", f"{size.n_compressed:,} ({size.n_compressed / max(size.n_parameters, 1):.1%})")
+    t.add_row("bits per weight, whole model (bpw_all)", f"{size.bpw_all:.4f}")
+    t.add_row("bits per weight, compressed tensors (bpw_scope)", f"{size.bpw_scope:.4f}")
+    t.add_row("ratio vs fp32 / vs fp16", f"{size.ratio_vs_fp32:.2f}x / {size.ratio_vs_fp16:.2f}x")
+    t.add_row("stored bits", f"{size.bits_total:,} ({format_bytes(size.bits_total / 8)})")
+    for k, v in sorted(size.bits_by_item.items()):
+        t.add_row(f"  {k}", f"{v:,} bits ({v / max(size.bits_total, 1):.1%})")
+    t.add_row("bytes on disk: tensors.safetensors", f"{on_disk.tensor_file_bytes:,}")
+    t.add_row("bytes on disk: manifest.json", f"{on_disk.manifest_bytes:,}")
+    t.add_row("bytes on disk: source/ (config, tokenizer)", f"{on_disk.source_bytes:,}")
+    t.add_row("tensor file minus stored bits", f"{stored.tensor_file_overhead_bytes:,.0f} B (safetensors header, byte rounding)")
+    return t
+
+
+def show_plan(console: Console, plan: PlanReport) -> None:
+    t = Table(title="pre-flight: every tensor and what happens to it", show_lines=False)
+    for col in ("tensor", "shape", "kind", "stored as", "why"):
+        t.add_column(col)
+    for row in plan.rows:
+        options = {k: v for k, v in row.config.items() if k != "method"}
+        stored = row.config["method"] + ("(" + ", ".join(f"{k}={v}" for k, v in options.items()) + ")" if options else "")
+        name = row.name + (f" (= {', '.join(row.aliases)})" if row.aliases else "")
+        cells = (name, "x".join(map(str, row.shape)) or "scalar", row.kind, stored,
+                 row.reason + (" [sized to target]" if row.sized_to_target else ""))
+        t.add_row(*map(escape, cells))  # names and reasons are text, not rich markup
+    console.print(t)
+    console.print(summary_line(plan.summary))
+
+
+def show_compress(console: Console, report: CompressReport) -> None:
+    notes.print(summary_line(report.stored_as))
+    console.print(size_table(report.stored))
+    console.print(f"wrote {report.artifact}")
+
+
+def show_written_file(console: Console, path: Path) -> None:
+    console.print(f"wrote {path} ({format_bytes(path.stat().st_size)})")
+
+
+def show_inspect(console: Console, report: InspectReport, *, tensors: bool) -> None:
+    src = report.source
+    console.print(f"[bold]{escape(str(report.artifact))}[/bold]: big2small format v{report.format_version}, written by "
+                  f"{report.library_version}; source {src.get('kind', '?')} {src.get('name', '')} "
+                  f"({src.get('architecture') or src.get('module_class') or ''})")
+    console.print("tensors: " + ", ".join(f"{n} {m}" for m, n in report.methods.items()))
+    console.print(size_table(report.stored))
+    if tensors:
+        t = Table(title="stored tensors")
+        for col in ("tensor", "shape", "method", "bits", "bits/weight"):
+            t.add_column(col)
+        for row in report.tensors:
+            t.add_row(escape(row.name), "x".join(map(str, row.shape)) or "scalar", row.method, f"{row.bits:,}",
+                      f"{row.bits_per_weight:.3f}")
+        console.print(t)
+
+
+def show_verify(console: Console, report: VerifyReport) -> None:
+    console.print(f"integrity: ok ({report.tensors_checked} tensors, every array matches its sha256); decoded: ok")
+    if report.outcome == "architecture changed":
+        console.print(f"the architecture was changed ({', '.join(report.transforms)}): "
+                      "weight error against the original is not defined")
+    elif report.outcome == "no original model":
+        console.print("no original model given (--model): weight error not measured")
+    elif report.outcome == "nothing compressed":
+        console.print("no compressed tensors: every tensor is stored raw")
+    else:
+        t = Table(title=f"weight error vs {escape(str(report.model))} (compressed tensors)")
+        for col in ("tensor", "numel", "relative error", "SQNR dB"):
+            t.add_column(col)
+        for row in report.weight_error.table():
+            t.add_row(escape(row["name"]), f"{row['numel']:,}", f"{row['rel_error']:.4g}", f"{row['sqnr_db']:.2f}")
+        console.print(t)
+        console.print(report.weight_error.describe())
+
+
+def show_eval(console: Console, report: EvalReport) -> None:
+    for m in report.metrics:
+        console.print(m.text)
+
+
+def show_bench(console: Console, result: BenchResult, out_dir: Path) -> None:
+    console.print(result.markdown())
+    console.print(f"wrote {out_dir}/")
+
+
+def show_selfcompress(console: Console, points: list[SweepPoint], out_dir: Path | None) -> None:
+    t = Table(title="self-compression on Fashion-MNIST (test accuracy of the exported, reloaded network)")
+    for col in ("network", "test accuracy", "bits left vs fp32", "weights left", "stored", "train time"):
+        t.add_column(col)
+    for p in points:
+        name = "fp32 reference" if p.gamma is None else f"gamma {p.gamma:g}"
+        t.add_row(name, f"{100 * p.test_accuracy:.2f}%", f"{100 * p.bits_share:.2f}%", f"{100 * p.weights_share:.1f}%",
+                  format_bytes(p.stored_bits / 8), f"{p.train_seconds:.0f} s")
+    console.print(t)
+    if out_dir is not None:
+        console.print(f"wrote {out_dir}/")
+
+
+def show_fold_plan(console: Console, plan: FoldPlanReport) -> None:
+    t = Table(title="coupling groups")
+    for col in ("group", "kind", "units", "foldable"):
+        t.add_column(col)
+    for g in plan.groups:
+        t.add_row(escape(g.name), g.kind, str(g.units), "yes" if g.reason is None else escape(f"no: {g.reason}"))
+    console.print(t)
+    for name, why in plan.not_folded.items():
+        console.print(f"not folded: {escape(name)}: {escape(why)}")
+
+
+def show_fold(console: Console, report: FoldReport) -> None:
+    result, config = report.result, report.result.config
+    title = ("folded" if config.selection == "fold" else f"pruned ({config.selection})") + f", repair {config.repair}"
+    t = Table(title=title + ("" if result.data_free else " (uses real data)"), show_header=False)
+    t.add_column("what")
+    t.add_column("value", justify="right")
+    t.add_row("parameters before / after", f"{result.parameters_before:,} / {result.parameters_after:,}")
+    t.add_row("parameters removed", f"{result.sparsity:.1%}")
+    if report.macs_removed is not None:
+        t.add_row("MACs per example before / after", f"{result.macs_before:,} / {result.macs_after:,} "
+                  f"({report.macs_removed:.1%} fewer)")
+    t.add_row("groups folded", f"{report.groups_folded} of {len(result.groups)}"
+              + (f" (uniform r = {result.ratio:.3f})" if result.ratio is not None else " (widths by merge cost)"))
+    t.add_row("time to fold", f"{result.seconds:.1f} s")
+    console.print(t)
+    for name, why in result.unfolded.items():
+        notes.print(f"not folded: {escape(name)}: {escape(why)}")
+    console.print(size_table(report.written.stored))
+    console.print(f"wrote {report.written.artifact}")

@@ -1,0 +1,336 @@
+"""What the library reports about a compression, an artifact and an evaluation, as typed objects.
+
+The command line prints these and nothing else (big2small.cli.render), and `--json` writes their
+`to_dict()`: what a user sees there is what Python gets from
+
+    inspect_artifact(path)             -> InspectReport   (`big2small inspect`)
+    verify_artifact(path, model=None)  -> VerifyReport    (`big2small verify`)
+    evaluate_target(target)            -> EvalReport      (`big2small eval`)
+    PlanReport.of(entries, recipe)     -> PlanReport      (`big2small compress --dry-run`)
+    CompressReport.of(cm, info)        -> CompressReport  (`big2small compress`, after save)
+    FoldPlanReport.of(groups)          -> FoldPlanReport  (`big2small fold --dry-run`)
+    FoldReport(result, written)        -> FoldReport      (`big2small fold`)
+
+Sizes are in bits (SizeReport) and bytes on disk (ArtifactInfo); shapes are tensor shapes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from big2small.artifact import MANIFEST, ArtifactInfo, artifact_info, load, read_manifest
+from big2small.compress import CompressedModel, SizeReport
+from big2small.errors import Big2SmallError
+from big2small.evaluate.suite import EvalSettings, MetricRow
+from big2small.evaluate.weights import WeightErrorReport
+from big2small.models.load import load_model, load_tokenizer_from
+from big2small.models.tasks import evaluate, get_task, reference_outputs
+from big2small.recipe import PlanEntry, Recipe
+from big2small.restore import restore
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from big2small.folding import FoldResult, GroupReport
+
+
+# --- size ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ArtifactSize:
+    """An artifact's size twice over: every stored bit (size) and the bytes its files take on disk."""
+
+    size: SizeReport
+    bytes_on_disk: ArtifactInfo
+
+    @property
+    def tensor_file_overhead_bytes(self) -> float:
+        """Bytes of tensors.safetensors beyond the stored bits: its JSON header and byte rounding."""
+        return self.bytes_on_disk.tensor_file_bytes - self.size.bits_total / 8
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"size": self.size.to_dict(),
+                "bytes_on_disk": {**self.bytes_on_disk.to_dict(),
+                                  "tensor_file_overhead_bytes": self.tensor_file_overhead_bytes}}
+
+
+def plan_summary(entries: list[PlanEntry]) -> dict[str, int]:
+    """Tensors per way of storing them: a method name, or "kept: <reason>" for those kept raw."""
+    counts = Counter(e.config.method if e.compressed else f"kept: {e.reason}" for e in entries)
+    return dict(sorted(counts.items()))
+
+
+# --- compress --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PlanRow:
+    """One tensor of a plan: what it is and how it will be stored (config: the method's options,
+    "method" included; sized_to_target: its open options were chosen by the size target)."""
+
+    name: str
+    aliases: tuple[str, ...]
+    shape: tuple[int, ...]
+    kind: str
+    config: dict[str, Any]
+    reason: str
+    sized_to_target: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "aliases": list(self.aliases), "shape": list(self.shape), "kind": self.kind,
+                "config": self.config, "reason": self.reason, "sized_to_target": self.sized_to_target}
+
+
+@dataclass(frozen=True)
+class PlanReport:
+    """What compress() will do to every tensor (the pre-flight report), under `recipe`."""
+
+    recipe: Recipe
+    rows: tuple[PlanRow, ...]
+    summary: dict[str, int]  # plan_summary
+
+    @classmethod
+    def of(cls, entries: list[PlanEntry], recipe: Recipe) -> PlanReport:
+        """The report of a plan from big2small.compress.plan_model."""
+        rows = tuple(PlanRow(e.name, tuple(e.aliases), tuple(e.shape), e.kind, e.config.to_dict(), e.reason, e.budgeted)
+                     for e in entries)
+        return cls(recipe, rows, plan_summary(entries))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"recipe": self.recipe.to_dict(), "tensors": [r.to_dict() for r in self.rows], "summary": self.summary}
+
+
+@dataclass(frozen=True)
+class CompressReport:
+    """An artifact just written: where, its size, and how its tensors are stored (plan_summary)."""
+
+    artifact: Path
+    stored: ArtifactSize
+    stored_as: dict[str, int]
+
+    @classmethod
+    def of(cls, cm: CompressedModel, info: ArtifactInfo) -> CompressReport:
+        """The report of `cm` as save() wrote it (`info`, its return value)."""
+        return cls(info.path, ArtifactSize(cm.size(), info), plan_summary(cm.plan))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"artifact": str(self.artifact), **self.stored.to_dict(), "stored_as": self.stored_as}
+
+
+# --- inspect ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TensorRow:
+    """One stored tensor: its shape, method and stored bits."""
+
+    name: str
+    shape: tuple[int, ...]
+    method: str
+    bits: int
+    numel: int
+
+    @property
+    def bits_per_weight(self) -> float:
+        return self.bits / max(self.numel, 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "shape": list(self.shape), "bits": self.bits,
+                "bits_per_weight": self.bits_per_weight}
+
+
+@dataclass(frozen=True)
+class InspectReport:
+    """What an artifact holds and where every bit goes (its integrity checked first).
+
+    source: the manifest's record of the original model ({} when there is none);
+    methods: stored tensors per method."""
+
+    artifact: Path
+    format_version: int
+    library_version: str
+    source: dict[str, Any]
+    methods: dict[str, int]
+    stored: ArtifactSize
+    tensors: tuple[TensorRow, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"artifact": str(self.artifact), "format_version": self.format_version,
+                "library_version": self.library_version, "source": self.source, "methods": self.methods,
+                **self.stored.to_dict(), "tensors": {t.name: t.to_dict() for t in self.tensors}}
+
+
+def inspect_artifact(path: str | os.PathLike) -> InspectReport:
+    """Read the artifact at `path` (every array checked against its sha256) and report on it."""
+    path = Path(path)
+    cm = load(path)
+    manifest = read_manifest(path)
+    tensors = tuple(TensorRow(name, tuple(enc.layout.shape), enc.method, enc.total_bits, enc.numel)
+                    for name, enc in cm.tensors.items())
+    return InspectReport(path, manifest["format_version"], manifest["library_version"], manifest["source"] or {},
+                         dict(sorted(Counter(t.method for t in tensors).items())),
+                         ArtifactSize(cm.size(), artifact_info(path, manifest)), tensors)
+
+
+# --- verify ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """An artifact checked: every array against its sha256, every tensor decoded, and the compressed
+    tensors compared with the original model's weights where that is defined.
+
+    transforms: architecture changes stored in the artifact (then the weights have other shapes
+    and no weight error is defined); model: the original compared with (None: none given or
+    found); weight_error: None when not measured."""
+
+    artifact: Path
+    tensors_checked: int
+    transforms: tuple[str, ...]
+    model: str | None
+    weight_error: WeightErrorReport | None
+
+    @property
+    def outcome(self) -> str:
+        """"architecture changed", "no original model", "nothing compressed" or "measured"."""
+        if self.transforms:
+            return "architecture changed"
+        if self.model is None:
+            return "no original model"
+        return "nothing compressed" if self.weight_error is None else "measured"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"artifact": str(self.artifact), "tensors_checked": self.tensors_checked, "outcome": self.outcome,
+                "transforms": list(self.transforms), "model": self.model,
+                "weight_error": self.weight_error.table() if self.weight_error is not None else None}
+
+
+def verify_artifact(path: str | os.PathLike, model: str | None = None) -> VerifyReport:
+    """Check the artifact at `path` and compare its weights with `model` (a model spec, as for
+    load_model; default: the artifact's source, if recorded)."""
+    path = Path(path)
+    cm = load(path)
+    decoded = {n: t.float() for n, t in cm.state_dict().items() if n not in cm.aliases}
+    transforms = tuple(t.kind for t in cm.transforms)
+    spec = model or (cm.source.name if cm.source is not None else None)
+    if transforms or spec is None:
+        return VerifyReport(path, len(cm.tensors), transforms, None if transforms else spec, None)
+    original = load_model(spec)
+    state = original.weights if original.model is None else original.model.state_dict()
+    missing = sorted(set(decoded) - set(state))
+    if missing:
+        raise Big2SmallError(f"{spec} does not match the artifact: it lacks {len(missing)} tensor(s), e.g. {missing[0]}")
+    return VerifyReport(path, len(cm.tensors), transforms, spec, cm.weight_error(state, decoded))
+
+
+# --- eval ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    """A model measured on its task: `target` (an artifact or a model spec), its task, the
+    original compared with for the fidelity metrics (None: none), and the figures."""
+
+    target: str
+    task: str
+    reference: str | None
+    metrics: tuple[MetricRow, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"target": self.target, "task": self.task, "reference": self.reference,
+                "metrics": [m.to_dict() for m in self.metrics]}
+
+
+def evaluate_target(target: str | os.PathLike, *, reference: str | None = None,
+                    settings: EvalSettings | None = None) -> EvalReport:
+    """Measure `target` (an artifact directory, restored, or a model spec) on its task.
+
+    reference: the original model for the fidelity metrics (default: an artifact's source)."""
+    target = str(target)
+    settings = settings or EvalSettings()
+    model, tokenizer, task, source_spec = _runnable(target)
+    ref_spec = reference or (source_spec if source_spec != target else None)
+    ref = None
+    if ref_spec and get_task(task).needs_reference:
+        ref_model, ref_tokenizer, _, _ = _runnable(ref_spec)
+        ref = reference_outputs(ref_model, task, ref_tokenizer or tokenizer, settings)
+    rows = evaluate(model, task, tokenizer, reference=ref, settings=settings)
+    return EvalReport(target, task, ref_spec, tuple(rows))
+
+
+def _runnable(target: str) -> tuple[nn.Module, Any, str, str]:
+    """A model to evaluate: an artifact (restored) or a model spec. Returns (model, tokenizer,
+    task name, the spec of its source)."""
+    p = Path(target)
+    if p.is_dir() and (p / MANIFEST).is_file():
+        cm = load(p)
+        task = get_task(cm.source.task, cm.source.architecture).name  # resolves earlier versions' names
+        return restore(cm), load_tokenizer_from(cm.source), task, cm.source.name
+    loaded = load_model(target)
+    if loaded.model is None:
+        raise Big2SmallError(f"{target} is a bare state_dict: nothing to run (use verify for weight error)")
+    return loaded.model, loaded.tokenizer, loaded.source.task, target
+
+
+# --- fold ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FoldGroupRow:
+    """One coupling group: units (channels, heads, MLP units) and why it cannot fold (None: it can)."""
+
+    name: str
+    kind: str
+    units: int
+    reason: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "units": self.units, "foldable": self.reason is None,
+                "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class FoldPlanReport:
+    """The coupling groups of a model (fold --dry-run), and the structures left alone that are not
+    groups, with why (`not_folded`)."""
+
+    groups: tuple[FoldGroupRow, ...]
+    not_folded: dict[str, str]
+
+    @classmethod
+    def of(cls, report: GroupReport) -> FoldPlanReport:
+        """The report of big2small.folding.find_groups' result."""
+        names = {g.name for g in report.groups}
+        return cls(tuple(FoldGroupRow(g.name, g.kind, g.size, g.reason) for g in report.groups),
+                   {n: why for n, why in report.unfolded.items() if n not in names})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"groups": [g.to_dict() for g in self.groups], "not_folded": self.not_folded}
+
+
+@dataclass(frozen=True)
+class FoldReport:
+    """A folded model written as an artifact: what folding did (`result`) and what was written."""
+
+    result: FoldResult
+    written: CompressReport
+
+    @property
+    def groups_folded(self) -> int:
+        """Groups that lost at least one unit."""
+        return sum(g.units_after < g.units_before for g in self.result.groups)
+
+    @property
+    def macs_removed(self) -> float | None:
+        """Share of the multiply-accumulates per example removed (0-1; None when not counted)."""
+        r = self.result
+        return 1 - r.macs_after / r.macs_before if r.macs_before else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.written.to_dict(), "fold": self.result.to_dict(), "groups_folded": self.groups_folded,
+                "macs_removed": self.macs_removed}
