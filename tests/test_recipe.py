@@ -69,11 +69,14 @@ def test_state_dict_kinds_inferred_from_rank_and_name():
 
 
 def test_recipe_round_trips_through_json():
-    import json
-
     recipe = Recipe(default=UniformConfig(bits=3, group_size=64), overrides=[Override("x.*", None), Override("y", LowRankConfig(rank=4))],
                     target_bpw=3.5, budget_fixed={"group_size": 64})
-    assert Recipe.from_dict(json.loads(json.dumps(recipe.to_dict()))) == recipe
+    assert Recipe.from_json(recipe.to_json()) == recipe
+
+
+def test_a_recipe_with_a_typo_is_refused_not_ignored():
+    with pytest.raises(Big2SmallError, match=r"unknown option\(s\) \['defualt'\]; known: .*default"):
+        Recipe.from_json('{"defualt": {"method": "uniform"}}')
 
 
 def test_bad_regex_is_a_user_error(small_net):

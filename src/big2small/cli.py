@@ -5,6 +5,7 @@ User errors print one line to stderr and exit with status 2; no traceback.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from collections import Counter
@@ -50,8 +51,8 @@ def _plan_table(plan) -> Table:
     for col in ("tensor", "shape", "kind", "stored as", "why"):
         t.add_column(col)
     for e in plan:
-        cfg = e.config.to_dict()
-        method = cfg.pop("method")
+        cfg = dataclasses.asdict(e.config)
+        method = e.config.method
         stored = method if not cfg else f"{method}(" + ", ".join(f"{k}={v}" for k, v in cfg.items()) + ")"
         name = e.name + (f" (= {', '.join(e.aliases)})" if e.aliases else "")
         cells = (name, "x".join(map(str, e.shape)) or "scalar", e.kind, stored, e.reason + (" [sized to target]" if e.budgeted else ""))
@@ -148,8 +149,8 @@ def compress(
         if not recipe.is_file():
             raise Big2SmallError(f"{recipe}: no such recipe file")
         try:
-            the_recipe = Recipe.from_dict(json.loads(recipe.read_text()))
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            the_recipe = Recipe.from_json(recipe.read_text())
+        except Big2SmallError as exc:
             raise Big2SmallError(f"{recipe}: not a valid recipe ({exc})") from None
     else:
         overrides = []

@@ -148,7 +148,6 @@ def make_recipe(method: str | None = None, *, bpw: float | None = None,
             known = sorted(m for m, g in REGISTRY.items() if not g.config_type.stores_dense)
             raise Big2SmallError(f"unknown method {method!r}; known: {', '.join(known)}")
         default = GeneratorConfig.from_dict({"method": method, **options})
-        default.validate()
     return Recipe(default=default, overrides=[Override(p, c) for p, c in (overrides or [])],
                   min_numel=min_numel, include_embeddings=include_embeddings, raw_dtype=raw_dtype,
                   target_bpw=bpw, budget_fixed=dict(options), seed=seed)

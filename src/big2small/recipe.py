@@ -1,5 +1,7 @@
 """Which tensors get which method: a default, per-layer overrides by name or regex, and a plan.
 
+A recipe is a versioned config (big2small.config), so a recipe file is its JSON form.
+
 The plan is the pre-flight report: every tensor of the model, what will happen to it, and why.
 Nothing is skipped silently.
 """
@@ -13,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from big2small.config import Config
 from big2small.errors import Big2SmallError
 from big2small.generators import GeneratorConfig, RawConfig
 from big2small.layout import MatrixLayout
@@ -35,7 +38,7 @@ def layer_kind(module: nn.Module) -> str:
 
 
 @dataclass
-class Override:
+class Override(Config):
     """Tensors whose name matches `pattern` (exact name, module name, or full regex match) get
     `config`; `config=None` keeps them uncompressed."""
 
@@ -53,7 +56,7 @@ class Override:
 
 
 @dataclass
-class Recipe:
+class Recipe(Config):
     """What to do with a model.
 
     default: the method for every weight in scope (conv/linear weights with >= min_numel elements,
@@ -74,37 +77,12 @@ class Recipe:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
         RawConfig(dtype=self.raw_dtype).validate()
         if self.target_bpw is not None and self.target_bpw <= 0:
             raise Big2SmallError(f"target bits per weight must be positive, got {self.target_bpw}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "default": self.default.to_dict() if self.default else None,
-            "overrides": [{"pattern": o.pattern, "config": o.config.to_dict() if o.config else None} for o in self.overrides],
-            "min_numel": self.min_numel,
-            "include_embeddings": self.include_embeddings,
-            "raw_dtype": self.raw_dtype,
-            "target_bpw": self.target_bpw,
-            "budget_fixed": self.budget_fixed,
-            "seed": self.seed,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Recipe":
-        def config(d):
-            return GeneratorConfig.from_dict(d) if d else None
-
-        return cls(
-            default=config(data.get("default")),
-            overrides=[Override(o["pattern"], config(o.get("config"))) for o in data.get("overrides", [])],
-            min_numel=data.get("min_numel", 4096),
-            include_embeddings=data.get("include_embeddings", False),
-            raw_dtype=data.get("raw_dtype", "float16"),
-            target_bpw=data.get("target_bpw"),
-            budget_fixed=data.get("budget_fixed", {}),
-            seed=data.get("seed", 0),
-        )
 
 
 @dataclass

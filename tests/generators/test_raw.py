@@ -92,7 +92,7 @@ def test_non_finite_values_are_stored_as_they_are():
 def test_config_json_round_trip(dtype):
     cfg = RawConfig(dtype)
     data = json.loads(json.dumps(cfg.to_dict()))
-    assert data == {"method": "raw", "dtype": dtype}
+    assert data == {"method": "raw", "version": RawConfig.version, "dtype": dtype}
     assert GeneratorConfig.from_dict(data) == cfg
 
 

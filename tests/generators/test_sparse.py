@@ -227,7 +227,7 @@ def test_non_finite_input_is_refused(non_finite):
 @pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.999])
 def test_config_json_round_trip(sparsity):
     data = json.loads(json.dumps(PruneConfig(sparsity).to_dict()))
-    assert data == {"method": "prune", "sparsity": sparsity}
+    assert data == {"method": "prune", "version": PruneConfig.version, "sparsity": sparsity}
     assert GeneratorConfig.from_dict(data) == PruneConfig(sparsity)
 
 
