@@ -38,7 +38,8 @@ TAGGED_BASES = (GeneratorConfig, TransformConfig)  # stand for their subclasses:
 CONFIGS = sorted({c for c in _subclasses(Config) if c.__module__.startswith("big2small.") and c not in TAGGED_BASES},
                  key=lambda c: c.__qualname__)
 EXAMPLES = {Override: lambda: Override("fc.*", UniformConfig(bits=3)),
-            Recipe: lambda: Recipe(default=UniformConfig(bits=3), overrides=[Override("fc", None)], target_bpw=3.5)}
+            Recipe: lambda: Recipe(default=UniformConfig(bits=3), overrides=[Override("fc", None)], target_bpw=3.5,
+                                   transforms=[FoldConfig(sparsity=0.2, skip=["attention"])])}
 
 
 def _example(cls):
@@ -117,7 +118,7 @@ def test_unknown_tags_list_the_known_ones():
     with pytest.raises(Big2SmallError, match="unknown method 'nope'; known: .*uniform"):
         GeneratorConfig.from_dict({"method": "nope"})
     with pytest.raises(Big2SmallError, match="unknown transform 'prune'; known: fold"):
-        FoldConfig.from_dict({"transform": "prune"})
+        Recipe.from_dict({"transforms": [{"transform": "prune"}]})
     with pytest.raises(Big2SmallError, match="needs a 'method' key"):
         GeneratorConfig.from_dict({"bits": 4})
 
@@ -135,12 +136,14 @@ def test_not_json_is_a_one_line_error():
 def test_a_saved_manifest_carries_every_config_version(tmp_path):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 8))
-    recipe = Recipe(default=UniformConfig(bits=4, group_size=16), overrides=[Override("4", None)], min_numel=0)
+    recipe = Recipe(transforms=[FoldConfig(sparsity=0.3, n_init=1)], default=UniformConfig(bits=4, group_size=16),
+                    overrides=[Override("4", None)], min_numel=0)
     b2s.save(b2s.compress(model, recipe, progress=False), tmp_path / "a.b2s")
     manifest = b2s.read_manifest(tmp_path / "a.b2s")
     stored = manifest["recipe"]
     assert stored["version"] == Recipe.version and stored["default"]["version"] == UniformConfig.version
     assert stored["overrides"][0]["version"] == Override.version
+    assert stored["transforms"][0] == {**FoldConfig(sparsity=0.3, n_init=1).to_dict(), "transform": "fold"}
     assert all(e["config"]["version"] == 1 for e in manifest["tensors"].values())
     assert b2s.load(tmp_path / "a.b2s").recipe == recipe
 
@@ -151,7 +154,7 @@ def test_artifacts_written_before_versions_still_load(name):
     assert "version" not in manifest["recipe"]
     assert not any("version" in e["config"] for e in manifest["tensors"].values())
     cm = b2s.load(FIXTURES / name)
-    assert cm.recipe.to_dict()["version"] == 1
+    assert cm.recipe.to_dict()["version"] == 1 and cm.recipe.transforms == []
     assert all(torch.isfinite(t).all() for t in cm.state_dict().values() if t.is_floating_point())
 
 

@@ -170,7 +170,7 @@ def compress(
     err.print(f"loading {model} ...")
     loaded = b2s.load_model(model)
     if dry_run:
-        _, entries = plan_model(loaded.weights, the_recipe)
+        _, entries = plan_model(loaded, the_recipe)
         out.print(_plan_table(entries))
         out.print(_plan_summary(entries))
         return
@@ -402,7 +402,8 @@ def fold_(
 ) -> None:
     """Fold a model: merge similar channels, heads and MLP units so it really becomes narrower."""
     import big2small as b2s
-    from big2small.folding import FoldConfig, find_groups, fold, to_compressed
+    from big2small.folding import FoldConfig, find_groups, fold
+    from big2small.folding.export import to_compressed
     from big2small.models.tasks import get_task
     from big2small.specs import parse_method_spec
 

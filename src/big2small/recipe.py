@@ -1,6 +1,8 @@
 """Which tensors get which method: a default, per-layer overrides by name or regex, and a plan.
 
-A recipe is a versioned config (big2small.config), so a recipe file is its JSON form.
+A recipe may also list structural transforms (folding) that change the architecture first; the
+default and overrides then apply to the transformed model. It is a versioned config
+(big2small.config), so a recipe file is its JSON form.
 
 The plan is the pre-flight report: every tensor of the model, what will happen to it, and why.
 Nothing is skipped silently.
@@ -17,6 +19,7 @@ from torch import nn
 
 from big2small.config import Config
 from big2small.errors import Big2SmallError
+from big2small.folding.config import FoldConfig
 from big2small.generators import GeneratorConfig, RawConfig
 from big2small.layout import MatrixLayout
 
@@ -65,6 +68,9 @@ class Recipe(Config):
     raw_dtype: how uncompressed floating tensors are stored ("float16", "float32", "bfloat16", "same").
     target_bpw: if set, method options left open are chosen so that the whole artifact takes at most
         this many bits per original parameter (every stored bit counted).
+    transforms: structural transforms applied in order before anything is stored (JSON:
+        {"transform": "fold", ...}); the rest of the recipe applies to the transformed model, and
+        bits per weight count against the original model's parameters.
     """
 
     default: GeneratorConfig | None = None
@@ -75,6 +81,7 @@ class Recipe(Config):
     target_bpw: float | None = None
     budget_fixed: dict[str, Any] = field(default_factory=dict)  # default's options the user pinned
     seed: int = 0
+    transforms: list[FoldConfig] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.validate()
