@@ -73,3 +73,32 @@ def test_a_bare_state_dict_cannot_be_folded(tmp_path):
     path = tmp_path / "w.safetensors"
     save_file({"w": torch.randn(4, 4)}, str(path))
     assert_one_line_error(run("fold", path, "-o", tmp_path / "x.b2s"), "needs the model's structure")
+
+
+def test_a_recipe_file_that_lists_a_fold_matches_fold_then(llama_dir, tmp_path):
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(json.dumps({"transforms": [{"transform": "fold", "sparsity": 0.2}],
+                                  "default": {"method": "uniform", "bits": 4}, "min_numel": 0}))
+    listed, direct = tmp_path / "listed.b2s", tmp_path / "direct.b2s"
+    result = run("compress", llama_dir, "--recipe", recipe, "-o", listed)
+    assert result.returncode == 0, result.stderr
+    result = run("fold", llama_dir, "--sparsity", "0.2", "--then", "uniform:bits=4,min_numel=0", "--raw-dtype", "float16",
+                 "-o", direct)
+    assert result.returncode == 0, result.stderr
+    a, b = b2s.load(listed), b2s.load(direct)
+    assert a.size() == b.size() and a.size().n_compressed > 0
+    assert a.n_parameters == a.transforms[0].parameters_before > a.transforms[0].parameters_after
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert {**a.transforms[0].to_dict(), "seconds": 0} == {**b.transforms[0].to_dict(), "seconds": 0}
+    assert a.recipe.transforms[0].sparsity == 0.2  # the manifest's recipe says what was done
+
+
+def test_a_recipe_file_with_a_fold_needs_a_model_not_a_state_dict(tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "w.safetensors"
+    save_file({"w": torch.randn(4, 4)}, str(path))
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text('{"transforms": [{"transform": "fold", "sparsity": 0.2}], "default": {"method": "uniform", "bits": 4}}')
+    assert_one_line_error(run("compress", path, "--recipe", recipe, "-o", tmp_path / "x.b2s"), "need the model's structure")

@@ -2,7 +2,10 @@ import pytest
 import torch
 
 import big2small as b2s
+from big2small.compress import compress
 from big2small.errors import Big2SmallError
+from big2small.folding import FoldConfig, fold
+from big2small.folding.export import to_compressed
 from big2small.generators import LowRankConfig, RawConfig, UniformConfig
 from big2small.recipe import Override, Recipe, describe_module_tensors, describe_state_dict, plan
 
@@ -70,11 +73,52 @@ def test_state_dict_kinds_inferred_from_rank_and_name():
 
 
 def test_recipe_round_trips_through_json():
-    import json
-
     recipe = Recipe(default=UniformConfig(bits=3, group_size=64), overrides=[Override("x.*", None), Override("y", LowRankConfig(rank=4))],
-                    target_bpw=3.5, budget_fixed={"group_size": 64})
-    assert Recipe.from_dict(json.loads(json.dumps(recipe.to_dict()))) == recipe
+                    target_bpw=3.5, budget_fixed={"group_size": 64},
+                    transforms=[FoldConfig(sparsity=0.2), FoldConfig(sparsity=None, ratio=0.1, selection="l2")])
+    assert Recipe.from_json(recipe.to_json()) == recipe
+
+
+def test_a_recipe_file_lists_a_fold_then_a_method():
+    recipe = Recipe.from_json('{"transforms": [{"transform": "fold", "sparsity": 0.2}], "default": {"method": "uniform", "bits": 4}}')
+    assert recipe.transforms == [FoldConfig(sparsity=0.2)] and recipe.default == UniformConfig(bits=4)
+
+
+def test_a_recipe_with_a_typo_is_refused_not_ignored():
+    with pytest.raises(Big2SmallError, match=r"unknown option\(s\) \['defualt'\]; known: .*default"):
+        Recipe.from_json('{"defualt": {"method": "uniform"}}')
+
+
+def _mlp() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.ReLU(), torch.nn.Linear(64, 64), torch.nn.ReLU(),
+                               torch.nn.Linear(64, 8))
+
+
+def test_a_recipe_that_lists_a_fold_stores_what_fold_then_to_compressed_store():
+    model, config, then = _mlp(), FoldConfig(sparsity=0.3, n_init=1), UniformConfig(bits=4, group_size=16)
+    listed = compress(model, Recipe(transforms=[config], default=then, min_numel=0), progress=False)
+    result = fold(model, config, progress=False)
+    direct = to_compressed(result, recipe=Recipe(default=then, min_numel=0))
+    assert listed.size() == direct.size() and listed.size().n_parameters == result.parameters_before
+    assert listed.state_dict().keys() == direct.state_dict().keys()
+    assert all(torch.equal(t, direct.state_dict()[k]) for k, t in listed.state_dict().items())
+    record, expected = listed.transforms[0].to_dict(), direct.transforms[0].to_dict()
+    assert {**record, "seconds": 0} == {**expected, "seconds": 0}
+    assert model[0].out_features == 64  # the caller's model is not folded in place
+
+
+def test_a_size_target_after_a_fold_counts_against_the_original_parameters():
+    model = _mlp()
+    cm = compress(model, Recipe(transforms=[FoldConfig(sparsity=0.3, n_init=1)], default=UniformConfig(),
+                                min_numel=0, raw_dtype="float32", target_bpw=4.0, budget_fixed={}), progress=False)
+    assert cm.size().n_parameters == sum(p.numel() for p in model.parameters())
+    assert 3.0 < cm.size().bpw_all <= 4.0
+
+
+def test_a_fold_on_a_bare_state_dict_is_a_user_error():
+    with pytest.raises(Big2SmallError, match="need the model's structure"):
+        compress(_mlp().state_dict(), Recipe(transforms=[FoldConfig()], default=UniformConfig()), progress=False)
 
 
 def test_bad_regex_is_a_user_error(small_net):

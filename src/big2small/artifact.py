@@ -3,7 +3,7 @@
 An artifact is a directory:
 
     manifest.json        format version, library version, source model identity, recipe, and per
-                         tensor: method, config, shape, dtype, matrix layout, decoder metadata, itemised
+                         tensor: method, config (configs carry their version), shape, dtype, matrix layout, decoder metadata, itemised
                          bits, and the sha256 of every stored array
     tensors.safetensors  the stored arrays (bit-packed codes as uint8, fp16 scales, raw tensors);
                          its header metadata holds the manifest's sha256, tying the two files together
@@ -23,13 +23,14 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from big2small.compress import CompressedModel
+from big2small.config import Config
 from big2small.dtypes import STORED_DTYPES, dtype_name
 from big2small.errors import Big2SmallError
 from big2small.generators import Encoded, GeneratorConfig
@@ -46,6 +47,8 @@ MANIFEST = "manifest.json"
 TENSORS = "tensors.safetensors"
 SOURCE_DIR = "source"
 HASH_KEY = "big2small.manifest_sha256"
+ConfigT = TypeVar("ConfigT", bound=Config)
+
 
 def _dtype(name: str) -> torch.dtype:
     if name not in STORED_DTYPES:
@@ -234,7 +237,7 @@ def load(path: str | os.PathLike) -> CompressedModel:
                     stored[part] = t
                 tensors[name] = Encoded(
                     method=e["method"],
-                    config=GeneratorConfig.from_dict(e["config"]),
+                    config=_read_config(GeneratorConfig, e["config"], path),
                     layout=MatrixLayout(tuple(e["shape"]), transposed=e["transposed"]),
                     dtype=_dtype(e["dtype"]),
                     tensors=stored,
@@ -249,9 +252,17 @@ def load(path: str | os.PathLike) -> CompressedModel:
     except Big2SmallError as exc:
         raise Big2SmallError(f"{path}: corrupt artifact: {exc}") from None
     return CompressedModel(
-        tensors=tensors, plan=[], recipe=Recipe.from_dict(manifest["recipe"]), source=source,
+        tensors=tensors, plan=[], recipe=_read_config(Recipe, manifest["recipe"], path), source=source,
         aliases=manifest["aliases"], n_parameters=manifest["n_parameters"], transforms=transforms,
     )
+
+
+def _read_config(cls: type[ConfigT], data: Any, path: Path) -> ConfigT:
+    """A config stored in the manifest (one without a version was written before versions: 1)."""
+    try:
+        return cls.from_dict(data)
+    except Big2SmallError as exc:
+        raise Big2SmallError(f"{path}: {exc}") from None
 
 
 def decompress(path: str | os.PathLike, out: str | os.PathLike, *, overwrite: bool = False) -> Path:

@@ -110,7 +110,7 @@ def _measure(loaded, spec: str, settings: EvalSettings, reference) -> tuple[Benc
     err = cm.weight_error(loaded.model.state_dict())
     metrics = evaluate(model, loaded.source.task, loaded.tokenizer, reference=reference, settings=settings)
     size = cm.size()
-    configs = sorted({json.dumps({k: v for k, v in e.config.to_dict().items() if k != "method"}) for e in cm.plan if e.budgeted})
+    configs = sorted({json.dumps(asdict(e.config)) for e in cm.plan if e.budgeted})
     note = ("sized: " + "; ".join(configs)) if len(configs) == 1 else (f"sized per tensor ({len(configs)} settings)" if configs else "")
     row = BenchRow(method, spec, size.bpw_all, size.bpw_scope, {m.metric: m.value for m in metrics},
                    err.total.sqnr_db if err else None, seconds, note)

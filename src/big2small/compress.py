@@ -1,4 +1,8 @@
-"""compress(): apply a recipe to a model (or a bare state_dict) and account for every stored bit."""
+"""compress(): apply a recipe to a model (or a bare state_dict) and account for every stored bit.
+
+A recipe's structural transforms (folding) run first, on a copy of the model; their records and
+the original parameter count go into the result.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +15,14 @@ from torch import nn
 
 from big2small.errors import Big2SmallError
 from big2small.evaluate.weights import WeightErrorReport, weight_error
+from big2small.folding.config import FoldConfig
+from big2small.folding.fold import fold
 from big2small.generators import REGISTRY, Encoded, GeneratorConfig, RawConfig, decode, generator_for
 from big2small.models.source import LoadedModel, ModelSource, module_source
+from big2small.models.tasks import get_task
 from big2small.progress import progress_bar
 from big2small.transforms import reshape_to
-from big2small.transforms.records import TransformRecord
+from big2small.transforms.records import FoldRecord, TransformRecord
 from big2small.recipe import (
     Override, PlanEntry, Recipe, TensorInfo, describe_module_tensors, describe_state_dict, plan,
 )
@@ -149,21 +156,65 @@ def make_recipe(method: str | None = None, *, bpw: float | None = None,
             known = sorted(m for m, g in REGISTRY.items() if not g.config_type.stores_dense)
             raise Big2SmallError(f"unknown method {method!r}; known: {', '.join(known)}")
         default = GeneratorConfig.from_dict({"method": method, **options})
-        default.validate()
     return Recipe(default=default, overrides=[Override(p, c) for p, c in (overrides or [])],
                   min_numel=min_numel, include_embeddings=include_embeddings, raw_dtype=raw_dtype,
                   target_bpw=bpw, budget_fixed=dict(options), seed=seed)
 
 
-def plan_model(model: nn.Module | dict[str, torch.Tensor], recipe: Recipe) -> tuple[list[TensorInfo], list[PlanEntry]]:
+def plan_model(model: Any, recipe: Recipe, *, source: ModelSource | None = None,
+               progress: bool = False) -> tuple[list[TensorInfo], list[PlanEntry]]:
     """What compress() will do to each tensor, size target applied, without encoding anything.
 
-    Raises Big2SmallError for a size target that cannot be met, as compress() would.
+    model: as for compress(). A recipe's transforms are applied first (to a copy), so the plan is
+    that of the model that will be stored. Raises Big2SmallError for a size target that cannot be
+    met, as compress() would.
     """
+    model, source = _unwrap(model, source)
+    model, _, n_parameters = _apply_transforms(model, recipe.transforms, source=source, progress=progress)
+    return _plan(model, recipe, n_parameters)
+
+
+def _apply_transforms(model: nn.Module | dict[str, torch.Tensor], transforms: list[FoldConfig], *,
+                      source: ModelSource | None = None, progress: bool = False,
+                      ) -> tuple[nn.Module | dict[str, torch.Tensor], list[TransformRecord], int | None]:
+    """Apply a recipe's structural transforms, in order, to a copy of `model`: the transformed
+    model, what each transform did, and the original model's parameter count (None when there is
+    no transform). `source` names the model's task, whose example input counts MACs and whose
+    built-in inputs feed folding's repair="data"."""
+    if not transforms:
+        return model, [], None
+    if not isinstance(model, nn.Module):
+        raise Big2SmallError("the recipe lists transforms (e.g. fold): they need the model's structure, "
+                             "not a bare state_dict (give an HF dir or a bundled model)")
+    task = get_task(source.task if source else None, source.architecture if source else None)
+    records: list[TransformRecord] = []
+    n_parameters = None
+    for config in transforms:
+        data = task.calibration_batches() if config.repair == "data" else None
+        result = fold(model, config, data=data, example_input=task.example_input(model), progress=progress)
+        model = result.model
+        records.append(FoldRecord.of(result.to_dict()))
+        n_parameters = result.parameters_before if n_parameters is None else n_parameters
+    return model, records, n_parameters
+
+
+def _unwrap(model: Any, source: ModelSource | None) -> tuple[nn.Module | dict[str, torch.Tensor], ModelSource | None]:
+    """The weights of `model` (a LoadedModel's module or state_dict) and its source."""
+    if isinstance(model, LoadedModel):
+        return model.weights, source or model.source
+    if source is None and isinstance(model, nn.Module):
+        source = module_source(model)  # records the class, so that a reload can say what skeleton it needs
+    return model, source
+
+
+def _plan(model: nn.Module | dict[str, torch.Tensor], recipe: Recipe,
+          n_parameters: int | None) -> tuple[list[TensorInfo], list[PlanEntry]]:
+    """The plan of `model` (already transformed); a size target counts against `n_parameters`
+    (the original model's; None: this model's)."""
     infos = describe_state_dict(model) if isinstance(model, dict) else describe_module_tensors(model)
     entries = plan(infos, recipe)
     if recipe.target_bpw is not None:
-        _size_to_target(entries, recipe, count_parameters(entries))
+        _size_to_target(entries, recipe, n_parameters if n_parameters is not None else count_parameters(entries))
     return infos, entries
 
 
@@ -176,26 +227,29 @@ def compress(model: Any, recipe: Recipe | str | None = None, *, source: ModelSou
 
     model: an nn.Module, a state_dict, or a LoadedModel.
     recipe: a Recipe, or a method name ("uniform", "lowrank", "prune", "inr", ...) with `options` for
-        it and for make_recipe (bpw=..., overrides=..., include_embeddings=...).
+        it and for make_recipe (bpw=..., overrides=..., include_embeddings=...). The recipe's
+        transforms (folding) are applied first, to a copy of the model.
     device: where encoding runs ("cuda" makes INR fitting much faster); the result is on the CPU.
     pre_encoded: tensors already in stored form (self-compression's trained integers, INR fits made
         elsewhere), used as they are; the plan gives them `pre_encoded_reason`. Where the plan has
         the same config for one, its bits must be what the plan predicts.
-    transforms, n_parameters: for a model a structural transform produced: its records, and the
-        original model's parameter count (bits per weight count against it).
-    Raises Big2SmallError for user errors: NaN/Inf weights, a size target that cannot be met.
+    transforms, n_parameters: for a model a structural transform already produced (not one the
+        recipe lists): its records, and the original model's parameter count (bits per weight
+        count against it).
+    Raises Big2SmallError for user errors: NaN/Inf weights, a size target that cannot be met, a
+    recipe with transforms for a bare state_dict.
     """
     if not isinstance(recipe, Recipe):
         recipe = make_recipe(recipe, **options)
     elif options:
         raise TypeError("pass options either in the Recipe or as keywords with a method name, not both")
-    if isinstance(model, LoadedModel):
-        source = source or model.source
-        model = model.weights
-    if source is None and isinstance(model, nn.Module):
-        source = module_source(model)  # records the class, so that a reload can say what skeleton it needs
+    if recipe.transforms and (transforms or n_parameters is not None):
+        raise TypeError("a recipe that lists transforms applies them: do not pass transform records too")
+    model, source = _unwrap(model, source)
     device = _device(device)
-    infos, entries = plan_model(model, recipe)
+    if recipe.transforms:
+        model, transforms, n_parameters = _apply_transforms(model, recipe.transforms, source=source, progress=progress)
+    infos, entries = _plan(model, recipe, n_parameters)
     tensors_by_name = {i.name: i.tensor for i in infos}
     encoded = _adopt(entries, pre_encoded or {}, pre_encoded_reason)
     joint: dict[str, list[PlanEntry]] = {}

@@ -1,5 +1,9 @@
 """Which tensors get which method: a default, per-layer overrides by name or regex, and a plan.
 
+A recipe may also list structural transforms (folding) that change the architecture first; the
+default and overrides then apply to the transformed model. It is a versioned config
+(big2small.config), so a recipe file is its JSON form.
+
 The plan is the pre-flight report: every tensor of the model, what will happen to it, and why.
 Nothing is skipped silently.
 """
@@ -13,8 +17,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from big2small.config import Config
 from big2small.errors import Big2SmallError
 from big2small.dtypes import STORED_DTYPES, dtype_name
+from big2small.folding.config import FoldConfig
 from big2small.generators import GeneratorConfig, RawConfig
 from big2small.generators.raw import STORAGE_DTYPES
 from big2small.layout import MatrixLayout
@@ -37,7 +43,7 @@ def layer_kind(module: nn.Module) -> str:
 
 
 @dataclass
-class Override:
+class Override(Config):
     """Tensors whose name matches `pattern` (exact name, module name, or full regex match) get
     `config`; `config=None` keeps them uncompressed."""
 
@@ -55,7 +61,7 @@ class Override:
 
 
 @dataclass
-class Recipe:
+class Recipe(Config):
     """What to do with a model.
 
     default: the method for every weight in scope (conv/linear weights with >= min_numel elements,
@@ -64,6 +70,9 @@ class Recipe:
     raw_dtype: how uncompressed floating tensors are stored ("float16", "float32", "bfloat16", "same").
     target_bpw: if set, method options left open are chosen so that the whole artifact takes at most
         this many bits per original parameter (every stored bit counted).
+    transforms: structural transforms applied in order before anything is stored (JSON:
+        {"transform": "fold", ...}); the rest of the recipe applies to the transformed model, and
+        bits per weight count against the original model's parameters.
     """
 
     default: GeneratorConfig | None = None
@@ -74,39 +83,15 @@ class Recipe:
     target_bpw: float | None = None
     budget_fixed: dict[str, Any] = field(default_factory=dict)  # default's options the user pinned
     seed: int = 0
+    transforms: list[FoldConfig] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
         RawConfig(dtype=self.raw_dtype).validate()
         if self.target_bpw is not None and self.target_bpw <= 0:
             raise Big2SmallError(f"target bits per weight must be positive, got {self.target_bpw}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "default": self.default.to_dict() if self.default else None,
-            "overrides": [{"pattern": o.pattern, "config": o.config.to_dict() if o.config else None} for o in self.overrides],
-            "min_numel": self.min_numel,
-            "include_embeddings": self.include_embeddings,
-            "raw_dtype": self.raw_dtype,
-            "target_bpw": self.target_bpw,
-            "budget_fixed": self.budget_fixed,
-            "seed": self.seed,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Recipe":
-        def config(d):
-            return GeneratorConfig.from_dict(d) if d else None
-
-        return cls(
-            default=config(data.get("default")),
-            overrides=[Override(o["pattern"], config(o.get("config"))) for o in data.get("overrides", [])],
-            min_numel=data.get("min_numel", 4096),
-            include_embeddings=data.get("include_embeddings", False),
-            raw_dtype=data.get("raw_dtype", "float16"),
-            target_bpw=data.get("target_bpw"),
-            budget_fixed=data.get("budget_fixed", {}),
-            seed=data.get("seed", 0),
-        )
 
 
 @dataclass

@@ -20,14 +20,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from big2small.config import Config
 from big2small.errors import Big2SmallError
 from big2small.evaluate.classification import accuracy
 from big2small.progress import progress_bar
 
 
 @dataclass
-class TrainConfig:
-    """epochs, batch_size, lr: Adam's learning rate for the weights; quantizer_lr: for the
+class TrainConfig(Config):
+    """A versioned config (big2small.config). epochs, batch_size, lr: Adam's learning rate for the weights; quantizer_lr: for the
     regulariser's own parameters (self-compression's b and e; None: the same lr, as in the
     reference code); gamma: weight of the regulariser's loss (0 trains without it); seed: data order and initialisation; target_bits: if set, the model
     ends at its most accurate epoch (validation) whose Q is at most this many bits per weight

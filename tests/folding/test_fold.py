@@ -7,7 +7,8 @@ from torch import nn
 
 import big2small as b2s
 from big2small.errors import Big2SmallError
-from big2small.folding import FoldConfig, fold, to_compressed
+from big2small.folding import FoldConfig, fold
+from big2small.folding.export import to_compressed
 from big2small.models.zoo.fashion import RESNET_FACTORY, fashion_resnet
 from big2small.folding.fold import ar_factor, count_parameters
 from big2small.models.source import ModelSource

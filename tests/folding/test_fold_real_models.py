@@ -5,7 +5,8 @@ import pytest
 import torch
 
 import big2small as b2s
-from big2small.folding import FoldConfig, find_groups, fold, to_compressed
+from big2small.folding import FoldConfig, find_groups, fold
+from big2small.folding.export import to_compressed
 
 pytestmark = pytest.mark.slow
 

@@ -75,7 +75,7 @@ def compress(
     render.notes.print(f"loading {model} ...")
     loaded = b2s.load_model(model)
     if dry_run:
-        plan = PlanReport.of(plan_model(loaded.weights, the_recipe)[1], the_recipe)
+        plan = PlanReport.of(plan_model(loaded, the_recipe)[1], the_recipe)
         render.show_plan(out.console, plan)
         out.json(plan.to_dict())
         return
@@ -223,7 +223,8 @@ def fold(
     _require_output(output, dry_run)
     ratios = options.group_ratios(group_ratio)
     import big2small as b2s
-    from big2small.folding import FoldConfig, find_groups, fold as fold_model, to_compressed
+    from big2small.folding import FoldConfig, find_groups, fold as fold_model
+    from big2small.folding.export import to_compressed
     from big2small.models.tasks import get_task
     from big2small.reports import CompressReport, FoldPlanReport, FoldReport
 

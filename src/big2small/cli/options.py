@@ -6,7 +6,6 @@ Torch loads only when a recipe is built, not when this module is imported.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -68,8 +67,8 @@ def recipe_from_file(path: Path) -> Recipe:
     if not path.is_file():
         raise Big2SmallError(f"{path}: no such recipe file")
     try:
-        return Recipe.from_dict(json.loads(path.read_text()))
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        return Recipe.from_json(path.read_text())
+    except Big2SmallError as exc:
         raise Big2SmallError(f"{path}: not a valid recipe ({exc})") from None
 
 

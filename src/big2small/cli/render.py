@@ -88,7 +88,7 @@ def show_plan(console: Console, plan: PlanReport) -> None:
     for col in ("tensor", "shape", "kind", "stored as", "why"):
         t.add_column(col)
     for row in plan.rows:
-        options = {k: v for k, v in row.config.items() if k != "method"}
+        options = {k: v for k, v in row.config.items() if k not in ("method", "version")}
         stored = row.config["method"] + ("(" + ", ".join(f"{k}={v}" for k, v in options.items()) + ")" if options else "")
         name = row.name + (f" (= {', '.join(row.aliases)})" if row.aliases else "")
         cells = (name, "x".join(map(str, row.shape)) or "scalar", row.kind, stored,

@@ -9,10 +9,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from big2small.config import Config
+
 
 @dataclass
-class EvalSettings:
-    """Protocol knobs. Defaults follow the project's reference figures (see README)."""
+class EvalSettings(Config):
+    """Protocol knobs, a versioned config (big2small.config). Defaults follow the project's reference figures (see README)."""
 
     context: int = 512  # tokens per perplexity window
     windows: int = 20  # first n non-overlapping windows

@@ -1,11 +1,13 @@
-"""FoldConfig: every knob of model folding, a typed dataclass that round-trips through JSON."""
+"""FoldConfig: every knob of model folding, a typed, versioned config (big2small.config); a recipe
+may list it as a transform: {"transform": "fold", ...}."""
 
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass, field
+from typing import ClassVar
 
+from big2small.config import TransformConfig
 from big2small.errors import Big2SmallError
 
 SELECTIONS = ("fold", "l1", "l2")
@@ -15,7 +17,7 @@ NORM_REPAIRS = ("none", "scale_rows", "lsq")
 
 
 @dataclass
-class FoldConfig:
+class FoldConfig(TransformConfig):
     """How to fold a model (docs/folding.md).
 
     sparsity: fraction of all parameters to remove, turned into per-group widths by `allocation`
@@ -43,6 +45,7 @@ class FoldConfig:
     n_init, max_iter, seed: k-means restarts, Lloyd iterations, and the seed.
     """
 
+    transform: ClassVar[str] = "fold"
     sparsity: float | None = 0.3
     allocation: str = "cost"
     ratio: float | None = None
@@ -90,14 +93,3 @@ class FoldConfig:
         if self.feature_scaling is not None:
             return self.feature_scaling
         return "robust" if self.repair == "ar" else "none"
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "FoldConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise Big2SmallError(f"unknown fold option(s): {', '.join(sorted(unknown))}")
-        return cls(**data)

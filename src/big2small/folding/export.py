@@ -1,5 +1,7 @@
-"""A folded model's artifact: its tensors at their new shapes, stored raw or by any generator,
-with the fold recorded in the manifest so that `restore` resizes the original skeleton."""
+"""A folded model's artifact, when fold() was called directly (e.g. with your own data for
+repair="data"): its tensors at their new shapes, stored raw or by any generator, with the fold
+recorded in the manifest so that `restore` resizes the original skeleton. A recipe that lists the
+fold does the same in one step: compress(model, Recipe(transforms=[FoldConfig(...)], ...))."""
 
 from __future__ import annotations
 
@@ -14,9 +16,9 @@ from big2small.transforms.records import FoldRecord
 def to_compressed(result: FoldResult, *, source: Any = None, recipe: Recipe | None = None,
                   progress: bool = False) -> CompressedModel:
     """Store the folded model: raw fp32 by default (the folded network exactly), or with `recipe`
-    (e.g. make_recipe("uniform", bits=4): fold, then quantise). Sizes count against the original
-    model's parameters, so bpw_all shows what folding saved as well."""
+    (e.g. make_recipe("uniform", bits=4): fold, then quantise; it lists no transforms, the fold is
+    done). Sizes count against the original model's parameters, so bpw_all shows what folding
+    saved as well."""
     recipe = recipe or Recipe(default=None, raw_dtype="float32", min_numel=0)
-    record = FoldRecord(**{k: v for k, v in result.to_dict().items() if k != "unfolded"})
-    return compress(result.model, recipe, source=source, progress=progress, transforms=[record],
+    return compress(result.model, recipe, source=source, progress=progress, transforms=[FoldRecord.of(result.to_dict())],
                     n_parameters=result.parameters_before)

@@ -1,14 +1,13 @@
 """The generator abstraction: every storage codec is a small set of compact tensors (phi) that
 regenerates a weight tensor, W_hat = g(phi).
 
-A method is a `GeneratorConfig` subclass (typed, JSON round-trip) plus a `Generator` subclass that
+A method is a `GeneratorConfig` subclass (typed, versioned, JSON round-trip) plus a `Generator` subclass that
 encodes a tensor into an `Encoded` record and decodes it back. The registry maps a method name to
 both, so the artifact can rebuild any generator from its manifest entry.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from collections.abc import Callable
@@ -16,6 +15,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from big2small.config import Config
 from big2small.errors import Big2SmallError
 from big2small.layout import MatrixLayout
 
@@ -26,31 +26,19 @@ DTYPE_BITS = {torch.float32: 32, torch.float16: 16, torch.bfloat16: 16, torch.fl
 
 
 @dataclass
-class GeneratorConfig:
-    """Base of every method's config. Subclasses are dataclasses with a class-level `method`."""
+class GeneratorConfig(Config):
+    """Base of every method's config (big2small.config: JSON round trip, versioned). Subclasses are
+    dataclasses with a class-level `method`, the tag of their JSON form ({"method": "uniform", ...})."""
 
+    tag_key: ClassVar[str] = "method"
     method: ClassVar[str] = ""
     # True for the one config that stores a tensor as it is (raw): its bits are not "compressed".
     stores_dense: ClassVar[bool] = False
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"method": self.method, **dataclasses.asdict(self)}
-
-    @staticmethod
-    def from_dict(data: dict[str, Any]) -> "GeneratorConfig":
-        data = dict(data)
-        method = data.pop("method", None)
-        if method not in REGISTRY:
-            raise Big2SmallError(f"unknown compression method {method!r}; known: {sorted(REGISTRY)}")
-        cls = REGISTRY[method].config_type
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - names
-        if unknown:
-            raise Big2SmallError(f"{method}: unknown option(s) {sorted(unknown)}; known: {sorted(names)}")
-        return cls(**data)
-
-    def validate(self) -> None:
-        """Raise Big2SmallError if the options are out of range."""
+    @classmethod
+    def variants(cls) -> dict[str, type[Config]]:
+        """The registered methods' configs (a method is known once its generator is registered)."""
+        return {method: gen.config_type for method, gen in REGISTRY.items()}
 
 
 @dataclass

@@ -15,13 +15,14 @@ channel whose b reaches 0 outputs exactly zero, gets no gradient any more, and i
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator
+from dataclasses import dataclass, field
+from typing import Iterator
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from big2small.config import Config
 from big2small.errors import Big2SmallError
 from big2small.generators.channel_int import MAX_CHANNEL_BITS, fitted_exponents, quantize
 from big2small.transforms import find_groups
@@ -30,8 +31,8 @@ QUANTIZED_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
 @dataclass
-class SelfCompressConfig:
-    """How `prepare` sets up the quantisers.
+class SelfCompressConfig(Config):
+    """How `prepare` sets up the quantisers (a versioned config, big2small.config).
 
     init_bits: b0, the starting bit depth (2 from scratch as in the reference code; 8 when starting
         from a pretrained model).
@@ -51,17 +52,6 @@ class SelfCompressConfig:
     min_bits: float = 0.0
     count_live_inputs: bool = False
     skip: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "SelfCompressConfig":
-        names = set(cls.__dataclass_fields__)
-        unknown = set(data) - names
-        if unknown:
-            raise Big2SmallError(f"selfcompress: unknown option(s) {sorted(unknown)}; known: {sorted(names)}")
-        return cls(**data)
 
     def validate(self) -> None:
         if not 0 < self.init_bits <= MAX_CHANNEL_BITS:

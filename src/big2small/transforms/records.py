@@ -54,6 +54,12 @@ class FoldRecord(TransformRecord):
     data_free: bool
     groups: list[dict[str, Any]]
 
+    @classmethod
+    def of(cls, report: dict[str, Any]) -> "FoldRecord":
+        """The record of fold()'s report (FoldResult.to_dict()), without the reasons groups were
+        left unfolded."""
+        return cls(**{k: v for k, v in report.items() if k != "unfolded"})
+
 
 @dataclass
 class ChannelRemovalRecord(TransformRecord):
