@@ -169,3 +169,12 @@ def test_kept_values_beyond_float16_are_stored_in_float32_and_the_plan_says_so()
     entry = next(e for e in cm.plan if e.name == "scale")
     assert entry.config.dtype == "float32" and "beyond float16" in entry.reason
     assert torch.equal(cm.state_dict()["scale"], state["scale"])
+
+
+@pytest.mark.parametrize("options, match", [
+    ({"bpw": float("nan")}, "positive number, got nan"), ({"bpw": float("inf")}, "positive number, got inf"),
+    ({"bpw": -1.0}, "positive number"), ({"bits": "abc"}, "bits must be int"),
+])
+def test_numeric_options_are_finite_and_typed(options, match):
+    with pytest.raises(Big2SmallError, match=match):
+        b2s.compress({"w": torch.randn(64, 64)}, "uniform", progress=False, **options)

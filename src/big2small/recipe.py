@@ -10,6 +10,7 @@ Nothing is skipped silently.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -90,8 +91,8 @@ class Recipe(Config):
 
     def validate(self) -> None:
         RawConfig(dtype=self.raw_dtype).validate()
-        if self.target_bpw is not None and self.target_bpw <= 0:
-            raise Big2SmallError(f"target bits per weight must be positive, got {self.target_bpw}")
+        if self.target_bpw is not None and not (math.isfinite(self.target_bpw) and self.target_bpw > 0):
+            raise Big2SmallError(f"target bits per weight must be a positive number, got {self.target_bpw}")
 
 
 @dataclass
