@@ -2,4 +2,5 @@
 
 from big2small.cli import main
 
-main()
+if __name__ == "__main__":  # importing this module (e.g. walking the package) must not run the CLI
+    main()
