@@ -279,14 +279,15 @@ def test_unknown_option_is_refused_naming_the_known_ones(method):
         GeneratorConfig.from_dict(data)
     message = str(err.value)
     assert "no_such_option" in message
-    for f in dataclasses.fields(REGISTRY[method].config_type):
-        assert repr(f.name) in message
+    known = message.rpartition("known:")[2]
+    assert all(f.name in known for f in dataclasses.fields(REGISTRY[method].config_type))
 
 
 def test_unknown_method_is_refused_naming_the_known_ones():
-    with pytest.raises(Big2SmallError, match="unknown compression method 'nope'") as err:
+    with pytest.raises(Big2SmallError, match="unknown method 'nope'") as err:
         GeneratorConfig.from_dict({"method": "nope"})
-    assert all(repr(m) in str(err.value) for m in METHODS)
+    known = str(err.value).rpartition("known:")[2]
+    assert all(m in known for m in METHODS)
 
 
 # --- on-the-fly decoding ----------------------------------------------------------------------------
