@@ -4,14 +4,22 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
+import big2small
+
+# The subprocess imports the big2small this process imported, whatever its working directory.
+SOURCE_ROOT = str(Path(big2small.__file__).resolve().parents[1])
+
 
 def run(*args, cwd=None, columns=None):
-    env = {**os.environ, "COLUMNS": str(columns)} if columns else None
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [SOURCE_ROOT, os.environ.get("PYTHONPATH")]))}
+    if columns:
+        env["COLUMNS"] = str(columns)
     return subprocess.run([sys.executable, "-m", "big2small.cli", *map(str, args)], capture_output=True, text=True,
                           cwd=cwd, env=env)
 

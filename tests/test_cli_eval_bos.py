@@ -14,12 +14,12 @@ WORDS = "the of and in to a was is for as on by with he that at from his it an".
 SPECIALS = ("<pad>", "<unk>", "<bos>", "<eos>")
 
 
-def save_tiny_causal_lm(path, *, bos_token, config_bos, hidden=16, positions=64):
-    """A random LlamaForCausalLM and its word-level tokenizer (<pad> 0, <unk> 1, <bos> 2, <eos> 3)."""
+def save_word_tokenizer(path, *, bos_token):
+    """A word-level tokenizer (<pad> 0, <unk> 1, <bos> 2, <eos> 3, then WORDS) saved in `path`; returns its vocabulary."""
     from tokenizers import Tokenizer
     from tokenizers.models import WordLevel
     from tokenizers.pre_tokenizers import Whitespace
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     vocab = {token: i for i, token in enumerate([*SPECIALS, *WORDS])}
     backend = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
@@ -27,6 +27,14 @@ def save_tiny_causal_lm(path, *, bos_token, config_bos, hidden=16, positions=64)
     roles = {"pad_token": "<pad>", "unk_token": "<unk>", "eos_token": "<eos>"}
     PreTrainedTokenizerFast(tokenizer_object=backend, **roles, **({"bos_token": bos_token} if bos_token else {})
                             ).save_pretrained(path)
+    return vocab
+
+
+def save_tiny_causal_lm(path, *, bos_token, config_bos, hidden=16, positions=64):
+    """A random LlamaForCausalLM and its word-level tokenizer (save_word_tokenizer)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    vocab = save_word_tokenizer(path, bos_token=bos_token)
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=len(vocab), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=1,
                          num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=positions,
