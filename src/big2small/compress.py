@@ -347,7 +347,8 @@ def _size_to_target(entries: list[PlanEntry], recipe: Recipe, n_params: int) -> 
     if beta <= 0:
         raise Big2SmallError(
             f"target {recipe.target_bpw} bpw is impossible: the tensors kept uncompressed already take "
-            f"{floor:.3f} bpw (compress more tensors, e.g. embeddings, or store them in lower precision)"
+            f"{floor:.3f} bpw (compress more tensors, e.g. the embeddings with --include-embeddings, "
+            "or store the kept ones in lower precision with --raw-dtype)"
         )
     fixed = dict(recipe.budget_fixed)
     for e in sized:
