@@ -147,3 +147,155 @@ def test_hf_model_rebuilds_from_artifact_alone(tiny_gpt2_dir, tmp_path):
         out = model(ids).logits
     assert (out - ref).abs().max() < 0.05 * ref.abs().max()
     assert model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr()
+
+
+# --- overwriting: only an artifact, atomically --------------------------------------------------------
+
+
+def one_line_refusal(call, match):
+    with pytest.raises(Big2SmallError, match=match) as info:
+        call()
+    assert "\n" not in str(info.value)
+
+
+def test_overwrite_refuses_a_folder_of_user_files_and_keeps_them(small_net, tmp_path):
+    cm = b2s.compress(small_net, "uniform", progress=False)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "holiday.jpg").write_bytes(b"precious")
+    one_line_refusal(lambda: b2s.save(cm, folder, overwrite=True), "not a big2small artifact")
+    assert [p.name for p in folder.iterdir()] == ["holiday.jpg"]
+    # an artifact with a user's file put inside it is no longer only an artifact either
+    b2s.save(cm, tmp_path / "a.b2s")
+    (tmp_path / "a.b2s" / "notes.txt").write_text("mine")
+    one_line_refusal(lambda: b2s.save(cm, tmp_path / "a.b2s", overwrite=True), "not a big2small artifact")
+    assert (tmp_path / "a.b2s" / "notes.txt").read_text() == "mine"
+
+
+def test_overwrite_refuses_a_plain_file_and_a_symlink(small_net, tmp_path):
+    cm = b2s.compress(small_net, "uniform", progress=False)
+    (tmp_path / "f").write_bytes(b"keep me")
+    one_line_refusal(lambda: b2s.save(cm, tmp_path / "f", overwrite=True), "not a big2small artifact")
+    assert (tmp_path / "f").read_bytes() == b"keep me"
+    b2s.save(cm, tmp_path / "real.b2s")
+    (tmp_path / "link.b2s").symlink_to(tmp_path / "real.b2s")
+    one_line_refusal(lambda: b2s.save(cm, tmp_path / "link.b2s", overwrite=True), "symbolic link")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f", "link.b2s", "real.b2s"]
+
+
+def test_decompress_overwrite_replaces_a_file_never_a_directory(artifact, tmp_path):
+    _, path = artifact
+    (tmp_path / "dir").mkdir()
+    one_line_refusal(lambda: b2s.decompress(path, tmp_path / "dir", overwrite=True), "not a file")
+    (tmp_path / "dense.safetensors").write_bytes(b"old")
+    b2s.decompress(path, tmp_path / "dense.safetensors", overwrite=True)
+    assert (tmp_path / "dense.safetensors").read_bytes() != b"old"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_overwriting_an_artifact_replaces_it_and_leaves_nothing_else(small_net, tmp_path):
+    path = tmp_path / "a.b2s"
+    b2s.save(b2s.compress(small_net, "uniform", bits=2, progress=False), path)
+    new = b2s.compress(small_net, "uniform", bits=5, progress=False)
+    b2s.save(new, path, overwrite=True)
+    assert b2s.load(path).tensors["fc.weight"].config.bits == 5
+    assert [p.name for p in tmp_path.iterdir()] == ["a.b2s"]  # no .a.b2s.old-PID, no .a.b2s.tmp-*
+
+
+def _kill_save_at_every_step(cm, path, *, count_lines_in):
+    """Run save(cm, path, overwrite=True) in forked children, killing the k-th child (os._exit,
+    no cleanup runs) at the k-th line executed in a function of `count_lines_in`, for k = 0, 1, ...
+    until a child finishes; after each, yield what is at `path`."""
+    import os
+    import sys
+
+    k = 0
+    while True:
+        pid = os.fork()
+        if pid == 0:  # the child: count lines, die at line k
+            seen = [0]
+
+            def tracer(frame, event, arg):
+                if frame.f_code.co_name not in count_lines_in:
+                    return None
+                if event == "line":
+                    if seen[0] == k:
+                        os._exit(9)
+                    seen[0] += 1
+                return tracer
+
+            code = 1
+            sys.settrace(tracer)
+            try:
+                b2s.save(cm, path, overwrite=True)
+                code = 0
+            finally:
+                sys.settrace(None)
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        yield os.waitstatus_to_exitcode(status) == 0
+        k += 1
+        if os.waitstatus_to_exitcode(status) == 0:
+            return
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["renameat2-exchange", "two-renames"])
+def test_a_kill_at_any_step_of_a_replacement_leaves_an_artifact_and_the_next_save_cleans_up(
+        tmp_path, monkeypatch, exchange):
+    """With the swap (Linux renameat2), the old or the new artifact is at the path after every
+    kill; without it (other systems), a kill between its two renames leaves the old one aside,
+    and the next save to the directory puts it back. Either way nothing else stays."""
+    import big2small.atomic as atomic
+
+    if exchange and atomic._RENAMEAT2 is None:
+        pytest.skip("no renameat2 here")
+    if not exchange:
+        monkeypatch.setattr(atomic, "_RENAMEAT2", None)
+    torch.manual_seed(0)
+    old, new = (b2s.compress(torch.nn.Linear(64, 64), "uniform", bits=b, min_numel=0, progress=False) for b in (2, 5))
+    path = tmp_path / "a.b2s"
+    b2s.save(old, path)
+    bits = {2: "old", 5: "new"}
+    seen = []
+    steps = ("save", "_publish", "publish", "remove_stale", "_remove", "_renameat2")
+    for done in _kill_save_at_every_step(new, path, count_lines_in=steps):
+        if not path.exists():
+            assert not exchange
+            atomic.remove_stale(tmp_path)  # what the next save does first
+        seen.append(bits[b2s.load(path).tensors["weight"].config.bits])
+        if not done and seen[-1] == "new":
+            b2s.save(old, path, overwrite=True)  # start the next kill from the old artifact again
+    assert seen[-1] == "new" and "old" in seen and len(seen) > 10
+    b2s.save(new, path, overwrite=True)
+    assert [p.name for p in tmp_path.iterdir()] == ["a.b2s"]
+
+
+def test_stale_temporaries_are_removed_by_the_next_save_and_only_they(small_net, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    stale = tmp_path / f".x.b2s.tmp-{dead_pid}-0123abcd"
+    stale.mkdir()
+    (stale / "tensors.safetensors").write_bytes(b"\0" * 1000)
+    stale_file = tmp_path / f".d.safetensors.tmp-{dead_pid}-89abcdef"
+    stale_file.write_bytes(b"partial")
+    live = tmp_path / f".y.b2s.tmp-{os.getpid()}-0123abcd"  # a writer still running
+    live.mkdir()
+    mine = [tmp_path / ".x.b2s.tmp-notes", tmp_path / f".x.b2s.tmp-{dead_pid}", tmp_path / "x.b2s.tmp-1-0123abcd"]
+    for p in mine:
+        p.write_text("a user's file")
+    b2s.save(b2s.compress(small_net, "uniform", progress=False), tmp_path / "z.b2s")
+    assert not stale.exists() and not stale_file.exists()
+    assert live.is_dir() and all(p.read_text() == "a user's file" for p in mine)
+
+
+def test_a_temporary_directory_is_never_taken_for_an_artifact(artifact):
+    import shutil
+
+    _, path = artifact
+    tmp = path.with_name(f".{path.name}.tmp-123-0123abcd")
+    shutil.copytree(path, tmp)
+    one_line_refusal(lambda: b2s.load(tmp), "temporary directory")

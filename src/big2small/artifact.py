@@ -10,8 +10,9 @@ An artifact is a directory:
     source/              config and tokenizer files of a Hugging Face model (hashed in the manifest),
                          so that the model rebuilds from the artifact alone
 
-Loading never unpickles. Writes go to a temporary directory renamed into place, so a crash never
-leaves a half artifact that looks whole.
+Loading never unpickles. Writes go to a temporary directory put in place in one step
+(big2small.atomic), so that a kill at any moment leaves the old artifact or the new one, never a
+half one; `overwrite` only ever replaces an artifact.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from big2small import atomic
 from big2small.compress import CompressedModel
 from big2small.dtypes import STORED_DTYPES, dtype_name
 from big2small.errors import Big2SmallError
@@ -92,96 +93,147 @@ def artifact_info(path: str | os.PathLike, manifest: dict[str, Any]) -> Artifact
     return ArtifactInfo(path, (path / TENSORS).stat().st_size, (path / MANIFEST).stat().st_size, source_bytes)
 
 
-def ensure_writable(path: str | os.PathLike, *, overwrite: bool = False) -> Path:
-    """`path` as a Path, after refusing to replace what is there unless `overwrite`.
+def ensure_writable(path: str | os.PathLike, *, overwrite: bool = False, output: str = "artifact") -> Path:
+    """`path` as a Path, once it is clear that an output may be written there.
 
-    save and decompress call it; so does the command line, before it loads any model, so that
-    the refusal comes before the expensive work."""
+    Nothing there: fine. Something there: refused unless `overwrite`, and even then unless it is
+    what this output replaces: for output="artifact" (save), a big2small artifact (a directory
+    holding only an artifact's files, with a manifest of this format) or an empty directory, never a
+    folder of other files or a plain file; for output="file" (decompress), a regular file, never a
+    directory. Symbolic links and paths under a file are refused too. save and decompress call it,
+    and so does the command line, before it loads any model, so that the refusal comes before the
+    expensive work."""
     path = Path(path)
-    if path.exists() and not overwrite:
+    parent = next((p for p in path.parents if os.path.lexists(p)), None)
+    if parent is not None and not parent.is_dir():
+        raise Big2SmallError(f"cannot write {path}: {parent} is not a directory")
+    if not os.path.lexists(path):
+        return path
+    if not overwrite:
         raise Big2SmallError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
+    if path.is_symlink():
+        raise Big2SmallError(f"{path} is a symbolic link; refusing to replace it")
+    if output == "file" and not path.is_file():
+        raise Big2SmallError(f"{path} is not a file; refusing to replace it with a safetensors file")
+    if output == "artifact" and not _replaceable(path):
+        raise Big2SmallError(f"{path} is not a big2small artifact; --overwrite only ever replaces an artifact")
     return path
 
 
+def _replaceable(path: Path) -> bool:
+    """Whether `path` is an artifact (or an empty directory) that overwriting may replace."""
+    if not path.is_dir():
+        return False
+    entries = {e.name for e in path.iterdir()}
+    if not entries:
+        return True
+    manifest = path / MANIFEST
+    if not entries <= {MANIFEST, TENSORS, SOURCE_DIR} or manifest.is_symlink() or not manifest.is_file():
+        return False
+    try:
+        data = json.loads(manifest.read_bytes())
+    except (ValueError, RecursionError, OSError):
+        return False
+    return isinstance(data, dict) and data.get("format") == FORMAT_NAME
+
+
 def save(cm: CompressedModel, path: str | os.PathLike, *, overwrite: bool = False) -> ArtifactInfo:
-    """Write `cm` as an artifact directory at `path`, atomically."""
+    """Write `cm` as an artifact directory at `path`, atomically (see the module docstring); with
+    `overwrite`, replace the artifact there (ensure_writable says what may be replaced)."""
     path = ensure_writable(path, overwrite=overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    atomic.remove_stale(path.parent)
+    tmp = atomic.temporary_path(path)
+    tmp.mkdir()
     try:
-        arrays: dict[str, torch.Tensor] = {}
-        entries: dict[str, Any] = {}
-        written: dict[int, str] = {}  # one array held by several tensors (a shared INR bank) is written once
-        for name, enc in cm.tensors.items():
-            stored = {}
-            for part, t in enc.tensors.items():
-                key = written.setdefault(id(t), f"{name}::{part}")
-                arrays[key] = t.contiguous()
-                stored[part] = {"key": key, "sha256": tensor_sha256(t)}
-            entries[name] = {
-                "method": enc.method,
-                "config": enc.config.to_dict(),
-                "shape": list(enc.layout.shape),
-                "transposed": enc.layout.transposed,
-                "dtype": dtype_name(enc.dtype),
-                "meta": enc.meta,
-                "bits": enc.bits,
-                "stored": stored,
-            }
-        files = {}
-        source = cm.source.to_dict() if cm.source is not None else None
-        files_dir = getattr(cm.source, "files_dir", None)
-        if files_dir:
-            for f in source_files(files_dir):
-                rel = f.relative_to(files_dir)
-                dest = tmp / SOURCE_DIR / rel
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(f, dest)
-                files[f"{SOURCE_DIR}/{rel.as_posix()}"] = {"bytes": dest.stat().st_size, "sha256": file_sha256(dest)}
-        manifest = {
-            "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
-            "library_version": __version__,
-            "source": source,
-            "recipe": cm.recipe.to_dict(),
-            "n_parameters": cm.n_parameters,
-            "size": cm.size().to_dict(),
-            "aliases": cm.aliases,
-            "transforms": [t.to_dict() for t in cm.transforms],
-            "files": files,
-            "tensors": entries,
-        }
-        manifest_bytes = json.dumps(manifest, indent=1, sort_keys=True).encode()
-        (tmp / MANIFEST).write_bytes(manifest_bytes)
-        save_file(arrays, str(tmp / TENSORS), metadata={HASH_KEY: hashlib.sha256(manifest_bytes).hexdigest()})
-        for f in (tmp / MANIFEST, tmp / TENSORS):
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        _publish_permissions(tmp)
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        manifest = _write(cm, tmp)
+        for f in [*tmp.rglob("*"), tmp]:
+            _fsync(f)
+        _publish(tmp, path, overwrite=overwrite, output="artifact")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return artifact_info(path, manifest)
 
 
-def _publish_permissions(root: Path) -> None:
-    """mkdtemp makes a private (0700) directory; give the artifact the user's usual permissions."""
-    umask = os.umask(0)
-    os.umask(umask)
-    for p in [root, *root.rglob("*")]:
-        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~umask)
+def _write(cm: CompressedModel, directory: Path) -> dict[str, Any]:
+    """Write the artifact's files into `directory`; return the manifest."""
+    arrays: dict[str, torch.Tensor] = {}
+    entries: dict[str, Any] = {}
+    owners: dict[int, str] = {}  # an array shared by several tensors (a shared INR bank) is written once
+    for name, enc in cm.tensors.items():
+        shared = set(enc.meta.get("shared_parts", ()))
+        stored = {}
+        for part, t in enc.tensors.items():
+            if part in shared and id(t) in owners:
+                key = owners[id(t)]
+            else:  # a tensor held twice without being shared is written twice, as two arrays
+                key = f"{name}::{part}"
+                arrays[key] = t.clone() if id(t) in owners else t.contiguous()
+                owners.setdefault(id(t), key)
+            stored[part] = {"key": key, "sha256": tensor_sha256(t)}
+        entries[name] = {
+            "method": enc.method,
+            "config": enc.config.to_dict(),
+            "shape": list(enc.layout.shape),
+            "transposed": enc.layout.transposed,
+            "dtype": dtype_name(enc.dtype),
+            "meta": enc.meta,
+            "bits": enc.bits,
+            "stored": stored,
+        }
+    files = {}
+    source = cm.source.to_dict() if cm.source is not None else None
+    files_dir = getattr(cm.source, "files_dir", None)
+    if files_dir:
+        for f in source_files(files_dir):
+            rel = f.relative_to(files_dir)
+            dest = directory / SOURCE_DIR / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(f, dest)
+            files[f"{SOURCE_DIR}/{rel.as_posix()}"] = {"bytes": dest.stat().st_size, "sha256": file_sha256(dest)}
+    manifest = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "library_version": __version__,
+        "source": source,
+        "recipe": cm.recipe.to_dict(),
+        "n_parameters": cm.n_parameters,
+        "size": cm.size().to_dict(),
+        "aliases": cm.aliases,
+        "transforms": [t.to_dict() for t in cm.transforms],
+        "files": files,
+        "tensors": entries,
+    }
+    manifest_bytes = json.dumps(manifest, indent=1, sort_keys=True).encode()
+    (directory / MANIFEST).write_bytes(manifest_bytes)
+    save_file(arrays, str(directory / TENSORS), metadata={HASH_KEY: hashlib.sha256(manifest_bytes).hexdigest()})
+    return manifest
+
+
+def _publish(tmp: Path, path: Path, *, overwrite: bool, output: str) -> None:
+    """Put the finished `tmp` at `path`, checking again what it replaces (it may have changed
+    since the caller's first check)."""
+    ensure_writable(path, overwrite=overwrite, output=output)
+    try:
+        atomic.publish(tmp, path, replace=overwrite)
+    except FileExistsError:
+        raise Big2SmallError(f"{path} exists; pass overwrite=True (--overwrite) to replace it") from None
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
     """The manifest, after checking it is a big2small artifact of a version we read, untampered."""
     path = Path(path)
+    if atomic.is_temporary(path):
+        raise Big2SmallError(f"{path}: a temporary directory of an unfinished save, not an artifact")
     if not path.exists():
         raise Big2SmallError(f"{path}: no such artifact")
     if not (path / MANIFEST).is_file() or not (path / TENSORS).is_file():
@@ -258,19 +310,21 @@ def decompress(path: str | os.PathLike, out: str | os.PathLike, *, overwrite: bo
     """Write the artifact's weights as a dense safetensors state_dict, without the model class.
 
     Tied tensors are written once, under their stored name (as Hugging Face does); the aliases go
-    into the file's metadata.
+    into the file's metadata. The file is put in place in one step; `overwrite` replaces a file,
+    never a directory.
     """
-    out = ensure_writable(out, overwrite=overwrite)
+    out = ensure_writable(out, overwrite=overwrite, output="file")
     cm = load(path)
     state = {name: t.contiguous() for name, t in cm.state_dict().items() if name not in cm.aliases}
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.tmp-", dir=out.parent)
-    os.close(fd)
+    atomic.remove_stale(out.parent)
+    tmp = atomic.temporary_path(out)
     try:
-        save_file(state, tmp, metadata={"big2small.aliases": json.dumps(cm.aliases, sort_keys=True), "format": "pt"})
-        os.replace(tmp, out)
+        save_file(state, str(tmp), metadata={"big2small.aliases": json.dumps(cm.aliases, sort_keys=True), "format": "pt"})
+        _fsync(tmp)
+        _publish(tmp, out, overwrite=overwrite, output="file")
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return out
 
