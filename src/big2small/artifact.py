@@ -4,15 +4,19 @@ An artifact is a directory:
 
     manifest.json        format version, library version, source model identity, recipe, and per
                          tensor: method, config, shape, dtype, matrix layout, decoder metadata, itemised
-                         bits, and the sha256 of every stored array
+                         bits, and the key, sha256, dtype and shape of every stored array
+                         (big2small.manifest holds its schema)
     tensors.safetensors  the stored arrays (bit-packed codes as uint8, fp16 scales, raw tensors);
                          its header metadata holds the manifest's sha256, tying the two files together
     source/              config and tokenizer files of a Hugging Face model (hashed in the manifest),
                          so that the model rebuilds from the artifact alone
 
-Loading never unpickles. Writes go to a temporary directory put in place in one step
-(big2small.atomic), so that a kill at any moment leaves the old artifact or the new one, never a
-half one; `overwrite` only ever replaces an artifact.
+Loading never unpickles, and trusts nothing it has not checked: the manifest against its hash and
+its schema, every array against its sha256, dtype and shape, every tensor's record against what its
+method can have written (Generator.check_stored), the size record against the tensors, every
+source file against its size and sha256, and no name may lead outside the artifact. Writes go to a
+temporary directory put in place in one step (big2small.atomic), so that a kill at any moment
+leaves the old artifact or the new one, never a half one; `overwrite` only ever replaces an artifact.
 """
 
 from __future__ import annotations
@@ -30,28 +34,20 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from big2small import atomic
-from big2small.compress import CompressedModel
-from big2small.dtypes import STORED_DTYPES, dtype_name
+from big2small.compress import CompressedModel, size_of
+from big2small.dtypes import dtype_name
 from big2small.errors import Big2SmallError
-from big2small.generators import Encoded, GeneratorConfig
-from big2small.layout import MatrixLayout
+from big2small.generators import REGISTRY, Encoded
+from big2small.manifest import FORMAT_NAME, FORMAT_VERSION, READABLE_VERSIONS, SOURCE_DIR, Manifest, StoredArray
+from big2small.manifest import check as check_manifest
+from big2small.manifest import parse as parse_manifest
 from big2small.models.loaders import source_files
 from big2small.models.source import ModelSource
-from big2small.recipe import Recipe
-from big2small.transforms.records import TransformRecord
 from big2small.version import __version__
 
-FORMAT_NAME = "big2small"
-FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 TENSORS = "tensors.safetensors"
-SOURCE_DIR = "source"
 HASH_KEY = "big2small.manifest_sha256"
-
-def _dtype(name: str) -> torch.dtype:
-    if name not in STORED_DTYPES:
-        raise Big2SmallError(f"corrupt artifact: unknown dtype {name!r}")
-    return STORED_DTYPES[name]
 
 
 def tensor_sha256(t: torch.Tensor) -> str:
@@ -131,10 +127,9 @@ def _replaceable(path: Path) -> bool:
     if not entries <= {MANIFEST, TENSORS, SOURCE_DIR} or manifest.is_symlink() or not manifest.is_file():
         return False
     try:
-        data = json.loads(manifest.read_bytes())
-    except (ValueError, RecursionError, OSError):
+        return parse_manifest(manifest.read_bytes()).get("format") == FORMAT_NAME
+    except (Big2SmallError, OSError):
         return False
-    return isinstance(data, dict) and data.get("format") == FORMAT_NAME
 
 
 def save(cm: CompressedModel, path: str | os.PathLike, *, overwrite: bool = False) -> ArtifactInfo:
@@ -171,7 +166,7 @@ def _write(cm: CompressedModel, directory: Path) -> dict[str, Any]:
                 key = f"{name}::{part}"
                 arrays[key] = t.clone() if id(t) in owners else t.contiguous()
                 owners.setdefault(id(t), key)
-            stored[part] = {"key": key, "sha256": tensor_sha256(t)}
+            stored[part] = {"key": key, "sha256": tensor_sha256(t), "dtype": dtype_name(t.dtype), "shape": list(t.shape)}
         entries[name] = {
             "method": enc.method,
             "config": enc.config.to_dict(),
@@ -230,12 +225,20 @@ def _fsync(path: Path) -> None:
 
 
 def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
-    """The manifest, after checking it is a big2small artifact of a version we read, untampered."""
-    path = Path(path)
+    """The manifest, after checking it is a big2small artifact of a version we read, untampered,
+    and within its schema (big2small.manifest)."""
+    return _read_manifest(Path(path))[0]
+
+
+def _read_manifest(path: Path) -> tuple[dict[str, Any], Manifest]:
+    """The manifest of the artifact at `path`, as JSON and as checked records."""
     if atomic.is_temporary(path):
         raise Big2SmallError(f"{path}: a temporary directory of an unfinished save, not an artifact")
-    if not path.exists():
+    if not os.path.lexists(path):
         raise Big2SmallError(f"{path}: no such artifact")
+    for name in (MANIFEST, TENSORS):
+        if (path / name).is_symlink():
+            raise Big2SmallError(f"{path}: corrupt artifact: {name} is a symbolic link")
     if not (path / MANIFEST).is_file() or not (path / TENSORS).is_file():
         raise Big2SmallError(f"{path}: not a big2small artifact (needs {MANIFEST} and {TENSORS})")
     raw = (path / MANIFEST).read_bytes()
@@ -247,63 +250,125 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
     if expected != hashlib.sha256(raw).hexdigest():
         raise Big2SmallError(f"{path}: corrupt artifact: manifest does not match the tensor file (hash mismatch)")
     try:
-        manifest = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise Big2SmallError(f"{path}: corrupt artifact: manifest is not JSON ({exc})") from None
-    if manifest.get("format") != FORMAT_NAME:
+        data = parse_manifest(raw)
+    except Big2SmallError as exc:
+        raise Big2SmallError(f"{path}: corrupt artifact: {exc}") from None
+    if data.get("format") != FORMAT_NAME:
         raise Big2SmallError(f"{path}: not a big2small artifact")
-    if manifest.get("format_version") != FORMAT_VERSION:
+    version = data.get("format_version")
+    if isinstance(version, bool) or version not in READABLE_VERSIONS:
         raise Big2SmallError(
-            f"{path}: artifact format version {manifest.get('format_version')} is not supported "
-            f"(this big2small {__version__} reads version {FORMAT_VERSION})"
+            f"{path}: artifact format version {str(version)[:20]} is not supported "
+            f"(this big2small {__version__} reads versions {', '.join(map(str, READABLE_VERSIONS))})"
         )
-    return manifest
+    try:
+        return data, check_manifest(data)
+    except Big2SmallError as exc:
+        raise Big2SmallError(f"{path}: corrupt artifact: {_first_line(exc)}") from None
 
 
 def load(path: str | os.PathLike) -> CompressedModel:
-    """Read and verify an artifact (every array and source file against its sha256)."""
+    """Read and verify an artifact (see the module docstring for what is checked); refuse it with
+    one line (Big2SmallError) at the first thing that is not as written."""
     path = Path(path)
-    manifest = read_manifest(path)
-    for rel, info in manifest["files"].items():
+    _, manifest = _read_manifest(path)
+    try:
+        _check_source_files(path, manifest)
+        tensors = _read_tensors(path, manifest)
+        _check_size(manifest, tensors)
+    except Big2SmallError as exc:
+        raise Big2SmallError(f"{path}: corrupt artifact: {_first_line(exc)}") from None
+    source = ModelSource.from_dict(manifest.source, files_dir=path / SOURCE_DIR) if manifest.source else None
+    return CompressedModel(
+        tensors=tensors, plan=[], recipe=manifest.recipe, source=source, aliases=dict(manifest.aliases),
+        n_parameters=manifest.n_parameters, transforms=manifest.transforms,
+    )
+
+
+def _check_source_files(path: Path, manifest: Manifest) -> None:
+    """The source files on disk are exactly the manifest's, regular files inside the artifact, of
+    their recorded size and sha256."""
+    source_dir = path / SOURCE_DIR
+    on_disk: set[str] = set()
+    if os.path.lexists(source_dir):
+        if source_dir.is_symlink() or not source_dir.is_dir():
+            raise Big2SmallError(f"{SOURCE_DIR} is not a directory")
+        for f in source_dir.rglob("*"):
+            if f.is_symlink() or not (f.is_file() or f.is_dir()):
+                raise Big2SmallError(f"{f.relative_to(path).as_posix()} is a link or a special file")
+            if f.is_file():
+                on_disk.add(f.relative_to(path).as_posix())
+    for rel in sorted(on_disk ^ set(manifest.files)):
+        raise Big2SmallError(f"{rel} is {'not in the manifest' if rel in on_disk else 'missing'}")
+    for rel, info in manifest.files.items():
         f = path / rel
-        if not f.is_file() or f.stat().st_size != info["bytes"] or file_sha256(f) != info["sha256"]:
-            raise Big2SmallError(f"{path}: corrupt artifact: {rel} is missing or altered")
-    tensors: dict[str, Encoded] = {}
+        if f.stat().st_size != info.bytes or file_sha256(f) != info.sha256:
+            raise Big2SmallError(f"{rel} is altered")
+
+
+def _read_tensors(path: Path, manifest: Manifest) -> dict[str, Encoded]:
+    """Every tensor's record with its arrays, each checked against the manifest and its method."""
     try:
         with safe_open(str(path / TENSORS), "pt") as f:
             keys = set(f.keys())
-            read: dict[str, torch.Tensor] = {}  # arrays shared by several tensors stay shared
-            for name, e in manifest["tensors"].items():
-                stored = {}
-                for part, info in e["stored"].items():
-                    if info["key"] not in keys:
-                        raise Big2SmallError(f"{path}: corrupt artifact: array {info['key']} is missing")
-                    if info["key"] not in read:
-                        read[info["key"]] = f.get_tensor(info["key"])
-                    t = read[info["key"]]
-                    if tensor_sha256(t) != info["sha256"]:
-                        raise Big2SmallError(f"{path}: corrupt artifact: array {info['key']} fails its hash")
-                    stored[part] = t
-                tensors[name] = Encoded(
-                    method=e["method"],
-                    config=GeneratorConfig.from_dict(e["config"]),
-                    layout=MatrixLayout(tuple(e["shape"]), transposed=e["transposed"]),
-                    dtype=_dtype(e["dtype"]),
-                    tensors=stored,
-                    bits={k: int(v) for k, v in e["bits"].items()},
-                    meta=e["meta"],
-                )
-    except (SafetensorError, OSError, KeyError, TypeError, ValueError) as exc:
-        raise Big2SmallError(f"{path}: corrupt artifact ({_first_line(exc)})") from None
-    source = ModelSource.from_dict(manifest["source"], files_dir=path / SOURCE_DIR) if manifest["source"] else None
-    try:
-        transforms = [TransformRecord.from_dict(t) for t in manifest.get("transforms", [])]
-    except Big2SmallError as exc:
-        raise Big2SmallError(f"{path}: corrupt artifact: {exc}") from None
-    return CompressedModel(
-        tensors=tensors, plan=[], recipe=Recipe.from_dict(manifest["recipe"]), source=source,
-        aliases=manifest["aliases"], n_parameters=manifest["n_parameters"], transforms=transforms,
-    )
+            owners = _array_owners(manifest)
+            unused = sorted(keys - set(owners))
+            if unused:
+                raise Big2SmallError(f"array {unused[0]} belongs to no tensor in the manifest")
+            arrays = {key: _read_array(f, keys, manifest.tensors[name].stored[part]) for key, (name, part) in owners.items()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise Big2SmallError(f"tensor file unreadable ({_first_line(exc)})") from None
+    tensors = {}
+    for name, record in manifest.tensors.items():
+        enc = Encoded(method=record.method, config=record.config, layout=record.layout, dtype=record.dtype,
+                      tensors={part: arrays[a.key] for part, a in record.stored.items()}, bits=dict(record.bits),
+                      meta=record.meta)
+        try:
+            REGISTRY[record.method].check_stored(enc)
+        except Big2SmallError as exc:
+            raise Big2SmallError(f"tensor {name}: {exc}") from None
+        tensors[name] = enc
+    return tensors
+
+
+def _array_owners(manifest: Manifest) -> dict[str, tuple[str, str]]:
+    """Array key -> (tensor, part) that owns it: `{tensor}::{part}`, as save writes it. A key of
+    another name must be a part the tensor shares (meta shared_parts) and be owned by another tensor."""
+    owners = {a.key: (name, part) for name, r in manifest.tensors.items() for part, a in r.stored.items()
+              if a.key == f"{name}::{part}"}
+    for name, r in manifest.tensors.items():
+        shared = r.meta.get("shared_parts") if isinstance(r.meta.get("shared_parts"), list) else []
+        for part, a in r.stored.items():
+            owner = owners.get(a.key)
+            if a.key != f"{name}::{part}" and (part not in shared or owner is None or owner[1] != part
+                                                or manifest.tensors[owner[0]].stored[part] != a):
+                raise Big2SmallError(f"tensor {name}: array {a.key} for its part {part} is not its own")
+    return owners
+
+
+def _read_array(f, keys: set[str], record: StoredArray) -> torch.Tensor:
+    """The array `record` names, from the open tensor file `f`, checked against its sha256 and
+    (format 2) the dtype and shape the manifest records for it."""
+    if record.key not in keys:
+        raise Big2SmallError(f"array {record.key} is missing")
+    t = f.get_tensor(record.key)
+    if record.dtype is not None and (t.dtype != record.dtype or tuple(t.shape) != record.shape):
+        raise Big2SmallError(f"array {record.key} is {dtype_name(t.dtype)} {list(t.shape)} in the tensor file, "
+                             f"{dtype_name(record.dtype)} {list(record.shape)} in the manifest")
+    if tensor_sha256(t) != record.sha256:
+        raise Big2SmallError(f"array {record.key} fails its hash")
+    return t
+
+
+def _check_size(manifest: Manifest, tensors: dict[str, Encoded]) -> None:
+    """The manifest's size record is the one its tensors make (a tensor deleted from the manifest
+    changes it)."""
+    recorded = manifest.size
+    actual = size_of(tensors, manifest.n_parameters).to_dict()
+    counts = ("n_parameters", "n_compressed", "bits_total", "bits_compressed", "bits_raw", "bits_by_item")
+    differ = [k for k in counts if recorded[k] != actual[k]]
+    if differ:
+        raise Big2SmallError(f"the size record's {differ[0]} is not what its tensors make")
 
 
 def decompress(path: str | os.PathLike, out: str | os.PathLike, *, overwrite: bool = False) -> Path:
