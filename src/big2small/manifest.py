@@ -31,6 +31,7 @@ by artifact.load and against each method's stored form by Generator.check_stored
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import re
 import types
@@ -335,7 +336,7 @@ def _record(cls: type, data: dict[str, Any], where: str, *, skip: set[str] = fro
     """Refuse keys that are not fields of the dataclass `cls`, fields without a default that are
     missing, and values not of their field's type (fields in `skip` are the caller's)."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
+    hints = _field_types(cls)
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise Big2SmallError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}")
@@ -347,6 +348,11 @@ def _record(cls: type, data: dict[str, Any], where: str, *, skip: set[str] = fro
                 raise Big2SmallError(f"{where}: missing {name}")
             continue
         _typed(data[name], hints[name], f"{where}.{name}")
+
+
+@functools.lru_cache(maxsize=None)
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
 
 
 def conforms(value: Any, hint: Any) -> bool:
