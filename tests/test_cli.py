@@ -103,6 +103,18 @@ def test_output_exists(state_file, tmp_path):
     assert_one_line_error(run("compress", state_file, "-o", tmp_path / "a.b2s"), "exists")
 
 
+def test_overwrite_refuses_a_folder_that_is_not_an_artifact_and_keeps_it(state_file, tmp_path):
+    folder = tmp_path / "thesis"
+    folder.mkdir()
+    (folder / "chapter1.tex").write_text("years of work")
+    for command in ("compress", "fold"):
+        assert_one_line_error(run(command, state_file, "-o", folder, "--overwrite"), "not a big2small artifact")
+    assert (folder / "chapter1.tex").read_text() == "years of work"
+    assert run("compress", state_file, "-o", tmp_path / "a.b2s").returncode == 0
+    assert run("compress", state_file, "--bits", "3", "-o", tmp_path / "a.b2s", "--overwrite").returncode == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.b2s", "thesis", "weights.safetensors"]
+
+
 def test_corrupt_artifact(state_file, tmp_path):
     art = tmp_path / "a.b2s"
     assert run("compress", state_file, "-o", art).returncode == 0

@@ -167,5 +167,5 @@ def test_an_artifact_with_a_newer_config_version_is_refused_naming_it(tmp_path):
     raw = json.dumps(manifest).encode()  # re-signed, so that only the version is new
     (path / MANIFEST).write_bytes(raw)
     save_file(load_file(path / TENSORS), path / TENSORS, metadata={HASH_KEY: hashlib.sha256(raw).hexdigest()})
-    with pytest.raises(Big2SmallError, match=rf"a\.b2s: uniform: version {UniformConfig.version + 1} was written by a newer"):
+    with pytest.raises(Big2SmallError, match=rf"a\.b2s: .*uniform: version {UniformConfig.version + 1} was written by a newer"):
         b2s.load(path)

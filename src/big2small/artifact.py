@@ -3,15 +3,20 @@
 An artifact is a directory:
 
     manifest.json        format version, library version, source model identity, recipe, and per
-                         tensor: method, config (configs carry their version), shape, dtype, matrix layout, decoder metadata, itemised
-                         bits, and the sha256 of every stored array
+                         tensor: method, config, shape, dtype, matrix layout, decoder metadata, itemised
+                         bits, and the key, sha256, dtype and shape of every stored array
+                         (big2small.manifest holds its schema)
     tensors.safetensors  the stored arrays (bit-packed codes as uint8, fp16 scales, raw tensors);
                          its header metadata holds the manifest's sha256, tying the two files together
     source/              config and tokenizer files of a Hugging Face model (hashed in the manifest),
                          so that the model rebuilds from the artifact alone
 
-Loading never unpickles. Writes go to a temporary directory renamed into place, so a crash never
-leaves a half artifact that looks whole.
+Loading never unpickles, and trusts nothing it has not checked: the manifest against its hash and
+its schema, every array against its sha256, dtype and shape, every tensor's record against what its
+method can have written (Generator.check_stored), the size record against the tensors, every
+source file against its size and sha256, and no name may lead outside the artifact. Writes go to a
+temporary directory put in place in one step (big2small.atomic), so that a kill at any moment
+leaves the old artifact or the new one, never a half one; `overwrite` only ever replaces an artifact.
 """
 
 from __future__ import annotations
@@ -20,40 +25,29 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from big2small.compress import CompressedModel
-from big2small.config import Config
-from big2small.dtypes import STORED_DTYPES, dtype_name
+from big2small import atomic
+from big2small.compress import CompressedModel, size_of
+from big2small.dtypes import dtype_name
 from big2small.errors import Big2SmallError
-from big2small.generators import Encoded, GeneratorConfig
-from big2small.layout import MatrixLayout
+from big2small.generators import REGISTRY, Encoded
+from big2small.manifest import FORMAT_NAME, FORMAT_VERSION, READABLE_VERSIONS, SOURCE_DIR, Manifest, StoredArray
+from big2small.manifest import check as check_manifest
+from big2small.manifest import parse as parse_manifest
 from big2small.models.loaders import source_files
 from big2small.models.source import ModelSource
-from big2small.recipe import Recipe
-from big2small.transforms.records import TransformRecord
 from big2small.version import __version__
 
-FORMAT_NAME = "big2small"
-FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 TENSORS = "tensors.safetensors"
-SOURCE_DIR = "source"
 HASH_KEY = "big2small.manifest_sha256"
-ConfigT = TypeVar("ConfigT", bound=Config)
-
-
-def _dtype(name: str) -> torch.dtype:
-    if name not in STORED_DTYPES:
-        raise Big2SmallError(f"corrupt artifact: unknown dtype {name!r}")
-    return STORED_DTYPES[name]
 
 
 def tensor_sha256(t: torch.Tensor) -> str:
@@ -95,98 +89,156 @@ def artifact_info(path: str | os.PathLike, manifest: dict[str, Any]) -> Artifact
     return ArtifactInfo(path, (path / TENSORS).stat().st_size, (path / MANIFEST).stat().st_size, source_bytes)
 
 
-def ensure_writable(path: str | os.PathLike, *, overwrite: bool = False) -> Path:
-    """`path` as a Path, after refusing to replace what is there unless `overwrite`.
+def ensure_writable(path: str | os.PathLike, *, overwrite: bool = False, output: str = "artifact") -> Path:
+    """`path` as a Path, once it is clear that an output may be written there.
 
-    save and decompress call it; so does the command line, before it loads any model, so that
-    the refusal comes before the expensive work."""
+    Nothing there: fine. Something there: refused unless `overwrite`, and even then unless it is
+    what this output replaces: for output="artifact" (save), a big2small artifact (a directory
+    holding only an artifact's files, with a manifest of this format) or an empty directory, never a
+    folder of other files or a plain file; for output="file" (decompress), a regular file, never a
+    directory. Symbolic links and paths under a file are refused too. save and decompress call it,
+    and so does the command line, before it loads any model, so that the refusal comes before the
+    expensive work."""
     path = Path(path)
-    if path.exists() and not overwrite:
+    parent = next((p for p in path.parents if os.path.lexists(p)), None)
+    if parent is not None and not parent.is_dir():
+        raise Big2SmallError(f"cannot write {path}: {parent} is not a directory")
+    if not os.path.lexists(path):
+        return path
+    if not overwrite:
         raise Big2SmallError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
+    if path.is_symlink():
+        raise Big2SmallError(f"{path} is a symbolic link; refusing to replace it")
+    if output == "file" and not path.is_file():
+        raise Big2SmallError(f"{path} is not a file; refusing to replace it with a safetensors file")
+    if output == "artifact" and not _replaceable(path):
+        raise Big2SmallError(f"{path} is not a big2small artifact; --overwrite only ever replaces an artifact")
     return path
 
 
+def _replaceable(path: Path) -> bool:
+    """Whether `path` is an artifact (or an empty directory) that overwriting may replace."""
+    if not path.is_dir():
+        return False
+    entries = {e.name for e in path.iterdir()}
+    if not entries:
+        return True
+    manifest = path / MANIFEST
+    if not entries <= {MANIFEST, TENSORS, SOURCE_DIR} or manifest.is_symlink() or not manifest.is_file():
+        return False
+    try:
+        return parse_manifest(manifest.read_bytes()).get("format") == FORMAT_NAME
+    except (Big2SmallError, OSError):
+        return False
+
+
 def save(cm: CompressedModel, path: str | os.PathLike, *, overwrite: bool = False) -> ArtifactInfo:
-    """Write `cm` as an artifact directory at `path`, atomically."""
+    """Write `cm` as an artifact directory at `path`, atomically (see the module docstring); with
+    `overwrite`, replace the artifact there (ensure_writable says what may be replaced)."""
     path = ensure_writable(path, overwrite=overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    atomic.remove_stale(path.parent)
+    tmp = atomic.temporary_path(path)
+    tmp.mkdir()
     try:
-        arrays: dict[str, torch.Tensor] = {}
-        entries: dict[str, Any] = {}
-        written: dict[int, str] = {}  # one array held by several tensors (a shared INR bank) is written once
-        for name, enc in cm.tensors.items():
-            stored = {}
-            for part, t in enc.tensors.items():
-                key = written.setdefault(id(t), f"{name}::{part}")
-                arrays[key] = t.contiguous()
-                stored[part] = {"key": key, "sha256": tensor_sha256(t)}
-            entries[name] = {
-                "method": enc.method,
-                "config": enc.config.to_dict(),
-                "shape": list(enc.layout.shape),
-                "transposed": enc.layout.transposed,
-                "dtype": dtype_name(enc.dtype),
-                "meta": enc.meta,
-                "bits": enc.bits,
-                "stored": stored,
-            }
-        files = {}
-        source = cm.source.to_dict() if cm.source is not None else None
-        files_dir = getattr(cm.source, "files_dir", None)
-        if files_dir:
-            for f in source_files(files_dir):
-                rel = f.relative_to(files_dir)
-                dest = tmp / SOURCE_DIR / rel
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(f, dest)
-                files[f"{SOURCE_DIR}/{rel.as_posix()}"] = {"bytes": dest.stat().st_size, "sha256": file_sha256(dest)}
-        manifest = {
-            "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
-            "library_version": __version__,
-            "source": source,
-            "recipe": cm.recipe.to_dict(),
-            "n_parameters": cm.n_parameters,
-            "size": cm.size().to_dict(),
-            "aliases": cm.aliases,
-            "transforms": [t.to_dict() for t in cm.transforms],
-            "files": files,
-            "tensors": entries,
-        }
-        manifest_bytes = json.dumps(manifest, indent=1, sort_keys=True).encode()
-        (tmp / MANIFEST).write_bytes(manifest_bytes)
-        save_file(arrays, str(tmp / TENSORS), metadata={HASH_KEY: hashlib.sha256(manifest_bytes).hexdigest()})
-        for f in (tmp / MANIFEST, tmp / TENSORS):
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        _publish_permissions(tmp)
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        manifest = _write(cm, tmp)
+        for f in [*tmp.rglob("*"), tmp]:
+            _fsync(f)
+        _publish(tmp, path, overwrite=overwrite, output="artifact")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return artifact_info(path, manifest)
 
 
-def _publish_permissions(root: Path) -> None:
-    """mkdtemp makes a private (0700) directory; give the artifact the user's usual permissions."""
-    umask = os.umask(0)
-    os.umask(umask)
-    for p in [root, *root.rglob("*")]:
-        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~umask)
+def _write(cm: CompressedModel, directory: Path) -> dict[str, Any]:
+    """Write the artifact's files into `directory`; return the manifest."""
+    arrays: dict[str, torch.Tensor] = {}
+    entries: dict[str, Any] = {}
+    owners: dict[int, str] = {}  # an array shared by several tensors (a shared INR bank) is written once
+    for name, enc in cm.tensors.items():
+        shared = set(enc.meta.get("shared_parts", ()))
+        stored = {}
+        for part, t in enc.tensors.items():
+            if part in shared and id(t) in owners:
+                key = owners[id(t)]
+            else:  # a tensor held twice without being shared is written twice, as two arrays
+                key = f"{name}::{part}"
+                arrays[key] = t.clone() if id(t) in owners else t.contiguous()
+                owners.setdefault(id(t), key)
+            stored[part] = {"key": key, "sha256": tensor_sha256(t), "dtype": dtype_name(t.dtype), "shape": list(t.shape)}
+        entries[name] = {
+            "method": enc.method,
+            "config": enc.config.to_dict(),
+            "shape": list(enc.layout.shape),
+            "transposed": enc.layout.transposed,
+            "dtype": dtype_name(enc.dtype),
+            "meta": enc.meta,
+            "bits": enc.bits,
+            "stored": stored,
+        }
+    files = {}
+    source = cm.source.to_dict() if cm.source is not None else None
+    files_dir = getattr(cm.source, "files_dir", None)
+    if files_dir:
+        for f in source_files(files_dir):
+            rel = f.relative_to(files_dir)
+            dest = directory / SOURCE_DIR / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(f, dest)
+            files[f"{SOURCE_DIR}/{rel.as_posix()}"] = {"bytes": dest.stat().st_size, "sha256": file_sha256(dest)}
+    manifest = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "library_version": __version__,
+        "source": source,
+        "recipe": cm.recipe.to_dict(),
+        "n_parameters": cm.n_parameters,
+        "size": cm.size().to_dict(),
+        "aliases": cm.aliases,
+        "transforms": [t.to_dict() for t in cm.transforms],
+        "files": files,
+        "tensors": entries,
+    }
+    manifest_bytes = json.dumps(manifest, indent=1, sort_keys=True).encode()
+    (directory / MANIFEST).write_bytes(manifest_bytes)
+    save_file(arrays, str(directory / TENSORS), metadata={HASH_KEY: hashlib.sha256(manifest_bytes).hexdigest()})
+    return manifest
+
+
+def _publish(tmp: Path, path: Path, *, overwrite: bool, output: str) -> None:
+    """Put the finished `tmp` at `path`, checking again what it replaces (it may have changed
+    since the caller's first check)."""
+    ensure_writable(path, overwrite=overwrite, output=output)
+    try:
+        atomic.publish(tmp, path, replace=overwrite)
+    except FileExistsError:
+        raise Big2SmallError(f"{path} exists; pass overwrite=True (--overwrite) to replace it") from None
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
-    """The manifest, after checking it is a big2small artifact of a version we read, untampered."""
-    path = Path(path)
-    if not path.exists():
+    """The manifest, after checking it is a big2small artifact of a version we read, untampered,
+    and within its schema (big2small.manifest)."""
+    return _read_manifest(Path(path))[0]
+
+
+def _read_manifest(path: Path) -> tuple[dict[str, Any], Manifest]:
+    """The manifest of the artifact at `path`, as JSON and as checked records."""
+    if atomic.is_temporary(path):
+        raise Big2SmallError(f"{path}: a temporary directory of an unfinished save, not an artifact")
+    if not os.path.lexists(path):
         raise Big2SmallError(f"{path}: no such artifact")
+    for name in (MANIFEST, TENSORS):
+        if (path / name).is_symlink():
+            raise Big2SmallError(f"{path}: corrupt artifact: {name} is a symbolic link")
     if not (path / MANIFEST).is_file() or not (path / TENSORS).is_file():
         raise Big2SmallError(f"{path}: not a big2small artifact (needs {MANIFEST} and {TENSORS})")
     raw = (path / MANIFEST).read_bytes()
@@ -198,90 +250,146 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
     if expected != hashlib.sha256(raw).hexdigest():
         raise Big2SmallError(f"{path}: corrupt artifact: manifest does not match the tensor file (hash mismatch)")
     try:
-        manifest = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise Big2SmallError(f"{path}: corrupt artifact: manifest is not JSON ({exc})") from None
-    if manifest.get("format") != FORMAT_NAME:
+        data = parse_manifest(raw)
+    except Big2SmallError as exc:
+        raise Big2SmallError(f"{path}: corrupt artifact: {exc}") from None
+    if data.get("format") != FORMAT_NAME:
         raise Big2SmallError(f"{path}: not a big2small artifact")
-    if manifest.get("format_version") != FORMAT_VERSION:
+    version = data.get("format_version")
+    if isinstance(version, bool) or version not in READABLE_VERSIONS:
         raise Big2SmallError(
-            f"{path}: artifact format version {manifest.get('format_version')} is not supported "
-            f"(this big2small {__version__} reads version {FORMAT_VERSION})"
+            f"{path}: artifact format version {str(version)[:20]} is not supported "
+            f"(this big2small {__version__} reads versions {', '.join(map(str, READABLE_VERSIONS))})"
         )
-    return manifest
+    try:
+        return data, check_manifest(data)
+    except Big2SmallError as exc:
+        raise Big2SmallError(f"{path}: corrupt artifact: {_first_line(exc)}") from None
 
 
 def load(path: str | os.PathLike) -> CompressedModel:
-    """Read and verify an artifact (every array and source file against its sha256)."""
+    """Read and verify an artifact (see the module docstring for what is checked); refuse it with
+    one line (Big2SmallError) at the first thing that is not as written."""
     path = Path(path)
-    manifest = read_manifest(path)
-    for rel, info in manifest["files"].items():
-        f = path / rel
-        if not f.is_file() or f.stat().st_size != info["bytes"] or file_sha256(f) != info["sha256"]:
-            raise Big2SmallError(f"{path}: corrupt artifact: {rel} is missing or altered")
-    tensors: dict[str, Encoded] = {}
+    _, manifest = _read_manifest(path)
     try:
-        with safe_open(str(path / TENSORS), "pt") as f:
-            keys = set(f.keys())
-            read: dict[str, torch.Tensor] = {}  # arrays shared by several tensors stay shared
-            for name, e in manifest["tensors"].items():
-                stored = {}
-                for part, info in e["stored"].items():
-                    if info["key"] not in keys:
-                        raise Big2SmallError(f"{path}: corrupt artifact: array {info['key']} is missing")
-                    if info["key"] not in read:
-                        read[info["key"]] = f.get_tensor(info["key"])
-                    t = read[info["key"]]
-                    if tensor_sha256(t) != info["sha256"]:
-                        raise Big2SmallError(f"{path}: corrupt artifact: array {info['key']} fails its hash")
-                    stored[part] = t
-                tensors[name] = Encoded(
-                    method=e["method"],
-                    config=_read_config(GeneratorConfig, e["config"], path),
-                    layout=MatrixLayout(tuple(e["shape"]), transposed=e["transposed"]),
-                    dtype=_dtype(e["dtype"]),
-                    tensors=stored,
-                    bits={k: int(v) for k, v in e["bits"].items()},
-                    meta=e["meta"],
-                )
-    except (SafetensorError, OSError, KeyError, TypeError, ValueError) as exc:
-        raise Big2SmallError(f"{path}: corrupt artifact ({_first_line(exc)})") from None
-    source = ModelSource.from_dict(manifest["source"], files_dir=path / SOURCE_DIR) if manifest["source"] else None
-    try:
-        transforms = [TransformRecord.from_dict(t) for t in manifest.get("transforms", [])]
+        _check_source_files(path, manifest)
+        tensors = _read_tensors(path, manifest)
+        _check_size(manifest, tensors)
     except Big2SmallError as exc:
-        raise Big2SmallError(f"{path}: corrupt artifact: {exc}") from None
+        raise Big2SmallError(f"{path}: corrupt artifact: {_first_line(exc)}") from None
+    source = ModelSource.from_dict(manifest.source, files_dir=path / SOURCE_DIR) if manifest.source else None
     return CompressedModel(
-        tensors=tensors, plan=[], recipe=_read_config(Recipe, manifest["recipe"], path), source=source,
-        aliases=manifest["aliases"], n_parameters=manifest["n_parameters"], transforms=transforms,
+        tensors=tensors, plan=[], recipe=manifest.recipe, source=source, aliases=dict(manifest.aliases),
+        n_parameters=manifest.n_parameters, transforms=manifest.transforms,
     )
 
 
-def _read_config(cls: type[ConfigT], data: Any, path: Path) -> ConfigT:
-    """A config stored in the manifest (one without a version was written before versions: 1)."""
+def _check_source_files(path: Path, manifest: Manifest) -> None:
+    """The source files on disk are exactly the manifest's, regular files inside the artifact, of
+    their recorded size and sha256."""
+    source_dir = path / SOURCE_DIR
+    on_disk: set[str] = set()
+    if os.path.lexists(source_dir):
+        if source_dir.is_symlink() or not source_dir.is_dir():
+            raise Big2SmallError(f"{SOURCE_DIR} is not a directory")
+        for f in source_dir.rglob("*"):
+            if f.is_symlink() or not (f.is_file() or f.is_dir()):
+                raise Big2SmallError(f"{f.relative_to(path).as_posix()} is a link or a special file")
+            if f.is_file():
+                on_disk.add(f.relative_to(path).as_posix())
+    for rel in sorted(on_disk ^ set(manifest.files)):
+        raise Big2SmallError(f"{rel} is {'not in the manifest' if rel in on_disk else 'missing'}")
+    for rel, info in manifest.files.items():
+        f = path / rel
+        if f.stat().st_size != info.bytes or file_sha256(f) != info.sha256:
+            raise Big2SmallError(f"{rel} is altered")
+
+
+def _read_tensors(path: Path, manifest: Manifest) -> dict[str, Encoded]:
+    """Every tensor's record with its arrays, each checked against the manifest and its method."""
     try:
-        return cls.from_dict(data)
-    except Big2SmallError as exc:
-        raise Big2SmallError(f"{path}: {exc}") from None
+        with safe_open(str(path / TENSORS), "pt") as f:
+            keys = set(f.keys())
+            owners = _array_owners(manifest)
+            unused = sorted(keys - set(owners))
+            if unused:
+                raise Big2SmallError(f"array {unused[0]} belongs to no tensor in the manifest")
+            arrays = {key: _read_array(f, keys, manifest.tensors[name].stored[part]) for key, (name, part) in owners.items()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise Big2SmallError(f"tensor file unreadable ({_first_line(exc)})") from None
+    tensors = {}
+    for name, record in manifest.tensors.items():
+        enc = Encoded(method=record.method, config=record.config, layout=record.layout, dtype=record.dtype,
+                      tensors={part: arrays[a.key] for part, a in record.stored.items()}, bits=dict(record.bits),
+                      meta=record.meta)
+        try:
+            REGISTRY[record.method].check_stored(enc)
+        except Big2SmallError as exc:
+            raise Big2SmallError(f"tensor {name}: {exc}") from None
+        tensors[name] = enc
+    return tensors
+
+
+def _array_owners(manifest: Manifest) -> dict[str, tuple[str, str]]:
+    """Array key -> (tensor, part) that owns it: `{tensor}::{part}`, as save writes it. A key of
+    another name must be a part the tensor shares (meta shared_parts) and be owned by another tensor."""
+    owners = {a.key: (name, part) for name, r in manifest.tensors.items() for part, a in r.stored.items()
+              if a.key == f"{name}::{part}"}
+    for name, r in manifest.tensors.items():
+        shared = r.meta.get("shared_parts") if isinstance(r.meta.get("shared_parts"), list) else []
+        for part, a in r.stored.items():
+            owner = owners.get(a.key)
+            if a.key != f"{name}::{part}" and (part not in shared or owner is None or owner[1] != part
+                                                or manifest.tensors[owner[0]].stored[part] != a):
+                raise Big2SmallError(f"tensor {name}: array {a.key} for its part {part} is not its own")
+    return owners
+
+
+def _read_array(f, keys: set[str], record: StoredArray) -> torch.Tensor:
+    """The array `record` names, from the open tensor file `f`, checked against its sha256 and
+    (format 2) the dtype and shape the manifest records for it."""
+    if record.key not in keys:
+        raise Big2SmallError(f"array {record.key} is missing")
+    t = f.get_tensor(record.key)
+    if record.dtype is not None and (t.dtype != record.dtype or tuple(t.shape) != record.shape):
+        raise Big2SmallError(f"array {record.key} is {dtype_name(t.dtype)} {list(t.shape)} in the tensor file, "
+                             f"{dtype_name(record.dtype)} {list(record.shape)} in the manifest")
+    if tensor_sha256(t) != record.sha256:
+        raise Big2SmallError(f"array {record.key} fails its hash")
+    return t
+
+
+def _check_size(manifest: Manifest, tensors: dict[str, Encoded]) -> None:
+    """The manifest's size record is the one its tensors make (a tensor deleted from the manifest
+    changes it)."""
+    recorded = manifest.size
+    actual = size_of(tensors, manifest.n_parameters).to_dict()
+    counts = ("n_parameters", "n_compressed", "bits_total", "bits_compressed", "bits_raw", "bits_by_item")
+    differ = [k for k in counts if recorded[k] != actual[k]]
+    if differ:
+        raise Big2SmallError(f"the size record's {differ[0]} is not what its tensors make")
 
 
 def decompress(path: str | os.PathLike, out: str | os.PathLike, *, overwrite: bool = False) -> Path:
     """Write the artifact's weights as a dense safetensors state_dict, without the model class.
 
     Tied tensors are written once, under their stored name (as Hugging Face does); the aliases go
-    into the file's metadata.
+    into the file's metadata. The file is put in place in one step; `overwrite` replaces a file,
+    never a directory.
     """
-    out = ensure_writable(out, overwrite=overwrite)
+    out = ensure_writable(out, overwrite=overwrite, output="file")
     cm = load(path)
     state = {name: t.contiguous() for name, t in cm.state_dict().items() if name not in cm.aliases}
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.tmp-", dir=out.parent)
-    os.close(fd)
+    atomic.remove_stale(out.parent)
+    tmp = atomic.temporary_path(out)
     try:
-        save_file(state, tmp, metadata={"big2small.aliases": json.dumps(cm.aliases, sort_keys=True), "format": "pt"})
-        os.replace(tmp, out)
+        save_file(state, str(tmp), metadata={"big2small.aliases": json.dumps(cm.aliases, sort_keys=True), "format": "pt"})
+        _fsync(tmp)
+        _publish(tmp, out, overwrite=overwrite, output="file")
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return out
 

@@ -101,6 +101,15 @@ def pack_stream(tensors: dict[str, torch.Tensor], name: str, values: torch.Tenso
     tensors[name + "_hi"] = pack(values >> MAX_BITS, width - MAX_BITS)
 
 
+def stream_bytes(name: str, count: int, width: int) -> dict[str, int]:
+    """The arrays :func:`pack_stream` writes for `count` values of `width` bits: name -> bytes."""
+    if width == 0:
+        return {}
+    if width <= MAX_BITS:
+        return {name: packed_nbytes(count, width)}
+    return {name + "_lo": packed_nbytes(count, MAX_BITS), name + "_hi": packed_nbytes(count, width - MAX_BITS)}
+
+
 def unpack_stream(tensors: dict[str, torch.Tensor], name: str, width: int, count: int,
                   device: torch.device | None = None) -> torch.Tensor:
     """Inverse of :func:`pack_stream`: `count` int64 values."""

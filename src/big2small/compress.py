@@ -113,7 +113,11 @@ class CompressedModel:
         state = self.state_dict()
         if self.transforms:
             reshape_to(model, {name: tuple(t.shape) for name, t in state.items()})
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        try:
+            missing, unexpected = model.load_state_dict(state, strict=False)
+        except RuntimeError as exc:  # a tensor of another shape
+            lines = [line.strip() for line in str(exc).splitlines() if "size mismatch" in line]
+            raise Big2SmallError(f"model does not match the artifact: {lines[0] if lines else exc}") from None
         missing = [m for m in missing if m not in self.aliases]
         if missing or unexpected:
             raise Big2SmallError(

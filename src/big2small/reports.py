@@ -215,16 +215,24 @@ def verify_artifact(path: str | os.PathLike, model: str | None = None) -> Verify
     load_model; default: the artifact's source, if recorded)."""
     path = Path(path)
     cm = load(path)
-    decoded = {n: t.float() for n, t in cm.state_dict().items() if n not in cm.aliases}
+    with_aliases = cm.state_dict()
+    decoded = {n: t.float() for n, t in with_aliases.items() if n not in cm.aliases}
     transforms = tuple(t.kind for t in cm.transforms)
     spec = model or (cm.source.name if cm.source is not None else None)
     if transforms or spec is None:
         return VerifyReport(path, len(cm.tensors), transforms, None if transforms else spec, None)
     original = load_model(spec)
     state = original.weights if original.model is None else original.model.state_dict()
-    missing = sorted(set(decoded) - set(state))
+    missing = sorted(set(with_aliases) - set(state))
     if missing:
         raise Big2SmallError(f"{spec} does not match the artifact: it lacks {len(missing)} tensor(s), e.g. {missing[0]}")
+    absent = sorted(set(state) - set(with_aliases))
+    if absent:
+        raise Big2SmallError(f"{path}: the artifact lacks {len(absent)} tensor(s) of {spec}, e.g. {absent[0]}")
+    reshaped = [n for n, t in with_aliases.items() if tuple(t.shape) != tuple(state[n].shape)]
+    if reshaped:
+        raise Big2SmallError(f"{path}: {reshaped[0]} is {list(with_aliases[reshaped[0]].shape)} in the artifact, "
+                             f"{list(state[reshaped[0]].shape)} in {spec}")
     return VerifyReport(path, len(cm.tensors), transforms, spec, cm.weight_error(state, decoded))
 
 

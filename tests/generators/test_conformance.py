@@ -158,6 +158,50 @@ def test_stored_bits_are_predicted_itemised_and_held_by_the_payload(method, layo
     assert_stored_bits(enc, exact=CASES[method].bits_for_exact)
 
 
+@pytest.mark.parametrize("layout_name", LAYOUTS)
+@pytest.mark.parametrize("method", METHODS)
+def test_every_encoded_record_has_the_stored_form_and_bits_its_method_checks_on_load(method, layout_name):
+    enc = encoded(method, layout_name)
+    gen = REGISTRY[method]
+    assert gen.stored_form(enc) == {k: (t.dtype, tuple(t.shape)) for k, t in enc.tensors.items()}
+    assert gen.stored_bits(enc) == enc.total_bits
+    gen.check_stored(enc)
+
+
+def _largest_part(enc):
+    return max(enc.tensors, key=lambda k: (enc.tensors[k].numel(), k))
+
+
+@pytest.mark.parametrize("damage", ["short", "long", "dtype", "extra", "missing", "bits", "ledger"])
+@pytest.mark.parametrize("method", METHODS)
+def test_a_record_its_method_cannot_have_written_is_refused_before_decoding(method, damage):
+    """What load() reads back passes check_stored only if its arrays and bits are what the config
+    and shape make: an array too short or too long, of another dtype, one too many or missing, a
+    total that differs, or bits moved into the header."""
+    enc = encoded(method, "linear")
+    part = _largest_part(enc)
+    t = enc.tensors[part]
+    tensors, bits = dict(enc.tensors), dict(enc.bits)
+    if damage == "short":
+        tensors[part] = t.reshape(-1)[:-1]
+    elif damage == "long":
+        tensors[part] = torch.cat([t.reshape(-1), t.reshape(-1)[:1]])
+    elif damage == "dtype":
+        tensors[part] = t.view({1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.float64}[t.element_size()])
+    elif damage == "extra":
+        tensors["extra"] = torch.zeros(4, dtype=torch.uint8)
+    elif damage == "missing":
+        del tensors[part]
+    elif damage == "bits":
+        bits[part] = bits.get(part, 0) + 8
+    else:
+        bits["header"] = bits.get("header", 0) + 64
+        bits[next(k for k in bits if k != "header")] -= 64
+    with pytest.raises(Big2SmallError) as info:
+        REGISTRY[method].check_stored(dataclasses.replace(enc, tensors=tensors, bits=bits))
+    assert "\n" not in str(info.value)
+
+
 class Conv1D(nn.Module):
     """Hugging Face GPT-2's Conv1D (transformers.pytorch_utils.Conv1D): weight [in, out], y = x W + b.
     big2small knows it by its class name and stores it with MatrixLayout(transposed=True)."""

@@ -116,6 +116,17 @@ def test_bits_for_equals_encoded_bits_and_bytes(cfg, layout):
     assert_stored_bits(encode(cfg, randn(*layout.shape, seed=1), layout))
 
 
+def test_a_group_longer_than_the_matrix_keeps_the_codebook_of_its_nominal_length():
+    """A [4, 8] tensor at group_size 128: one group of 32 weights, decoded with the shaped codebook
+    for groups of 128, as artifacts written before grouping stopped at the matrix were."""
+    from big2small.generators.hyper import _codebook_of, base_codebook
+
+    enc = generator_for(HyperConfig(bits=6, group_size=128)).encode(randn(4, 8, seed=2))
+    member = int(enc.tensors["shape"][0])
+    assert torch.equal(_codebook_of(enc), base_codebook(enc.config, 128, member))
+    assert not torch.equal(base_codebook(enc.config, 128, member), base_codebook(enc.config, 32, member))
+
+
 def test_bits_match_methods_example():
     # docs/hyper-compression.md#bits: 4096 x 4096, B = 8, G = 128, fitted.
     assert HyperGenerator.bits_for(HyperConfig(bits=8, codebook="fitted"), MatrixLayout((4096, 4096))) == 69_214_336

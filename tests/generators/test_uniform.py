@@ -121,6 +121,21 @@ def test_group_spans_whole_rows_when_rows_are_short():
     assert (out[3:] - w[3:]).abs().max() < 0.002
 
 
+@pytest.mark.parametrize("group_size", [64, 3 * 10**8, 10**12])
+def test_a_group_longer_than_the_matrix_is_the_whole_matrix_and_pads_no_further(group_size):
+    """Whatever group_size a config holds, grouping allocates less than twice the matrix: a group
+    never spans more rows than there are (the issue's 10**12 asked the decoder for 4 TB)."""
+    from big2small.generators.grouping import grouping
+
+    layout = MatrixLayout((4, 8))
+    gp = grouping(layout, group_size)
+    assert gp.n_groups == 1 and gp.n_groups * gp.group_len < 2 * layout.numel
+    cfg = UniformConfig(bits=4, group_size=group_size)
+    assert UniformGenerator.bits_for(cfg, layout) == UniformGenerator.bits_for(UniformConfig(bits=4, group_size=32), layout)
+    w = randn(4, 8, seed=3)
+    assert torch.equal(round_trip(w, cfg)[1], round_trip(w, UniformConfig(bits=4, group_size=32))[1])
+
+
 def test_per_channel_has_one_scale_per_row():
     w = randn(12, 70, seed=8)
     w[0] *= 1000.0

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import torch
 
 from big2small.config import Config
+from big2small.dtypes import dtype_name
 from big2small.errors import Big2SmallError
 from big2small.layout import MatrixLayout
 
@@ -23,6 +24,9 @@ from big2small.layout import MatrixLayout
 HEADER_BITS = 128
 
 DTYPE_BITS = {torch.float32: 32, torch.float16: 16, torch.bfloat16: 16, torch.float64: 64}
+
+# What one stored array must be: its dtype and shape.
+ArrayForm = tuple[torch.dtype, tuple[int, ...]]
 
 
 @dataclass
@@ -147,7 +151,14 @@ class Generator(ABC):
 
     def decode(self, enc: Encoded, *, dtype: torch.dtype | None = None) -> torch.Tensor:
         """Regenerate the tensor in its original shape, computed in fp32, cast at the very end."""
-        return enc.layout.from_matrix(self.decode_matrix(enc)).to(dtype or enc.dtype)
+        matrix = self.decode_matrix(enc)
+        layout = enc.layout
+        if tuple(matrix.shape) != (layout.rows, layout.cols):
+            raise Big2SmallError(f"{enc.method}: decodes to a {list(matrix.shape)} matrix, not the "
+                                 f"[{layout.rows}, {layout.cols}] of its shape {list(layout.shape)}")
+        if not bool(torch.isfinite(matrix).all()):
+            raise Big2SmallError(f"{enc.method}: decodes to NaN or Inf values")
+        return layout.from_matrix(matrix).to(dtype or enc.dtype)
 
     def resident_tensors(self, enc: Encoded, *, unpack: bool = False) -> dict[str, torch.Tensor]:
         """The tensors an on-the-fly layer keeps in memory to decode from (see big2small.onthefly).
@@ -162,6 +173,48 @@ class Generator(ABC):
     @abstractmethod
     def bits_for(cls, config: GeneratorConfig, layout: MatrixLayout) -> int:
         """Exact stored bits (header included) of `config` on a tensor of this layout."""
+
+    @classmethod
+    @abstractmethod
+    def stored_form(cls, enc: Encoded) -> dict[str, ArrayForm]:
+        """The arrays a record of this method with `enc`'s config, layout and meta stores: part ->
+        (dtype, shape). Where the form follows the data (a width per channel, a coding flag), it
+        reads those small arrays of `enc` (stored_array) after checking their own form. Raises
+        Big2SmallError when the meta is not what this method writes (meta_int)."""
+
+    @classmethod
+    def stored_bits(cls, enc: Encoded) -> int:
+        """The total bits (header included) a record of this method with `enc`'s config, layout and
+        meta stores: `bits_for`, where it is exact; methods whose size follows the data override it."""
+        return cls.bits_for(enc.config, enc.layout)
+
+    @classmethod
+    def check_stored(cls, enc: Encoded) -> None:
+        """Refuse (Big2SmallError) a record, read from disk, that this method cannot have written:
+        its recorded total bits are not `stored_bits`, its arrays are not `stored_form`'s (names,
+        dtypes, shapes), or their bytes do not hold its itemised bits (less under 8 bits of byte
+        rounding per array; the header and parts shared with another tensor hold none). Run before
+        decoding, it bounds every allocation decoding makes by the tensor's size and the arrays on disk."""
+        if enc.compressed and (enc.numel == 0 or not enc.dtype.is_floating_point):
+            raise Big2SmallError(f"{enc.method}: a compressed tensor is a floating tensor with elements, "
+                                 f"not {dtype_name(enc.dtype)} {list(enc.layout.shape)}")
+        expected = cls.stored_bits(enc)
+        if enc.total_bits != expected:
+            raise Big2SmallError(f"{enc.method}: {enc.total_bits} stored bits recorded, but its config and "
+                                 f"shape {list(enc.layout.shape)} store {expected}")
+        form = cls.stored_form(enc)
+        if set(enc.tensors) != set(form):
+            raise Big2SmallError(f"{enc.method}: stores arrays {sorted(enc.tensors)}, its config and shape "
+                                 f"make {sorted(form)}")
+        for part, (dtype, shape) in form.items():
+            stored_array(enc, part, dtype, shape)
+        shared = enc.meta.get("shared_parts", [])
+        if not isinstance(shared, list) or not set(shared) <= set(enc.tensors):
+            raise Big2SmallError(f"{enc.method}: meta shared_parts {shared!r} does not name stored arrays")
+        held = enc.total_bits - enc.bits.get("header", 0)
+        if not held <= 8 * enc.payload_bytes < held + 8 * len(enc.tensors):
+            raise Big2SmallError(f"{enc.method}: its arrays take {enc.payload_bytes} bytes, which do not hold "
+                                 f"the {held} bits itemised")
 
     @classmethod
     def for_budget(cls, bits_per_weight: float, layout: MatrixLayout, fixed: dict[str, Any]) -> GeneratorConfig:
@@ -198,5 +251,34 @@ def generator_for(config: GeneratorConfig) -> Generator:
 
 
 def decode(enc: Encoded, *, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Decode any stored tensor with the generator its config names."""
-    return generator_for(enc.config).decode(enc, dtype=dtype)
+    """Decode any stored tensor with the generator its config names; refuse a result of another
+    shape or dtype than the record's."""
+    out = generator_for(enc.config).decode(enc, dtype=dtype)
+    if tuple(out.shape) != enc.layout.shape or out.dtype != (dtype or enc.dtype):
+        raise Big2SmallError(f"{enc.method}: decoded a {dtype_name(out.dtype)} {list(out.shape)} "
+                             f"tensor, the record says {dtype_name(dtype or enc.dtype)} "
+                             f"{list(enc.layout.shape)}")
+    return out
+
+
+def meta_int(enc: Encoded, key: str, low: int, high: int) -> int:
+    """The integer `enc.meta[key]`, refused unless it is one in low..high."""
+    value = enc.meta.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise Big2SmallError(f"{enc.method}: meta {key} is {value!r}, expected an integer in {low}..{high}")
+    return value
+
+
+def stored_array(enc: Encoded, part: str, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
+    """The stored array `part` of `enc`, refused unless it has this dtype and shape."""
+    t = enc.tensors.get(part)
+    if t is None or t.dtype != dtype or tuple(t.shape) != shape:
+        found = "missing" if t is None else f"{dtype_name(t.dtype)} {list(t.shape)}"
+        raise Big2SmallError(f"{enc.method}: array {part} is {found}, expected "
+                             f"{dtype_name(dtype)} {list(shape)}")
+    return t
+
+
+def byte_arrays(sizes: dict[str, int]) -> dict[str, ArrayForm]:
+    """The forms of bit-packed arrays (flat uint8) of the given byte sizes."""
+    return {part: (torch.uint8, (n,)) for part, n in sizes.items()}

@@ -29,7 +29,9 @@ import torch
 
 from big2small import bitpack
 from big2small.errors import Big2SmallError
-from big2small.generators.base import HEADER_BITS, Encoded, Generator, GeneratorConfig, register
+from big2small.generators.base import (
+    HEADER_BITS, ArrayForm, Encoded, Generator, GeneratorConfig, byte_arrays, register, stored_array,
+)
 from big2small.layout import MatrixLayout
 
 # Per-channel side information: fp32 scale, int16 minimum, uint8 width.
@@ -194,6 +196,18 @@ class ChannelIntGenerator(Generator):
         return layout.numel * config.bits + layout.rows * CHANNEL_HEADER_BITS + HEADER_BITS
 
     @classmethod
+    def stored_bits(cls, enc: Encoded) -> int:
+        """Exact, from the stored widths (bits_for is an upper bound)."""
+        rows, cols = enc.layout.rows, enc.layout.cols
+        return _stored_width_sum(enc) * cols + rows * CHANNEL_HEADER_BITS + HEADER_BITS
+
+    @classmethod
+    def stored_form(cls, enc: Encoded) -> dict[str, ArrayForm]:
+        rows, cols = enc.layout.rows, enc.layout.cols
+        return {**byte_arrays({"payload": (_stored_width_sum(enc) * cols + 7) // 8, "nbits": rows}),
+                "scales": (torch.float32, (rows,)), "mins": (torch.int16, (rows,))}
+
+    @classmethod
     def for_budget(cls, bits_per_weight: float, layout: MatrixLayout, fixed: dict) -> ChannelIntConfig:
         budget = bits_per_weight * layout.numel
         choices = [fixed["bits"]] if "bits" in fixed else range(MAX_CHANNEL_BITS, 1, -1)
@@ -206,3 +220,10 @@ class ChannelIntGenerator(Generator):
             f"(each channel costs {CHANNEL_HEADER_BITS} bits of side information)"
         )
 
+
+def _stored_width_sum(enc: Encoded) -> int:
+    """Sum of a stored record's channel widths, refused unless each is at most MAX_CHANNEL_BITS."""
+    nbits = stored_array(enc, "nbits", torch.uint8, (enc.layout.rows,))
+    if nbits.numel() and int(nbits.max()) > MAX_CHANNEL_BITS:
+        raise Big2SmallError(f"channel_int: a stored channel width exceeds {MAX_CHANNEL_BITS} bits")
+    return int(nbits.sum(dtype=torch.int64))

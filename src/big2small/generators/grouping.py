@@ -35,12 +35,22 @@ class Grouping:
         return self.n_rows * self.groups_per_row
 
 
-def grouping(layout: MatrixLayout, group_size: int) -> Grouping:
-    rows, cols = layout.rows, layout.cols
+def nominal_group_len(layout: MatrixLayout, group_size: int) -> int:
+    """Weights per group as `group_size` defines it: group_size, or as many whole rows as fit when
+    a row is shorter. It may exceed the matrix; `grouping`'s groups then stop at the matrix."""
+    cols = layout.cols
     g = cols if group_size == 0 else group_size
+    return g if cols >= g else max(1, g // cols) * cols
+
+
+def grouping(layout: MatrixLayout, group_size: int) -> Grouping:
+    """The groups of `layout` (a group never spans more rows than the matrix has, so the padded
+    view is less than twice the matrix whatever `group_size` is)."""
+    rows, cols = layout.rows, layout.cols
+    g = nominal_group_len(layout, group_size)
     if cols >= g:
         return Grouping(1, rows, cols, g)
-    per = max(1, g // cols)  # a group spans this many whole rows
+    per = min(g // cols, max(rows, 1))  # a group spans this many whole rows
     return Grouping(per, math.ceil(rows / per), per * cols, per * cols)
 
 

@@ -38,12 +38,15 @@ from big2small.errors import Big2SmallError
 from big2small.generators import codebook as cb
 from big2small.generators.base import (
     HEADER_BITS,
+    ArrayForm,
     Encoded,
     Generator,
     GeneratorConfig,
+    byte_arrays,
     register,
+    stored_array,
 )
-from big2small.generators.grouping import element_counts, grouped, grouping, per_element
+from big2small.generators.grouping import element_counts, grouped, grouping, nominal_group_len, per_element
 from big2small.layout import MatrixLayout
 from big2small.specs import as_list
 
@@ -141,15 +144,16 @@ class HyperGenerator(Generator):
         padded = _pad_cols(matrix, cfg.dim)
         playout = MatrixLayout(tuple(padded.shape))
         gp = grouping(playout, cfg.group_size)
+        group_len = nominal_group_len(playout, cfg.group_size)
         scale = _group_scale(grouped(padded, gp), element_counts(gp, playout), cfg)
         tensors: dict[str, torch.Tensor] = {}
         bits: dict[str, int] = {}
         shape = 1  # the Gaussian member
         if cfg.codebook == "shaped":
-            shape = _tail_member(padded, per_element(_fp16_scale(scale).float(), gp, playout), cfg.dim, gp.group_len)
+            shape = _tail_member(padded, per_element(_fp16_scale(scale).float(), gp, playout), cfg.dim, group_len)
             tensors["shape"] = torch.tensor([shape], dtype=torch.uint8)
             bits["shape"] = 8
-        codebook = base_codebook(cfg, gp.group_len, shape).to(matrix.device)
+        codebook = base_codebook(cfg, group_len, shape).to(matrix.device)
         if cfg.codebook == "fitted":
             codebook = _fit(padded, per_element(scale, gp, playout), codebook, cfg, seed)
             tensors["codebook"] = codebook.to(torch.float16)
@@ -214,6 +218,24 @@ class HyperGenerator(Generator):
         return bits
 
     @classmethod
+    def stored_form(cls, enc: Encoded) -> dict[str, ArrayForm]:
+        cfg: HyperConfig = enc.config
+        padded = _padded_layout(enc.layout, cfg.dim)
+        n_groups = grouping(padded, cfg.group_size).n_groups
+        form = {**byte_arrays({"codes": bitpack.packed_nbytes(padded.numel // cfg.dim, cfg.bits)}),
+                "scales": (torch.float16, (n_groups,))}
+        if cfg.codebook == "shaped":
+            form["shape"] = (torch.uint8, (1,))
+            member = int(stored_array(enc, "shape", torch.uint8, (1,))[0])
+            if member >= len(cb.TAIL_POWERS):
+                raise Big2SmallError(f"hyper: stored codebook member {member}; there are {len(cb.TAIL_POWERS)}")
+        if cfg.codebook == "fitted":
+            form["codebook"] = (torch.float16, (1 << cfg.bits, cfg.dim))
+        if cfg.rings:
+            form["radius"] = (torch.float16, (1,))
+        return form
+
+    @classmethod
     def for_budget(cls, bits_per_weight: float, layout: MatrixLayout, fixed: dict[str, Any]) -> HyperConfig:
         # As for uniform: a wider index beats finer groups at equal size, so take the widest index
         # that fits, then the finest group size that still fits.
@@ -240,7 +262,7 @@ def _codebook_of(enc: Encoded) -> torch.Tensor:
     if "codebook" in enc.tensors:
         return enc.tensors["codebook"].float()
     cfg: HyperConfig = enc.config
-    group_len = grouping(_padded_layout(enc.layout, cfg.dim), cfg.group_size).group_len
+    group_len = nominal_group_len(_padded_layout(enc.layout, cfg.dim), cfg.group_size)
     shape = int(enc.tensors["shape"][0]) if "shape" in enc.tensors else 1
     return base_codebook(cfg, group_len, shape)
 

@@ -61,16 +61,21 @@ from big2small.errors import Big2SmallError
 from big2small.specs import as_list
 from big2small.generators.base import (
     HEADER_BITS,
+    ArrayForm,
     Encoded,
     Generator,
     GeneratorConfig,
+    byte_arrays,
+    meta_int,
     register,
+    stored_array,
 )
 from big2small.generators.codebook import index_bits, nearest
 from big2small.layout import MatrixLayout
 
 HYPERFUNCTIONS = ("grid", "winding")
 MIN_NUMEL = 10  # smaller tensors stay raw fp32, as in the reference
+RECT_L_RANGE = (1e-100, 1e100)  # the codebook's float64 arithmetic squares L: it must neither underflow nor overflow
 WINDING_STEP = 10.0  # the reference's R: the winding advances by (1/pi, 1/(pi + 1)) / R per step
 # Side data bits: centre 2 x fp32, farthest point 2 x fp32, "side" 4 x uint8.
 CENTRE_BITS = 64
@@ -108,8 +113,8 @@ class HyperRefConfig(GeneratorConfig):
         def bad(msg: str) -> Big2SmallError:
             return Big2SmallError(f"hyper_ref: {msg}")
 
-        if not isinstance(self.rect_l, (int, float)) or not math.isfinite(self.rect_l) or self.rect_l <= 0:
-            raise bad(f"rect_l must be a finite number > 0, got {self.rect_l!r}")
+        if not isinstance(self.rect_l, (int, float)) or not RECT_L_RANGE[0] <= self.rect_l <= RECT_L_RANGE[1]:
+            raise bad(f"rect_l must be a number in [{RECT_L_RANGE[0]:g}, {RECT_L_RANGE[1]:g}], got {self.rect_l!r}")
         if not isinstance(self.num_inner_list, list) or not 1 <= len(self.num_inner_list) <= 256:
             raise bad(f"num_inner_list must be a list of 1 to 256 counts, got {self.num_inner_list!r}")
         for n in self.num_inner_list:
@@ -328,6 +333,8 @@ class HyperRefGenerator(Generator):
             if pad != layout.numel % 2:
                 raise Big2SmallError("hyper_ref: the stored padding flag does not match the tensor shape")
             idx = bitpack.unpack(enc.tensors["codes"], width, count)
+            if int(idx.max()) >= (n + 1) * (classes + 1):
+                raise Big2SmallError(f"hyper_ref: a stored index is beyond the {(n + 1) * (classes + 1)} codewords")
             decoded = _decode_points(idx, enc.tensors["centre"], enc.tensors["farthest"], classes, n,
                                      cfg.rect_l, cfg.hyperfunction)
             flat = decoded.reshape(-1)[: layout.numel].float()
@@ -345,3 +352,45 @@ class HyperRefGenerator(Generator):
         side = CENTRE_BITS + FARTHEST_BITS + SIDE_BITS + LIST_ENTRY_BITS * len(config.num_inner_list)
         bound = pairs * width + side + HEADER_BITS
         return max(bound, raw) if config.set_loss_limit else bound
+
+    @classmethod
+    def stored_bits(cls, enc: Encoded) -> int:
+        """Exact, from the stored side data: the index width follows the data (bits_for is a bound)."""
+        side = _stored_side(enc)
+        if side is None:
+            return 32 * enc.numel + HEADER_BITS
+        width, list_len = side[3], len(enc.config.num_inner_list)
+        return ((enc.numel + 1) // 2 * width + CENTRE_BITS + FARTHEST_BITS + SIDE_BITS
+                + LIST_ENTRY_BITS * list_len + HEADER_BITS)
+
+    @classmethod
+    def stored_form(cls, enc: Encoded) -> dict[str, ArrayForm]:
+        side = _stored_side(enc)
+        if side is None:
+            return {"raw": (torch.float32, (enc.numel,))}
+        return {**byte_arrays({"codes": bitpack.packed_nbytes((enc.numel + 1) // 2, side[3]), "side": 4}),
+                "centre": (torch.float32, (2,)), "farthest": (torch.float32, (2,)),
+                "num_inner_list": (torch.int64, (len(enc.config.num_inner_list),))}
+
+
+def _stored_side(enc: Encoded) -> tuple[int, int, int, int] | None:
+    """(rings C, index into num_inner_list, padding flag, index width) of a stored coded record,
+    None for one stored raw; refused unless they are what its config and shape allow."""
+    cfg: HyperRefConfig = enc.config
+    numel = enc.numel
+    if meta_int(enc, "raw", 0, 1):
+        if numel >= MIN_NUMEL and not cfg.set_loss_limit:
+            raise Big2SmallError(f"hyper_ref: a {numel}-weight tensor is stored raw, which its config never does")
+        return None
+    if numel < MIN_NUMEL:
+        raise Big2SmallError(f"hyper_ref: a tensor of fewer than {MIN_NUMEL} weights is stored raw, not coded")
+    classes, li, pad, width = (int(v) for v in stored_array(enc, "side", torch.uint8, (4,)).tolist())
+    stored_list = stored_array(enc, "num_inner_list", torch.int64, (len(cfg.num_inner_list),)).tolist()
+    if stored_list != cfg.num_inner_list:
+        raise Big2SmallError(f"hyper_ref: stored num_inner_list {stored_list} is not the config's {cfg.num_inner_list}")
+    if li >= len(cfg.num_inner_list) or classes > cfg.class_max or pad != numel % 2:
+        raise Big2SmallError(f"hyper_ref: stored side data {[classes, li, pad, width]} does not fit its config and shape")
+    most = max(1, index_bits((cfg.num_inner_list[li] + 1) * (classes + 1)))
+    if not 1 <= width <= most:
+        raise Big2SmallError(f"hyper_ref: stored index width {width} is outside 1..{most}")
+    return classes, li, pad, width

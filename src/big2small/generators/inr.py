@@ -28,7 +28,9 @@ import torch
 
 from big2small import bitpack
 from big2small.errors import Big2SmallError
-from big2small.generators.base import HEADER_BITS, Encoded, Generator, GeneratorConfig, register
+from big2small.generators.base import (
+    HEADER_BITS, ArrayForm, Encoded, Generator, GeneratorConfig, byte_arrays, meta_int, register,
+)
 from big2small.generators.siren import (
     FREQ_MODES, FitSettings, SirenShape, dequantise_params, fit_bank, grid_axis, quantise_params, tile_grid,
 )
@@ -376,6 +378,44 @@ class INRGenerator(Generator):
         return dense_bits(layout) if is_dense(config, layout, width) else inr_bits(config, layout, width)
 
     @classmethod
+    def stored_bits(cls, enc: Encoded) -> int:
+        """bits_for, except for tensors sharing a bank: the first stores the bank, the others not."""
+        config, layout = enc.config, enc.layout
+        width, owner = _stored_width(enc)
+        if width is None:
+            return dense_bits(layout)
+        side = sum(side_bits(config, layout, width).values())
+        return side + phi_bits(config, layout, width) if owner else side
+
+    @classmethod
+    def stored_form(cls, enc: Encoded) -> dict[str, ArrayForm]:
+        config, layout = enc.config, enc.layout
+        width, _ = _stored_width(enc)
+        if width is None:
+            return {"dense": (torch.float16, (layout.rows, layout.cols))}
+        form: dict[str, ArrayForm] = {"norm": (torch.float32, (2,))}
+        if width:
+            tr, tc, nr, nc = tile_dims(config, layout)
+            shape = SirenShape(width, config.depth, d_in=config.d_in)
+            if config.phi_bits == 8:
+                form["phi_codes"] = (torch.int8, (nr * nc, shape.n_params))
+                form["phi_scales"] = (torch.float16, (nr * nc, len(shape.blocks())))
+            else:
+                form["phi"] = (torch.float16 if config.phi_bits == 16 else torch.float32, (nr * nc, shape.n_params))
+        n_out = n_outliers(config, layout)
+        if n_out:
+            form.update(byte_arrays(bitpack.stream_bytes("outlier_index", n_out, bitpack.index_bits(layout.numel))))
+            form["outlier_values"] = (torch.float16, (n_out,))
+        if config.reorder != "none" and width:
+            form.update(byte_arrays(bitpack.stream_bytes("row_perm", layout.rows, bitpack.index_bits(layout.rows))))
+            if config.reorder_axes == "both":
+                form.update(byte_arrays(bitpack.stream_bytes("col_perm", layout.cols, bitpack.index_bits(layout.cols))))
+        if config.residual_bits:
+            residual = Encoded("uniform", _residual_config(config), layout, torch.float32, {}, {})
+            form.update({f"residual_{k}": v for k, v in UniformGenerator.stored_form(residual).items()})
+        return form
+
+    @classmethod
     def for_budget(cls, bits_per_weight: float, layout: MatrixLayout, fixed: dict[str, Any]) -> INRConfig:
         options = {k: v for k, v in fixed.items() if k != "bits_per_weight"}
         if options.get("width") is not None:
@@ -532,6 +572,32 @@ def _store(p: _Prepared, phi: torch.Tensor, steps: int, *, layer: tuple[int, int
     return Encoded(config.method, config, layout, p.matrix.dtype, tensors, bits, meta)
 
 
+def _stored_width(enc: Encoded) -> tuple[int | None, bool]:
+    """(SIREN width, whether this record stores its bank's parameters) of a stored record; width
+    None for one stored dense. Refused unless its meta is what encode_inr writes for its config and
+    shape: dense exactly when the INR would be no smaller, the width its budget gives (for the
+    group of `layers` tensors sharing a bank), the bank with the group's first tensor only."""
+    config, layout = enc.config, enc.layout
+    full_width = chosen_width(config, layout)
+    if meta_int(enc, "dense", 0, 1):
+        if not is_dense(config, layout, full_width):
+            raise Big2SmallError("inr: stored dense, which its config and shape never are")
+        return None, False
+    width = meta_int(enc, "width", 0, MAX_WIDTH)
+    if config.shared_layers == 1 or width == 0:
+        members, layer = 1, 0
+    else:
+        members = meta_int(enc, "layers", 1, config.shared_layers)
+        layer = meta_int(enc, "layer", 0, members - 1)
+    if width != chosen_width(config, layout, members) or (width and is_dense(config, layout, full_width)):
+        raise Big2SmallError(f"inr: meta width {width} is not what its config gives ({chosen_width(config, layout, members)})")
+    shared = enc.meta.get("shared_parts")
+    phi = sorted(k for k in PHI_PARTS if k in enc.tensors)
+    if (shared is not None) != (layer > 0) or (layer > 0 and shared != phi):
+        raise Big2SmallError(f"inr: meta shared_parts {shared!r} does not fit layer {layer} of a shared bank")
+    return width, layer == 0
+
+
 def decode_inr(config: INRConfig, layout: MatrixLayout, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> torch.Tensor:
     """The fp32 matrix view [O, J] from stored tensors (on any one device)."""
     rows, cols = layout.rows, layout.cols
@@ -552,6 +618,8 @@ def decode_inr(config: INRConfig, layout: MatrixLayout, tensors: dict[str, torch
     n_out = n_outliers(config, layout)
     if n_out:
         idx = bitpack.unpack_stream(tensors, "outlier_index", bitpack.index_bits(layout.numel), n_out, device).to(device)
+        if int(idx.max()) >= layout.numel:
+            raise Big2SmallError("inr: a stored outlier position is beyond the tensor")
         matrix.view(-1)[idx] = tensors["outlier_values"].float().to(device)
     return matrix
 
@@ -577,6 +645,9 @@ def _siren_matrix(config: INRConfig, layout: MatrixLayout, tensors: dict[str, to
         pr = bitpack.unpack_stream(tensors, "row_perm", bitpack.index_bits(rows), rows, device).to(device)
         pc = (bitpack.unpack_stream(tensors, "col_perm", bitpack.index_bits(cols), cols, device).to(device)
               if config.reorder_axes == "both" else torch.arange(cols, device=device))
+        for perm in (pr, pc):
+            if not torch.equal(perm.sort().values, torch.arange(perm.numel(), device=device)):
+                raise Big2SmallError("inr: a stored row or column order is not a permutation")
         matrix = torch.empty_like(ordered)
         matrix[pr.unsqueeze(1), pc.unsqueeze(0)] = ordered
         return matrix

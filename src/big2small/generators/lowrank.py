@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from big2small.errors import Big2SmallError
-from big2small.generators.base import HEADER_BITS, Encoded, Generator, GeneratorConfig, register
+from big2small.generators.base import HEADER_BITS, ArrayForm, Encoded, Generator, GeneratorConfig, meta_int, register
 from big2small.layout import MatrixLayout
 
 # Share of the singular values' energy kept when no rank option is given.
@@ -153,6 +153,17 @@ class LowRankGenerator(Generator):
         return _bits(_known_rank(config, layout), layout)
 
     @classmethod
+    def stored_bits(cls, enc: Encoded) -> int:
+        return _bits(_stored_rank(enc), enc.layout)
+
+    @classmethod
+    def stored_form(cls, enc: Encoded) -> dict[str, ArrayForm]:
+        rank, layout = _stored_rank(enc), enc.layout
+        if _is_dense(rank, layout):
+            return {"dense": (torch.float16, (layout.rows, layout.cols))}
+        return {"L": (torch.float16, (layout.rows, rank)), "R": (torch.float16, (rank, layout.cols))}
+
+    @classmethod
     def for_budget(cls, bits_per_weight: float, layout: MatrixLayout, fixed: dict[str, Any]) -> LowRankConfig:
         if fixed.get("energy") is not None:
             raise Big2SmallError("lowrank: energy picks the rank from the data; it cannot meet a size target")
@@ -165,6 +176,18 @@ class LowRankGenerator(Generator):
                 f"{list(layout.shape)} tensor"
             )
         return LowRankConfig(rank=min(r, min(layout.rows, layout.cols)))
+
+
+def _stored_rank(enc: Encoded) -> int:
+    """The rank of a stored record (meta), refused unless its config and shape allow it and its
+    dense flag is the one that rank implies."""
+    layout = enc.layout
+    rank = meta_int(enc, "rank", 1, min(layout.rows, layout.cols))
+    if not enc.config.data_dependent and rank != _known_rank(enc.config, layout):
+        raise Big2SmallError(f"lowrank: meta rank {rank}, its config makes {_known_rank(enc.config, layout)}")
+    if meta_int(enc, "dense", 0, 1) != _is_dense(rank, layout):
+        raise Big2SmallError(f"lowrank: meta dense {enc.meta['dense']} does not match rank {rank}")
+    return rank
 
 
 def _check_fp16(t: torch.Tensor) -> None:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from big2small.errors import Big2SmallError
-from big2small.generators.base import DTYPE_BITS, Encoded, Generator, GeneratorConfig, register
+from big2small.generators.base import DTYPE_BITS, ArrayForm, Encoded, Generator, GeneratorConfig, register
 from big2small.layout import MatrixLayout
 
 STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -26,6 +26,13 @@ class RawConfig(GeneratorConfig):
             raise Big2SmallError(f"raw: dtype must be one of {sorted(STORAGE_DTYPES)} or 'same', got {self.dtype!r}")
 
 
+def storage_dtype(config: RawConfig, dtype: torch.dtype) -> torch.dtype:
+    """The dtype a tensor of `dtype` is stored in: the config's for a floating tensor, else its own."""
+    if config.dtype == "same" or not dtype.is_floating_point:
+        return dtype
+    return STORAGE_DTYPES[config.dtype]
+
+
 @register
 class RawGenerator(Generator):
     config_type = RawConfig
@@ -34,10 +41,7 @@ class RawGenerator(Generator):
         # Raw storage also keeps integer buffers (BatchNorm's num_batches_tracked) and any shape.
         layout = layout or MatrixLayout(tuple(weight.shape))
         self.check_layout(weight, layout)
-        stored = weight.detach()
-        if weight.is_floating_point() and self.config.dtype != "same":
-            stored = stored.to(STORAGE_DTYPES[self.config.dtype])
-        stored = stored.contiguous().clone()
+        stored = weight.detach().to(storage_dtype(self.config, weight.dtype)).contiguous().clone()
         return Encoded(
             method=self.config.method, config=self.config, layout=layout, dtype=weight.dtype,
             tensors={"values": stored}, bits={"values": stored.numel() * stored.element_size() * 8},
@@ -51,6 +55,14 @@ class RawGenerator(Generator):
 
     def decode(self, enc: Encoded, *, dtype: torch.dtype | None = None) -> torch.Tensor:
         return enc.tensors["values"].reshape(enc.layout.shape).to(dtype or enc.dtype)
+
+    @classmethod
+    def stored_form(cls, enc: Encoded) -> dict[str, ArrayForm]:
+        return {"values": (storage_dtype(enc.config, enc.dtype), enc.layout.shape)}
+
+    @classmethod
+    def stored_bits(cls, enc: Encoded) -> int:
+        return enc.numel * storage_dtype(enc.config, enc.dtype).itemsize * 8
 
     @classmethod
     def bits_for(cls, config: RawConfig, layout: MatrixLayout) -> int:

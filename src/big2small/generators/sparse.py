@@ -22,7 +22,9 @@ import torch
 
 from big2small import bitpack
 from big2small.errors import Big2SmallError
-from big2small.generators.base import HEADER_BITS, Encoded, Generator, GeneratorConfig, register
+from big2small.generators.base import (
+    HEADER_BITS, ArrayForm, Encoded, Generator, GeneratorConfig, byte_arrays, meta_int, register, stored_array,
+)
 from big2small.layout import MatrixLayout
 
 BITMAP, CSR, FLAT = 0, 1, 2
@@ -106,7 +108,10 @@ class PruneGenerator(Generator):
         elif coding == CSR:
             col = bitpack.unpack_stream(enc.tensors, "col_idx", bitpack.index_bits(cols), nnz, dev)
             ptr = bitpack.unpack_stream(enc.tensors, "row_ptr", bitpack.index_bits(nnz + 1), rows + 1, dev)
-            row = torch.repeat_interleave(torch.arange(rows, device=ptr.device), ptr.diff())
+            counts = ptr.diff()
+            if int(ptr[0]) != 0 or int(ptr[-1]) != nnz or bool((counts < 0).any()) or bool((col >= cols).any()):
+                raise Big2SmallError("prune: stored row pointers or column indices are out of range")
+            row = torch.repeat_interleave(torch.arange(rows, device=ptr.device), counts)
             idx = row * cols + col
         elif coding == FLAT:
             idx = bitpack.unpack_stream(enc.tensors, "idx", bitpack.index_bits(n), nnz, dev)
@@ -114,6 +119,8 @@ class PruneGenerator(Generator):
             raise Big2SmallError(f"prune: unknown position coding flag {coding}")
         if idx.numel() != nnz:
             raise Big2SmallError(f"prune: {idx.numel()} stored positions for {nnz} values")
+        if nnz and int(idx.max()) >= n:
+            raise Big2SmallError(f"prune: a stored position is beyond the tensor's {n} weights")
         out = torch.zeros(n, dtype=torch.float32, device=dev)
         out[idx.to(dev)] = values.float()
         return out.reshape(rows, cols)
@@ -121,6 +128,28 @@ class PruneGenerator(Generator):
     @classmethod
     def bits_for(cls, config: PruneConfig, layout: MatrixLayout) -> int:
         return _bits(_kept(config.sparsity, layout.numel), layout)
+
+    @classmethod
+    def stored_form(cls, enc: Encoded) -> dict[str, ArrayForm]:
+        layout = enc.layout
+        rows, cols, n = layout.rows, layout.cols, layout.numel
+        nnz = meta_int(enc, "nnz", 0, n)
+        if nnz != _kept(enc.config.sparsity, n):
+            raise Big2SmallError(f"prune: meta nnz {nnz}, its sparsity keeps {_kept(enc.config.sparsity, n)}")
+        costs = _position_costs(nnz, layout)
+        coding = costs.index(min(costs))
+        flag = bitpack.unpack(stored_array(enc, "flag", torch.uint8, (1,)), FLAG_BITS, 1)
+        if enc.meta.get("coding") != CODINGS[coding] or int(flag[0]) != coding:
+            raise Big2SmallError(f"prune: position coding {enc.meta.get('coding')!r} (flag {int(flag[0])}); "
+                                 f"{nnz} kept weights are stored as {CODINGS[coding]}")
+        if coding == BITMAP:
+            streams = bitpack.stream_bytes("bitmap", n, 1)
+        elif coding == CSR:
+            streams = {**bitpack.stream_bytes("col_idx", nnz, bitpack.index_bits(cols)),
+                       **bitpack.stream_bytes("row_ptr", rows + 1, bitpack.index_bits(nnz + 1))}
+        else:
+            streams = bitpack.stream_bytes("idx", nnz, bitpack.index_bits(n))
+        return {"values": (torch.float16, (nnz,)), **byte_arrays({**streams, "flag": 1})}
 
     @classmethod
     def for_budget(cls, bits_per_weight: float, layout: MatrixLayout, fixed: dict[str, Any]) -> PruneConfig:

@@ -15,7 +15,9 @@ import torch
 
 from big2small import bitpack
 from big2small.errors import Big2SmallError
-from big2small.generators.base import HEADER_BITS, Encoded, Generator, GeneratorConfig, register
+from big2small.generators.base import (
+    HEADER_BITS, ArrayForm, Encoded, Generator, GeneratorConfig, byte_arrays, register,
+)
 from big2small.generators.grouping import grouped, grouping, ungrouped
 from big2small.layout import MatrixLayout
 
@@ -87,6 +89,15 @@ class UniformGenerator(Generator):
         else:
             offset = bitpack.unpack(enc.tensors["zeros"], cfg.bits, gp.n_groups).float().unsqueeze(1)
         return ungrouped((q - offset) * scale, gp, layout)
+
+    @classmethod
+    def stored_form(cls, enc: Encoded) -> dict[str, ArrayForm]:
+        cfg: UniformConfig = enc.config
+        n_groups = grouping(enc.layout, cfg.group_size).n_groups
+        form = {**byte_arrays({"codes": bitpack.packed_nbytes(enc.numel, cfg.bits)}), "scales": (torch.float16, (n_groups,))}
+        if not cfg.symmetric:
+            form.update(byte_arrays({"zeros": bitpack.packed_nbytes(n_groups, cfg.bits)}))
+        return form
 
     @classmethod
     def bits_for(cls, config: UniformConfig, layout: MatrixLayout) -> int:
