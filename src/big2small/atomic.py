@@ -88,7 +88,7 @@ def _remove(path: Path) -> None:
 
 
 def _process_alive(pid: int) -> bool:
-    if pid == os.getpid():
+    if pid == os.getpid() or os.name == "nt":  # on Windows os.kill(pid, 0) would terminate the process
         return True
     try:
         os.kill(pid, 0)
@@ -101,8 +101,8 @@ def _process_alive(pid: int) -> bool:
 
 def _libc_renameat2():
     try:
-        return ctypes.CDLL(None, use_errno=True).renameat2
-    except (AttributeError, OSError):
+        return ctypes.CDLL(None, use_errno=True).renameat2  # glibc >= 2.28
+    except (AttributeError, OSError, TypeError):  # another libc or OS
         return None
 
 
