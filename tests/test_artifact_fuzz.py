@@ -387,7 +387,7 @@ def test_damaged_or_crafted_artifacts_load_correctly_or_are_refused_in_one_line(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("seed", [1])  # about 100 s; more seeds: python tests/test_artifact_fuzz.py N SEED
 def test_many_damaged_or_crafted_artifacts_load_correctly_or_are_refused(tmp_path, seed):
     counts = fuzz(tmp_path, 1500, seed=seed)
     assert counts.failures == [], counts.summary() + "\n" + "\n".join(counts.failures[:50])
