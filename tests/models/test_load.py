@@ -97,3 +97,11 @@ def test_code_carried_by_an_artifact_is_never_run(tiny_gpt2_dir, tmp_path):
     except Big2SmallError as exc:
         assert "\n" not in str(exc)
     assert not marker.exists()
+
+
+def test_an_hf_directory_with_a_garbled_weight_file_is_a_one_line_error(tmp_path):
+    (tmp_path / "config.json").write_text('{"architectures": ["LlamaForCausalLM"], "model_type": "llama"}')
+    (tmp_path / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(Big2SmallError, match="cannot load weights") as info:
+        load_model(tmp_path)
+    assert "\n" not in str(info.value)

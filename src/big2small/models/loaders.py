@@ -75,7 +75,7 @@ def load_hf_dir(path: Path, name: str) -> LoadedModel:
         raise Big2SmallError(f"{path}: config.json names no architecture")
     try:
         model = hf_class(arch).from_pretrained(str(path), dtype=torch.float32, trust_remote_code=False)
-    except OSError as exc:
+    except (OSError, SafetensorError, ValueError, RuntimeError) as exc:  # missing, garbled or mismatched weights
         raise Big2SmallError(f"{path}: cannot load weights ({str(exc).splitlines()[0]})") from None
     model.eval()
     source = ModelSource("hf", name, task_of_architecture(arch), architecture=arch, files_dir=path)
