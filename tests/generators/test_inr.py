@@ -258,3 +258,9 @@ def test_same_input_and_seed_give_the_same_record_whatever_the_global_random_sta
     torch.randn(100)  # moves the global random state
     b = INRGenerator(cfg).encode(w, seed=3)
     assert a.meta == b.meta and all(torch.equal(a.tensors[k], b.tensors[k]) for k in a.tensors)
+
+
+@pytest.mark.parametrize("omega0", [-1.0, 0.0, float("nan"), float("inf")])
+def test_a_siren_frequency_must_be_a_positive_number(omega0):
+    with pytest.raises(Big2SmallError, match="omega0 must be a positive number"):
+        INRConfig(omega0_hidden=omega0).validate()

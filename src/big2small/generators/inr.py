@@ -94,6 +94,8 @@ class INRConfig(GeneratorConfig):
             bad(f"bits_per_weight must be > 0, got {self.bits_per_weight!r}")
         if not (isinstance(self.depth, int) and 1 <= self.depth <= 8):
             bad(f"depth must be in 1..8, got {self.depth!r}")
+        if not all(math.isfinite(w) and w > 0 for w in (self.omega0_first, self.omega0_hidden)):
+            bad(f"omega0 must be a positive number, got {self.omega0_first}, {self.omega0_hidden}")
         if self.tile_rows < 1 or self.tile_cols < 1:
             bad(f"tile must be at least 1x1, got {self.tile_rows}x{self.tile_cols}")
         if not 0 <= self.outlier_frac < 0.5:
