@@ -27,7 +27,6 @@ from dataclasses import dataclass
 
 import torch
 
-from big2small import bitpack
 from big2small.errors import Big2SmallError
 from big2small.generators.base import (
     HEADER_BITS, ArrayForm, Encoded, Generator, GeneratorConfig, byte_arrays, register, stored_array,

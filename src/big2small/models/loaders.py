@@ -18,7 +18,7 @@ from torch import nn
 
 from big2small.cache import cache_dir
 from big2small.errors import Big2SmallError
-from big2small.models.source import LoadedModel, ModelSource, offline
+from big2small.models.source import LoadedModel, ModelSource
 from big2small.models.tasks import task_of_architecture
 from big2small.recipe import describe_module_tensors
 
