@@ -26,7 +26,7 @@ from big2small.artifact import TENSORS
 from big2small.errors import Big2SmallError
 from big2small.generators import (
     REGISTRY, ChannelIntConfig, GeneratorConfig, HyperConfig, HyperRefConfig, INRConfig, LowRankConfig, PruneConfig,
-    RawConfig, UniformConfig, decode, generator_for,
+    RawConfig, TrellisConfig, UniformConfig, decode, generator_for,
 )
 from big2small.layout import MatrixLayout
 from big2small.recipe import Recipe
@@ -57,6 +57,7 @@ CASES = {
     "lowrank": Case(LowRankConfig(rank=4), 0.35),  # 0.25: the noise beyond rank 2
     "prune": Case(PruneConfig(0.5), 0.3),  # 0.2
     "raw": Case(RawConfig("float32"), 0.0, codec=False),  # exact
+    "trellis": Case(TrellisConfig(bits=3, state_bits=8), 0.25),  # 0.20: short rows share a scale
     "uniform": Case(UniformConfig(bits=4, group_size=32), 0.15),  # 0.09
 }
 METHODS = sorted(REGISTRY)  # a method without a Case fails every test below, and the first one says why
@@ -124,8 +125,8 @@ def test_round_trip_keeps_shape_and_dtype_within_the_bound(method, layout_name):
     out = decode(enc)
     assert out.shape == w.shape and out.dtype == w.dtype
     assert_within_bound(method, out, w)
-    # decode is the matrix view that decode_matrix regenerates, put back into the tensor's shape.
-    assert torch.equal(generator_for(enc.config).decode_matrix(enc), layout.to_matrix(out))
+    # decode is the matrix view that regenerate_matrix gives, put back into the tensor's shape.
+    assert torch.equal(generator_for(enc.config).regenerate_matrix(enc), layout.to_matrix(out))
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)

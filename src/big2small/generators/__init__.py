@@ -4,7 +4,7 @@ Importing this package registers every method, so `GeneratorConfig.from_dict` an
 know all of them.
 """
 
-from big2small.generators import channel_int, hyper, hyper_ref, inr, lowrank, raw, sparse, uniform
+from big2small.generators import channel_int, hyper, hyper_ref, inr, lowrank, raw, rotation, sparse, trellis, uniform
 from big2small.generators.base import (
     HEADER_BITS,
     REGISTRY,
@@ -21,6 +21,7 @@ from big2small.generators.inr import INRConfig, INRGenerator
 from big2small.generators.lowrank import LowRankConfig, LowRankGenerator
 from big2small.generators.raw import RawConfig, RawGenerator
 from big2small.generators.sparse import PruneConfig, PruneGenerator
+from big2small.generators.trellis import TrellisConfig, TrellisGenerator
 from big2small.generators.uniform import UniformConfig, UniformGenerator
 
 __all__ = [
@@ -43,6 +44,8 @@ __all__ = [
     "PruneGenerator",
     "RawConfig",
     "RawGenerator",
+    "TrellisConfig",
+    "TrellisGenerator",
     "UniformConfig",
     "UniformGenerator",
     "channel_int",
@@ -53,6 +56,8 @@ __all__ = [
     "inr",
     "lowrank",
     "raw",
+    "rotation",
     "sparse",
+    "trellis",
     "uniform",
 ]

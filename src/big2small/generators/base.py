@@ -151,7 +151,7 @@ class Generator(ABC):
 
     def decode(self, enc: Encoded, *, dtype: torch.dtype | None = None) -> torch.Tensor:
         """Regenerate the tensor in its original shape, computed in fp32, cast at the very end."""
-        matrix = self.decode_matrix(enc)
+        matrix = self.regenerate_matrix(enc)
         layout = enc.layout
         if tuple(matrix.shape) != (layout.rows, layout.cols):
             raise Big2SmallError(f"{enc.method}: decodes to a {list(matrix.shape)} matrix, not the "
@@ -159,6 +159,11 @@ class Generator(ABC):
         if not bool(torch.isfinite(matrix).all()):
             raise Big2SmallError(f"{enc.method}: decodes to NaN or Inf values")
         return layout.from_matrix(matrix).to(dtype or enc.dtype)
+
+    def regenerate_matrix(self, enc: Encoded) -> torch.Tensor:
+        """The matrix view `decode` returns: `decode_matrix`, undone of any transform `encode`
+        applied before coding (a rotating codec overrides both, see generators.rotation)."""
+        return self.decode_matrix(enc)
 
     def resident_tensors(self, enc: Encoded, *, unpack: bool = False) -> dict[str, torch.Tensor]:
         """The tensors an on-the-fly layer keeps in memory to decode from (see big2small.onthefly).

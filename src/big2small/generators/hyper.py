@@ -36,12 +36,11 @@ import torch
 from big2small import bitpack
 from big2small.errors import Big2SmallError
 from big2small.generators import codebook as cb
+from big2small.generators import rotation
 from big2small.generators.base import (
     HEADER_BITS,
     ArrayForm,
     Encoded,
-    Generator,
-    GeneratorConfig,
     byte_arrays,
     register,
     stored_array,
@@ -60,12 +59,13 @@ MAX_BITS = 16
 
 
 @dataclass
-class HyperConfig(GeneratorConfig):
+class HyperConfig(rotation.RotatableConfig):
     """bits: index width (one index per `dim` weights, so bits/dim bits per weight plus scales).
     group_size: weights per fp16 scale along a row (0 = one per row). codebook: shaped, gaussian,
     fitted, winding or lattice. rings: companding rings for points outside the square (winding, lattice).
     scale: auto, absmax or rms. scale_grid: factors tried on each group's scale. lloyd_iters and
-    sample_size: the per-tensor fit of the "fitted" codebook (vectors subsampled with the seed)."""
+    sample_size: the per-tensor fit of the "fitted" codebook (vectors subsampled with the seed).
+    rotate: none | input | both (generators.rotation)."""
 
     method = "hyper"
     bits: int = 8
@@ -82,6 +82,7 @@ class HyperConfig(GeneratorConfig):
         self.scale_grid = as_list(self.scale_grid, float)
 
     def validate(self) -> None:
+        super().validate()
         if not 1 <= self.dim <= 4:
             raise Big2SmallError(f"hyper: dim must be in 1..4, got {self.dim}")
         if not self.dim <= self.bits <= MAX_BITS:
@@ -136,7 +137,7 @@ def _padded_layout(layout: MatrixLayout, dim: int) -> MatrixLayout:
 
 
 @register
-class HyperGenerator(Generator):
+class HyperGenerator(rotation.RotatingGenerator):
     config_type = HyperConfig
 
     def encode_matrix(self, matrix: torch.Tensor, layout: MatrixLayout, *, seed: int) -> Encoded:
@@ -215,7 +216,7 @@ class HyperGenerator(Generator):
             bits += 8
         if config.rings:
             bits += 16
-        return bits
+        return bits + rotation.stored_bits(config)
 
     @classmethod
     def stored_form(cls, enc: Encoded) -> dict[str, ArrayForm]:
@@ -233,7 +234,7 @@ class HyperGenerator(Generator):
             form["codebook"] = (torch.float16, (1 << cfg.bits, cfg.dim))
         if cfg.rings:
             form["radius"] = (torch.float16, (1,))
-        return form
+        return {**form, **rotation.stored_form(cfg)}
 
     @classmethod
     def for_budget(cls, bits_per_weight: float, layout: MatrixLayout, fixed: dict[str, Any]) -> HyperConfig:

@@ -15,9 +15,8 @@ import torch
 
 from big2small import bitpack
 from big2small.errors import Big2SmallError
-from big2small.generators.base import (
-    HEADER_BITS, ArrayForm, Encoded, Generator, GeneratorConfig, byte_arrays, register,
-)
+from big2small.generators import rotation
+from big2small.generators.base import HEADER_BITS, ArrayForm, Encoded, byte_arrays, register
 from big2small.generators.grouping import grouped, grouping, ungrouped
 from big2small.layout import MatrixLayout
 
@@ -26,8 +25,9 @@ BUDGET_GROUP_SIZES = (32, 64, 128, 256, 0)
 
 
 @dataclass
-class UniformConfig(GeneratorConfig):
-    """bits: code width (1-8; symmetric needs >= 2). group_size: weights per group, 0 = per row."""
+class UniformConfig(rotation.RotatableConfig):
+    """bits: code width (1-8; symmetric needs >= 2). group_size: weights per group, 0 = per row.
+    rotate: none | input | both (generators.rotation)."""
 
     method = "uniform"
     bits: int = 4
@@ -35,6 +35,7 @@ class UniformConfig(GeneratorConfig):
     symmetric: bool = False
 
     def validate(self) -> None:
+        super().validate()
         low = 2 if self.symmetric else 1
         if not low <= self.bits <= 8:
             raise Big2SmallError(f"uniform: bits must be in {low}..8, got {self.bits}")
@@ -43,7 +44,7 @@ class UniformConfig(GeneratorConfig):
 
 
 @register
-class UniformGenerator(Generator):
+class UniformGenerator(rotation.RotatingGenerator):
     config_type = UniformConfig
 
     def encode_matrix(self, matrix: torch.Tensor, layout: MatrixLayout, *, seed: int) -> Encoded:
@@ -97,13 +98,13 @@ class UniformGenerator(Generator):
         form = {**byte_arrays({"codes": bitpack.packed_nbytes(enc.numel, cfg.bits)}), "scales": (torch.float16, (n_groups,))}
         if not cfg.symmetric:
             form.update(byte_arrays({"zeros": bitpack.packed_nbytes(n_groups, cfg.bits)}))
-        return form
+        return {**form, **rotation.stored_form(cfg)}
 
     @classmethod
     def bits_for(cls, config: UniformConfig, layout: MatrixLayout) -> int:
         n_groups = grouping(layout, config.group_size).n_groups
         zero_bits = 0 if config.symmetric else config.bits
-        return layout.numel * config.bits + n_groups * (16 + zero_bits) + HEADER_BITS
+        return layout.numel * config.bits + n_groups * (16 + zero_bits) + HEADER_BITS + rotation.stored_bits(config)
 
     @classmethod
     def for_budget(cls, bits_per_weight: float, layout: MatrixLayout, fixed: dict[str, Any]) -> UniformConfig:
@@ -115,7 +116,7 @@ class UniformGenerator(Generator):
         budget = bits_per_weight * layout.numel
         for b in bit_choices:
             for g in group_choices:
-                cfg = UniformConfig(bits=b, group_size=g, symmetric=symmetric)
+                cfg = UniformConfig(bits=b, group_size=g, symmetric=symmetric, rotate=fixed.get("rotate", "none"))
                 if cls.bits_for(cfg, layout) <= budget:
                     return cfg
         raise Big2SmallError(

@@ -1,0 +1,127 @@
+"""Trellis-coded quantisation: exactly k bits per weight, searched optimally (Viterbi).
+
+Hyper-compression stores a group of weights as the index of a point on a dynamical system's
+trajectory; here the system is a shift register of L bits (2^L states) that takes k new bits per
+weight, and each state maps to a value from a table shaped to a Gaussian (trellis_codes). The
+encoder finds, for each group of weights, the code sequence whose decoded values are nearest in
+squared error (viterbi.search: optimal, not greedy). Rotated first (rotation, "input" by default),
+weights are near-Gaussian whatever the layer, which is what the tables are trained for.
+
+A group is one row of the matrix view (rows under MIN_SEQUENCE weights are joined, so a depthwise
+[C, 9] kernel is not charged a scale per 9 weights), or `group_size` weights. Each group is divided
+by its RMS before the search; its stored fp16 scale is then the least-squares scale for the chosen
+codes. The register starts at zero in every group, so codes are exactly k bits per weight: nothing
+else is stored but one fp16 scale per group (and the rotation's seed).
+
+Decoding: state_t = ((state_{t-1} << k) | code_t) mod 2^L, weight_t = scale * table[state_t].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from big2small import bitpack
+from big2small.errors import Big2SmallError
+from big2small.generators import rotation
+from big2small.generators.base import HEADER_BITS, ArrayForm, Encoded, byte_arrays, register
+from big2small.generators.grouping import element_counts, grouped, grouping, ungrouped
+from big2small.generators.trellis_codes import SHIPPED_STATE_BITS, state_values
+from big2small.generators.viterbi import decode_states, search
+from big2small.layout import MatrixLayout
+
+# Groups shorter than this (rows of a small kernel) are joined, by whole rows, up to this length.
+MIN_SEQUENCE = 256
+DEFAULT_STATE_BITS = 12
+
+
+@dataclass
+class TrellisConfig(rotation.RotatableConfig):
+    """bits: bits per weight, exactly (the code width k, 1-8). state_bits: the register length L
+    (2^L states; 8, 10 or 12): quality grows and encoding time doubles with each bit. group_size:
+    weights per fp16 scale along a row, 0 = one per row. rotate: none | input | both."""
+
+    method = "trellis"
+    bits: int = 2
+    state_bits: int = DEFAULT_STATE_BITS
+    group_size: int = 0
+    rotate: str = "input"
+
+    def validate(self) -> None:
+        super().validate()
+        if isinstance(self.bits, bool) or not 1 <= self.bits <= 8:
+            raise Big2SmallError(f"trellis: bits must be in 1..8, got {self.bits}")
+        if self.state_bits not in SHIPPED_STATE_BITS:
+            raise Big2SmallError(f"trellis: state_bits must be one of {', '.join(map(str, SHIPPED_STATE_BITS))}, "
+                                 f"got {self.state_bits}")
+        if self.state_bits <= self.bits:
+            raise Big2SmallError(f"trellis: state_bits ({self.state_bits}) must exceed bits ({self.bits})")
+        if self.group_size < 0:
+            raise Big2SmallError(f"trellis: group_size must be >= 0 (0 = per row), got {self.group_size}")
+
+
+def _grouping(cfg: TrellisConfig, layout: MatrixLayout):
+    size = cfg.group_size if cfg.group_size or layout.cols >= MIN_SEQUENCE else MIN_SEQUENCE
+    return grouping(layout, size)
+
+
+@register
+class TrellisGenerator(rotation.RotatingGenerator):
+    config_type = TrellisConfig
+
+    def encode_matrix(self, matrix: torch.Tensor, layout: MatrixLayout, *, seed: int) -> Encoded:
+        cfg: TrellisConfig = self.config
+        gp = _grouping(cfg, layout)
+        groups = grouped(matrix, gp)
+        real = grouped(torch.ones_like(matrix), gp)
+        rms = (groups.pow(2).sum(1) / element_counts(gp, layout).to(groups.device)).sqrt()
+        if bool((rms > 65504).any()):
+            raise Big2SmallError("trellis: weights too large for fp16 group scales")
+        values = state_values(cfg.bits, cfg.state_bits).to(matrix.device)
+        unit = groups / torch.where(rms > 0, rms, torch.ones_like(rms)).unsqueeze(1)
+        codes = search(unit, values, cfg.bits).to(matrix.device)
+        decoded = values[decode_states(codes, cfg.bits, cfg.state_bits)] * real
+        # The least-squares scale for the chosen codes (never worse than the RMS it searched with).
+        fit = (groups * decoded).sum(1) / decoded.pow(2).sum(1).clamp(min=1e-30)
+        scale = torch.where((fit > 0) & (rms > 0), fit, rms).to(torch.float16)
+        flat_codes = ungrouped(codes.to(torch.int64), gp, layout).reshape(-1)
+        tensors = {"codes": bitpack.pack(flat_codes, cfg.bits), "scales": scale}
+        bits = {"codes": layout.numel * cfg.bits, "scales": 16 * gp.n_groups, "header": HEADER_BITS}
+        return Encoded(cfg.method, cfg, layout, matrix.dtype, tensors, bits)
+
+    def decode_matrix(self, enc: Encoded) -> torch.Tensor:
+        cfg: TrellisConfig = enc.config
+        layout = enc.layout
+        gp = _grouping(cfg, layout)
+        packed = enc.tensors["codes"]
+        codes = bitpack.unpack(packed, cfg.bits, layout.numel).reshape(layout.rows, layout.cols)
+        states = decode_states(grouped(codes, gp), cfg.bits, cfg.state_bits)
+        values = state_values(cfg.bits, cfg.state_bits).to(packed.device)
+        return ungrouped(values[states] * enc.tensors["scales"].float().unsqueeze(1), gp, layout)
+
+    @classmethod
+    def bits_for(cls, config: TrellisConfig, layout: MatrixLayout) -> int:
+        n_groups = _grouping(config, layout).n_groups
+        return layout.numel * config.bits + 16 * n_groups + HEADER_BITS + rotation.stored_bits(config)
+
+    @classmethod
+    def stored_form(cls, enc: Encoded) -> dict[str, ArrayForm]:
+        cfg: TrellisConfig = enc.config
+        n_groups = _grouping(cfg, enc.layout).n_groups
+        return {**byte_arrays({"codes": bitpack.packed_nbytes(enc.numel, cfg.bits)}),
+                "scales": (torch.float16, (n_groups,)), **rotation.stored_form(cfg)}
+
+    @classmethod
+    def for_budget(cls, bits_per_weight: float, layout: MatrixLayout, fixed: dict[str, Any]) -> TrellisConfig:
+        # The widest code that fits; options the user set are kept.
+        choices = [fixed["bits"]] if "bits" in fixed else range(8, 0, -1)
+        options = {key: fixed[key] for key in ("state_bits", "group_size", "rotate") if key in fixed}
+        for k in choices:
+            cfg = TrellisConfig(bits=k, **options)
+            if cfg.state_bits > k and cls.bits_for(cfg, layout) <= bits_per_weight * layout.numel:
+                return cfg
+        raise Big2SmallError(
+            f"trellis: no setting fits {bits_per_weight:.3f} bits per weight on a {list(layout.shape)} tensor"
+        )
