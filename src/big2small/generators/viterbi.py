@@ -28,16 +28,15 @@ TORCH_BACKPOINTER_BYTES = 256 << 20
 
 
 def decode_states(codes: torch.Tensor, k: int, state_bits: int) -> torch.Tensor:
-    """The register state after every code: codes [B, T] (ints < 2^k) -> states [B, T] int64.
+    """The register state after every code: codes [B, T] (ints < 2^k) -> states [B, T] int32.
 
     s_t holds codes t, t-1, ... packed from the low bits up, cut to `state_bits` bits; computed in
     ceil(L / k) shifted ORs over the whole tensor, not a loop over positions."""
-    codes = codes.to(torch.int64)
-    states = torch.zeros_like(codes)
-    for j in range(min(-(-state_bits // k), codes.shape[1])):
-        shifted = codes if j == 0 else torch.nn.functional.pad(codes[:, :-j], (j, 0))
-        states |= shifted << (k * j)
-    return states & ((1 << state_bits) - 1)
+    codes = codes.to(torch.int32)  # states have at most 12 bits; int32 halves the memory traffic of int64
+    states = codes.clone()
+    for j in range(1, min(-(-state_bits // k), codes.shape[1])):
+        states[:, j:] |= codes[:, :-j] << (k * j)  # in place: code t - j lands on bits k*j.. of state t
+    return states.bitwise_and_((1 << state_bits) - 1)
 
 
 def search(x: torch.Tensor, values: torch.Tensor, k: int) -> torch.Tensor:
