@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -45,6 +46,8 @@ def _timed(fn, repeats: int = 1):
 
 
 def measure(size: int) -> list[dict]:
+    """Every row on one Gaussian matrix; also records the machine's load average (other jobs
+    slow encoding down, so times measured on a busy machine are upper bounds)."""
     w = torch.randn(size, size, generator=torch.Generator().manual_seed(0))
     _, copy_s = _timed(lambda: w.clone(), repeats=5)
     results = []
@@ -56,12 +59,22 @@ def measure(size: int) -> list[dict]:
             bpw = enc.total_bits / w.numel()
             sqnr = 10 * math.log10(float(w.double().pow(2).sum() / (w.double() - out.double()).pow(2).sum()))
             results.append({"rate": rate, "label": label, "config": spec, "bpw": bpw, "sqnr_db": sqnr,
+                            "load_average": os.getloadavg()[0],
                             "gap_db": 6.0206 * bpw - sqnr, "encode_s": encode_s, "decode_s": decode_s,
                             "decode_vs_copy": copy_s / decode_s})
             r = results[-1]
             print(f"{label:28s} R={bpw:.3f} SQNR {sqnr:6.2f} dB  gap {r['gap_db']:.2f} dB  "
                   f"encode {encode_s:.1f} s  decode {100 * r['decode_vs_copy']:.0f}% of a copy", flush=True)
     return results
+
+
+def _load_note(results: list[dict]) -> str:
+    loads = [r["load_average"] for r in results if "load_average" in r]
+    if not loads:
+        return ("The committed run shared the machine with other jobs (`uptime` showed a load average of"
+                " 9-12 on its 2 cores): its times are upper bounds, several times what an idle machine takes.")
+    return (f"1-minute load average during the run: {min(loads):.1f}-{max(loads):.1f} on 2 cores"
+            " (above 2, other jobs shared the CPU and the times are upper bounds).")
 
 
 def write(results: list[dict], size: int) -> None:
@@ -76,7 +89,8 @@ def write(results: list[dict], size: int) -> None:
     lines += ["", f"Protocol: one N(0, 1) matrix ({size} x {size}, seed 0) encoded by every row; bits per weight ="
               " all stored bits (header included) over the weights; gap = 6.02 R - SQNR. Trellis rows are not"
               " rotated (a Gaussian matrix needs no incoherence processing). Times on this machine (2 CPU"
-              " cores), best of 1 encode and 3 decodes; a dense copy is `clone()` of the fp32 matrix.",
+              " cores), best of 1 encode and 3 decodes; a dense copy is `clone()` of the fp32 matrix."
+              f" {_load_note(results)}",
               f"Reproduce: `python benchmarks/rd.py --size {size}`."]
     (OUT / "rd.md").write_text("\n".join(lines) + "\n")
     import matplotlib
@@ -102,8 +116,13 @@ def write(results: list[dict], size: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=4096)
-    size = parser.parse_args().size
-    write(measure(size), size)
+    parser.add_argument("--report", action="store_true", help="only rewrite the table and plot from rd.json")
+    args = parser.parse_args()
+    if args.report:
+        saved = json.loads((OUT / "rd.json").read_text())
+        write(saved["rows"], saved["size"])
+    else:
+        write(measure(args.size), args.size)
 
 
 if __name__ == "__main__":
