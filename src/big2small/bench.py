@@ -25,9 +25,13 @@ from big2small.models.tasks import evaluate, reference_outputs
 from big2small.progress import progress_bar
 from big2small.specs import parse_method_spec
 
-DEFAULT_SWEEP = tuple(
+UNIFORM_SWEEP = tuple(
     f"uniform:bits={b},group_size={g}" for b in (8, 4, 3, 2) for g in (128, 64)
 )
+# Hyper-compression (ours) at about 4, 3 and 2 code bits per weight (index width 8, 6, 4 per pair).
+HYPER_SWEEP = tuple(f"hyper:bits={b},group_size=128" for b in (8, 6, 4))
+# `big2small bench`'s sweep: uniform RTN at two group sizes and hyper-compression.
+DEFAULT_SWEEP = UNIFORM_SWEEP + HYPER_SWEEP
 
 # Known traps, printed under a table when they apply (see ASSETS.md).
 CAVEATS = {

@@ -250,7 +250,7 @@ def compress(model: Any, recipe: Recipe | str | None = None, *, source: ModelSou
     if recipe.transforms and (transforms or n_parameters is not None):
         raise TypeError("a recipe that lists transforms applies them: do not pass transform records too")
     model, source = _unwrap(model, source)
-    device = _device(device)
+    device = resolve_device(device)
     if recipe.transforms:
         model, transforms, n_parameters = _apply_transforms(model, recipe.transforms, source=source, progress=progress)
     infos, entries = _plan(model, recipe, n_parameters)
@@ -309,7 +309,9 @@ def _adopt(entries: list[PlanEntry], pre_encoded: dict[str, Encoded], reason: st
     return dict(pre_encoded)
 
 
-def _device(device: str | torch.device | None) -> torch.device:
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """The torch device `device` names (None: the CPU); one that this machine or this PyTorch build
+    lacks is a Big2SmallError."""
     if device is None:
         return torch.device("cpu")
     try:
@@ -318,6 +320,13 @@ def _device(device: str | torch.device | None) -> torch.device:
         raise Big2SmallError(f"unknown device {device!r} ({exc})") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise Big2SmallError("device 'cuda' was asked for, but no CUDA GPU is available")
+    try:  # any other kind (mps, xpu, ...) is tried once: a build or machine without it raises here
+        usable = device.type != "meta" and torch.empty(1, device=device).device.type == device.type
+    except (RuntimeError, AssertionError, AttributeError):
+        usable = False
+    if not usable:
+        raise Big2SmallError(f"device {str(device)!r} is not available on this machine or in this PyTorch build "
+                             "(use cpu, or cuda where there is a GPU)")
     return device
 
 

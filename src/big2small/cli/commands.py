@@ -58,11 +58,12 @@ def compress(
     _require_output(output, dry_run)
     bpw = options.target_bpw(bpw, ratio)
     import big2small as b2s
-    from big2small.compress import plan_model
+    from big2small.compress import plan_model, resolve_device
     from big2small.reports import CompressReport, PlanReport
 
     if output is not None:
         b2s.ensure_writable(output, overwrite=overwrite)
+    resolve_device(device)  # a device this machine lacks is refused before the model loads
     if recipe is not None:
         the_recipe = options.recipe_from_file(recipe)
     else:
