@@ -273,7 +273,9 @@ def check_command(args: list[str], stdout: str, cwd: Path) -> None:
         metrics = json.loads((cwd / report).read_text())["metrics"] if report else None
         assert stdout.strip() and (metrics is None or (metrics and all(math.isfinite(m["value"]) for m in metrics)))
     if command == "decompress":
-        dense = load_file(str(cwd / args[3]))
+        out = cwd / args[3]
+        files = sorted(out.glob("model*.safetensors")) if out.is_dir() else [out]
+        dense = {k: v for f in files for k, v in load_file(str(f)).items()}
         assert set(dense) == set(b2s.load(cwd / args[2]).state_dict())
     if command == "bench":
         out_dir = cwd / (option(args, "--out-dir") or "bench-out")

@@ -36,7 +36,7 @@ def compress(
     method: str = typer.Option("uniform", "--method", "-m", help="uniform, hyper, hyper_ref, lowrank, prune, channel_int or inr (Big2Small)."),
     bpw: Optional[float] = typer.Option(None, help="Target bits per weight for the whole model; options left open are chosen to meet it."),
     ratio: Optional[float] = typer.Option(None, help="Target compression ratio against fp32 (same as --bpw 32/RATIO)."),
-    bits: Optional[int] = typer.Option(None, help="uniform: code width (1-8); hyper: index width per pair of weights (8 = about 4 bits per weight)."),
+    bits: Optional[float] = typer.Option(None, help="Bits per compressed weight, for every method (uniform, channel_int: the code width; hyper: index width bits x dim; lowrank, inr: the budget per weight); scales and headers add a little. A method's own knobs: -O KEY=VALUE."),
     group_size: Optional[int] = typer.Option(None, help="uniform, hyper: weights per group (0 = per channel)."),
     symmetric: Optional[bool] = typer.Option(None, "--symmetric/--asymmetric", help="uniform: grid shape."),
     rank: Optional[int] = typer.Option(None, help="lowrank: rank."),
@@ -68,9 +68,9 @@ def compress(
         the_recipe = options.recipe_from_file(recipe)
     else:
         the_recipe = options.recipe_from_options(
-            method, bpw=bpw, override=override, option=option, include_embeddings=include_embeddings,
+            method, bpw=bpw, bits=bits, override=override, option=option, include_embeddings=include_embeddings,
             min_numel=min_numel, raw_dtype=raw_dtype, seed=seed,
-            method_options={"bits": bits, "group_size": group_size, "symmetric": symmetric, "rank": rank,
+            method_options={"group_size": group_size, "symmetric": symmetric, "rank": rank,
                             "energy": energy, "sparsity": sparsity})
     out = render.Output(json_out)
     render.notes.print(f"loading {model} ...")
@@ -88,13 +88,17 @@ def compress(
 
 def decompress(
     artifact: Path = typer.Argument(..., help="An artifact directory."),
-    output: Path = typer.Argument(..., help="Dense safetensors file to write."),
+    output: Path = typer.Argument(..., help="Dense safetensors file to write (with --max-shard-size: a directory)."),
+    dtype: Optional[str] = typer.Option(None, help="float16, bfloat16 or float32 for every floating tensor (default: each tensor's dtype when compressed; HF models load in float32)."),
+    max_shard_size: Optional[str] = typer.Option(None, help="Write OUTPUT as a directory in Hugging Face's sharded layout, files of at most this size (e.g. 2GB, 500MB), with the model's config and tokenizer."),
     overwrite: bool = typer.Option(False, help="Replace an existing output."),
 ) -> None:
     """Write a dense safetensors state_dict from an artifact, without the model's class."""
+    shard_bytes = options.byte_size(max_shard_size) if max_shard_size is not None else None
     import big2small as b2s
 
-    render.show_written_file(render.Output(None).console, b2s.decompress(artifact, output, overwrite=overwrite))
+    written = b2s.decompress(artifact, output, overwrite=overwrite, dtype=dtype, max_shard_bytes=shard_bytes)
+    render.show_written_file(render.Output(None).console, written)
 
 
 def inspect(

@@ -2,12 +2,15 @@
 text, and JSON. Nothing here measures anything; it only formats what a report holds.
 
 Tables go to stdout, unless `--json -` claims stdout for JSON: then they go to stderr, so that
-stdout parses. Progress bars and notes ("loading ...") always go to stderr.
+stdout parses. Progress bars and notes ("loading ...") always go to stderr. Piped into a file or
+another program, nothing wraps at 80 columns: tables take the width they need. Tensor and group
+names are never cut (on a narrow terminal they fold onto the next line).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,7 +26,25 @@ if TYPE_CHECKING:
     )
     from big2small.selfcompress.sweep import SweepPoint
 
-notes = Console(stderr=True)  # progress notes and errors
+# Width of a console that is not a terminal (a pipe, a file): wide enough that nothing wraps.
+PIPE_WIDTH = 100_000
+
+
+def make_console(*, stderr: bool) -> Console:
+    """A console on stdout or stderr; when that is not a terminal, one that never wraps (rich would
+    wrap at 80 columns). COLUMNS, when set, still decides."""
+    c = Console(stderr=stderr)
+    if not c.is_terminal and "COLUMNS" not in os.environ:
+        c = Console(stderr=stderr, width=PIPE_WIDTH)
+    return c
+
+
+def name_column(table: Table, header: str) -> None:
+    """A column of names (tensors, groups): folded onto more lines when narrow, never cut."""
+    table.add_column(header, overflow="fold")
+
+
+notes = make_console(stderr=True)  # progress notes and errors
 
 
 class Output:
@@ -32,7 +53,7 @@ class Output:
 
     def __init__(self, json_path: Path | None) -> None:
         self.json_path = json_path
-        self.console = Console(stderr=json_path is not None and str(json_path) == "-")
+        self.console = make_console(stderr=json_path is not None and str(json_path) == "-")
 
     def json(self, data: dict[str, Any]) -> None:
         if self.json_path is None:
@@ -85,7 +106,8 @@ def size_table(stored: ArtifactSize) -> Table:
 
 def show_plan(console: Console, plan: PlanReport) -> None:
     t = Table(title="pre-flight: every tensor and what happens to it", show_lines=False)
-    for col in ("tensor", "shape", "kind", "stored as", "why"):
+    name_column(t, "tensor")
+    for col in ("shape", "kind", "stored as", "why"):
         t.add_column(col)
     for row in plan.rows:
         options = {k: v for k, v in row.config.items() if k not in ("method", "version")}
@@ -105,7 +127,10 @@ def show_compress(console: Console, report: CompressReport) -> None:
 
 
 def show_written_file(console: Console, path: Path) -> None:
-    console.print(f"wrote {path} ({format_bytes(path.stat().st_size)})")
+    """A file written, or a directory of files, with its size."""
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    what = f"{len(files)} file{'s' if len(files) != 1 else ''}, " if path.is_dir() else ""
+    console.print(f"wrote {path} ({what}{format_bytes(sum(f.stat().st_size for f in files))})")
 
 
 def show_inspect(console: Console, report: InspectReport, *, tensors: bool) -> None:
@@ -117,7 +142,8 @@ def show_inspect(console: Console, report: InspectReport, *, tensors: bool) -> N
     console.print(size_table(report.stored))
     if tensors:
         t = Table(title="stored tensors")
-        for col in ("tensor", "shape", "method", "bits", "bits/weight"):
+        name_column(t, "tensor")
+        for col in ("shape", "method", "bits", "bits/weight"):
             t.add_column(col)
         for row in report.tensors:
             t.add_row(escape(row.name), "x".join(map(str, row.shape)) or "scalar", row.method, f"{row.bits:,}",
@@ -136,7 +162,8 @@ def show_verify(console: Console, report: VerifyReport) -> None:
         console.print("no compressed tensors: every tensor is stored raw")
     else:
         t = Table(title=f"weight error vs {escape(str(report.model))} (compressed tensors)")
-        for col in ("tensor", "numel", "relative error", "SQNR dB"):
+        name_column(t, "tensor")
+        for col in ("numel", "relative error", "SQNR dB"):
             t.add_column(col)
         for row in report.weight_error.table():
             t.add_row(escape(row["name"]), f"{row['numel']:,}", f"{row['rel_error']:.4g}", f"{row['sqnr_db']:.2f}")
@@ -169,7 +196,8 @@ def show_selfcompress(console: Console, points: list[SweepPoint], out_dir: Path 
 
 def show_fold_plan(console: Console, plan: FoldPlanReport) -> None:
     t = Table(title="coupling groups")
-    for col in ("group", "kind", "units", "foldable"):
+    name_column(t, "group")
+    for col in ("kind", "units", "foldable"):
         t.add_column(col)
     for g in plan.groups:
         t.add_row(escape(g.name), g.kind, str(g.units), "yes" if g.reason is None else escape(f"no: {g.reason}"))

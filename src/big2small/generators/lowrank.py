@@ -31,6 +31,7 @@ class LowRankConfig(GeneratorConfig):
     whose stored bits, header included, fit; at least 1). None set means energy = 0.9."""
 
     method = "lowrank"
+    bits_option = "bits_per_weight"
     rank: int | None = None
     energy: float | None = None
     bits_per_weight: float | None = None

@@ -30,6 +30,7 @@ class UniformConfig(GeneratorConfig):
     """bits: code width (1-8; symmetric needs >= 2). group_size: weights per group, 0 = per row."""
 
     method = "uniform"
+    bits_option = "bits"
     bits: int = 4
     group_size: int = 128
     symmetric: bool = False
