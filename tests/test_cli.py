@@ -256,3 +256,33 @@ def test_piped_tables_keep_whole_names_on_one_line(tmp_path, monkeypatch):
     assert run("compress", path, "-o", art).returncode == 0
     r = run("inspect", art, "--tensors")
     assert any(name in line and "uniform" in line for line in r.stdout.splitlines()), r.stdout
+
+
+def test_the_plan_gives_the_size_and_both_ratios_and_the_artifact_meets_it(state_file, tmp_path):
+    r = run("compress", state_file, "--bits", "3", "--dry-run", "--json", tmp_path / "plan.json")
+    assert r.returncode == 0, r.stderr
+    plan = json.loads((tmp_path / "plan.json").read_text())  # --dry-run --json FILE writes the plan
+    assert plan["size"]["exact"] and plan["warnings"] == []
+    assert "planned: " in r.stdout and "x smaller than fp32" in r.stdout and "x than fp16" in r.stdout
+    r = run("compress", state_file, "--bits", "3", "-o", tmp_path / "a.b2s", "--json", "-")
+    assert r.returncode == 0, r.stderr
+    size = json.loads(r.stdout)["size"]
+    assert size["bits_total"] == plan["size"]["bits"] and size["bpw_all"] == plan["size"]["bpw_all"]
+    assert "x smaller than fp32" in r.stderr  # said every time, beside the table
+
+
+def test_a_setting_that_barely_compresses_is_flagged_before_and_after(state_file, tmp_path):
+    """Energy 0.95 of random (full-rank) weights keeps about every singular value: low-rank factors
+    would be larger than the matrix, so it is stored dense, no smaller than fp16."""
+    args = ("compress", state_file, "--method", "lowrank", "--energy", "0.95")
+    r = run(*args, "--dry-run", "--json", "-")
+    assert r.returncode == 0, r.stderr
+    plan = json.loads(r.stdout)
+    assert not plan["size"]["exact"] and "encoder.weight" in plan["size"]["data_dependent"]
+    assert any("may barely compress" in w for w in plan["warnings"]) and "warning: this setting may barely" in r.stderr
+    r = run(*args, "-o", tmp_path / "a.b2s", "--json", "-")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["size"]["ratio_vs_fp16"] < 1.5 and report["warnings"] and "barely compresses" in r.stderr
+    r = run("compress", state_file, "--bits", "4", "-o", tmp_path / "b.b2s")
+    assert r.returncode == 0 and "warning:" not in r.stderr  # 4-bit codes: no warning

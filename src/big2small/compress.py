@@ -173,9 +173,18 @@ def plan_model(model: Any, recipe: Recipe, *, source: ModelSource | None = None,
     that of the model that will be stored. Raises Big2SmallError for a size target that cannot be
     met, as compress() would.
     """
+    infos, entries, _ = plan_with_count(model, recipe, source=source, progress=progress)
+    return infos, entries
+
+
+def plan_with_count(model: Any, recipe: Recipe, *, source: ModelSource | None = None,
+                    progress: bool = False) -> tuple[list[TensorInfo], list[PlanEntry], int]:
+    """plan_model's result and the parameter count that bits per weight count against (the
+    original model's, before any transform; tied tensors once)."""
     model, source = _unwrap(model, source)
     model, _, n_parameters = _apply_transforms(model, recipe.transforms, source=source, progress=progress)
-    return _plan(model, recipe, n_parameters)
+    infos, entries = _plan(model, recipe, n_parameters)
+    return infos, entries, n_parameters if n_parameters is not None else count_parameters(entries)
 
 
 def _apply_transforms(model: nn.Module | dict[str, torch.Tensor], transforms: list[FoldConfig], *,
@@ -333,6 +342,14 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 def _on_cpu(enc: Encoded) -> Encoded:
     enc.tensors = {k: v.cpu() for k, v in enc.tensors.items()}
     return enc
+
+
+def planned_bits(e: PlanEntry) -> tuple[int, bool]:
+    """(bits, exact) of a plan entry before encoding: exact, or an upper bound where the size
+    follows the data (lowrank's energy, hyper_ref)."""
+    if isinstance(e.config, RawConfig):
+        return _planned_bits(e), True
+    return REGISTRY[e.config.method].bits_bound(e.config, e.layout)
 
 
 def _planned_bits(e: PlanEntry) -> int:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from big2small.artifact import MANIFEST, ArtifactInfo, artifact_info, load, read_manifest
-from big2small.compress import CompressedModel, SizeReport
+from big2small.compress import CompressedModel, SizeReport, count_parameters, planned_bits
 from big2small.errors import Big2SmallError
 from big2small.evaluate.suite import EvalSettings, MetricRow
 from big2small.evaluate.weights import WeightErrorReport
@@ -57,6 +57,26 @@ class ArtifactSize:
         return {"size": self.size.to_dict(),
                 "bytes_on_disk": {**self.bytes_on_disk.to_dict(),
                                   "tensor_file_overhead_bytes": self.tensor_file_overhead_bytes}}
+
+
+# Below this ratio against fp16 a setting "barely compresses", and the reports say so.
+LITTLE_GAIN_VS_FP16 = 1.5
+
+
+def ratio_text(bpw: float) -> str:
+    """'4.16 bits per weight: 7.69x smaller than fp32, 3.85x than fp16'."""
+    return f"{bpw:.2f} bits per weight: {32 / bpw:.2f}x smaller than fp32, {16 / bpw:.2f}x than fp16"
+
+
+def gain_warnings(bpw: float, *, exact: bool = True) -> list[str]:
+    """A warning when `bpw` (bits per original weight; with exact=False an upper bound) is less
+    than LITTLE_GAIN_VS_FP16 times smaller than fp16; else none."""
+    if 16 / bpw >= LITTLE_GAIN_VS_FP16:
+        return []
+    if exact:
+        return [f"this setting barely compresses: {ratio_text(bpw)}"]
+    return [f"this setting may barely compress: at worst {ratio_text(bpw)} (the size of some tensors "
+            "is known only once they are encoded)"]
 
 
 def plan_summary(entries: list[PlanEntry]) -> dict[str, int]:
@@ -93,16 +113,38 @@ class PlanReport:
     recipe: Recipe
     rows: tuple[PlanRow, ...]
     summary: dict[str, int]  # plan_summary
+    n_parameters: int  # of the original model, tied tensors once
+    bits: int  # every bit the artifact will store (an upper bound when not `exact`)
+    exact: bool  # False where a tensor's size follows its weights (lowrank's energy, hyper_ref)
+    data_dependent: tuple[str, ...] = ()  # those tensors
 
     @classmethod
-    def of(cls, entries: list[PlanEntry], recipe: Recipe) -> PlanReport:
-        """The report of a plan from big2small.compress.plan_model."""
+    def of(cls, entries: list[PlanEntry], recipe: Recipe, n_parameters: int | None = None) -> PlanReport:
+        """The report of a plan from big2small.compress.plan_with_count (or plan_model; then
+        `n_parameters`, default: the plan's own parameters, must be the original model's)."""
         rows = tuple(PlanRow(e.name, tuple(e.aliases), tuple(e.shape), e.kind, e.config.to_dict(), e.reason, e.budgeted)
                      for e in entries)
-        return cls(recipe, rows, plan_summary(entries))
+        bounds = {e.name: planned_bits(e) for e in entries}
+        return cls(recipe, rows, plan_summary(entries),
+                   n_parameters if n_parameters is not None else count_parameters(entries),
+                   sum(b for b, _ in bounds.values()), all(x for _, x in bounds.values()),
+                   tuple(n for n, (_, x) in bounds.items() if not x))
+
+    @property
+    def bpw_all(self) -> float:
+        """Bits per original weight the artifact will take (at most, when not exact)."""
+        return self.bits / max(self.n_parameters, 1)
+
+    @property
+    def warnings(self) -> list[str]:
+        return gain_warnings(self.bpw_all, exact=self.exact)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"recipe": self.recipe.to_dict(), "tensors": [r.to_dict() for r in self.rows], "summary": self.summary}
+        return {"recipe": self.recipe.to_dict(), "tensors": [r.to_dict() for r in self.rows], "summary": self.summary,
+                "size": {"n_parameters": self.n_parameters, "bits": self.bits, "exact": self.exact,
+                         "data_dependent": list(self.data_dependent), "bpw_all": self.bpw_all,
+                         "ratio_vs_fp32": 32 / self.bpw_all, "ratio_vs_fp16": 16 / self.bpw_all},
+                "warnings": self.warnings}
 
 
 @dataclass(frozen=True)
@@ -118,8 +160,13 @@ class CompressReport:
         """The report of `cm` as save() wrote it (`info`, its return value)."""
         return cls(info.path, ArtifactSize(cm.size(), info), plan_summary(cm.plan))
 
+    @property
+    def warnings(self) -> list[str]:
+        return gain_warnings(self.stored.size.bpw_all)
+
     def to_dict(self) -> dict[str, Any]:
-        return {"artifact": str(self.artifact), **self.stored.to_dict(), "stored_as": self.stored_as}
+        return {"artifact": str(self.artifact), **self.stored.to_dict(), "stored_as": self.stored_as,
+                "warnings": self.warnings}
 
 
 # --- inspect ---------------------------------------------------------------------------------

@@ -58,7 +58,7 @@ def compress(
     _require_output(output, dry_run)
     bpw = options.target_bpw(bpw, ratio)
     import big2small as b2s
-    from big2small.compress import plan_model, resolve_device
+    from big2small.compress import plan_with_count, resolve_device
     from big2small.reports import CompressReport, PlanReport
 
     if output is not None:
@@ -76,7 +76,8 @@ def compress(
     render.notes.print(f"loading {model} ...")
     loaded = b2s.load_model(model)
     if dry_run:
-        plan = PlanReport.of(plan_model(loaded, the_recipe)[1], the_recipe)
+        _, entries, n_parameters = plan_with_count(loaded, the_recipe)
+        plan = PlanReport.of(entries, the_recipe, n_parameters)
         render.show_plan(out.console, plan)
         out.json(plan.to_dict())
         return

@@ -118,12 +118,25 @@ def show_plan(console: Console, plan: PlanReport) -> None:
         t.add_row(*map(escape, cells))  # names and reasons are text, not rich markup
     console.print(t)
     console.print(summary_line(plan.summary))
+    from big2small.reports import ratio_text
+
+    bound = "" if plan.exact else f"at most (the size of {len(plan.data_dependent)} tensor(s) follows their weights) "
+    console.print(f"planned: {bound}{ratio_text(plan.bpw_all)}", highlight=False)
+    show_warnings(plan.warnings)
+
+
+def show_warnings(warnings: list[str]) -> None:
+    for w in warnings:
+        notes.print(f"[yellow]warning:[/yellow] {escape(w)}", highlight=False, soft_wrap=True)
 
 
 def show_compress(console: Console, report: CompressReport) -> None:
+    from big2small.reports import ratio_text
+
     notes.print(summary_line(report.stored_as))
     console.print(size_table(report.stored))
-    console.print(f"wrote {report.artifact}")
+    console.print(f"wrote {report.artifact}: {ratio_text(report.stored.size.bpw_all)}", highlight=False)
+    show_warnings(report.warnings)
 
 
 def show_written_file(console: Console, path: Path) -> None:

@@ -192,6 +192,12 @@ class Generator(ABC):
         """Exact stored bits (header included) of `config` on a tensor of this layout."""
 
     @classmethod
+    def bits_bound(cls, config: GeneratorConfig, layout: MatrixLayout) -> tuple[int, bool]:
+        """(bits, exact): the stored bits of `config` on this layout before encoding, and whether
+        they are exact (False: an upper bound, where the size follows the data)."""
+        return cls.bits_for(config, layout), True
+
+    @classmethod
     @abstractmethod
     def stored_form(cls, enc: Encoded) -> dict[str, ArrayForm]:
         """The arrays a record of this method with `enc`'s config, layout and meta stores: part ->

@@ -154,6 +154,13 @@ class LowRankGenerator(Generator):
         return _bits(_known_rank(config, layout), layout)
 
     @classmethod
+    def bits_bound(cls, config: LowRankConfig, layout: MatrixLayout) -> tuple[int, bool]:
+        """A rank chosen by energy is known only after the SVD: at most full rank, stored dense."""
+        if config.data_dependent:
+            return _bits(min(layout.rows, layout.cols), layout), False
+        return cls.bits_for(config, layout), True
+
+    @classmethod
     def stored_bits(cls, enc: Encoded) -> int:
         return _bits(_stored_rank(enc), enc.layout)
 
