@@ -16,8 +16,10 @@ import big2small
 SOURCE_ROOT = str(Path(big2small.__file__).resolve().parents[1])
 
 
-def run(*args, cwd=None, columns=None):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [SOURCE_ROOT, os.environ.get("PYTHONPATH")]))}
+def run(*args, cwd=None, columns=None, env=None):
+    """`big2small ARGS` in a subprocess (stdout and stderr are pipes); `env`: variables to add."""
+    env = {**os.environ, **(env or {}),
+           "PYTHONPATH": os.pathsep.join(filter(None, [SOURCE_ROOT, os.environ.get("PYTHONPATH")]))}
     if columns:
         env["COLUMNS"] = str(columns)
     return subprocess.run([sys.executable, "-m", "big2small.cli", *map(str, args)], capture_output=True, text=True,

@@ -21,7 +21,8 @@ from big2small.compress import compress
 from big2small.errors import Big2SmallError
 from big2small.evaluate.suite import EvalSettings, MetricRow
 from big2small.models.load import load_model
-from big2small.models.tasks import evaluate, reference_outputs
+from big2small.models.originals import original_figures
+from big2small.models.tasks import evaluate
 from big2small.progress import progress_bar
 from big2small.specs import parse_method_spec
 
@@ -134,8 +135,8 @@ def run_bench(model_spec: str, configs: list[str], *, matched: bool = True, matc
     if loaded.model is None:
         raise Big2SmallError("bench needs a runnable model, not a bare state_dict")
     task = loaded.source.task
-    reference = reference_outputs(loaded.model, task, loaded.tokenizer, settings)
-    base_metrics = evaluate(loaded.model, task, loaded.tokenizer, reference=reference, settings=settings)
+    original = original_figures(loaded.model, task, loaded.tokenizer, settings)  # cached after the first run
+    reference, base_metrics = original.reference, original.metrics
     protocols = {m.metric: m.protocol for m in base_metrics}
     rows = [BenchRow("fp32", "original", 32.0, 32.0, {m.metric: m.value for m in base_metrics}, None, None, "reference")]
     quiet = EvalSettings(**{**asdict(settings), "progress": False})

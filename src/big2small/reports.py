@@ -28,7 +28,8 @@ from big2small.errors import Big2SmallError
 from big2small.evaluate.suite import EvalSettings, MetricRow
 from big2small.evaluate.weights import WeightErrorReport
 from big2small.models.load import load_model, load_tokenizer_from
-from big2small.models.tasks import evaluate, get_task, reference_outputs
+from big2small.models.originals import original_figures
+from big2small.models.tasks import evaluate, get_task
 from big2small.recipe import PlanEntry, Recipe
 from big2small.restore import restore
 
@@ -287,35 +288,87 @@ def verify_artifact(path: str | os.PathLike, model: str | None = None) -> Verify
 
 
 @dataclass(frozen=True)
+class MetricComparison:
+    """One figure of a compressed model beside the original's, under the same protocol."""
+
+    metric: str
+    value: float
+    original: float
+    higher_is_better: bool
+
+    @property
+    def difference(self) -> float:
+        """value - original (in the metric's unit)."""
+        return self.value - self.original
+
+    @property
+    def relative(self) -> float | None:
+        """The difference as a share of the original's value (None when that is 0)."""
+        return self.difference / abs(self.original) if self.original else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"metric": self.metric, "value": self.value, "original": self.original,
+                "difference": self.difference, "relative": self.relative, "higher_is_better": self.higher_is_better}
+
+
+@dataclass(frozen=True)
 class EvalReport:
     """A model measured on its task: `target` (an artifact or a model spec), its task, the
-    original compared with for the fidelity metrics (None: none), and the figures."""
+    original it is compared with (`reference`; None: none), and the figures.
+
+    original: the original's figures under the same protocol (None when there is no original, or
+    it could not be loaded: `original_note` says why); original_cached: they came from the cache
+    (big2small.models.originals) rather than being measured in this call."""
 
     target: str
     task: str
     reference: str | None
     metrics: tuple[MetricRow, ...]
+    original: tuple[MetricRow, ...] | None = None
+    original_cached: bool = False
+    original_note: str | None = None
+
+    def comparisons(self) -> list[MetricComparison]:
+        """Each figure beside the original's (the metrics both have)."""
+        originals = {m.metric: m for m in self.original or ()}
+        return [MetricComparison(m.metric, m.value, originals[m.metric].value, m.higher_is_better)
+                for m in self.metrics if m.metric in originals]
 
     def to_dict(self) -> dict[str, Any]:
+        original = None if self.original is None else {
+            "metrics": [m.to_dict() for m in self.original], "cached": self.original_cached}
         return {"target": self.target, "task": self.task, "reference": self.reference,
-                "metrics": [m.to_dict() for m in self.metrics]}
+                "metrics": [m.to_dict() for m in self.metrics], "original": original,
+                "comparison": [c.to_dict() for c in self.comparisons()], "original_note": self.original_note}
 
 
 def evaluate_target(target: str | os.PathLike, *, reference: str | None = None,
-                    settings: EvalSettings | None = None) -> EvalReport:
-    """Measure `target` (an artifact directory, restored, or a model spec) on its task.
+                    settings: EvalSettings | None = None, use_cache: bool = True) -> EvalReport:
+    """Measure `target` (an artifact directory, restored, or a model spec) on its task, and its
+    original under the same protocol, beside it.
 
-    reference: the original model for the fidelity metrics (default: an artifact's source)."""
+    reference: the original model (default: an artifact's source). Its figures are measured once
+    per model and protocol and cached on disk (big2small.models.originals; `use_cache=False`
+    measures them again). A target that is a model, with no reference, is measured alone."""
     target = str(target)
     settings = settings or EvalSettings()
     model, tokenizer, task, source_spec = _runnable(target)
     ref_spec = reference or (source_spec if source_spec != target else None)
-    ref = None
-    if ref_spec and get_task(task).needs_reference:
-        ref_model, ref_tokenizer, _, _ = _runnable(ref_spec)
-        ref = reference_outputs(ref_model, task, ref_tokenizer or tokenizer, settings)
-    rows = evaluate(model, task, tokenizer, reference=ref, settings=settings)
-    return EvalReport(target, task, ref_spec, tuple(rows))
+    figures, note = None, None
+    if ref_spec:
+        try:
+            ref_model, ref_tokenizer, _, _ = _runnable(ref_spec)
+        except Big2SmallError as exc:
+            if get_task(task).needs_reference:
+                raise
+            note = f"the original ({ref_spec}) was not measured: {exc}"
+        else:
+            figures = original_figures(ref_model, task, ref_tokenizer or tokenizer, settings, use_cache=use_cache)
+            del ref_model
+    compared_with = figures.reference if figures is not None and figures.reference else None
+    rows = evaluate(model, task, tokenizer, reference=compared_with, settings=settings)
+    return EvalReport(target, task, ref_spec, tuple(rows), figures.metrics if figures else None,
+                      bool(figures and figures.cached), note)
 
 
 def _runnable(target: str) -> tuple[nn.Module, Any, str, str]:

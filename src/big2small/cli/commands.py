@@ -132,21 +132,23 @@ def verify(
 
 def eval_(
     target: str = typer.Argument(..., help="An artifact directory, or a model. " + MODEL_HELP),
-    reference: Optional[str] = typer.Option(None, help="Original model for fidelity metrics (default: the artifact's source)."),
+    reference: Optional[str] = typer.Option(None, help="The original model, measured beside the target and compared with by fidelity metrics (default: an artifact's source). " + MODEL_HELP),
     windows: Windows = 20,
     context: int = typer.Option(512, help="Perplexity: tokens per window."),
     bos: Bos = None,
     documents: Documents = 300,
     photos: Photos = 256,
+    cache: bool = typer.Option(True, "--cache/--no-cache", help="Read the original's figures from the cache when this model was measured under this protocol before (--no-cache: measure it again)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the figures as JSON ('-' = stdout)."),
 ) -> None:
-    """Measure a model on its task (perplexity, embedding fidelity, classifier agreement)."""
+    """Measure a model on its task (perplexity, embedding fidelity, classifier agreement), beside
+    its original (an artifact's source, or --reference) under the same protocol."""
     from big2small.evaluate.suite import EvalSettings
     from big2small.reports import evaluate_target
 
     out = render.Output(json_out)
     settings = EvalSettings(context=context, windows=windows, bos=bos, documents=documents, photos=photos)
-    report = evaluate_target(target, reference=reference, settings=settings)
+    report = evaluate_target(target, reference=reference, settings=settings, use_cache=cache)
     render.show_eval(out.console, report)
     out.json(report.to_dict())
 

@@ -185,8 +185,26 @@ def show_verify(console: Console, report: VerifyReport) -> None:
 
 
 def show_eval(console: Console, report: EvalReport) -> None:
+    """The figures beside the original's (when there is one), then each figure's protocol."""
+    comparisons = report.comparisons()
+    if comparisons:
+        t = Table(title=escape(f"{report.target} vs the original, {report.reference}"))
+        t.add_column("metric", overflow="fold")
+        for col in ("original", "this model", "difference"):
+            t.add_column(col, justify="right", overflow="fold")
+        for c in comparisons:
+            verdict = "same" if c.difference == 0 else "better" if (c.difference > 0) == c.higher_is_better else "worse"
+            share = "" if c.relative is None else f"{100 * c.relative:+.2f}%, "
+            t.add_row(c.metric, f"{c.original:.5g}", f"{c.value:.5g}", f"{c.difference:+.4g} ({share}{verdict})")
+        console.print(t)
     for m in report.metrics:
-        console.print(m.text)
+        console.print(escape(m.text))
+    if report.original is not None:
+        console.print(escape(f"original {report.reference}: ") + (
+            "figures from the cache (same weights and protocol as an earlier run; --no-cache measures again)"
+            if report.original_cached else "measured now, under the same protocol (cached for the next run)"))
+    elif report.original_note is not None:
+        notes.print(escape(report.original_note))
 
 
 def show_bench(console: Console, result: BenchResult, out_dir: Path) -> None:
