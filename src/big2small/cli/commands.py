@@ -155,7 +155,7 @@ def eval_(
 
 def bench(
     model: Model,
-    configs: list[str] = typer.Option([], "--config", help="METHOD:k=v,... to run (repeatable). Default: the standard sweep."),
+    configs: list[str] = typer.Option([], "--config", help="METHOD:k=v,... to run (repeatable; method options by their own names). Default: uniform at 8/4/3/2 bits, groups of 128 and 64, and hyper at about 4/3/2 bits per weight."),
     matched: bool = typer.Option(True, help="Also run lowrank and prune at each uniform config's bits per weight."),
     out_dir: Path = typer.Option(Path("bench-out"), "--out-dir", help="Where the table (Markdown), JSON and plot (PNG) go."),
     windows: Windows = 20,
