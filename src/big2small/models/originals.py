@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from big2small.atomic import temporary_path
+from big2small.atomic import publish, temporary_path
 from big2small.cache import cache_dir
 from big2small.evaluate.suite import EvalSettings, MetricRow
 from big2small.models.tasks import evaluate, get_task, reference_outputs
@@ -128,9 +127,10 @@ def _write(directory: Path, key: str, metrics: tuple[MetricRow, ...], reference:
 
 
 def _replace(path: Path, write) -> None:
+    """`write(tmp)` to a temporary sibling, then put it at `path` in one step (big2small.atomic)."""
     tmp = temporary_path(path)
     try:
         write(tmp)
-        os.replace(tmp, path)
+        publish(tmp, path, replace=True)
     finally:
         tmp.unlink(missing_ok=True)
