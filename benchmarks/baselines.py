@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from big2small.bench import DEFAULT_SWEEP, run_bench
+from big2small.bench import UNIFORM_SWEEP, run_bench
 from big2small.evaluate.suite import EvalSettings
 
 ROOT = Path(__file__).resolve().parent
@@ -24,8 +24,8 @@ MODELS = ("minilm", "smollm2")
 
 def main(models: list[str]) -> None:
     for name in models:
-        match_only = [s for s in DEFAULT_SWEEP if s.endswith("group_size=128")]
-        result = run_bench(name, list(DEFAULT_SWEEP), matched=True, match_only=match_only, settings=EvalSettings(),
+        match_only = [s for s in UNIFORM_SWEEP if s.endswith("group_size=128")]
+        result = run_bench(name, list(UNIFORM_SWEEP), matched=True, match_only=match_only, settings=EvalSettings(),
                            out_dir=ROOT / "results" / name, command=f"python benchmarks/baselines.py {name}")
         print(result.markdown())
 

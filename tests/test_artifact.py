@@ -135,6 +135,56 @@ def test_decompress_writes_dense_state_dict_without_model_class(artifact, tmp_pa
     assert dense["fc.weight"].dtype == torch.float32
 
 
+def test_decompress_in_another_dtype_and_in_shards(small_net, tmp_path):
+    from safetensors.torch import load_file
+
+    cm = b2s.compress(small_net, "uniform", bits=4, progress=False)
+    b2s.save(cm, tmp_path / "net.b2s")
+    expected = {k: v for k, v in cm.state_dict().items() if k not in cm.aliases}
+    one = b2s.decompress(tmp_path / "net.b2s", tmp_path / "half.safetensors", dtype="float16")
+    half = load_file(one)
+    assert all(half[k].dtype == (torch.float16 if v.is_floating_point() else v.dtype) for k, v in expected.items())
+    assert all(torch.equal(half[k], v.half() if v.is_floating_point() else v) for k, v in expected.items())
+    full_bytes = (b2s.decompress(tmp_path / "net.b2s", tmp_path / "full.safetensors")).stat().st_size
+    assert one.stat().st_size < 0.6 * full_bytes  # fp16 halves the weights
+    # shards of at most 40 kB of tensors (a bigger tensor alone in its file), and an index naming each tensor's file
+    shard_dir = b2s.decompress(tmp_path / "net.b2s", tmp_path / "dense", max_shard_bytes=40_000)
+    index = json.loads((shard_dir / "model.safetensors.index.json").read_text())
+    assert set(index["weight_map"]) == set(expected)
+    shards = {f: load_file(shard_dir / f) for f in set(index["weight_map"].values())}
+    assert len(shards) > 1
+    for name, file in index["weight_map"].items():
+        assert torch.equal(shards[file][name], expected[name])
+    for tensors in shards.values():
+        sizes = [t.numel() * t.element_size() for t in tensors.values()]
+        assert sum(sizes) <= 40_000 or len(sizes) == 1
+    # overwriting replaces a directory decompress wrote, never another one
+    b2s.decompress(tmp_path / "net.b2s", shard_dir, max_shard_bytes=10**9, overwrite=True)
+    assert sorted(p.name for p in shard_dir.iterdir()) == ["model.safetensors"]
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    one_line_refusal(lambda: b2s.decompress(tmp_path / "net.b2s", tmp_path / "mine", max_shard_bytes=10**6,
+                                            overwrite=True), "not a directory that decompress wrote")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+    one_line_refusal(lambda: b2s.decompress(tmp_path / "net.b2s", tmp_path / "x.safetensors", dtype="int8"), "dtype")
+
+
+def test_sharded_decompress_of_an_hf_model_loads_with_from_pretrained(tiny_gpt2_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    loaded = b2s.load_model(tiny_gpt2_dir)
+    cm = b2s.compress(loaded, "uniform", bits=8, group_size=32, min_numel=1024, progress=False)
+    b2s.save(cm, tmp_path / "gpt2.b2s")
+    out = b2s.decompress(tmp_path / "gpt2.b2s", tmp_path / "dense", dtype="float16", max_shard_bytes=50_000)
+    assert len(list(out.glob("model-*-of-*.safetensors"))) > 1 and (out / "config.json").is_file()
+    model = AutoModelForCausalLM.from_pretrained(out, torch_dtype=torch.float32).eval()
+    restored = b2s.restore(tmp_path / "gpt2.b2s").eval()
+    ids = torch.randint(0, 128, (1, 16))
+    with torch.no_grad():
+        ref, out_logits = restored(ids).logits, model(ids).logits
+    assert (out_logits - ref).abs().max() < 1e-2 * ref.abs().max()  # the same model, in fp16 on disk
+
+
 def test_hf_model_rebuilds_from_artifact_alone(tiny_gpt2_dir, tmp_path):
     loaded = b2s.load_model(tiny_gpt2_dir)
     cm = b2s.compress(loaded, "uniform", bits=8, group_size=32, min_numel=1024, progress=False)

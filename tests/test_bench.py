@@ -29,3 +29,12 @@ def test_outputs_are_written(tmp_path):
     assert json.loads((tmp_path / "bench.json").read_text())["rows"][1]["metrics"]["perplexity"] == 31.85
     assert "Caveat" in (tmp_path / "bench.md").read_text()  # SmolLM2's GGUF grid is flagged
     assert (tmp_path / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_default_sweep_includes_hyper_compression():
+    from big2small.bench import DEFAULT_SWEEP, HYPER_SWEEP, UNIFORM_SWEEP
+    from big2small.specs import parse_method_spec
+
+    methods = {parse_method_spec(spec)[0] for spec in DEFAULT_SWEEP}
+    assert methods == {"uniform", "hyper"} and set(HYPER_SWEEP) <= set(DEFAULT_SWEEP)
+    assert set(UNIFORM_SWEEP) <= set(DEFAULT_SWEEP)  # the committed baseline tables' sweep stays runnable

@@ -16,8 +16,10 @@ import big2small
 SOURCE_ROOT = str(Path(big2small.__file__).resolve().parents[1])
 
 
-def run(*args, cwd=None, columns=None):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [SOURCE_ROOT, os.environ.get("PYTHONPATH")]))}
+def run(*args, cwd=None, columns=None, env=None):
+    """`big2small ARGS` in a subprocess (stdout and stderr are pipes); `env`: variables to add."""
+    env = {**os.environ, **(env or {}),
+           "PYTHONPATH": os.pathsep.join(filter(None, [SOURCE_ROOT, os.environ.get("PYTHONPATH")]))}
     if columns:
         env["COLUMNS"] = str(columns)
     return subprocess.run([sys.executable, "-m", "big2small.cli", *map(str, args)], capture_output=True, text=True,
@@ -217,3 +219,72 @@ def test_verify_of_a_narrowed_artifact_checks_integrity_only(tmp_path):
     r = run("verify", tmp_path / "n.b2s", columns=200)
     assert r.returncode == 0, r.stderr
     assert "integrity: ok" in r.stdout and "architecture was changed" in r.stdout
+
+
+def test_bits_means_bits_per_weight_for_every_method(state_file, tmp_path):
+    """--bits 4 stores about 4 bits per compressed weight whatever the method (hyper: 8-bit indices
+    per pair); scales and headers add a little, never a factor of two."""
+    for method in ("uniform", "hyper", "channel_int", "lowrank"):
+        r = run("compress", state_file, "--method", method, "--bits", "4", "-o", tmp_path / f"{method}.b2s", "--json", "-")
+        assert r.returncode == 0, r.stderr
+        assert 3.5 < json.loads(r.stdout)["size"]["bpw_scope"] < 4.5, method
+    r = run("compress", state_file, "--method", "hyper", "--bits", "3.5", "-o", tmp_path / "h35.b2s", "--json", "-")
+    assert r.returncode == 0, r.stderr
+    assert 3.5 < json.loads(r.stdout)["size"]["bpw_scope"] < 4.0  # 7-bit indices per pair
+    r = run("inspect", tmp_path / "hyper.b2s", "--json", "-")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["tensors"]["encoder.weight"]["method"] == "hyper"
+
+
+def test_bits_that_a_method_cannot_store_is_one_line(state_file, tmp_path):
+    out = tmp_path / "a.b2s"
+    assert_one_line_error(run("compress", state_file, "--method", "prune", "--bits", "4", "-o", out), "does not apply")
+    assert_one_line_error(run("compress", state_file, "--method", "uniform", "--bits", "3.5", "-o", out), "whole number")
+    assert_one_line_error(run("compress", state_file, "--method", "hyper", "--bits", "3.25", "-o", out), "whole index width")
+    assert_one_line_error(run("compress", state_file, "--method", "hyper", "--bits", "4", "-O", "bits=8", "-o", out), "not both")
+    assert not out.exists()
+
+
+def test_piped_tables_keep_whole_names_on_one_line(tmp_path, monkeypatch):
+    monkeypatch.delenv("COLUMNS", raising=False)  # a plain pipe: rich would wrap at 80 columns
+    name = "model.layers.0.self_attn.a_projection_with_a_name_long_enough_to_be_cut.weight"
+    path = tmp_path / "w.safetensors"
+    save_file({name: torch.randn(64, 128)}, str(path))
+    r = run("compress", path, "--dry-run")
+    assert r.returncode == 0, r.stderr
+    row = next(line for line in r.stdout.splitlines() if name in line)  # whole, on one line
+    assert "64x128" in row and "uniform" in row and "…" not in r.stdout
+    art = tmp_path / "a.b2s"
+    assert run("compress", path, "-o", art).returncode == 0
+    r = run("inspect", art, "--tensors")
+    assert any(name in line and "uniform" in line for line in r.stdout.splitlines()), r.stdout
+
+
+def test_the_plan_gives_the_size_and_both_ratios_and_the_artifact_meets_it(state_file, tmp_path):
+    r = run("compress", state_file, "--bits", "3", "--dry-run", "--json", tmp_path / "plan.json")
+    assert r.returncode == 0, r.stderr
+    plan = json.loads((tmp_path / "plan.json").read_text())  # --dry-run --json FILE writes the plan
+    assert plan["size"]["exact"] and plan["warnings"] == []
+    assert "planned: " in r.stdout and "x smaller than fp32" in r.stdout and "x than fp16" in r.stdout
+    r = run("compress", state_file, "--bits", "3", "-o", tmp_path / "a.b2s", "--json", "-")
+    assert r.returncode == 0, r.stderr
+    size = json.loads(r.stdout)["size"]
+    assert size["bits_total"] == plan["size"]["bits"] and size["bpw_all"] == plan["size"]["bpw_all"]
+    assert "x smaller than fp32" in r.stderr  # said every time, beside the table
+
+
+def test_a_setting_that_barely_compresses_is_flagged_before_and_after(state_file, tmp_path):
+    """Energy 0.95 of random (full-rank) weights keeps about every singular value: low-rank factors
+    would be larger than the matrix, so it is stored dense, no smaller than fp16."""
+    args = ("compress", state_file, "--method", "lowrank", "--energy", "0.95")
+    r = run(*args, "--dry-run", "--json", "-")
+    assert r.returncode == 0, r.stderr
+    plan = json.loads(r.stdout)
+    assert not plan["size"]["exact"] and "encoder.weight" in plan["size"]["data_dependent"]
+    assert any("may barely compress" in w for w in plan["warnings"]) and "warning: this setting may barely" in r.stderr
+    r = run(*args, "-o", tmp_path / "a.b2s", "--json", "-")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["size"]["ratio_vs_fp16"] < 1.5 and report["warnings"] and "barely compresses" in r.stderr
+    r = run("compress", state_file, "--bits", "4", "-o", tmp_path / "b.b2s")
+    assert r.returncode == 0 and "warning:" not in r.stderr  # 4-bit codes: no warning

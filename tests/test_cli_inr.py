@@ -63,3 +63,13 @@ def test_asking_for_a_missing_gpu_is_one_line(tmp_path):
     src = _weights(tmp_path)
     assert_one_line_error(run("compress", src, "--method", "inr", "--device", "cuda", "-o", tmp_path / "a.b2s"), "no CUDA GPU")
     assert not (tmp_path / "a.b2s").exists()
+
+
+def test_a_device_this_machine_lacks_is_one_line(tmp_path):
+    src = _weights(tmp_path)
+    for device in ("mps", "meta", "xpu"):
+        if device in ("mps", "xpu") and getattr(getattr(torch, device, None), "is_available", lambda: False)():
+            continue  # this machine has it: nothing to refuse
+        assert_one_line_error(run("compress", src, "--device", device, "-o", tmp_path / "a.b2s"), "not available")
+    assert_one_line_error(run("compress", src, "--device", "tpu9", "-o", tmp_path / "a.b2s"), "unknown device")
+    assert not (tmp_path / "a.b2s").exists()

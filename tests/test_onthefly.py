@@ -50,3 +50,35 @@ def test_wrong_model_refused(compressed):
 
     with pytest.raises(Big2SmallError, match="does not match"):
         attach(torch.nn.Sequential(torch.nn.Linear(4, 4)), compressed)
+
+
+def test_state_dict_is_the_dense_models_and_loading_into_codes_is_refused(small_net, compressed):
+    lazy = attach(copy.deepcopy(small_net), compressed)
+    state = lazy.state_dict()
+    assert set(state) == set(small_net.state_dict())  # the original names, no parametrizations.*
+    dense = compressed.apply_to(copy.deepcopy(small_net))
+    assert all(torch.equal(state[k], v) for k, v in dense.state_dict().items())
+    fresh = type(small_net)().eval()
+    fresh.load_state_dict(state)  # what torch.save(lazy.state_dict()) gives reloads as it is
+    x = _input()
+    with torch.no_grad():
+        assert torch.allclose(fresh(x), lazy(x), atol=1e-6)
+    with pytest.raises(b2s.Big2SmallError, match="on the fly"):
+        lazy.load_state_dict(state)
+
+
+def test_save_pretrained_of_an_on_the_fly_model_reloads_the_same_model(tiny_gpt2_dir, tmp_path):
+    """transformers reloads what save_pretrained wrote with every weight (a parametrised model used
+    to be written under parametrize's names, and reloaded with random weights in their place)."""
+    from transformers import AutoModelForCausalLM
+
+    loaded = b2s.load_model(tiny_gpt2_dir)
+    cm = b2s.compress(loaded, "uniform", bits=4, group_size=32, min_numel=1024, progress=False)
+    b2s.save(cm, tmp_path / "gpt2.b2s")
+    lazy = b2s.restore(tmp_path / "gpt2.b2s", on_the_fly=True)
+    assert parametrize.is_parametrized(lazy.transformer.h[0].mlp.c_fc, "weight")
+    lazy.save_pretrained(tmp_path / "saved")
+    back = AutoModelForCausalLM.from_pretrained(tmp_path / "saved").eval()
+    ids = torch.randint(0, 128, (1, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(back(ids).logits, lazy(ids).logits)

@@ -38,6 +38,7 @@ from big2small.compress import CompressedModel, size_of
 from big2small.dtypes import dtype_name
 from big2small.errors import Big2SmallError
 from big2small.generators import REGISTRY, Encoded
+from big2small.generators.raw import STORAGE_DTYPES
 from big2small.manifest import FORMAT_NAME, FORMAT_VERSION, READABLE_VERSIONS, SOURCE_DIR, Manifest, StoredArray
 from big2small.manifest import check as check_manifest
 from big2small.manifest import parse as parse_manifest
@@ -96,7 +97,7 @@ def ensure_writable(path: str | os.PathLike, *, overwrite: bool = False, output:
     what this output replaces: for output="artifact" (save), a big2small artifact (a directory
     holding only an artifact's files, with a manifest of this format) or an empty directory, never a
     folder of other files or a plain file; for output="file" (decompress), a regular file, never a
-    directory. Symbolic links and paths under a file are refused too. save and decompress call it,
+    directory; for output="dense directory" (sharded decompress), a directory decompress wrote. Symbolic links and paths under a file are refused too. save and decompress call it,
     and so does the command line, before it loads any model, so that the refusal comes before the
     expensive work."""
     path = Path(path)
@@ -113,7 +114,27 @@ def ensure_writable(path: str | os.PathLike, *, overwrite: bool = False, output:
         raise Big2SmallError(f"{path} is not a file; refusing to replace it with a safetensors file")
     if output == "artifact" and not _replaceable(path):
         raise Big2SmallError(f"{path} is not a big2small artifact; --overwrite only ever replaces an artifact")
+    if output == "dense directory" and not _decompressed_directory(path):
+        raise Big2SmallError(f"{path} is not a directory that decompress wrote; refusing to replace it")
     return path
+
+
+def _decompressed_directory(path: Path) -> bool:
+    """Whether `path` is a directory of decompress's sharded output (its weights carry our metadata),
+    or an empty one."""
+    if not path.is_dir() or path.is_symlink():
+        return False
+    entries = [e for e in path.iterdir()]
+    if not entries:
+        return True
+    weights = path / (DENSE_INDEX if (path / DENSE_INDEX).is_file() else DENSE_WEIGHTS)
+    try:
+        if weights.name == DENSE_INDEX:
+            return "big2small.aliases" in json.loads(weights.read_text()).get("metadata", {})
+        with safe_open(str(weights), "pt") as f:
+            return "big2small.aliases" in (f.metadata() or {})
+    except (OSError, ValueError, SafetensorError):
+        return False
 
 
 def _replaceable(path: Path) -> bool:
@@ -371,27 +392,85 @@ def _check_size(manifest: Manifest, tensors: dict[str, Encoded]) -> None:
         raise Big2SmallError(f"the size record's {differ[0]} is not what its tensors make")
 
 
-def decompress(path: str | os.PathLike, out: str | os.PathLike, *, overwrite: bool = False) -> Path:
+def decompress(path: str | os.PathLike, out: str | os.PathLike, *, overwrite: bool = False,
+               dtype: str | None = None, max_shard_bytes: int | None = None) -> Path:
     """Write the artifact's weights as a dense safetensors state_dict, without the model class.
 
+    dtype: float32, float16 or bfloat16 for every floating tensor (None: the dtype each tensor had
+    when it was compressed; an HF model loads in float32, so float16 halves the file).
+    max_shard_bytes: None writes one file at `out`. A number makes `out` a directory in Hugging
+    Face's sharded layout: model.safetensors, or model-0000k-of-0000n.safetensors files of at most
+    that many tensor bytes each (a larger tensor gets a file of its own) with
+    model.safetensors.index.json, plus the artifact's source files (config, tokenizer), so that an
+    HF model's directory loads with from_pretrained.
+
     Tied tensors are written once, under their stored name (as Hugging Face does); the aliases go
-    into the file's metadata. The file is put in place in one step; `overwrite` replaces a file,
-    never a directory.
+    into each file's metadata. The output is put in place in one step; `overwrite` replaces a file
+    with a file, and a directory only when decompress wrote it.
     """
-    out = ensure_writable(out, overwrite=overwrite, output="file")
+    if dtype is not None and dtype not in STORAGE_DTYPES:
+        raise Big2SmallError(f"dtype must be one of {', '.join(STORAGE_DTYPES)}, got {dtype!r}")
+    if max_shard_bytes is not None and not max_shard_bytes > 0:
+        raise Big2SmallError(f"the shard size must be a positive number of bytes, got {max_shard_bytes}")
+    sharded = max_shard_bytes is not None
+    out = ensure_writable(out, overwrite=overwrite, output="dense directory" if sharded else "file")
     cm = load(path)
-    state = {name: t.contiguous() for name, t in cm.state_dict().items() if name not in cm.aliases}
+    state = {name: (t.to(STORAGE_DTYPES[dtype]) if dtype and t.is_floating_point() else t).contiguous()
+             for name, t in cm.state_dict().items() if name not in cm.aliases}
+    metadata = {"big2small.aliases": json.dumps(cm.aliases, sort_keys=True), "format": "pt"}
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic.remove_stale(out.parent)
     tmp = atomic.temporary_path(out)
     try:
-        save_file(state, str(tmp), metadata={"big2small.aliases": json.dumps(cm.aliases, sort_keys=True), "format": "pt"})
-        _fsync(tmp)
-        _publish(tmp, out, overwrite=overwrite, output="file")
+        if sharded:
+            tmp.mkdir()
+            _write_shards(state, tmp, max_shard_bytes, metadata, cm.source)
+            for f in [*tmp.rglob("*"), tmp]:
+                _fsync(f)
+        else:
+            save_file(state, str(tmp), metadata=metadata)
+            _fsync(tmp)
+        _publish(tmp, out, overwrite=overwrite, output="dense directory" if sharded else "file")
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
         raise
     return out
+
+
+DENSE_WEIGHTS = "model.safetensors"
+DENSE_INDEX = "model.safetensors.index.json"
+
+
+def _write_shards(state: dict[str, torch.Tensor], directory: Path, max_bytes: int, metadata: dict[str, str],
+                  source: ModelSource | None) -> None:
+    """Hugging Face's sharded layout in `directory`: tensors in state_dict order, a new file when
+    the next tensor would pass `max_bytes`; the index maps each tensor to its file."""
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, t in state.items():
+        nbytes = t.numel() * t.element_size()
+        if shards[-1] and size + nbytes > max_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = t
+        size += nbytes
+    names = ([DENSE_WEIGHTS] if len(shards) == 1
+             else [f"model-{k:05d}-of-{len(shards):05d}.safetensors" for k in range(1, len(shards) + 1)])
+    for name, shard in zip(names, shards):
+        save_file(shard, str(directory / name), metadata=metadata)
+    if len(shards) > 1:
+        index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in state.values()), **metadata},
+                 "weight_map": {t: name for name, shard in zip(names, shards) for t in shard}}
+        (directory / DENSE_INDEX).write_text(json.dumps(index, indent=2) + "\n")
+    files_dir = getattr(source, "files_dir", None)
+    for f in source_files(files_dir) if files_dir is not None and Path(files_dir).is_dir() else []:
+        target = directory / f.relative_to(files_dir)
+        if target.name not in (DENSE_WEIGHTS, DENSE_INDEX):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(f, target)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -21,13 +21,18 @@ from big2small.compress import compress
 from big2small.errors import Big2SmallError
 from big2small.evaluate.suite import EvalSettings, MetricRow
 from big2small.models.load import load_model
-from big2small.models.tasks import evaluate, reference_outputs
+from big2small.models.originals import original_figures
+from big2small.models.tasks import evaluate
 from big2small.progress import progress_bar
 from big2small.specs import parse_method_spec
 
-DEFAULT_SWEEP = tuple(
+UNIFORM_SWEEP = tuple(
     f"uniform:bits={b},group_size={g}" for b in (8, 4, 3, 2) for g in (128, 64)
 )
+# Hyper-compression (ours) at about 4, 3 and 2 code bits per weight (index width 8, 6, 4 per pair).
+HYPER_SWEEP = tuple(f"hyper:bits={b},group_size=128" for b in (8, 6, 4))
+# `big2small bench`'s sweep: uniform RTN at two group sizes and hyper-compression.
+DEFAULT_SWEEP = UNIFORM_SWEEP + HYPER_SWEEP
 
 # Known traps, printed under a table when they apply (see ASSETS.md).
 CAVEATS = {
@@ -130,8 +135,8 @@ def run_bench(model_spec: str, configs: list[str], *, matched: bool = True, matc
     if loaded.model is None:
         raise Big2SmallError("bench needs a runnable model, not a bare state_dict")
     task = loaded.source.task
-    reference = reference_outputs(loaded.model, task, loaded.tokenizer, settings)
-    base_metrics = evaluate(loaded.model, task, loaded.tokenizer, reference=reference, settings=settings)
+    original = original_figures(loaded.model, task, loaded.tokenizer, settings)  # cached after the first run
+    reference, base_metrics = original.reference, original.metrics
     protocols = {m.metric: m.protocol for m in base_metrics}
     rows = [BenchRow("fp32", "original", 32.0, 32.0, {m.metric: m.value for m in base_metrics}, None, None, "reference")]
     quiet = EvalSettings(**{**asdict(settings), "progress": False})

@@ -173,9 +173,18 @@ def plan_model(model: Any, recipe: Recipe, *, source: ModelSource | None = None,
     that of the model that will be stored. Raises Big2SmallError for a size target that cannot be
     met, as compress() would.
     """
+    infos, entries, _ = plan_with_count(model, recipe, source=source, progress=progress)
+    return infos, entries
+
+
+def plan_with_count(model: Any, recipe: Recipe, *, source: ModelSource | None = None,
+                    progress: bool = False) -> tuple[list[TensorInfo], list[PlanEntry], int]:
+    """plan_model's result and the parameter count that bits per weight count against (the
+    original model's, before any transform; tied tensors once)."""
     model, source = _unwrap(model, source)
     model, _, n_parameters = _apply_transforms(model, recipe.transforms, source=source, progress=progress)
-    return _plan(model, recipe, n_parameters)
+    infos, entries = _plan(model, recipe, n_parameters)
+    return infos, entries, n_parameters if n_parameters is not None else count_parameters(entries)
 
 
 def _apply_transforms(model: nn.Module | dict[str, torch.Tensor], transforms: list[FoldConfig], *,
@@ -250,7 +259,7 @@ def compress(model: Any, recipe: Recipe | str | None = None, *, source: ModelSou
     if recipe.transforms and (transforms or n_parameters is not None):
         raise TypeError("a recipe that lists transforms applies them: do not pass transform records too")
     model, source = _unwrap(model, source)
-    device = _device(device)
+    device = resolve_device(device)
     if recipe.transforms:
         model, transforms, n_parameters = _apply_transforms(model, recipe.transforms, source=source, progress=progress)
     infos, entries = _plan(model, recipe, n_parameters)
@@ -309,7 +318,9 @@ def _adopt(entries: list[PlanEntry], pre_encoded: dict[str, Encoded], reason: st
     return dict(pre_encoded)
 
 
-def _device(device: str | torch.device | None) -> torch.device:
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """The torch device `device` names (None: the CPU); one that this machine or this PyTorch build
+    lacks is a Big2SmallError."""
     if device is None:
         return torch.device("cpu")
     try:
@@ -318,12 +329,27 @@ def _device(device: str | torch.device | None) -> torch.device:
         raise Big2SmallError(f"unknown device {device!r} ({exc})") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise Big2SmallError("device 'cuda' was asked for, but no CUDA GPU is available")
+    try:  # any other kind (mps, xpu, ...) is tried once: a build or machine without it raises here
+        usable = device.type != "meta" and torch.empty(1, device=device).device.type == device.type
+    except (RuntimeError, AssertionError, AttributeError):
+        usable = False
+    if not usable:
+        raise Big2SmallError(f"device {str(device)!r} is not available on this machine or in this PyTorch build "
+                             "(use cpu, or cuda where there is a GPU)")
     return device
 
 
 def _on_cpu(enc: Encoded) -> Encoded:
     enc.tensors = {k: v.cpu() for k, v in enc.tensors.items()}
     return enc
+
+
+def planned_bits(e: PlanEntry) -> tuple[int, bool]:
+    """(bits, exact) of a plan entry before encoding: exact, or an upper bound where the size
+    follows the data (lowrank's energy, hyper_ref)."""
+    if isinstance(e.config, RawConfig):
+        return _planned_bits(e), True
+    return REGISTRY[e.config.method].bits_bound(e.config, e.layout)
 
 
 def _planned_bits(e: PlanEntry) -> int:

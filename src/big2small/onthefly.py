@@ -8,6 +8,11 @@ access to `module.weight` decodes it (fp32, cast to the original dtype) and lets
 Resident memory is then the compressed model plus the largest decoded layer; FLOPs are unchanged
 and every forward pays the decoding. Inside `torch.nn.utils.parametrize.cached()` each weight is
 decoded once per context instead (dense speed and dense memory for its duration).
+
+The model's `state_dict()` is the dense one, under the original names (`layer.weight`, decoded),
+not parametrize's `layer.parametrizations.weight.original0`: so `save_pretrained` and
+`torch.save(model.state_dict())` write a model that Hugging Face and `load_state_dict` read back
+as it is. Loading a state_dict into the on-the-fly model itself is refused: its weights are codes.
 """
 
 from __future__ import annotations
@@ -75,7 +80,27 @@ def attach(model: nn.Module, cm: CompressedModel, *, unpack: bool = False) -> nn
         resident = generator_for(enc.config).resident_tensors(enc, unpack=unpack)
         module.weight.requires_grad_(False)  # integer codes cannot carry gradients
         parametrize.register_parametrization(module, "weight", StoredWeight(enc, resident), unsafe=True)
+        module.register_state_dict_post_hook(_dense_weight_in_state_dict)
+        module.register_load_state_dict_pre_hook(_refuse_load)
     return model
+
+
+_STORED_PREFIX = "parametrizations.weight."
+
+
+def _dense_weight_in_state_dict(module: nn.Module, state: dict[str, torch.Tensor], prefix: str,
+                                local_metadata: dict) -> None:
+    """A decoding module's entries in a state_dict: its decoded `weight` (original dtype) in place
+    of the stored tensors, so that the state_dict is the dense model's."""
+    for key in [k for k in state if k.startswith(prefix + _STORED_PREFIX)]:
+        del state[key]
+    state[prefix + "weight"] = module.weight.detach()
+
+
+def _refuse_load(module: nn.Module, state: dict[str, torch.Tensor], prefix: str, *args: object) -> None:
+    if any(k.startswith(prefix) and k[len(prefix):].split(".")[0] in ("weight", "parametrizations") for k in state):
+        raise Big2SmallError(f"{prefix}weight decodes on the fly from stored codes: load weights into a "
+                             "model restored without on_the_fly=True instead")
 
 
 def _submodule(model: nn.Module, name: str) -> nn.Module | None:

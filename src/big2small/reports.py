@@ -23,12 +23,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from big2small.artifact import MANIFEST, ArtifactInfo, artifact_info, load, read_manifest
-from big2small.compress import CompressedModel, SizeReport
+from big2small.compress import CompressedModel, SizeReport, count_parameters, planned_bits
 from big2small.errors import Big2SmallError
 from big2small.evaluate.suite import EvalSettings, MetricRow
 from big2small.evaluate.weights import WeightErrorReport
 from big2small.models.load import load_model, load_tokenizer_from
-from big2small.models.tasks import evaluate, get_task, reference_outputs
+from big2small.models.originals import original_figures
+from big2small.models.tasks import evaluate, get_task
 from big2small.recipe import PlanEntry, Recipe
 from big2small.restore import restore
 
@@ -57,6 +58,26 @@ class ArtifactSize:
         return {"size": self.size.to_dict(),
                 "bytes_on_disk": {**self.bytes_on_disk.to_dict(),
                                   "tensor_file_overhead_bytes": self.tensor_file_overhead_bytes}}
+
+
+# Below this ratio against fp16 a setting "barely compresses", and the reports say so.
+LITTLE_GAIN_VS_FP16 = 1.5
+
+
+def ratio_text(bpw: float) -> str:
+    """'4.16 bits per weight: 7.69x smaller than fp32, 3.85x than fp16'."""
+    return f"{bpw:.2f} bits per weight: {32 / bpw:.2f}x smaller than fp32, {16 / bpw:.2f}x than fp16"
+
+
+def gain_warnings(bpw: float, *, exact: bool = True) -> list[str]:
+    """A warning when `bpw` (bits per original weight; with exact=False an upper bound) is less
+    than LITTLE_GAIN_VS_FP16 times smaller than fp16; else none."""
+    if 16 / bpw >= LITTLE_GAIN_VS_FP16:
+        return []
+    if exact:
+        return [f"this setting barely compresses: {ratio_text(bpw)}"]
+    return [f"this setting may barely compress: at worst {ratio_text(bpw)} (the size of some tensors "
+            "is known only once they are encoded)"]
 
 
 def plan_summary(entries: list[PlanEntry]) -> dict[str, int]:
@@ -93,16 +114,38 @@ class PlanReport:
     recipe: Recipe
     rows: tuple[PlanRow, ...]
     summary: dict[str, int]  # plan_summary
+    n_parameters: int  # of the original model, tied tensors once
+    bits: int  # every bit the artifact will store (an upper bound when not `exact`)
+    exact: bool  # False where a tensor's size follows its weights (lowrank's energy, hyper_ref)
+    data_dependent: tuple[str, ...] = ()  # those tensors
 
     @classmethod
-    def of(cls, entries: list[PlanEntry], recipe: Recipe) -> PlanReport:
-        """The report of a plan from big2small.compress.plan_model."""
+    def of(cls, entries: list[PlanEntry], recipe: Recipe, n_parameters: int | None = None) -> PlanReport:
+        """The report of a plan from big2small.compress.plan_with_count (or plan_model; then
+        `n_parameters`, default: the plan's own parameters, must be the original model's)."""
         rows = tuple(PlanRow(e.name, tuple(e.aliases), tuple(e.shape), e.kind, e.config.to_dict(), e.reason, e.budgeted)
                      for e in entries)
-        return cls(recipe, rows, plan_summary(entries))
+        bounds = {e.name: planned_bits(e) for e in entries}
+        return cls(recipe, rows, plan_summary(entries),
+                   n_parameters if n_parameters is not None else count_parameters(entries),
+                   sum(b for b, _ in bounds.values()), all(x for _, x in bounds.values()),
+                   tuple(n for n, (_, x) in bounds.items() if not x))
+
+    @property
+    def bpw_all(self) -> float:
+        """Bits per original weight the artifact will take (at most, when not exact)."""
+        return self.bits / max(self.n_parameters, 1)
+
+    @property
+    def warnings(self) -> list[str]:
+        return gain_warnings(self.bpw_all, exact=self.exact)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"recipe": self.recipe.to_dict(), "tensors": [r.to_dict() for r in self.rows], "summary": self.summary}
+        return {"recipe": self.recipe.to_dict(), "tensors": [r.to_dict() for r in self.rows], "summary": self.summary,
+                "size": {"n_parameters": self.n_parameters, "bits": self.bits, "exact": self.exact,
+                         "data_dependent": list(self.data_dependent), "bpw_all": self.bpw_all,
+                         "ratio_vs_fp32": 32 / self.bpw_all, "ratio_vs_fp16": 16 / self.bpw_all},
+                "warnings": self.warnings}
 
 
 @dataclass(frozen=True)
@@ -118,8 +161,13 @@ class CompressReport:
         """The report of `cm` as save() wrote it (`info`, its return value)."""
         return cls(info.path, ArtifactSize(cm.size(), info), plan_summary(cm.plan))
 
+    @property
+    def warnings(self) -> list[str]:
+        return gain_warnings(self.stored.size.bpw_all)
+
     def to_dict(self) -> dict[str, Any]:
-        return {"artifact": str(self.artifact), **self.stored.to_dict(), "stored_as": self.stored_as}
+        return {"artifact": str(self.artifact), **self.stored.to_dict(), "stored_as": self.stored_as,
+                "warnings": self.warnings}
 
 
 # --- inspect ---------------------------------------------------------------------------------
@@ -240,35 +288,87 @@ def verify_artifact(path: str | os.PathLike, model: str | None = None) -> Verify
 
 
 @dataclass(frozen=True)
+class MetricComparison:
+    """One figure of a compressed model beside the original's, under the same protocol."""
+
+    metric: str
+    value: float
+    original: float
+    higher_is_better: bool
+
+    @property
+    def difference(self) -> float:
+        """value - original (in the metric's unit)."""
+        return self.value - self.original
+
+    @property
+    def relative(self) -> float | None:
+        """The difference as a share of the original's value (None when that is 0)."""
+        return self.difference / abs(self.original) if self.original else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"metric": self.metric, "value": self.value, "original": self.original,
+                "difference": self.difference, "relative": self.relative, "higher_is_better": self.higher_is_better}
+
+
+@dataclass(frozen=True)
 class EvalReport:
     """A model measured on its task: `target` (an artifact or a model spec), its task, the
-    original compared with for the fidelity metrics (None: none), and the figures."""
+    original it is compared with (`reference`; None: none), and the figures.
+
+    original: the original's figures under the same protocol (None when there is no original, or
+    it could not be loaded: `original_note` says why); original_cached: they came from the cache
+    (big2small.models.originals) rather than being measured in this call."""
 
     target: str
     task: str
     reference: str | None
     metrics: tuple[MetricRow, ...]
+    original: tuple[MetricRow, ...] | None = None
+    original_cached: bool = False
+    original_note: str | None = None
+
+    def comparisons(self) -> list[MetricComparison]:
+        """Each figure beside the original's (the metrics both have)."""
+        originals = {m.metric: m for m in self.original or ()}
+        return [MetricComparison(m.metric, m.value, originals[m.metric].value, m.higher_is_better)
+                for m in self.metrics if m.metric in originals]
 
     def to_dict(self) -> dict[str, Any]:
+        original = None if self.original is None else {
+            "metrics": [m.to_dict() for m in self.original], "cached": self.original_cached}
         return {"target": self.target, "task": self.task, "reference": self.reference,
-                "metrics": [m.to_dict() for m in self.metrics]}
+                "metrics": [m.to_dict() for m in self.metrics], "original": original,
+                "comparison": [c.to_dict() for c in self.comparisons()], "original_note": self.original_note}
 
 
 def evaluate_target(target: str | os.PathLike, *, reference: str | None = None,
-                    settings: EvalSettings | None = None) -> EvalReport:
-    """Measure `target` (an artifact directory, restored, or a model spec) on its task.
+                    settings: EvalSettings | None = None, use_cache: bool = True) -> EvalReport:
+    """Measure `target` (an artifact directory, restored, or a model spec) on its task, and its
+    original under the same protocol, beside it.
 
-    reference: the original model for the fidelity metrics (default: an artifact's source)."""
+    reference: the original model (default: an artifact's source). Its figures are measured once
+    per model and protocol and cached on disk (big2small.models.originals; `use_cache=False`
+    measures them again). A target that is a model, with no reference, is measured alone."""
     target = str(target)
     settings = settings or EvalSettings()
     model, tokenizer, task, source_spec = _runnable(target)
     ref_spec = reference or (source_spec if source_spec != target else None)
-    ref = None
-    if ref_spec and get_task(task).needs_reference:
-        ref_model, ref_tokenizer, _, _ = _runnable(ref_spec)
-        ref = reference_outputs(ref_model, task, ref_tokenizer or tokenizer, settings)
-    rows = evaluate(model, task, tokenizer, reference=ref, settings=settings)
-    return EvalReport(target, task, ref_spec, tuple(rows))
+    figures, note = None, None
+    if ref_spec:
+        try:
+            ref_model, ref_tokenizer, _, _ = _runnable(ref_spec)
+        except Big2SmallError as exc:
+            if get_task(task).needs_reference:
+                raise
+            note = f"the original ({ref_spec}) was not measured: {exc}"
+        else:
+            figures = original_figures(ref_model, task, ref_tokenizer or tokenizer, settings, use_cache=use_cache)
+            del ref_model
+    compared_with = figures.reference if figures is not None and figures.reference else None
+    rows = evaluate(model, task, tokenizer, reference=compared_with, settings=settings)
+    return EvalReport(target, task, ref_spec, tuple(rows), figures.metrics if figures else None,
+                      bool(figures and figures.cached), note)
 
 
 def _runnable(target: str) -> tuple[nn.Module, Any, str, str]:

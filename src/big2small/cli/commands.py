@@ -36,7 +36,7 @@ def compress(
     method: str = typer.Option("uniform", "--method", "-m", help="uniform, hyper, hyper_ref, lowrank, prune, channel_int or inr (Big2Small)."),
     bpw: Optional[float] = typer.Option(None, help="Target bits per weight for the whole model; options left open are chosen to meet it."),
     ratio: Optional[float] = typer.Option(None, help="Target compression ratio against fp32 (same as --bpw 32/RATIO)."),
-    bits: Optional[int] = typer.Option(None, help="uniform: code width (1-8); hyper: index width per pair of weights (8 = about 4 bits per weight)."),
+    bits: Optional[float] = typer.Option(None, help="Bits per compressed weight, for every method (uniform, channel_int: the code width; hyper: index width bits x dim; lowrank, inr: the budget per weight); scales and headers add a little. A method's own knobs: -O KEY=VALUE."),
     group_size: Optional[int] = typer.Option(None, help="uniform, hyper: weights per group (0 = per channel)."),
     symmetric: Optional[bool] = typer.Option(None, "--symmetric/--asymmetric", help="uniform: grid shape."),
     rank: Optional[int] = typer.Option(None, help="lowrank: rank."),
@@ -58,24 +58,26 @@ def compress(
     _require_output(output, dry_run)
     bpw = options.target_bpw(bpw, ratio)
     import big2small as b2s
-    from big2small.compress import plan_model
+    from big2small.compress import plan_with_count, resolve_device
     from big2small.reports import CompressReport, PlanReport
 
     if output is not None:
         b2s.ensure_writable(output, overwrite=overwrite)
+    resolve_device(device)  # a device this machine lacks is refused before the model loads
     if recipe is not None:
         the_recipe = options.recipe_from_file(recipe)
     else:
         the_recipe = options.recipe_from_options(
-            method, bpw=bpw, override=override, option=option, include_embeddings=include_embeddings,
+            method, bpw=bpw, bits=bits, override=override, option=option, include_embeddings=include_embeddings,
             min_numel=min_numel, raw_dtype=raw_dtype, seed=seed,
-            method_options={"bits": bits, "group_size": group_size, "symmetric": symmetric, "rank": rank,
+            method_options={"group_size": group_size, "symmetric": symmetric, "rank": rank,
                             "energy": energy, "sparsity": sparsity})
     out = render.Output(json_out)
     render.notes.print(f"loading {model} ...")
     loaded = b2s.load_model(model)
     if dry_run:
-        plan = PlanReport.of(plan_model(loaded, the_recipe)[1], the_recipe)
+        _, entries, n_parameters = plan_with_count(loaded, the_recipe)
+        plan = PlanReport.of(entries, the_recipe, n_parameters)
         render.show_plan(out.console, plan)
         out.json(plan.to_dict())
         return
@@ -87,13 +89,17 @@ def compress(
 
 def decompress(
     artifact: Path = typer.Argument(..., help="An artifact directory."),
-    output: Path = typer.Argument(..., help="Dense safetensors file to write."),
+    output: Path = typer.Argument(..., help="Dense safetensors file to write (with --max-shard-size: a directory)."),
+    dtype: Optional[str] = typer.Option(None, help="float16, bfloat16 or float32 for every floating tensor (default: each tensor's dtype when compressed; HF models load in float32)."),
+    max_shard_size: Optional[str] = typer.Option(None, help="Write OUTPUT as a directory in Hugging Face's sharded layout, files of at most this size (e.g. 2GB, 500MB), with the model's config and tokenizer."),
     overwrite: bool = typer.Option(False, help="Replace an existing output."),
 ) -> None:
     """Write a dense safetensors state_dict from an artifact, without the model's class."""
+    shard_bytes = options.byte_size(max_shard_size) if max_shard_size is not None else None
     import big2small as b2s
 
-    render.show_written_file(render.Output(None).console, b2s.decompress(artifact, output, overwrite=overwrite))
+    written = b2s.decompress(artifact, output, overwrite=overwrite, dtype=dtype, max_shard_bytes=shard_bytes)
+    render.show_written_file(render.Output(None).console, written)
 
 
 def inspect(
@@ -126,28 +132,30 @@ def verify(
 
 def eval_(
     target: str = typer.Argument(..., help="An artifact directory, or a model. " + MODEL_HELP),
-    reference: Optional[str] = typer.Option(None, help="Original model for fidelity metrics (default: the artifact's source)."),
+    reference: Optional[str] = typer.Option(None, help="The original model, measured beside the target and compared with by fidelity metrics (default: an artifact's source). " + MODEL_HELP),
     windows: Windows = 20,
     context: int = typer.Option(512, help="Perplexity: tokens per window."),
     bos: Bos = None,
     documents: Documents = 300,
     photos: Photos = 256,
+    cache: bool = typer.Option(True, "--cache/--no-cache", help="Read the original's figures from the cache when this model was measured under this protocol before (--no-cache: measure it again)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the figures as JSON ('-' = stdout)."),
 ) -> None:
-    """Measure a model on its task (perplexity, embedding fidelity, classifier agreement)."""
+    """Measure a model on its task (perplexity, embedding fidelity, classifier agreement), beside
+    its original (an artifact's source, or --reference) under the same protocol."""
     from big2small.evaluate.suite import EvalSettings
     from big2small.reports import evaluate_target
 
     out = render.Output(json_out)
     settings = EvalSettings(context=context, windows=windows, bos=bos, documents=documents, photos=photos)
-    report = evaluate_target(target, reference=reference, settings=settings)
+    report = evaluate_target(target, reference=reference, settings=settings, use_cache=cache)
     render.show_eval(out.console, report)
     out.json(report.to_dict())
 
 
 def bench(
     model: Model,
-    configs: list[str] = typer.Option([], "--config", help="METHOD:k=v,... to run (repeatable). Default: the standard sweep."),
+    configs: list[str] = typer.Option([], "--config", help="METHOD:k=v,... to run (repeatable; method options by their own names). Default: uniform at 8/4/3/2 bits, groups of 128 and 64, and hyper at about 4/3/2 bits per weight."),
     matched: bool = typer.Option(True, help="Also run lowrank and prune at each uniform config's bits per weight."),
     out_dir: Path = typer.Option(Path("bench-out"), "--out-dir", help="Where the table (Markdown), JSON and plot (PNG) go."),
     windows: Windows = 20,

@@ -38,13 +38,14 @@ def extra_options(items: list[str]) -> dict[str, Any]:
     return options
 
 
-def recipe_from_options(method: str, *, bpw: float | None, override: list[str], method_options: dict[str, Any],
-                        option: list[str], **recipe_options: Any) -> Recipe:
-    """The recipe the command line describes: `method` with its options (the named ones, then
-    --option items), --override items (PATTERN=METHOD:k=v,... or PATTERN=keep), and
-    `recipe_options` for make_recipe (include_embeddings, min_numel, raw_dtype, seed)."""
+def recipe_from_options(method: str, *, bpw: float | None, bits: float | None, override: list[str],
+                        method_options: dict[str, Any], option: list[str], **recipe_options: Any) -> Recipe:
+    """The recipe the command line describes: `method` with its options (--bits, bits per weight,
+    turned into the method's own option; the other named ones; then --option items), --override
+    items (PATTERN=METHOD:k=v,... or PATTERN=keep), and `recipe_options` for make_recipe
+    (include_embeddings, min_numel, raw_dtype, seed)."""
     from big2small.compress import make_recipe
-    from big2small.generators import GeneratorConfig
+    from big2small.generators import REGISTRY, GeneratorConfig
 
     overrides = []
     for item in override:
@@ -57,6 +58,11 @@ def recipe_from_options(method: str, *, bpw: float | None, override: list[str], 
             name, opts = parse_method_spec(spec)
             overrides.append((pattern, GeneratorConfig.from_dict({"method": name, **opts})))
     options = {**{k: v for k, v in method_options.items() if v is not None}, **extra_options(option)}
+    if bits is not None and method in REGISTRY:  # an unknown method is refused by make_recipe
+        for key, value in REGISTRY[method].config_type.options_for_bits(bits, options).items():
+            if key in options:
+                raise Big2SmallError(f"give --bits (bits per weight) or -O {key}={options[key]} ({method}'s own option), not both")
+            options[key] = value
     return make_recipe(method, bpw=bpw, overrides=overrides, **recipe_options, **options)
 
 
@@ -80,6 +86,23 @@ def then_recipe(then: str | None, raw_dtype: str) -> Recipe | None:
 
     name, opts = parse_method_spec(then)
     return make_recipe(name, raw_dtype=raw_dtype, **opts)
+
+
+_BYTE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+               "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def byte_size(text: str) -> int:
+    """A size such as 2GB, 500MB, 1.5GiB or 1000000 (bytes) as a number of bytes."""
+    number = text.strip().upper().rstrip("BIKMGT")
+    unit = text.strip().upper()[len(number):]
+    try:
+        value = float(number)
+    except ValueError:
+        value = None
+    if value is None or unit not in _BYTE_UNITS or not value > 0:
+        raise Big2SmallError(f"bad size {text!r}: expected a positive number with B, KB, MB, GB, KiB, MiB or GiB")
+    return int(value * _BYTE_UNITS[unit])
 
 
 def group_ratios(items: list[str]) -> dict[str, float]:

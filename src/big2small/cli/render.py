@@ -2,12 +2,15 @@
 text, and JSON. Nothing here measures anything; it only formats what a report holds.
 
 Tables go to stdout, unless `--json -` claims stdout for JSON: then they go to stderr, so that
-stdout parses. Progress bars and notes ("loading ...") always go to stderr.
+stdout parses. Progress bars and notes ("loading ...") always go to stderr. Piped into a file or
+another program, nothing wraps at 80 columns: tables take the width they need. Tensor and group
+names are never cut (on a narrow terminal they fold onto the next line).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,7 +26,25 @@ if TYPE_CHECKING:
     )
     from big2small.selfcompress.sweep import SweepPoint
 
-notes = Console(stderr=True)  # progress notes and errors
+# Width of a console that is not a terminal (a pipe, a file): wide enough that nothing wraps.
+PIPE_WIDTH = 100_000
+
+
+def make_console(*, stderr: bool) -> Console:
+    """A console on stdout or stderr; when that is not a terminal, one that never wraps (rich would
+    wrap at 80 columns). COLUMNS, when set, still decides."""
+    c = Console(stderr=stderr)
+    if not c.is_terminal and "COLUMNS" not in os.environ:
+        c = Console(stderr=stderr, width=PIPE_WIDTH)
+    return c
+
+
+def name_column(table: Table, header: str) -> None:
+    """A column of names (tensors, groups): folded onto more lines when narrow, never cut."""
+    table.add_column(header, overflow="fold")
+
+
+notes = make_console(stderr=True)  # progress notes and errors
 
 
 class Output:
@@ -32,7 +53,7 @@ class Output:
 
     def __init__(self, json_path: Path | None) -> None:
         self.json_path = json_path
-        self.console = Console(stderr=json_path is not None and str(json_path) == "-")
+        self.console = make_console(stderr=json_path is not None and str(json_path) == "-")
 
     def json(self, data: dict[str, Any]) -> None:
         if self.json_path is None:
@@ -85,7 +106,8 @@ def size_table(stored: ArtifactSize) -> Table:
 
 def show_plan(console: Console, plan: PlanReport) -> None:
     t = Table(title="pre-flight: every tensor and what happens to it", show_lines=False)
-    for col in ("tensor", "shape", "kind", "stored as", "why"):
+    name_column(t, "tensor")
+    for col in ("shape", "kind", "stored as", "why"):
         t.add_column(col)
     for row in plan.rows:
         options = {k: v for k, v in row.config.items() if k not in ("method", "version")}
@@ -96,16 +118,32 @@ def show_plan(console: Console, plan: PlanReport) -> None:
         t.add_row(*map(escape, cells))  # names and reasons are text, not rich markup
     console.print(t)
     console.print(summary_line(plan.summary))
+    from big2small.reports import ratio_text
+
+    bound = "" if plan.exact else f"at most (the size of {len(plan.data_dependent)} tensor(s) follows their weights) "
+    console.print(f"planned: {bound}{ratio_text(plan.bpw_all)}", highlight=False)
+    show_warnings(plan.warnings)
+
+
+def show_warnings(warnings: list[str]) -> None:
+    for w in warnings:
+        notes.print(f"[yellow]warning:[/yellow] {escape(w)}", highlight=False, soft_wrap=True)
 
 
 def show_compress(console: Console, report: CompressReport) -> None:
+    from big2small.reports import ratio_text
+
     notes.print(summary_line(report.stored_as))
     console.print(size_table(report.stored))
-    console.print(f"wrote {report.artifact}")
+    console.print(f"wrote {report.artifact}: {ratio_text(report.stored.size.bpw_all)}", highlight=False)
+    show_warnings(report.warnings)
 
 
 def show_written_file(console: Console, path: Path) -> None:
-    console.print(f"wrote {path} ({format_bytes(path.stat().st_size)})")
+    """A file written, or a directory of files, with its size."""
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    what = f"{len(files)} file{'s' if len(files) != 1 else ''}, " if path.is_dir() else ""
+    console.print(f"wrote {path} ({what}{format_bytes(sum(f.stat().st_size for f in files))})")
 
 
 def show_inspect(console: Console, report: InspectReport, *, tensors: bool) -> None:
@@ -117,7 +155,8 @@ def show_inspect(console: Console, report: InspectReport, *, tensors: bool) -> N
     console.print(size_table(report.stored))
     if tensors:
         t = Table(title="stored tensors")
-        for col in ("tensor", "shape", "method", "bits", "bits/weight"):
+        name_column(t, "tensor")
+        for col in ("shape", "method", "bits", "bits/weight"):
             t.add_column(col)
         for row in report.tensors:
             t.add_row(escape(row.name), "x".join(map(str, row.shape)) or "scalar", row.method, f"{row.bits:,}",
@@ -136,7 +175,8 @@ def show_verify(console: Console, report: VerifyReport) -> None:
         console.print("no compressed tensors: every tensor is stored raw")
     else:
         t = Table(title=f"weight error vs {escape(str(report.model))} (compressed tensors)")
-        for col in ("tensor", "numel", "relative error", "SQNR dB"):
+        name_column(t, "tensor")
+        for col in ("numel", "relative error", "SQNR dB"):
             t.add_column(col)
         for row in report.weight_error.table():
             t.add_row(escape(row["name"]), f"{row['numel']:,}", f"{row['rel_error']:.4g}", f"{row['sqnr_db']:.2f}")
@@ -145,8 +185,26 @@ def show_verify(console: Console, report: VerifyReport) -> None:
 
 
 def show_eval(console: Console, report: EvalReport) -> None:
+    """The figures beside the original's (when there is one), then each figure's protocol."""
+    comparisons = report.comparisons()
+    if comparisons:
+        t = Table(title=escape(f"{report.target} vs the original, {report.reference}"))
+        t.add_column("metric", overflow="fold")
+        for col in ("original", "this model", "difference"):
+            t.add_column(col, justify="right", overflow="fold")
+        for c in comparisons:
+            verdict = "same" if c.difference == 0 else "better" if (c.difference > 0) == c.higher_is_better else "worse"
+            share = "" if c.relative is None else f"{100 * c.relative:+.2f}%, "
+            t.add_row(c.metric, f"{c.original:.5g}", f"{c.value:.5g}", f"{c.difference:+.4g} ({share}{verdict})")
+        console.print(t)
     for m in report.metrics:
-        console.print(m.text)
+        console.print(escape(m.text))
+    if report.original is not None:
+        console.print(escape(f"original {report.reference}: ") + (
+            "figures from the cache (same weights and protocol as an earlier run; --no-cache measures again)"
+            if report.original_cached else "measured now, under the same protocol (cached for the next run)"))
+    elif report.original_note is not None:
+        notes.print(escape(report.original_note))
 
 
 def show_bench(console: Console, result: BenchResult, out_dir: Path) -> None:
@@ -169,7 +227,8 @@ def show_selfcompress(console: Console, points: list[SweepPoint], out_dir: Path 
 
 def show_fold_plan(console: Console, plan: FoldPlanReport) -> None:
     t = Table(title="coupling groups")
-    for col in ("group", "kind", "units", "foldable"):
+    name_column(t, "group")
+    for col in ("kind", "units", "foldable"):
         t.add_column(col)
     for g in plan.groups:
         t.add_row(escape(g.name), g.kind, str(g.units), "yes" if g.reason is None else escape(f"no: {g.reason}"))

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from big2small.errors import Big2SmallError
 from big2small.evaluate.data import lee50
+from big2small.progress import progress_bar
 
 __all__ = [
     "FidelityResult",
@@ -74,6 +75,7 @@ def sentence_embeddings(
     *,
     batch_size: int = 32,
     max_length: int = 256,
+    progress: bool = False,
 ) -> Tensor:
     """Unit-norm sentence embeddings: mean of the last hidden states over real tokens.
 
@@ -85,6 +87,7 @@ def sentence_embeddings(
         texts: the sentences or documents.
         batch_size: texts per forward pass.
         max_length: truncation length in tokens.
+        progress: show progress with an ETA on stderr (big2small.progress).
 
     Returns:
         float32 ``[len(texts), d]`` on the CPU, each row L2-normalised.
@@ -96,7 +99,7 @@ def sentence_embeddings(
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), progress_bar("embedding", len(texts), enabled=progress, unit="texts") as advance:
             for start in range(0, len(texts), batch_size):
                 enc = tokenizer(
                     list(texts[start : start + batch_size]),
@@ -112,6 +115,7 @@ def sentence_embeddings(
                 summed = (hidden * mask).sum(dim=1)
                 mean = summed / mask.sum(dim=1).clamp(min=1e-9)
                 chunks.append(F.normalize(mean.float(), p=2, dim=1).cpu())
+                advance(len(chunks[-1]))
     finally:
         model.train(was_training)
     return torch.cat(chunks)

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from big2small.errors import Big2SmallError
+from big2small.progress import progress_bar
 
 __all__ = ["BOS_MODES", "PerplexityResult", "perplexity", "start_token", "window_token_ids"]
 
@@ -249,7 +250,7 @@ def perplexity(
         bos_token_id: the start token: ``None`` (default) takes the model's own, from
             :func:`start_token` with ``model.config``; a token id; or ``"none"``.
         batch_size: windows per forward pass (memory: ``batch_size * (L+1) * V`` fp32 logits).
-        progress: show a ``rich`` progress bar with ETA on stderr.
+        progress: show progress with an ETA on stderr (big2small.progress: a bar, or plain lines when piped).
         dataset: a label for the text, stored in the protocol.
 
     Returns:
@@ -270,7 +271,7 @@ def perplexity(
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode(), _ProgressBar(progress, n_windows) as advance:
+        with torch.inference_mode(), progress_bar("perplexity", n_windows, enabled=progress, unit="windows") as advance:
             for start in range(0, n_windows, batch_size):
                 batch = inputs[start : start + batch_size].to(device)
                 logits = _logits(model(input_ids=batch))[:, :-1].float()
@@ -315,44 +316,3 @@ def perplexity(
         protocol=protocol,
         window_nll=tuple((per_window / (positions - 1)).tolist()),
     )
-
-
-class _ProgressBar:
-    """A context manager yielding ``advance(k)``; a rich bar with ETA, or a no-op."""
-
-    def __init__(self, enabled: bool, total: int) -> None:
-        self.enabled = enabled
-        self.total = total
-        self._progress = None
-
-    def __enter__(self):
-        if not self.enabled:
-            return lambda k: None
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self._progress = Progress(
-            TextColumn("perplexity"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("windows"),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-            console=Console(stderr=True),
-            transient=True,
-        )
-        self._progress.start()
-        task = self._progress.add_task("perplexity", total=self.total)
-        return lambda k: self._progress.advance(task, k)
-
-    def __exit__(self, *exc: object) -> None:
-        if self._progress is not None:
-            self._progress.stop()

@@ -39,6 +39,23 @@ class GeneratorConfig(Config):
     # True for the one config that stores a tensor as it is (raw): its bits are not "compressed".
     stores_dense: ClassVar[bool] = False
 
+    # The option that --bits (bits per weight, one meaning for every method) sets: "bits" (a whole
+    # code width per weight), "bits_per_weight" (a budget per weight), or None (no such knob).
+    bits_option: ClassVar[str | None] = None
+
+    @classmethod
+    def options_for_bits(cls, bits: float, options: dict[str, Any]) -> dict[str, Any]:
+        """This method's own options for about `bits` bits per compressed weight (the CLI's --bits);
+        `options` are the other options given (hyper reads its dim). Scales, zero-points and headers
+        come on top where the option is a code width, as each method's bit ledger says. Raises
+        Big2SmallError for a method without such a knob, or a width it cannot store."""
+        if cls.bits_option is None:
+            raise Big2SmallError(f"{cls.method}: --bits (bits per weight) does not apply; give its own options "
+                                 "(-O KEY=VALUE), or a size target with --bpw")
+        if cls.bits_option == "bits" and not float(bits).is_integer():
+            raise Big2SmallError(f"{cls.method}: stores a whole number of bits per weight, got --bits {bits:g}")
+        return {cls.bits_option: int(bits) if cls.bits_option == "bits" else bits}
+
     @classmethod
     def variants(cls) -> dict[str, type[Config]]:
         """The registered methods' configs (a method is known once its generator is registered)."""
@@ -178,6 +195,12 @@ class Generator(ABC):
     @abstractmethod
     def bits_for(cls, config: GeneratorConfig, layout: MatrixLayout) -> int:
         """Exact stored bits (header included) of `config` on a tensor of this layout."""
+
+    @classmethod
+    def bits_bound(cls, config: GeneratorConfig, layout: MatrixLayout) -> tuple[int, bool]:
+        """(bits, exact): the stored bits of `config` on this layout before encoding, and whether
+        they are exact (False: an upper bound, where the size follows the data)."""
+        return cls.bits_for(config, layout), True
 
     @classmethod
     @abstractmethod

@@ -44,6 +44,7 @@ class ChannelIntConfig(GeneratorConfig):
     (self-compressed) layer ignores it: its per-channel widths and scales are in its tensors."""
 
     method = "channel_int"
+    bits_option = "bits"
     bits: int = 8
 
     def validate(self) -> None:

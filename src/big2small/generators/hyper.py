@@ -81,6 +81,16 @@ class HyperConfig(rotation.RotatableConfig):
     def __post_init__(self) -> None:
         self.scale_grid = as_list(self.scale_grid, float)
 
+    @classmethod
+    def options_for_bits(cls, bits: float, options: dict[str, Any]) -> dict[str, Any]:
+        """`bits` per weight is an index of bits * dim bits per vector of `dim` weights (4 bits per
+        weight on pairs: 8-bit indices), plus 16 bits per group for its scale."""
+        dim = options.get("dim", cls.dim)
+        if not isinstance(dim, int) or not float(bits * dim).is_integer():
+            raise Big2SmallError(f"hyper: --bits {bits:g} per weight is no whole index width on vectors of {dim} "
+                                 "weights (bits x dim must be a whole number)")
+        return {"bits": int(bits * dim)}
+
     def validate(self) -> None:
         super().validate()
         if not 1 <= self.dim <= 4:

@@ -341,6 +341,10 @@ class HyperRefGenerator(Generator):
         return layout.to_matrix(flat.reshape(layout.shape))
 
     @classmethod
+    def bits_bound(cls, config: HyperRefConfig, layout: MatrixLayout) -> tuple[int, bool]:
+        return cls.bits_for(config, layout), False
+
+    @classmethod
     def bits_for(cls, config: HyperRefConfig, layout: MatrixLayout) -> int:
         """An upper bound: the index width and the raw fallback depend on the data."""
         config.validate()

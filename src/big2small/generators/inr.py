@@ -55,6 +55,7 @@ class INRConfig(GeneratorConfig):
     relative RMS error on the standardised weights is below this."""
 
     method = "inr"
+    bits_option = "bits_per_weight"
     bits_per_weight: float | None = None
     width: int | None = None
     depth: int = 3

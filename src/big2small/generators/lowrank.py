@@ -31,6 +31,7 @@ class LowRankConfig(GeneratorConfig):
     whose stored bits, header included, fit; at least 1). None set means energy = 0.9."""
 
     method = "lowrank"
+    bits_option = "bits_per_weight"
     rank: int | None = None
     energy: float | None = None
     bits_per_weight: float | None = None
@@ -151,6 +152,13 @@ class LowRankGenerator(Generator):
     def bits_for(cls, config: LowRankConfig, layout: MatrixLayout) -> int:
         """Exact bits for a set rank or budget; raises Big2SmallError for an energy-chosen rank."""
         return _bits(_known_rank(config, layout), layout)
+
+    @classmethod
+    def bits_bound(cls, config: LowRankConfig, layout: MatrixLayout) -> tuple[int, bool]:
+        """A rank chosen by energy is known only after the SVD: at most full rank, stored dense."""
+        if config.data_dependent:
+            return _bits(min(layout.rows, layout.cols), layout), False
+        return cls.bits_for(config, layout), True
 
     @classmethod
     def stored_bits(cls, enc: Encoded) -> int:

@@ -89,13 +89,15 @@ class Encoder(TextTask):
 
     def reference_outputs(self, model, tokenizer, settings):
         _require_tokenizer(tokenizer, "embedding metrics")
-        return {"embeddings": sentence_embeddings(model, tokenizer, data.lee_background_docs(settings.documents))}
+        return {"embeddings": sentence_embeddings(model, tokenizer, data.lee_background_docs(settings.documents),
+                                                  progress=settings.progress)}
 
     def evaluate(self, model, tokenizer, reference, settings):
         _require_tokenizer(tokenizer, "embedding metrics")
         rows = []
         if reference is not None:
-            emb = sentence_embeddings(model, tokenizer, data.lee_background_docs(settings.documents))
+            emb = sentence_embeddings(model, tokenizer, data.lee_background_docs(settings.documents),
+                                      progress=settings.progress)
             f = embedding_fidelity(reference["embeddings"], emb, data={
                 "dataset": "lee_background.cor (gensim test data)", "documents": settings.documents,
                 "pooling": "mean over attention mask, L2-normalised", "max_length": TEXT_MAX_LENGTH})

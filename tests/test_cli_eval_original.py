@@ -1,0 +1,79 @@
+"""`big2small eval ARTIFACT` shows the original's figures beside the compressed model's, with the
+difference ("how much did I lose"), measured once per model and protocol and then read from the
+cache (big2small.models.originals)."""
+
+import json
+
+import pytest
+import torch
+
+import big2small as b2s
+from big2small.evaluate.suite import EvalSettings
+from big2small.models.originals import fingerprint, original_figures
+from test_cli import run
+from test_cli_eval_bos import save_tiny_causal_lm
+from test_readme import save_tiny_bert
+
+
+@pytest.fixture
+def lm_and_artifact(tmp_path):
+    model = save_tiny_causal_lm(tmp_path / "lm", bos_token="<bos>", config_bos=2, hidden=64)
+    b2s.save(b2s.compress(b2s.load_model(model), "uniform", bits=2, min_numel=0, progress=False), tmp_path / "lm.b2s")
+    return model, tmp_path / "lm.b2s"
+
+
+def eval_json(*args, cache):
+    r = run("eval", *args, "--windows", "2", "--context", "16", "--json", "-", env={"BIG2SMALL_CACHE": str(cache)})
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout), r.stderr
+
+
+def test_eval_shows_the_original_beside_and_caches_it(lm_and_artifact, tmp_path):
+    model, artifact = lm_and_artifact
+    cache = tmp_path / "cache"
+    first, table = eval_json(artifact, cache=cache)
+    assert first["reference"] == str(model) and first["original"]["cached"] is False
+    [c] = first["comparison"]
+    original_alone, _ = eval_json(model, cache=cache)  # the original evaluated on its own: the same figure
+    assert c["metric"] == "perplexity" and c["original"] == original_alone["metrics"][0]["value"]
+    assert c["value"] == first["metrics"][0]["value"] and c["difference"] == pytest.approx(c["value"] - c["original"])
+    assert c["relative"] == pytest.approx(c["difference"] / c["original"])
+    assert "vs the original" in table and "this model" in table and "measured now" in table
+    assert ("worse" if c["difference"] > 0 else "better") in table
+    assert len(list((cache / "originals").glob("*.json"))) == 1
+
+    second, table = eval_json(artifact, cache=cache)  # the original is read back, not measured again
+    assert second["original"]["cached"] is True and second["comparison"] == first["comparison"]
+    assert "figures from the cache" in table
+    fresh, _ = eval_json(artifact, "--no-cache", cache=cache)
+    assert fresh["original"]["cached"] is False and fresh["comparison"] == first["comparison"]
+
+
+def test_an_original_that_cannot_be_found_is_a_note_not_a_failure(lm_and_artifact, tmp_path, monkeypatch):
+    """Perplexity needs no reference: an artifact whose source is gone is measured alone."""
+    monkeypatch.setenv("BIG2SMALL_CACHE", str(tmp_path / "cache"))
+    model, artifact = lm_and_artifact
+    report = b2s.evaluate_target(artifact, reference=str(tmp_path / "moved-away"),
+                                 settings=EvalSettings(context=16, windows=2, progress=False))
+    assert report.original is None and "moved-away" in report.original_note and report.comparisons() == []
+    assert report.metrics[0].metric == "perplexity"
+
+
+def test_the_cache_is_keyed_by_content_and_protocol(tmp_path, monkeypatch):
+    monkeypatch.setenv("BIG2SMALL_CACHE", str(tmp_path / "cache"))
+    bert_dir = save_tiny_bert(tmp_path / "bert")
+    loaded = b2s.load_model(bert_dir)
+    settings = EvalSettings(documents=8, progress=False)
+    first = original_figures(loaded.model, "encoder", loaded.tokenizer, settings)
+    again = original_figures(b2s.load_model(bert_dir).model, "encoder", loaded.tokenizer, settings)
+    assert (first.cached, again.cached) == (False, True)
+    assert [m.to_dict() for m in again.metrics] == json.loads(json.dumps([m.to_dict() for m in first.metrics]))
+    assert torch.equal(again.reference["embeddings"], first.reference["embeddings"])  # fidelity compares with these
+    assert {m.metric for m in first.metrics} == {"mean_cosine", "lee50_pearson"}
+
+    key = fingerprint(loaded.model, loaded.tokenizer, "encoder", settings)
+    assert fingerprint(loaded.model, loaded.tokenizer, "encoder", EvalSettings(documents=8, progress=True)) == key
+    assert fingerprint(loaded.model, loaded.tokenizer, "encoder", EvalSettings(documents=9)) != key
+    with torch.no_grad():
+        loaded.model.encoder.layer[0].output.dense.weight[0, 0] += 1e-3
+    assert fingerprint(loaded.model, loaded.tokenizer, "encoder", settings) != key
