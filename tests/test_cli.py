@@ -224,7 +224,7 @@ def test_verify_of_a_narrowed_artifact_checks_integrity_only(tmp_path):
 def test_bits_means_bits_per_weight_for_every_method(state_file, tmp_path):
     """--bits 4 stores about 4 bits per compressed weight whatever the method (hyper: 8-bit indices
     per pair); scales and headers add a little, never a factor of two."""
-    for method in ("uniform", "hyper", "channel_int", "lowrank"):
+    for method in ("uniform", "trellis", "hyper", "channel_int", "lowrank"):
         r = run("compress", state_file, "--method", method, "--bits", "4", "-o", tmp_path / f"{method}.b2s", "--json", "-")
         assert r.returncode == 0, r.stderr
         assert 3.5 < json.loads(r.stdout)["size"]["bpw_scope"] < 4.5, method

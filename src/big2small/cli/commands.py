@@ -33,7 +33,7 @@ def _require_output(output: Optional[Path], dry_run: bool) -> None:
 def compress(
     model: Model,
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Artifact directory to write (e.g. model.b2s)."),
-    method: str = typer.Option("uniform", "--method", "-m", help="uniform, hyper, hyper_ref, lowrank, prune, channel_int or inr (Big2Small)."),
+    method: str = typer.Option("uniform", "--method", "-m", help="uniform, trellis, hyper, hyper_ref, lowrank, prune, channel_int or inr (Big2Small)."),
     bpw: Optional[float] = typer.Option(None, help="Target bits per weight for the whole model; options left open are chosen to meet it."),
     ratio: Optional[float] = typer.Option(None, help="Target compression ratio against fp32 (same as --bpw 32/RATIO)."),
     bits: Optional[float] = typer.Option(None, help="Bits per compressed weight, for every method (uniform, channel_int: the code width; hyper: index width bits x dim; lowrank, inr: the budget per weight); scales and headers add a little. A method's own knobs: -O KEY=VALUE."),
