@@ -46,6 +46,12 @@ def export(artifact: str | os.PathLike, to: str, out: str | os.PathLike, *, fall
         raise Big2SmallError(f"unknown export format {to!r}: use {', '.join(FORMATS)}")
     if to != "gguf" and (fallback_type is not None or tokenizer_from is not None):
         raise Big2SmallError("--fallback-type and --tokenizer-from apply to --to gguf only")
+    if to == "gguf":
+        from big2small.export.gguf import FALLBACK_TYPES
+
+        if fallback_type is not None and fallback_type not in FALLBACK_TYPES:
+            raise Big2SmallError(f"gguf: fallback type {fallback_type!r} is not one of {', '.join(FALLBACK_TYPES)} "
+                                 "(for K-quants: export f16, then run llama.cpp's quantize on it)")
     out = check_output(out, directory=to != "gguf", overwrite=overwrite)
     info = artifact_info(artifact, read_manifest(artifact))
     cm = load(artifact)
