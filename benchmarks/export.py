@@ -20,13 +20,17 @@ it to hold our codes exactly), on SmolLM2 (whose weights sit on a 4-bit g32 asym
 on all-MiniLM-L6-v2 (fp32 weights).
 
 Writes benchmarks/results/export/{export.json, export.md}. Run: `python benchmarks/export.py`
-(about 20 minutes on 2 cores; needs `pip install big2small[export]`).
+(about 20 minutes on 2 cores; needs `pip install big2small[export]`); `--prepare` makes the
+artifacts, exports and our perplexities only (kept in $BIG2SMALL_BENCH_DIR/state.json, which a
+later run reuses).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
+from collections import Counter
 import platform
 import time
 from pathlib import Path
@@ -45,6 +49,7 @@ OUT = Path(__file__).resolve().parent / "results" / "export"
 WORK = Path(os.environ.get("BIG2SMALL_BENCH_DIR", "/tmp/big2small-export-bench"))
 CONTEXT, WINDOWS = 512, 20
 PROMPT, NEW = 128, 128
+PREPARE_ONLY = "--prepare" in sys.argv  # artifacts, exports and our perplexities only (no llama.cpp)
 
 ARTIFACTS = {  # name -> (recipe, fallback types to export with)
     "uniform 4-bit g32 sym": (b2s.make_recipe("uniform", bits=4, group_size=32, symmetric=True), [None]),
@@ -92,37 +97,52 @@ def main() -> None:
                             "torch": torch.__version__},
                "rows": [], "offsets": []}
     loaded = b2s.load_model("smollm2")
-    results["offsets"].append(offsets_exact_share(loaded, "smollm2 (weights on a Q4_1 grid)"))
-    results["offsets"].append(offsets_exact_share(b2s.load_model("minilm"), "all-MiniLM-L6-v2 (fp32)"))
     tokenizer = loaded.tokenizer
     ids = tokenizer(data.wiki_text()[:20000], add_special_tokens=False)["input_ids"]
     prompt = ids[:PROMPT]
+    state_file = WORK / "state.json"  # artifacts, exports and our perplexities, reused by a rerun
+    state = json.loads(state_file.read_text()) if state_file.is_file() else {}
+    if "offsets" not in state:
+        state["offsets"] = [offsets_exact_share(loaded, "smollm2 (weights on a Q4_1 grid)"),
+                            offsets_exact_share(b2s.load_model("minilm"), "all-MiniLM-L6-v2 (fp32)")]
+        state_file.write_text(json.dumps(state, indent=1))
+    results["offsets"] = state["offsets"]
+    config = None
     f32_gguf = None
     for name, (recipe, fallbacks) in ARTIFACTS.items():
         artifact = WORK / f"{slug(name)}.b2s"
-        start = time.perf_counter()
-        cm = b2s.compress(loaded, recipe, progress=False)
-        compress_s = time.perf_counter() - start
-        info = b2s.save(cm, artifact, overwrite=True)
-        model = b2s.restore(artifact)
-        ours = ppl(model, tokenizer)
-        config = model.config
-        del model, cm
+        if name not in state:
+            start = time.perf_counter()
+            cm = b2s.compress(loaded, recipe, progress=False)
+            compress_s = time.perf_counter() - start
+            info = b2s.save(cm, artifact, overwrite=True)
+            del cm
+            model = b2s.restore(artifact)
+            state[name] = {"compress_s": compress_s, "artifact_weight_bytes": info.weights_bytes,
+                           "bpw_all": b2s.load(artifact).size().bpw_all, "ours": ppl(model, tokenizer), "exports": {}}
+            del model
+            state_file.write_text(json.dumps(state, indent=1))
         for fallback in fallbacks:
             gguf = WORK / f"{slug(name)}{'-' + fallback if fallback else ''}.gguf"
-            report = b2s.export(artifact, "gguf", gguf, fallback_type=fallback, overwrite=True)
-            types = {}
-            for t in report.tensors:
-                types[t.type] = types.get(t.type, 0) + 1
-            row = {"artifact": name, "fallback": fallback, "compress_s": compress_s,
-                   "artifact_weight_bytes": info.weights_bytes, "bpw_all": b2s.load(artifact).size().bpw_all,
-                   "ours": ours, "types": types, "requantised": len(report.requantised),
-                   "requantised_sqnr_db": report.requantised_sqnr_db,
+            key = str(fallback)
+            if key not in state[name]["exports"]:
+                report = b2s.export(artifact, "gguf", gguf, fallback_type=fallback, overwrite=True)
+                state[name]["exports"][key] = {"types": dict(Counter(t.type for t in report.tensors)),
+                                               "requantised": len(report.requantised),
+                                               "requantised_sqnr_db": report.requantised_sqnr_db}
+                state_file.write_text(json.dumps(state, indent=1))
+            if name.startswith("original"):
+                f32_gguf = gguf
+            if PREPARE_ONLY:
+                continue
+            config = config or b2s.restore(artifact).config
+            row = {"artifact": name, "fallback": fallback,
+                   **{k: v for k, v in state[name].items() if k != "exports"}, **state[name]["exports"][key],
                    **llama_cpp_row(gguf, config, tokenizer, prompt)}
             results["rows"].append(row)
             print(json.dumps(row), flush=True)
-            if name.startswith("original"):
-                f32_gguf = gguf
+    if PREPARE_ONLY:
+        return
     q4km = quantize(f32_gguf, WORK / "llama-cpp-q4_k_m.gguf", "Q4_K_M")
     row = {"artifact": "llama.cpp Q4_K_M of the original (llama_model_quantize from our F32 export)",
            "fallback": None, **llama_cpp_row(q4km, config, tokenizer, prompt)}

@@ -91,20 +91,31 @@ def test_asymmetric_offsets_that_fp16_cannot_hold_need_a_fallback(make_artifact,
     assert report.requantised and all(t.type == "Q4_1" for t in report.requantised)
 
 
-def test_a_folded_model_exports_its_per_layer_widths(tiny_llama_dir, tmp_path, inputs):
+def _folded(tiny_llama_dir, tmp_path, fold):
     from big2small.folding import FoldConfig
 
-    loaded = b2s.load_model(tiny_llama_dir)
-    recipe = b2s.Recipe(transforms=[FoldConfig(sparsity=0.15, fold_attention=False, multiple_of=32)],
-                        default=b2s.GeneratorConfig.from_dict({"method": "uniform", "bits": 8, "group_size": 32, "symmetric": True}),
-                        min_numel=1024)
+    recipe = b2s.Recipe(transforms=[FoldConfig(sparsity=None, fold_attention=False, multiple_of=32, **fold)], min_numel=1024,
+                        default=b2s.GeneratorConfig.from_dict({"method": "uniform", "bits": 8, "group_size": 32, "symmetric": True}))
     artifact = tmp_path / "folded.b2s"
-    b2s.save(b2s.compress(loaded, recipe, progress=False), artifact)
-    widths = [t.shape[0] for n, t in b2s.load(artifact).state_dict().items() if n.endswith("gate_proj.weight")]
+    b2s.save(b2s.compress(b2s.load_model(tiny_llama_dir), recipe, progress=False), artifact)
+    return artifact, [t.shape[0] for n, t in b2s.load(artifact).state_dict().items() if n.endswith("gate_proj.weight")]
+
+
+def test_a_folded_model_exports_at_its_new_widths(tiny_llama_dir, tmp_path, inputs):
+    artifact, widths = _folded(tiny_llama_dir, tmp_path, {"ratio": 1 / 3})
+    assert widths == [64, 64]
     out = tmp_path / "folded.gguf"
     _export(artifact, out)
-    n_ff = gguf.GGUFReader(str(out)).fields["llama.feed_forward_length"].contents()
-    assert n_ff == (widths[0] if len(set(widths)) == 1 else widths) and min(widths) < 96
+    assert gguf.GGUFReader(str(out)).fields["llama.feed_forward_length"].contents() == 64
+    assert torch.equal(_logits(out, inputs), _ours(artifact, inputs))
+
+
+def test_per_layer_widths_are_refused_as_llama_cpp_cannot_run_them(tiny_llama_dir, tmp_path):
+    artifact, widths = _folded(tiny_llama_dir, tmp_path, {"ratio": 1 / 3, "ratios": {r".*layers\.0\..*": 0}})
+    assert widths == [96, 64]
+    with pytest.raises(Big2SmallError, match=r"MLP widths differ per layer \(64\.\.96\); llama\.cpp"):
+        _export(artifact, tmp_path / "folded.gguf")
+    assert not (tmp_path / "folded.gguf").exists()
 
 
 def test_other_architectures_are_refused(tiny_gpt2_dir, tmp_path):

@@ -8,8 +8,9 @@ user chose, with gguf's reference quantisers, and its weight SQNR against our de
 measured; without a fallback type the export is refused, naming the tensors. Names follow
 llama.cpp (token_embd, blk.N.attn_q, ...), and q/k rows are permuted the way llama.cpp's converter
 does (transformers' GGUF loader undoes it on reading). Hyper-parameters come from the config.json
-stored in the artifact, widths from the stored tensors (a folded model: per-layer arrays where the
-layers differ); the tokenizer's metadata is copied from a GGUF file: the model's own source when it
+stored in the artifact, widths from the stored tensors (a folded model exports at its new widths
+when every layer has the same ones: llama.cpp's LLaMA architecture builds every layer at layer 0's
+sizes, so per-layer widths are refused); the tokenizer's metadata is copied from a GGUF file: the model's own source when it
 came from one, or `tokenizer_from`.
 """
 
@@ -76,7 +77,7 @@ class Hparams:
 
     n_layer: int
     n_embd: int
-    n_ff: list[int]  # per layer
+    n_ff: list[int]  # per layer (llama.cpp's LLaMA graph needs them equal)
     n_head: list[int]
     n_head_kv: list[int]
     head_dim: int
@@ -98,7 +99,7 @@ def hparams(config: dict[str, Any], shapes: dict[str, tuple[int, ...]]) -> Hpara
     n_layer, n_head = config["num_hidden_layers"], config["num_attention_heads"]
     head_dim = config.get("head_dim") or config["hidden_size"] // n_head
     layer = "model.layers.{}."
-    return Hparams(
+    hp = Hparams(
         n_layer=n_layer, n_embd=config["hidden_size"], head_dim=head_dim,
         n_ff=[shapes[layer.format(i) + "mlp.gate_proj.weight"][0] for i in range(n_layer)],
         n_head=[shapes[layer.format(i) + "self_attn.q_proj.weight"][0] // head_dim for i in range(n_layer)],
@@ -106,6 +107,13 @@ def hparams(config: dict[str, Any], shapes: dict[str, tuple[int, ...]]) -> Hpara
         n_ctx=config.get("max_position_embeddings", 2048), n_vocab=config["vocab_size"],
         rms_eps=config.get("rms_norm_eps", 1e-6), rope_theta=float(rope.get("rope_theta", 10000.0)),
     )
+    for what, values in (("MLP widths", hp.n_ff), ("attention head counts", hp.n_head), ("KV head counts", hp.n_head_kv)):
+        if len(set(values)) > 1:
+            raise Big2SmallError(
+                f"gguf: this folded model's {what} differ per layer ({min(values)}..{max(values)}); llama.cpp's LLaMA "
+                "architecture builds every layer at layer 0's sizes, so it cannot run it: fold with one ratio for "
+                "every layer (allocation uniform) to export to GGUF")
+    return hp
 
 
 @dataclass
@@ -192,9 +200,9 @@ def write(cm: CompressedModel, path: Path, *, fallback: str | None, tokenizer_gg
     writer.add_block_count(hp.n_layer)
     writer.add_context_length(hp.n_ctx)
     writer.add_embedding_length(hp.n_embd)
-    writer.add_feed_forward_length(_scalar_or_list(hp.n_ff))
-    writer.add_head_count(_scalar_or_list(hp.n_head))
-    writer.add_head_count_kv(_scalar_or_list(hp.n_head_kv))
+    writer.add_feed_forward_length(hp.n_ff[0])
+    writer.add_head_count(hp.n_head[0])
+    writer.add_head_count_kv(hp.n_head_kv[0])
     writer.add_rope_freq_base(hp.rope_theta)
     writer.add_layer_norm_rms_eps(hp.rms_eps)
     writer.add_vocab_size(hp.n_vocab)
@@ -214,10 +222,6 @@ def write(cm: CompressedModel, path: Path, *, fallback: str | None, tokenizer_gg
     writer.write_tensors_to_file()
     writer.close()
     return [ExportedTensor(p.name, p.gguf, p.type, p.exact, p.error) for p in tensors]
-
-
-def _scalar_or_list(values: list[int]) -> int | list[int]:
-    return values[0] if len(set(values)) == 1 else values
 
 
 def _copy_tokenizer(writer: Any, path: Path) -> None:
