@@ -13,6 +13,8 @@ import torch
 
 from big2small.evaluate.weights import WeightErrorRow, weight_error
 
+SHOWN = 8  # re-quantised tensors named on the terminal (JSON has them all)
+
 
 def requantisation_error(ours: torch.Tensor, exported: torch.Tensor) -> WeightErrorRow:
     """The error of `exported` (what the engine dequantises) against `ours` (our decoded weights):
@@ -71,9 +73,11 @@ class ExportReport:
         req = self.requantised
         if req:
             lines.append(f"re-quantised {len(req)} tensor(s) ({', '.join(sorted({t.type for t in req}))}): "
-                         f"weight SQNR {self.requantised_sqnr_db:.2f} dB against our decoded weights "
-                         f"(worst {min(t.error.sqnr_db for t in req if t.error):.2f} dB, "
-                         f"{min(req, key=lambda t: t.error.sqnr_db if t.error else math.inf).name})")
+                         f"weight SQNR {self.requantised_sqnr_db:.2f} dB against our decoded weights; worst first:")
+            worst = sorted(req, key=lambda t: t.error.sqnr_db if t.error else math.inf)
+            lines += [f"  {t.name} -> {t.target} {t.type}: {t.error.sqnr_db:.2f} dB" for t in worst[:SHOWN]]
+            if len(worst) > SHOWN:
+                lines.append(f"  ... and {len(worst) - SHOWN} more (--json lists every tensor)")
         else:
             lines.append("every tensor written exactly (no re-quantisation)")
         return lines + self.notes
