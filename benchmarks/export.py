@@ -107,7 +107,7 @@ def main() -> None:
                             offsets_exact_share(b2s.load_model("minilm"), "all-MiniLM-L6-v2 (fp32)")]
         state_file.write_text(json.dumps(state, indent=1))
     results["offsets"] = state["offsets"]
-    config = None
+    config = loaded.model.config  # for the start token: the same model's config
     f32_gguf = None
     for name, (recipe, fallbacks) in ARTIFACTS.items():
         artifact = WORK / f"{slug(name)}.b2s"
@@ -135,17 +135,21 @@ def main() -> None:
                 f32_gguf = gguf
             if PREPARE_ONLY:
                 continue
-            config = config or b2s.restore(artifact).config
+            if "llama_cpp" not in state[name]["exports"][key]:
+                state[name]["exports"][key].update(llama_cpp_row(gguf, config, tokenizer, prompt))
+                state_file.write_text(json.dumps(state, indent=1))
             row = {"artifact": name, "fallback": fallback,
-                   **{k: v for k, v in state[name].items() if k != "exports"}, **state[name]["exports"][key],
-                   **llama_cpp_row(gguf, config, tokenizer, prompt)}
+                   **{k: v for k, v in state[name].items() if k != "exports"}, **state[name]["exports"][key]}
             results["rows"].append(row)
             print(json.dumps(row), flush=True)
     if PREPARE_ONLY:
         return
-    q4km = quantize(f32_gguf, WORK / "llama-cpp-q4_k_m.gguf", "Q4_K_M")
+    if "q4_k_m" not in state:
+        q4km = quantize(f32_gguf, WORK / "llama-cpp-q4_k_m.gguf", "Q4_K_M")
+        state["q4_k_m"] = llama_cpp_row(q4km, config, tokenizer, prompt)
+        state_file.write_text(json.dumps(state, indent=1))
     row = {"artifact": "llama.cpp Q4_K_M of the original (llama_model_quantize from our F32 export)",
-           "fallback": None, **llama_cpp_row(q4km, config, tokenizer, prompt)}
+           "fallback": None, **state["q4_k_m"]}
     results["rows"].append(row)
     print(json.dumps(row), flush=True)
     (OUT / "export.json").write_text(json.dumps(results, indent=1))

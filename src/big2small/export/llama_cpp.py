@@ -83,10 +83,12 @@ def generation_speed(path: str | os.PathLike, prompt: list[int], *, new_tokens: 
 def quantize(source: str | os.PathLike, out: str | os.PathLike, ftype: str = "Q4_K_M") -> Path:
     """llama.cpp's own quantiser (llama_model_quantize) on a GGUF file, e.g. an f16 export to its
     Q4_K_M: the reference llama.cpp users would otherwise make."""
+    import ctypes
+
     import llama_cpp
 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{ftype}")
-    if llama_cpp.llama_model_quantize(str(source).encode(), str(out).encode(), params) != 0:
+    if llama_cpp.llama_model_quantize(str(source).encode(), str(out).encode(), ctypes.byref(params)) != 0:
         raise Big2SmallError(f"llama.cpp could not quantise {source} to {ftype}")
     return Path(out)
