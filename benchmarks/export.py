@@ -73,7 +73,8 @@ def llama_cpp_row(gguf: Path, config, tokenizer, prompt: list[int]) -> dict:
     lm = LlamaCppLM(gguf, n_ctx=CONTEXT + 1, config=config)
     row = {"gguf_bytes": gguf.stat().st_size, "llama_cpp": ppl(lm, tokenizer)}
     del lm
-    row["speed"] = generation_speed(gguf, prompt, new_tokens=NEW).__dict__
+    row["speed"] = {**generation_speed(gguf, prompt, new_tokens=NEW).__dict__,
+                    "load_average_1min": os.getloadavg()[0]}  # the machine is shared: how busy it was
     return row
 
 
@@ -170,10 +171,10 @@ def markdown(results: dict) -> str:
             f"| {r['artifact']} | {', '.join(f'{k} {v}' for k, v in sorted(r.get('types', {}).items())) or 'Q4_K/Q6_K mix'} "
             f"| {req} | {r['artifact_weight_bytes'] / 1e6:.2f} MB | {r['gguf_bytes'] / 1e6:.2f} MB | "
             f"{ours:.3f} | {theirs:.3f} | {100 * (theirs / ours - 1):+.2f}% | "
-            f"{r['speed']['prompt_tps']:.0f} | {r['speed']['generate_tps']:.1f} |"
+            f"{r['speed']['prompt_tps']:.0f} | {r['speed']['generate_tps']:.1f} | {r['speed']['load_average_1min']:.1f} |"
             if ours is not None else
             f"| {r['artifact']} | Q4_K_M mix | {req} | - | {r['gguf_bytes'] / 1e6:.2f} MB | - | {theirs:.3f} | - | "
-            f"{r['speed']['prompt_tps']:.0f} | {r['speed']['generate_tps']:.1f} |")
+            f"{r['speed']['prompt_tps']:.0f} | {r['speed']['generate_tps']:.1f} | {r['speed']['load_average_1min']:.1f} |")
     lines += ["", "Asymmetric 4-bit group-32 offsets -z*s that are fp16 numbers (Q4_1 holds our codes exactly "
               "only where they are):", "", "| model | blocks | exact share | tensors with every block exact |", "|---|---|---|---|"]
     for o in results["offsets"]:
@@ -181,7 +182,9 @@ def markdown(results: dict) -> str:
     p = results["protocol"]
     lines += ["", f"Perplexity: {p['perplexity']}; ours is big2small.evaluate.perplexity on the restored artifact "
               "(PyTorch, fp32), llama.cpp's the same function over llama.cpp's logits (big2small.export.llama_cpp). "
-              f"Speed: {p['speed']} ({p['machine']}, torch {p['torch']}). GGUF bytes include about 1.6 MB of "
+              f"Speed: {p['speed']} ({p['machine']}, torch {p['torch']}); the machine was shared with other jobs, "
+              "so each row gives the 1-minute load average when its speed was measured (2 cores: above 2 means "
+              "contention, and the tokens/s are lower bounds that compare rows only roughly). GGUF bytes include about 1.6 MB of "
               "tokenizer metadata; artifact weights are its tensor file and manifest.", "",
               "Reproduce: `python benchmarks/export.py` (writes this file and export.json)."]
     return "\n".join(lines) + "\n"
