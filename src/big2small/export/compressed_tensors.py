@@ -30,6 +30,7 @@ from big2small import bitpack
 from big2small.compress import CompressedModel
 from big2small.errors import Big2SmallError
 from big2small.export.hf import copy_tokenizer_files, dense_tensors, restored_model
+from big2small.export.ggml_blocks import rotated
 from big2small.export.records import ExportedTensor
 from big2small.generators.base import Encoded
 from big2small.generators.raw import STORAGE_DTYPES
@@ -47,7 +48,7 @@ def pack_rows(values: torch.Tensor, bits: int) -> torch.Tensor:
 
 def _packable(name: str, enc: Encoded) -> bool:
     cfg = enc.config
-    if enc.method != "uniform" or not isinstance(cfg, UniformConfig) or not name.endswith(".weight"):
+    if enc.method != "uniform" or not isinstance(cfg, UniformConfig) or rotated(cfg) or not name.endswith(".weight"):
         return False
     g = cfg.group_size or enc.layout.cols
     return len(enc.layout.shape) == 2 and not enc.layout.transposed and enc.layout.cols % g == 0

@@ -50,10 +50,16 @@ def block_type_of(enc: Encoded) -> BlockType | None:
     """The ggml type that holds `enc` exactly by its configuration (uniform, group 32, rows of whole
     blocks, an exact-type width), or None. Asymmetric types also need `offset_exact`."""
     cfg = enc.config
-    if (enc.method != "uniform" or not isinstance(cfg, UniformConfig) or cfg.group_size != BLOCK
+    if (enc.method != "uniform" or not isinstance(cfg, UniformConfig) or rotated(cfg) or cfg.group_size != BLOCK
             or enc.layout.transposed or len(enc.layout.shape) != 2 or enc.layout.cols % BLOCK):
         return None
     return EXACT_TYPES.get((cfg.bits, cfg.symmetric))
+
+
+def rotated(cfg: UniformConfig) -> bool:
+    """Whether the codec rotated the matrix before coding (an option on newer branches): its codes
+    then lie on a grid of the rotated weights, which no engine format undoes."""
+    return getattr(cfg, "rotate", "none") != "none"
 
 
 def codes_and_params(enc: Encoded) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
