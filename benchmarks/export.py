@@ -19,7 +19,8 @@ it to hold our codes exactly), on SmolLM2 (whose weights sit on a 4-bit g32 asym
 on all-MiniLM-L6-v2 (fp32 weights).
 
 Writes benchmarks/results/export/{export.json, export.md}. Run: `python benchmarks/export.py`
-(about 20 minutes on 2 cores; needs `pip install big2small[export]`); `--prepare` makes the
+(about 20 minutes on 2 idle cores; needs `pip install big2small[export]`); `--report` writes the
+table from the rows finished so far; `--prepare` makes the
 artifacts, exports and our perplexities only (kept in $BIG2SMALL_BENCH_DIR/state.json, which a
 later run reuses).
 """
@@ -49,6 +50,7 @@ WORK = Path(os.environ.get("BIG2SMALL_BENCH_DIR", "/tmp/big2small-export-bench")
 CONTEXT, WINDOWS = 512, 8  # 8 windows (not 20): llama.cpp's logits of every position are slow on 2 shared cores
 PROMPT, NEW = 128, 128
 PREPARE_ONLY = "--prepare" in sys.argv  # artifacts, exports and our perplexities only (no llama.cpp)
+REPORT_ONLY = "--report" in sys.argv  # write the table from the rows finished so far (state.json), compute nothing
 
 ARTIFACTS = {  # name -> (recipe, fallback types to export with)
     "uniform 4-bit g32 sym": (b2s.make_recipe("uniform", bits=4, group_size=32, symmetric=True), [None]),
@@ -87,15 +89,42 @@ def offsets_exact_share(loaded, name: str) -> dict:
             "tensors_all_exact": sum(bool(s.all()) for s in shares), "tensors": len(shares)}
 
 
+def report_from_state() -> None:
+    """export.md and export.json from the rows state.json holds (an interrupted run's finished rows)."""
+    state = json.loads((WORK / "state.json").read_text())
+    results = {"protocol": protocol(), "offsets": state["offsets"], "rows": []}
+    for name in ARTIFACTS:
+        for key, export in state.get(name, {}).get("exports", {}).items():
+            if "llama_cpp" in export:
+                results["rows"].append({"artifact": name, "fallback": None if key == "None" else key,
+                                        **{k: v for k, v in state[name].items() if k != "exports"}, **export})
+    if "q4_k_m" in state:
+        results["rows"].append({"artifact": "llama.cpp Q4_K_M of the original (llama_model_quantize from our F32 export)",
+                                "fallback": None, **state["q4_k_m"]})
+    missing = [f"{n} ({f or 'exact'})" for n, (_, fs) in ARTIFACTS.items() for f in fs
+               if "llama_cpp" not in state.get(n, {}).get("exports", {}).get(str(f), {})]
+    missing += [] if "q4_k_m" in state else ["llama.cpp Q4_K_M"]
+    results["not_measured"] = missing
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "export.json").write_text(json.dumps(results, indent=1))
+    (OUT / "export.md").write_text(markdown(results))
+
+
+def protocol() -> dict:
+    return {"perplexity": f"Wikipedia extract, context {CONTEXT}, first {WINDOWS} windows, "
+                          "model's start token prepended (id 0 for SmolLM2), fp32 log-softmax",
+            "speed": f"batch 1, {PROMPT}-token prompt then {NEW} greedy tokens, best of 2, "
+                     f"{os.cpu_count()} threads", "machine": platform.processor() or platform.machine(),
+            "torch": torch.__version__}
+
+
 def main() -> None:
+    if REPORT_ONLY:
+        return report_from_state()
     torch.manual_seed(0)
     OUT.mkdir(parents=True, exist_ok=True)
     WORK.mkdir(parents=True, exist_ok=True)
-    results = {"protocol": {"perplexity": f"Wikipedia extract, context {CONTEXT}, first {WINDOWS} windows, "
-                                          "model's start token prepended (id 0 for SmolLM2), fp32 log-softmax",
-                            "speed": f"batch 1, {PROMPT}-token prompt then {NEW} greedy tokens, best of 2, "
-                                     f"{os.cpu_count()} threads", "machine": platform.processor() or platform.machine(),
-                            "torch": torch.__version__},
+    results = {"protocol": protocol(),
                "rows": [], "offsets": []}
     loaded = b2s.load_model("smollm2")
     tokenizer = loaded.tokenizer
@@ -153,6 +182,7 @@ def main() -> None:
            "fallback": None, **state["q4_k_m"]}
     results["rows"].append(row)
     print(json.dumps(row), flush=True)
+    results["not_measured"] = []
     (OUT / "export.json").write_text(json.dumps(results, indent=1))
     (OUT / "export.md").write_text(markdown(results))
 
@@ -160,8 +190,8 @@ def main() -> None:
 def markdown(results: dict) -> str:
     lines = ["# SmolLM2-135M exported to GGUF, run by llama.cpp", "",
              "| artifact | GGUF types (tensors) | re-quantised (SQNR vs our weights) | artifact weights | GGUF | "
-             "ppl ours | ppl llama.cpp | difference | prompt tok/s | generate tok/s |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "ppl ours | ppl llama.cpp | difference | prompt tok/s | generate tok/s | load |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results["rows"]:
         ours = r.get("ours", {}).get("ppl")
         theirs = r["llama_cpp"]["ppl"]
@@ -187,6 +217,9 @@ def markdown(results: dict) -> str:
               "contention, and the tokens/s are lower bounds that compare rows only roughly). GGUF bytes include about 1.6 MB of "
               "tokenizer metadata; artifact weights are its tensor file and manifest.", "",
               "Reproduce: `python benchmarks/export.py` (writes this file and export.json)."]
+    if results.get("not_measured"):
+        lines += ["", "**Not measured in this run** (the session ran out of time on a shared machine): "
+                  + "; ".join(results["not_measured"]) + "."]
     return "\n".join(lines) + "\n"
 
 
