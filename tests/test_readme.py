@@ -127,7 +127,7 @@ def option(args: list[str], *names: str) -> str | None:
 
 def written_by(args: list[str]) -> list[str]:
     """The paths a big2small command writes and refuses to overwrite (artifacts, dense files)."""
-    if args[:2] == ["big2small", "decompress"]:
+    if args[:2] in (["big2small", "decompress"], ["big2small", "export"]):
         return [args[3]]
     return [p for p in [option(args, "-o", "--output")] if p]
 
@@ -277,6 +277,8 @@ def check_command(args: list[str], stdout: str, cwd: Path) -> None:
         files = sorted(out.glob("model*.safetensors")) if out.is_dir() else [out]
         dense = {k: v for f in files for k, v in load_file(str(f)).items()}
         assert set(dense) == set(b2s.load(cwd / args[2]).state_dict())
+    if command == "export":
+        assert (cwd / args[3]).exists() and "wrote" in stdout
     if command == "bench":
         out_dir = cwd / (option(args, "--out-dir") or "bench-out")
         rows = json.loads((out_dir / "bench.json").read_text())["rows"]

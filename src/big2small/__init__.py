@@ -28,6 +28,7 @@ _EXPORTS = {
     **dict.fromkeys(("ArtifactInfo", "decompress", "ensure_writable", "load", "read_manifest", "save"),
                     "big2small.artifact"),
     **dict.fromkeys(("CompressedModel", "SizeReport", "compress", "make_recipe"), "big2small.compress"),
+    **dict.fromkeys(("ExportReport", "export"), "big2small.export"),
     "GeneratorConfig": "big2small.generators",
     **dict.fromkeys(("LoadedModel", "ModelSource", "load_model"), "big2small.models"),
     **dict.fromkeys(("Override", "Recipe"), "big2small.recipe"),
@@ -40,6 +41,7 @@ _EXPORTS = {
 if TYPE_CHECKING:
     from big2small.artifact import ArtifactInfo, decompress, ensure_writable, load, read_manifest, save
     from big2small.compress import CompressedModel, SizeReport, compress, make_recipe
+    from big2small.export import ExportReport, export
     from big2small.generators import GeneratorConfig
     from big2small.models import LoadedModel, ModelSource, load_model
     from big2small.recipe import Override, Recipe

@@ -14,7 +14,7 @@ import sys
 
 import typer
 
-from big2small.cli import commands, render
+from big2small.cli import commands, export, render
 from big2small.errors import Big2SmallError
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
@@ -27,6 +27,7 @@ app.command("eval")(commands.eval_)
 app.command()(commands.bench)
 app.command()(commands.selfcompress)
 app.command()(commands.fold)
+app.command()(export.export)
 
 
 def main() -> None:

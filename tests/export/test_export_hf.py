@@ -1,0 +1,54 @@
+"""Dense HF export: AutoModelForCausalLM.from_pretrained reloads it and computes our logits."""
+
+import pytest
+import torch
+
+import big2small as b2s
+from big2small.errors import Big2SmallError
+
+
+def _logits(model, inputs):
+    with torch.inference_mode():
+        return model(input_ids=inputs).logits.float()
+
+
+def test_float32_export_reloads_to_our_model_exactly_and_float16_within_its_rounding(make_artifact, tmp_path, inputs):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    artifact = make_artifact("uniform", bits=3, group_size=16)
+    ours = _logits(b2s.restore(artifact), inputs)
+    report = b2s.export(artifact, "hf", tmp_path / "fp32", dtype="float32")
+    assert not report.requantised
+    model = AutoModelForCausalLM.from_pretrained(str(tmp_path / "fp32")).eval()
+    assert torch.equal(_logits(model, inputs), ours)
+    report = b2s.export(artifact, "hf", tmp_path / "fp16")
+    assert report.requantised and all(t.error.sqnr_db > 60 for t in report.requantised)  # fp16 rounding only
+    model = AutoModelForCausalLM.from_pretrained(str(tmp_path / "fp16"), dtype=torch.float32).eval()
+    assert torch.allclose(_logits(model, inputs), ours, atol=1e-2)
+
+
+def test_an_existing_directory_is_replaced_only_when_it_is_an_export(make_artifact, tmp_path):
+    artifact = make_artifact("uniform", bits=3, group_size=16)
+    out = tmp_path / "hf"
+    b2s.export(artifact, "hf", out)
+    with pytest.raises(Big2SmallError, match="exists"):
+        b2s.export(artifact, "hf", out)
+    b2s.export(artifact, "hf", out, overwrite=True)
+    (out / "notes.py").write_text("")
+    with pytest.raises(Big2SmallError, match="not an exported model directory"):
+        b2s.export(artifact, "hf", out, overwrite=True)
+
+
+def test_per_layer_mlp_widths_are_refused_clearly(tiny_llama_dir, tmp_path):
+    from big2small.folding import FoldConfig
+
+    recipe = b2s.Recipe(transforms=[FoldConfig(sparsity=0.15, fold_attention=False, ratios={r".*layers\.0\..*": 0.5})],
+                        min_numel=1024)
+    cm = b2s.compress(b2s.load_model(tiny_llama_dir), recipe, progress=False)
+    widths = {t.shape[0] for n, t in cm.state_dict().items() if n.endswith("gate_proj.weight")}
+    b2s.save(cm, tmp_path / "folded.b2s")
+    if len(widths) == 1:
+        pytest.fail(f"the fold left one width {widths}: this test needs per-layer widths")
+    with pytest.raises(Big2SmallError, match="MLP widths .* differ per layer"):
+        b2s.export(tmp_path / "folded.b2s", "hf", tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()
