@@ -235,6 +235,9 @@ def run(model_name: str, extra_ours: list[str], only: list[str], fresh: bool) ->
     rows = baseline_rows(model_name) + ours_rows(extra_ours) + sinq_rows()
     ctx = Context(model_name)
     entries = [cached["fp32"] if "fp32" in cached and "fp32" not in only else fp32_entry(ctx)]
+    if not fresh:
+        for label, entry in earlier_rows(model_name, rows, entries[0]).items():
+            cached.setdefault(label, entry)
     for row in rows:
         old = cached.get(row["label"])
         if old and old["kind"] == row["kind"] and old["params"] == row["params"] and row["label"] not in only:
@@ -253,6 +256,49 @@ def run(model_name: str, extra_ours: list[str], only: list[str], fresh: bool) ->
     # Rows no longer listed (an --ours row from an earlier run) are kept, after the listed ones.
     done = {e["label"] for e in entries}
     write(model_name, ctx.loaded.source.task, entries + [e for e in cached.values() if e["label"] not in done])
+
+
+EARLIER = ("results/{model}/bench.json", "results/hyper/{model}/bench.json")  # baselines.py, hyper.py
+
+
+def _spec(row: dict) -> str:
+    """The row in the text form the earlier benchmarks' JSON use ("hqq:bits=3,group_size=128")."""
+    p = row["params"]
+    if row["kind"] == "b2s":
+        return p["method"] + ":" + ",".join(f"{k}={v}" for k, v in p["options"].items())
+    return f"{row['kind']}:bits={p.get('bits')},group_size={p.get('group_size')}"
+
+
+# Protocol entries that only describe (a label, a cache path): bos_token_id, which they describe, is compared.
+DESCRIPTIVE = {"bos", "bos_source", "bos_token", "tokenizer"}
+
+
+def _essential(protocols: dict) -> dict:
+    return {m: {k: v for k, v in p.items() if k not in DESCRIPTIVE} for m, p in protocols.items()}
+
+
+def earlier_rows(model_name: str, rows: list[dict], fp32: dict) -> dict[str, dict]:
+    """Rows measured already by baselines.py or hyper.py, reused only where that run's fp32 figures and
+    protocols are exactly this run's (same tensors, same evaluation): label -> cache entry."""
+    found: dict[str, dict] = {}
+    for pattern in EARLIER:
+        path = ROOT / pattern.format(model=model_name)
+        if not path.exists():
+            continue
+        data = json.loads(path.read_text())
+        ref = next(r for r in data["rows"] if r["method"] == "fp32")
+        if ref["metrics"] != fp32["result"]["metrics"] or _essential(data["protocols"]) != _essential(fp32["protocols"]):
+            print(f"[codecs] not reusing {path.relative_to(ROOT)}: its fp32 figures or protocols differ", flush=True)
+            continue
+        by_spec = {r["spec"]: r for r in data["rows"]}
+        for row in rows:
+            old = by_spec.get(_spec(row))
+            if old is not None and row["label"] not in found:
+                result = {**old, "method": row["family"], "spec": row["label"],
+                          "note": (f"measured by benchmarks/{'hyper' if 'hyper' in pattern else 'baselines'}.py "
+                                   f"(same tensors and protocol; {old['spec']}) " + old["note"]).strip()}
+                found[row["label"]] = {**row, "result": result}
+    return found
 
 
 # --- the report ----------------------------------------------------------------------------------
