@@ -53,8 +53,8 @@ OURS: list[tuple[str, str, dict]] = [
     ("hyper 4b/pair g64", "hyper", {"bits": 4, "group_size": 64}),  # 2 bits/weight + fp16 scale/64 = 2.25
     ("hyper 6b/pair g64", "hyper", {"bits": 6, "group_size": 64}),  # 3.25
     ("hyper 8b/pair g64", "hyper", {"bits": 8, "group_size": 64}),  # 4.25
-    ("hyper 6b/pair g128", "hyper", {"bits": 6, "group_size": 128}),  # 3.13
-    ("hyper 8b/pair g128", "hyper", {"bits": 8, "group_size": 128}),  # 4.13
+    ("hyper 6b/pair g128", "hyper", {"bits": 6}),  # 3.13 (group 128 is hyper's default)
+    ("hyper 8b/pair g128", "hyper", {"bits": 8}),  # 4.13
 ]
 
 PRIMARY = {"causal-lm": "perplexity", "encoder": "mean_cosine", "image-classifier": "top1_agreement"}
@@ -69,12 +69,12 @@ def baseline_rows(model_name: str) -> list[dict]:
 
     rows = [_row(f"RTN {b}b g64", "RTN (uniform)", "b2s", {"method": "uniform", "options": {"bits": b, "group_size": 64}})
             for b in (2, 3, 4)]
-    rows += [_row(f"HQQ {b}b g128", "HQQ", "hqq", {"bits": b, "group_size": 128}) for b in (2, 3, 4)]
     if model_name == "smollm2":
         rows += [_row(f"llama.cpp {t}", "llama.cpp", "llama", {"ftype": t}) for t in LLAMA_TYPES[:-2]]  # not Q5_K_M, Q8_0
     else:
         rows += [_row(f"ggml {t}", "llama.cpp (ggml)", "ggml", {"type": t})
                  for t in list(dict.fromkeys(BASE_TYPE.values()))[:-2]]  # not Q5_K, Q8_0
+    rows += [_row(f"HQQ {b}b g128", "HQQ", "hqq", {"bits": b, "group_size": 128}) for b in (4, 3, 2)]
     return rows
 
 
@@ -232,7 +232,7 @@ def run(model_name: str, extra_ours: list[str], only: list[str], fresh: bool) ->
     path = OUT / f"{model_name}.json"
     cache = json.loads(path.read_text()) if path.exists() and not fresh else {}
     cached = {e["label"]: e for e in cache.get("rows", [])}
-    rows = baseline_rows(model_name) + ours_rows(extra_ours) + sinq_rows()
+    rows = ours_rows(extra_ours) + baseline_rows(model_name) + sinq_rows()
     ctx = Context(model_name)
     entries = [cached["fp32"] if "fp32" in cached and "fp32" not in only else fp32_entry(ctx)]
     if not fresh:
@@ -375,7 +375,9 @@ def markdown(model_name: str, entries: list[dict], primary: str, env: dict) -> s
         "artifact's records, from the bytes ggml reports per row, or from the GGUF file's own stored tensor "
         "types. bpw (all): plus the fp16 tensors, over the original parameter count.",
         "- weight SQNR: over all compressed tensors together. encode s: wall-clock on this machine "
-        "(llama.cpp: the whole-file quantisation, 2 threads).",
+        "(llama.cpp: the whole-file quantisation, 2 threads). The machine's 2 cores are shared with other "
+        "jobs (load 7 to 14 while this table's new rows ran; rows reused from baselines.py and hyper.py "
+        "were timed on a quieter machine): compare encode times loosely.",
         "- data-free: no calibration data, no importance matrix, no fine-tuning.",
         f"- machine: {env.get('machine')}, {env.get('threads')} threads, torch {env.get('torch')}",
         f"- reproduce: `python benchmarks/codecs.py {model_name}` (cached rows are reused; `--only LABEL` re-measures one)",
@@ -418,15 +420,19 @@ def plot(model_name: str, entries: list[dict], primary: str, path: Path) -> None
     for i, fam in enumerate(families):
         pts = sorted((e["result"]["bpw_scope"], e["result"]["metrics"][primary]) for e in entries if e["family"] == fam)
         ys = [min(y, cap) if cap else y for _, y in pts]
-        ax.plot([x for x, _ in pts], ys, markers[i % len(markers)], ms=7, alpha=0.85, label=fam,
-                mfc=None if fam.startswith("ours") else "none")
+        line = ax.plot([x for x, _ in pts], ys, markers[i % len(markers)], ms=7, alpha=0.85, label=fam,
+                       mfc=None if fam.startswith("ours") else "none")[0]
+        for (x, y), shown in zip(pts, ys):
+            if cap and y > cap:
+                ax.annotate(f"{y:.3g}", (x, shown), textcoords="offset points", xytext=(0, -12 - 9 * i), ha="center",
+                            fontsize=7, color=line.get_color())
     for t in TARGETS:
         ax.axvline(t, color="grey", lw=0.6, ls=":")
     ax.axhline(fp32, color="k", ls="--", lw=1, label="fp32")
     if cap:
         ax.set_yscale("log")
         ax.set_ylim(0.9 * fp32, cap * 1.1)
-        ax.text(0.99, 0.98, f"capped at {cap:.0f}", transform=ax.transAxes, ha="right", va="top", fontsize=8)
+        ax.text(0.99, 0.98, f"capped at {cap:.0f} (true value below the marker)", transform=ax.transAxes, ha="right", va="top", fontsize=8)
     elif primary in ("mean_cosine", "top1_agreement"):
         lows = [e["result"]["metrics"][primary] for e in entries]
         ax.set_ylim(max(min(lows) - 0.02, 0.5 if primary == "mean_cosine" else 0.0), 1.005)
@@ -446,9 +452,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", action="append", default=[], help="re-measure this row label (repeatable)")
     parser.add_argument("--ours", action="append", default=[], help='an extra row "LABEL=METHOD:key=val,..."')
     parser.add_argument("--fresh", action="store_true", help="ignore the cached rows")
+    parser.add_argument("--report", action="store_true", help="only rewrite the table and plot from the JSON")
     args = parser.parse_args(argv)
     for model_name in args.models:
-        run(model_name, args.ours, args.only, args.fresh)
+        if args.report:
+            data = json.loads((OUT / f"{model_name}.json").read_text())
+            write(model_name, data["task"], data["rows"])
+        else:
+            run(model_name, args.ours, args.only, args.fresh)
         print((OUT / f"{model_name}.md").read_text())
 
 
