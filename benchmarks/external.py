@@ -193,7 +193,7 @@ def ggml_matrix(weight: torch.Tensor, name: str) -> tuple[torch.Tensor, int, str
 
 # --- llama.cpp on a whole GGUF model -------------------------------------------------------------
 
-LLAMA_TYPES = ("Q2_K", "Q3_K_S", "Q3_K_M", "IQ3_S", "IQ4_XS", "IQ4_NL", "Q4_K_S", "Q4_K_M", "Q4_0",
+LLAMA_TYPES = ("Q2_K", "Q3_K_S", "Q3_K_M", "IQ3_S", "Q4_0", "Q4_K_M", "IQ4_NL", "IQ4_XS", "Q4_K_S",
                "Q5_K_M", "Q8_0")
 # ggml's base type for each llama.cpp file type (the non-llama models get this type on every tensor;
 # the _S/_M mixes' per-tensor choices are llama.cpp rules by tensor name that only its architectures have).
