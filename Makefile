@@ -47,8 +47,12 @@ test-slow: setup
 bench: setup
 	# Benchmark-only baselines (hqq); resolves against the pinned CPU torch, installs no other torch.
 	$(PIP) install -q -e ".[bench]"
+	# SINQ without its dependencies, into .bench-site (not site-packages: its wheel's sitecustomize.py
+	# would patch transformers in every process of the environment).
+	test -d .bench-site/sinq || $(PIP) install -q --no-deps --target .bench-site sinq==0.2.0
 	$(PY) benchmarks/baselines.py
 	$(PY) benchmarks/hyper.py
+	$(PY) benchmarks/codecs.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

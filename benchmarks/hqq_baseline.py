@@ -15,12 +15,11 @@ before dequantising, so the returned weights match what those bits can store.
 
 from __future__ import annotations
 
-import time
-
 import torch
 from hqq.core.quantize import Quantizer
 
 from big2small.generators.base import HEADER_BITS
+from matrices import compress_matrices
 
 SUPPORTED_BITS = (8, 6, 5, 4, 3, 2, 1)
 GROUP_META_BITS = 32  # fp16 scale + fp16 zero per group
@@ -66,11 +65,4 @@ def hqq_compress_state(weights: dict[str, torch.Tensor], names: list[str], bits:
     Returns (a new dict with those names replaced by their dequantised weights, in each original
     dtype, other entries shared; the stored bits of the named tensors; wall-clock seconds spent).
     """
-    out = dict(weights)
-    total_bits = 0
-    start = time.perf_counter()
-    for name in names:
-        restored, n_bits = hqq_quantize_matrix(weights[name], bits, group_size)
-        out[name] = restored.to(weights[name].dtype)
-        total_bits += n_bits
-    return out, total_bits, time.perf_counter() - start
+    return compress_matrices(weights, names, lambda w: hqq_quantize_matrix(w, bits, group_size))

@@ -31,9 +31,9 @@ import torch
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
-from big2small.bench import BenchResult, BenchRow, run_bench, write_outputs
+from big2small.bench import BenchResult, BenchRow, measure_decoded, run_bench, write_outputs
 from big2small.evaluate.suite import EvalSettings
-from big2small.models.tasks import evaluate, reference_outputs
+from big2small.models.tasks import reference_outputs
 
 OUT = ROOT / "results" / "hyper"
 SIZES = (3, 4, 5, 6)  # bits per weight of the codes
@@ -78,19 +78,10 @@ def _hqq_rows(loaded) -> list[BenchRow]:
     for bits in SIZES:
         scaffold = b2s.compress(loaded, "uniform", bits=bits, group_size=128, progress=False)
         names = [n for n, e in scaffold.tensors.items() if e.compressed]
-        state = scaffold.state_dict()
-        original = loaded.model.state_dict()
-        dequantised, hqq_bits, seconds = hqq_compress_state(original, names, bits, 128)
-        state.update({n: dequantised[n] for n in names})
-        size = scaffold.size()
-        bits_all = hqq_bits + size.bits_raw
-        model = copy.deepcopy(loaded.model)
-        model.load_state_dict(state, strict=False)
-        metrics = evaluate(model.eval(), loaded.source.task, loaded.tokenizer, reference=reference, settings=settings)
-        err = scaffold.weight_error(original, decoded={n: dequantised[n] for n in names})
-        rows.append(BenchRow("HQQ g128", f"hqq:bits={bits},group_size=128", bits_all / size.n_parameters,
-                             hqq_bits / size.n_compressed, {m.metric: m.value for m in metrics},
-                             err.total.sqnr_db, seconds, "external baseline (hqq 0.2.8, optimize=True)"))
+        dequantised, hqq_bits, seconds = hqq_compress_state(loaded.model.state_dict(), names, bits, 128)
+        bpw_all, bpw_scope, metrics, sqnr = measure_decoded(loaded, scaffold, dequantised, hqq_bits, reference, settings)
+        rows.append(BenchRow("HQQ g128", f"hqq:bits={bits},group_size=128", bpw_all, bpw_scope, metrics, sqnr,
+                             seconds, "external baseline (hqq 0.2.8, optimize=True)"))
     return rows
 
 

@@ -123,6 +123,29 @@ def _measure(loaded, spec: str, settings: EvalSettings, reference) -> tuple[Benc
     return row, metrics
 
 
+def measure_decoded(loaded, scaffold, decoded: dict[str, torch.Tensor], bits: int, reference,
+                    settings: EvalSettings) -> tuple[float, float, dict[str, float], float | None]:
+    """Evaluate the model with its compressed tensors replaced by `decoded` (made elsewhere, e.g. by
+    an external baseline), everything else as `scaffold` (a CompressedModel of the same tensors)
+    stores it.
+
+    bits: the stored bits of the decoded tensors. Returns (bits per weight over the whole model,
+    counting the scaffold's raw tensors; bits per compressed weight; the task's metrics; the
+    weight SQNR in dB over the compressed tensors, or None when nothing is compressed).
+    """
+    names = [n for n, e in scaffold.tensors.items() if e.compressed]
+    state = scaffold.state_dict()
+    state.update({n: decoded[n] for n in names})
+    size = scaffold.size()
+    model = copy.deepcopy(loaded.model)
+    model.load_state_dict(state, strict=False)
+    metrics = evaluate(model.eval(), loaded.source.task, loaded.tokenizer, reference=reference, settings=settings)
+    err = scaffold.weight_error(loaded.model.state_dict(), decoded={n: decoded[n] for n in names})
+    del model
+    return ((bits + size.bits_raw) / size.n_parameters, bits / size.n_compressed, {m.metric: m.value for m in metrics},
+            err.total.sqnr_db if err else None)
+
+
 def run_bench(model_spec: str, configs: list[str], *, matched: bool = True, match_only: list[str] | None = None,
               settings: EvalSettings | None = None, out_dir: Path | None = None, command: str = "") -> BenchResult:
     """Run every config on `model_spec` and the matched-size baselines; write table, JSON and plot.
