@@ -55,6 +55,11 @@ OURS: list[tuple[str, str, dict]] = [
     ("hyper 8b/pair g64", "hyper", {"bits": 8, "group_size": 64}),  # 4.25
     ("hyper 6b/pair g128", "hyper", {"bits": 6}),  # 3.13 (group 128 is hyper's default)
     ("hyper 8b/pair g128", "hyper", {"bits": 8}),  # 4.13
+    # The trellis codec (exactly k bits per weight, rotated, one fp16 scale per row): 2.03, 3.03, 4.03
+    # on SmolLM2's 576-wide rows. Default register (12 bits); "L10" rows use the 4x faster 10-bit one.
+    ("trellis 2b", "trellis", {"bits": 2}),
+    ("trellis 3b", "trellis", {"bits": 3}),
+    ("trellis 4b", "trellis", {"bits": 4}),
 ]
 
 PRIMARY = {"causal-lm": "perplexity", "encoder": "mean_cosine", "image-classifier": "top1_agreement"}
