@@ -33,13 +33,15 @@ MODES = ("none", "input", "both")
 
 
 def excess_kurtosis(matrices: list[torch.Tensor]) -> float:
-    """Mean over rows of E[(x - mean)^4] / var^2 - 3, weighted by row count."""
+    """Mean over rows of E[(x - mean)^4] / var^2 - 3 (float64; constant rows, e.g. pruned
+    channels, have no kurtosis and are left out)."""
     total, rows = 0.0, 0
     for m in matrices:
-        centred = m - m.mean(1, keepdim=True)
-        var = centred.pow(2).mean(1).clamp(min=1e-30)
-        total += float((centred.pow(4).mean(1) / var.pow(2) - 3).sum())
-        rows += m.shape[0]
+        centred = m.double() - m.double().mean(1, keepdim=True)
+        var = centred.pow(2).mean(1)
+        keep = var > 0
+        total += float((centred[keep].pow(4).mean(1) / var[keep].pow(2) - 3).sum())
+        rows += int(keep.sum())
     return total / rows
 
 
