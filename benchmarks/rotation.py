@@ -62,12 +62,17 @@ def measure(model_name: str) -> dict:
                                    "bpw_compressed": size.bpw_scope, "encode_s": seconds})
             print(f"{model_name} {label:22s} rotate={mode:5s} SQNR {err.total.sqnr_db:6.2f} dB "
                   f"bpw {size.bpw_scope:.3f} {seconds:.0f} s", flush=True)
+    result["excess_kurtosis"] = kurtosis_before_after(cm, original)
+    return result
+
+
+def kurtosis_before_after(cm, original: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Rows' mean excess kurtosis of the compressed tensors, before and after an input rotation."""
     names = [n for n, e in cm.tensors.items() if e.compressed]
     plain = [cm.tensors[n].layout.to_matrix(original[n]) for n in names]
-    rotated = [rotation.rotate(m, GeneratorConfig.from_dict({**CODECS["uniform RTN 3b g128"], "rotate": "input"}),
-                               MatrixLayout(tuple(m.shape)), 0) for m in plain]
-    result["excess_kurtosis"] = {"none": excess_kurtosis(plain), "input": excess_kurtosis(rotated)}
-    return result
+    cfg = GeneratorConfig.from_dict({**CODECS["uniform RTN 3b g128"], "rotate": "input"})
+    rotated = [rotation.rotate(m, cfg, MatrixLayout(tuple(m.shape)), 0) for m in plain]
+    return {"none": excess_kurtosis(plain), "input": excess_kurtosis(rotated)}
 
 
 def write(results: list[dict]) -> None:
