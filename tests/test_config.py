@@ -21,6 +21,7 @@ from big2small.config import Config, TransformConfig
 from big2small.errors import Big2SmallError
 from big2small.folding import FoldConfig
 from big2small.generators import GeneratorConfig, UniformConfig
+from big2small.generators.rotation import RotatableConfig
 from big2small.recipe import Override, Recipe
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -34,7 +35,8 @@ def _subclasses(cls):
         yield from _subclasses(sub)
 
 
-TAGGED_BASES = (GeneratorConfig, TransformConfig)  # stand for their subclasses: never stored themselves
+# Bases that stand for their subclasses, never stored themselves (RotatableConfig: the codecs with a rotate option).
+TAGGED_BASES = (GeneratorConfig, TransformConfig, RotatableConfig)
 CONFIGS = sorted({c for c in _subclasses(Config) if c.__module__.startswith("big2small.") and c not in TAGGED_BASES},
                  key=lambda c: c.__qualname__)
 EXAMPLES = {Override: lambda: Override("fc.*", UniformConfig(bits=3)),
