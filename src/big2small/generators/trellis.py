@@ -27,7 +27,7 @@ from big2small import bitpack
 from big2small.errors import Big2SmallError
 from big2small.generators import rotation
 from big2small.generators.base import HEADER_BITS, ArrayForm, Encoded, byte_arrays, register
-from big2small.generators.grouping import element_counts, grouped, grouping, ungrouped
+from big2small.generators.grouping import grouped, grouping, ungrouped
 from big2small.generators.trellis_codes import SHIPPED_STATE_BITS, state_values
 from big2small.generators.viterbi import decode_states, search
 from big2small.layout import MatrixLayout
@@ -76,8 +76,8 @@ class TrellisGenerator(rotation.RotatingGenerator):
         cfg: TrellisConfig = self.config
         gp = _grouping(cfg, layout)
         groups = grouped(matrix, gp)
-        real = grouped(torch.ones_like(matrix), gp)
-        rms = (groups.pow(2).sum(1) / element_counts(gp, layout).to(groups.device)).sqrt()
+        real = grouped(torch.ones_like(matrix), gp)  # 1 on weights, 0 on the padding of short groups
+        rms = (groups.pow(2).sum(1) / real.sum(1)).sqrt()
         if bool((rms > 65504).any()):
             raise Big2SmallError("trellis: weights too large for fp16 group scales")
         values = state_values(cfg.bits, cfg.state_bits).to(matrix.device)
