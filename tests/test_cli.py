@@ -288,3 +288,30 @@ def test_a_setting_that_barely_compresses_is_flagged_before_and_after(state_file
     assert report["size"]["ratio_vs_fp16"] < 1.5 and report["warnings"] and "barely compresses" in r.stderr
     r = run("compress", state_file, "--bits", "4", "-o", tmp_path / "b.b2s")
     assert r.returncode == 0 and "warning:" not in r.stderr  # 4-bit codes: no warning
+
+
+def test_size_target_without_a_method_is_filled_by_allocation(state_file):
+    r = run("compress", state_file, "--bpw", "3.2", "--dry-run", "--json", "-")
+    assert r.returncode == 0, r.stderr
+    entries = {e["name"]: e for e in json.loads(r.stdout)["tensors"]}
+    encoder = entries["encoder.weight"]
+    assert encoder["config"]["method"] == "trellis" and encoder["reason"] == "allocated by weights error"
+
+
+def test_size_mb_target_and_equal_allocation(state_file, tmp_path):
+    r = run("compress", state_file, "--method", "uniform", "--size-mb", "0.015", "--allocate", "equal",
+            "-o", tmp_path / "a.b2s", "--json", "-")
+    assert r.returncode == 0, r.stderr
+    size = json.loads(r.stdout)["size"]
+    assert size["bits_total"] <= 0.015 * 8e6
+    assert size["bits_total"] == pytest.approx(size["bpw_all"] * 35584)
+
+
+def test_size_options_are_checked_in_one_line(state_file, tmp_path):
+    out = tmp_path / "a.b2s"
+    assert_one_line_error(run("compress", state_file, "--bpw", "3", "--size-mb", "1", "-o", out), "only one of")
+    assert_one_line_error(run("compress", state_file, "--bpw", "3", "--bits", "3", "-o", out), "need --method")
+    assert_one_line_error(run("compress", state_file, "--method", "uniform", "--bpw", "3", "--allocate", "best", "-o", out),
+                          "allocate must be one of")
+    assert_one_line_error(run("compress", state_file, "--bpw", "40", "-o", out), "the original takes 32.000")
+    assert not out.exists()

@@ -53,7 +53,7 @@ def test_inr_user_errors_are_one_line(tmp_path):
     out = tmp_path / "a.b2s"
     assert_one_line_error(run("compress", src, "--method", "inr", "--bpw", "0.2", "-o", out), "impossible")
     assert_one_line_error(run("compress", src, "--method", "inr", "--ratio", "0.5", "-o", out), "--ratio")
-    assert_one_line_error(run("compress", src, "--method", "inr", "--ratio", "8", "--bpw", "4", "-o", out), "not both")
+    assert_one_line_error(run("compress", src, "--method", "inr", "--ratio", "8", "--bpw", "4", "-o", out), "only one of")
     assert_one_line_error(run("compress", src, "--method", "inr", "-O", "reorder=random", "-o", out), "reorder")
     assert not out.exists()
 

@@ -69,7 +69,7 @@ def test_dry_run_writes_the_plan_as_json(state_file, tmp_path):
     assert "pre-flight" in r.stderr
     rows = {row["name"]: row for row in plan["tensors"]}
     assert set(rows) == {"encoder.weight", "encoder.bias", "head.weight"}
-    assert rows["encoder.weight"]["config"]["method"] == "uniform" and rows["encoder.weight"]["sized_to_target"]
+    assert rows["encoder.weight"]["config"]["method"] == "trellis" and rows["encoder.weight"]["sized_to_target"]
     assert plan["recipe"]["target_bpw"] == 3.2 and sum(plan["summary"].values()) == 3
 
     r = run("compress", state_file, "--bpw", "3.2", "--dry-run", "--json", tmp_path / "plan.json")

@@ -162,3 +162,83 @@ def test_transform_records_and_the_original_parameter_count_are_kept(small_net):
     record = ChannelRemovalRecord({"conv": 2})
     cm = b2s.compress(small_net, "uniform", bits=4, progress=False, transforms=[record], n_parameters=10**6)
     assert cm.transforms == [record] and cm.size().n_parameters == 10**6
+
+
+# --- filled size targets (bit allocation) ---------------------------------------------------------
+
+def target_met(cm, target: float) -> bool:
+    """Within 1% under the target, never over."""
+    return target * 0.99 <= cm.size().bpw_all <= target
+
+
+class _Stack(torch.nn.Module):
+    """64 linear layers of 64 x 64 and unequal scale: many tensors, each small against the model."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.layers = torch.nn.ModuleList(torch.nn.Linear(64, 64, bias=False) for _ in range(64))
+        with torch.no_grad():
+            for i, layer in enumerate(self.layers):
+                layer.weight.mul_(1 + i / 10)
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = torch.tanh(layer(x))
+        return x
+
+
+@pytest.mark.parametrize("method, target", [("uniform", 2.5), ("uniform", 3.25), ("trellis", 3.25), (None, 2.5)])
+def test_bpw_target_is_filled_to_within_one_percent_under(method, target):
+    cm = b2s.compress(_Stack(), method, bpw=target, progress=False)
+    assert target_met(cm, target)
+    assert all(e.budgeted and e.reason == "allocated by weights error" for e in cm.plan if e.numel >= 4096)
+
+
+def test_equal_allocation_gives_every_tensor_the_same_share():
+    cm = b2s.compress(_Stack(), "uniform", bpw=3.25, allocate="equal", progress=False)
+    configs = {str(e.config) for e in cm.plan if e.budgeted}
+    assert len(configs) == 1 and cm.size().bpw_all <= 3.25
+
+
+def test_allocation_by_weight_error_beats_equal_shares_on_weight_error():
+    model = _Stack()
+    original = {n: t.clone() for n, t in model.state_dict().items()}
+
+    def squared_error(cm):
+        decoded = cm.state_dict()
+        return sum(float((decoded[n].float() - original[n]).pow(2).sum()) for n in original)
+
+    equal = b2s.compress(model, "uniform", bpw=3.25, allocate="equal", progress=False)
+    filled = b2s.compress(model, "uniform", bpw=3.25, allocate="weights", progress=False)
+    assert squared_error(filled) < squared_error(equal)
+    assert len({str(e.config) for e in filled.plan if e.budgeted}) > 1  # the mix differs by tensor
+
+
+def test_no_method_with_a_target_mixes_trellis_widths_and_may_keep_tensors(small_net):
+    cm = b2s.compress(small_net, None, bpw=6.0, min_numel=256, progress=False)
+    allocated = [e for e in cm.plan if e.budgeted]
+    assert {e.config.method for e in allocated} <= {"trellis", "raw"}
+    assert "embed.weight" in {e.name for e in allocated}  # embeddings are in scope
+    assert cm.size().bpw_all <= 6.0
+
+
+def test_impossible_targets_name_the_feasible_range():
+    with pytest.raises(Big2SmallError, match=r"impossible.* takes \d+\.\d+ bpw at the least, and the original takes 32\.000"):
+        b2s.compress(_Stack(), "uniform", bpw=0.5, progress=False)
+    with pytest.raises(Big2SmallError, match="the original takes 32.000"):
+        b2s.compress(_Stack(), "trellis", bpw=32.0, progress=False)
+
+
+def test_causal_lm_is_allocated_by_output_error_and_a_state_dict_cannot_be():
+    from tiny_models import tiny_llama
+
+    model = tiny_llama()
+    recipe = b2s.make_recipe("uniform", bpw=4.0, min_numel=1024, include_embeddings=True)
+    recipe.allocation.probe_count, recipe.allocation.probe_tokens = 4, 16  # a quick probe
+    cm = b2s.compress(model, recipe, progress=False)
+    assert all(e.reason == "allocated by output error" for e in cm.plan if e.budgeted)
+    assert target_met(cm, 4.0)
+    with pytest.raises(Big2SmallError, match="output error is impossible here"):
+        b2s.compress(model.state_dict(), "uniform", bpw=4.0, min_numel=1024, include_embeddings=True,
+                     allocate="output", progress=False)

@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import big2small as b2s
+from big2small.allocation.config import AllocationConfig
 from big2small.artifact import HASH_KEY, MANIFEST, TENSORS
 from big2small.config import Config, TransformConfig
 from big2small.errors import Big2SmallError
@@ -41,7 +42,8 @@ CONFIGS = sorted({c for c in _subclasses(Config) if c.__module__.startswith("big
                  key=lambda c: c.__qualname__)
 EXAMPLES = {Override: lambda: Override("fc.*", UniformConfig(bits=3)),
             Recipe: lambda: Recipe(default=UniformConfig(bits=3), overrides=[Override("fc", None)], target_bpw=3.5,
-                                   transforms=[FoldConfig(sparsity=0.2, skip=["attention"])])}
+                                   transforms=[FoldConfig(sparsity=0.2, skip=["attention"])],
+                                   allocation=AllocationConfig(candidates=[UniformConfig(bits=2)], keep_candidate=True))}
 
 
 def _example(cls):

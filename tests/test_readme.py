@@ -261,6 +261,8 @@ def check_command(args: list[str], stdout: str, cwd: Path) -> None:
             assert size.bpw_all <= float(option(args, "--bpw"))
         if option(args, "--ratio"):
             assert size.ratio_vs_fp32 >= float(option(args, "--ratio"))
+        if option(args, "--size-mb"):
+            assert size.bits_total <= float(option(args, "--size-mb")) * 8e6
     if command == "fold" and output is not None:
         before, after = re.search(r"parameters before / after\s*│?\s*([\d,]+) / ([\d,]+)", stdout).groups()
         assert int(after.replace(",", "")) < int(before.replace(",", ""))

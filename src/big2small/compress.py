@@ -13,13 +13,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from big2small.allocation.config import AllocationConfig
 from big2small.errors import Big2SmallError
 from big2small.evaluate.weights import WeightErrorReport, weight_error
 from big2small.folding.config import FoldConfig
 from big2small.folding.fold import fold
 from big2small.generators import REGISTRY, Encoded, GeneratorConfig, RawConfig, decode, generator_for
 from big2small.models.source import LoadedModel, ModelSource, module_source
-from big2small.models.tasks import get_task
+from big2small.models.tasks import get_task, task_of_architecture
 from big2small.progress import progress_bar
 from big2small.transforms import reshape_to
 from big2small.transforms.records import FoldRecord, TransformRecord
@@ -146,23 +147,67 @@ def count_parameters(entries: list[PlanEntry]) -> int:
     return sum(e.numel for e in entries if e.is_parameter)
 
 
+def parameter_count(model: Any) -> int:
+    """Parameters of a model (an nn.Module, a LoadedModel or a state_dict), tied tensors once:
+    what bits per weight count against."""
+    weights, _ = _unwrap(model, None)
+    if isinstance(weights, nn.Module):
+        return sum(p.numel() for p in weights.parameters())
+    return sum(t.numel() for t in weights.values())
+
+
+ALLOCATE = ("auto", "output", "weights", "equal")
+# The default when a size target comes without a method: the trellis codec at every width, or a
+# tensor kept at 16 bits, chosen per tensor by allocation. L=10 rather than the trellis's own
+# default 12: 0.3-0.4 dB less, but 3x faster to encode (docs/allocation.md).
+AUTO_STATE_BITS = 10
+
+
+def auto_candidates() -> list[GeneratorConfig]:
+    """The configurations `--bpw` with no method chooses among for each tensor (plus keeping it)."""
+    from big2small.generators.trellis import TrellisConfig
+
+    return [TrellisConfig(bits=k, state_bits=AUTO_STATE_BITS) for k in range(1, 9)]
+
+
 def make_recipe(method: str | None = None, *, bpw: float | None = None,
                 overrides: list[tuple[str, GeneratorConfig | None]] | None = None,
                 include_embeddings: bool = False, min_numel: int = 4096, raw_dtype: str = "float16",
-                seed: int = 0, **options: Any) -> Recipe:
+                seed: int = 0, allocate: str = "auto", **options: Any) -> Recipe:
     """A recipe from a method name and its options, e.g. make_recipe("uniform", bits=3, group_size=64).
 
-    With `bpw`, the options not given are chosen to meet that many bits per original weight.
+    With `bpw`, the options not given are chosen to fill that many bits per original weight.
+    allocate: how, for methods whose sizes allocation can mix (uniform, trellis, hyper): "auto"
+        (by output error where the model has a data-free probe, else by weight error), "output",
+        "weights", or "equal" (the same share for every tensor; each lands under it). Allocation
+        brings the embeddings and LM head into scope and may keep any tensor at `raw_dtype`.
+        Other methods size every tensor equally. With `bpw` and no method, each tensor gets the best of the
+        trellis codec's widths or is kept at 16 bits, embeddings included (`auto_candidates`).
     """
-    default = None
-    if method is not None:
+    if allocate not in ALLOCATE:
+        raise Big2SmallError(f"allocate must be one of {', '.join(ALLOCATE)}, got {allocate!r}")
+    default, allocation = None, None
+    if method is None and options:
+        raise Big2SmallError(f"options {sorted(options)} need a method")
+    if method is None and bpw is not None:
+        if allocate == "equal":
+            raise Big2SmallError("a size target without a method is filled by allocation: give a method for allocate='equal'")
+        default = auto_candidates()[3]
+        allocation = AllocationConfig(objective=allocate, candidates=auto_candidates(), keep_candidate=True)
+        include_embeddings = True
+    elif method is not None:
         if method not in REGISTRY or REGISTRY[method].config_type.stores_dense:
             known = sorted(m for m, g in REGISTRY.items() if not g.config_type.stores_dense)
             raise Big2SmallError(f"unknown method {method!r}; known: {', '.join(known)}")
         default = GeneratorConfig.from_dict({"method": method, **options})
+        if bpw is not None and allocate != "equal" and type(default).allocatable:
+            # Every bit counts: embeddings and head are in scope, and any tensor may stay at 16
+            # bits where that buys more than compressing it (decided by the allocation).
+            allocation = AllocationConfig(objective=allocate, keep_candidate=True)
+            include_embeddings = True
     return Recipe(default=default, overrides=[Override(p, c) for p, c in (overrides or [])],
                   min_numel=min_numel, include_embeddings=include_embeddings, raw_dtype=raw_dtype,
-                  target_bpw=bpw, budget_fixed=dict(options), seed=seed)
+                  target_bpw=bpw, budget_fixed=dict(options), seed=seed, allocation=allocation)
 
 
 def plan_model(model: Any, recipe: Recipe, *, source: ModelSource | None = None,
@@ -183,7 +228,7 @@ def plan_with_count(model: Any, recipe: Recipe, *, source: ModelSource | None = 
     original model's, before any transform; tied tensors once)."""
     model, source = _unwrap(model, source)
     model, _, n_parameters = _apply_transforms(model, recipe.transforms, source=source, progress=progress)
-    infos, entries = _plan(model, recipe, n_parameters)
+    infos, entries = _plan(model, recipe, n_parameters, source=source, progress=progress)
     return infos, entries, n_parameters if n_parameters is not None else count_parameters(entries)
 
 
@@ -220,14 +265,21 @@ def _unwrap(model: Any, source: ModelSource | None) -> tuple[nn.Module | dict[st
     return model, source
 
 
-def _plan(model: nn.Module | dict[str, torch.Tensor], recipe: Recipe,
-          n_parameters: int | None) -> tuple[list[TensorInfo], list[PlanEntry]]:
+def _plan(model: nn.Module | dict[str, torch.Tensor], recipe: Recipe, n_parameters: int | None, *,
+          source: ModelSource | None = None, progress: bool = False) -> tuple[list[TensorInfo], list[PlanEntry]]:
     """The plan of `model` (already transformed); a size target counts against `n_parameters`
     (the original model's; None: this model's)."""
     infos = describe_state_dict(model) if isinstance(model, dict) else describe_module_tensors(model)
     entries = plan(infos, recipe)
     if recipe.target_bpw is not None:
-        _size_to_target(entries, recipe, n_parameters if n_parameters is not None else count_parameters(entries))
+        n_params = n_parameters if n_parameters is not None else count_parameters(entries)
+        if recipe.allocation is None:
+            _size_to_target(entries, recipe, n_params)
+        else:
+            task = get_task(source.task if source else None, source.architecture if source else None)
+            if task.name == "unknown" and isinstance(model, nn.Module):  # a user's own HF model object
+                task = get_task(task_of_architecture(type(model).__name__))
+            _allocate(entries, {i.name: i.tensor for i in infos}, recipe, n_params, model, task, progress)
     return infos, entries
 
 
@@ -262,7 +314,7 @@ def compress(model: Any, recipe: Recipe | str | None = None, *, source: ModelSou
     device = resolve_device(device)
     if recipe.transforms:
         model, transforms, n_parameters = _apply_transforms(model, recipe.transforms, source=source, progress=progress)
-    infos, entries = _plan(model, recipe, n_parameters)
+    infos, entries = _plan(model, recipe, n_parameters, source=source, progress=progress)
     tensors_by_name = {i.name: i.tensor for i in infos}
     encoded = _adopt(entries, pre_encoded or {}, pre_encoded_reason)
     joint: dict[str, list[PlanEntry]] = {}
@@ -365,11 +417,8 @@ def _size_to_target(entries: list[PlanEntry], recipe: Recipe, n_params: int) -> 
     Tensors with a fixed config (raw, overrides) are charged first; what is left is shared out
     evenly per weight among the tensors that use the default method.
     """
-    sized = [e for e in entries if e.compressed and e.config is recipe.default]
-    if not sized:
-        raise Big2SmallError("a size target needs a compression method for at least one tensor")
+    sized, fixed_bits = _sized_entries(entries, recipe)
     gen_cls = REGISTRY[recipe.default.method]
-    fixed_bits = sum(_planned_bits(e) for e in entries if e not in sized)
     budget = recipe.target_bpw * n_params - fixed_bits
     n_sized = sum(e.numel for e in sized)
     beta = budget / n_sized
@@ -390,3 +439,40 @@ def _size_to_target(entries: list[PlanEntry], recipe: Recipe, n_params: int) -> 
                 f"{beta:.3f} bits per compressed weight ({exc})"
             ) from None
         e.budgeted = True
+
+
+def _sized_entries(entries: list[PlanEntry], recipe: Recipe) -> tuple[list[PlanEntry], int]:
+    """The entries a size target sizes (those of the default method) and the bits every other
+    entry takes (charged first)."""
+    sized = [e for e in entries if e.compressed and e.config is recipe.default]
+    if not sized:
+        raise Big2SmallError("a size target needs a compression method for at least one tensor")
+    return sized, sum(_planned_bits(e) for e in entries if e not in sized)
+
+
+def _allocate(entries: list[PlanEntry], tensors: dict[str, torch.Tensor], recipe: Recipe, n_params: int,
+              model: nn.Module | dict[str, torch.Tensor], task: Any, progress: bool) -> None:
+    """Fill the size target: each sized entry gets the config the allocator chooses (with why).
+    A target outside what the model can take is a Big2SmallError naming the feasible range."""
+    from big2small.allocation.allocate import Allotment, allocate, describe, smallest_bits
+
+    sized, fixed_bits = _sized_entries(entries, recipe)
+    items = [Allotment(e.name, e.layout, tensors[e.name]) for e in sized]
+    kwargs = dict(method=recipe.default.method, fixed=dict(recipe.budget_fixed), raw_dtype=recipe.raw_dtype)
+    lowest = (fixed_bits + smallest_bits(items, recipe.allocation, **kwargs)) / n_params
+    original = sum(e.numel * e.dtype.itemsize * 8 for e in entries) / n_params
+    if not lowest <= recipe.target_bpw < original:
+        raise Big2SmallError(
+            f"target {recipe.target_bpw:g} bpw is impossible: with this recipe the model takes {lowest:.3f} bpw "
+            f"at the least, and the original takes {original:.3f} (give a target in between)")
+    budget = math.floor(recipe.target_bpw * n_params) - fixed_bits
+    result = allocate(items, budget, recipe.allocation, model=model, task=task, seed=recipe.seed,
+                      progress=progress, **kwargs)
+    total = sum(result.costs.values()) or 1.0
+    unit = "nats per output" if result.objective == "output" else "squared weight error"
+    for e in sized:
+        e.config = result.configs[e.name]
+        e.budgeted = True
+        e.reason = f"allocated by {result.objective} error"
+        e.detail = (f"{describe(e.config)}: predicted {result.costs[e.name]:.3g} {unit}, "
+                    f"{100 * result.costs[e.name] / total:.1f}% of the total")

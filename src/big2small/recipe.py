@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from big2small.allocation.config import AllocationConfig
 from big2small.config import Config
 from big2small.errors import Big2SmallError
 from big2small.dtypes import STORED_DTYPES, dtype_name
@@ -74,6 +75,9 @@ class Recipe(Config):
     transforms: structural transforms applied in order before anything is stored (JSON:
         {"transform": "fold", ...}); the rest of the recipe applies to the transformed model, and
         bits per weight count against the original model's parameters.
+    allocation: with target_bpw, how the bits are shared out: None gives every tensor of the
+        default method the same share (each lands under it); an AllocationConfig fills the target
+        by choosing each tensor's config for the least predicted output error (big2small.allocation).
     """
 
     default: GeneratorConfig | None = None
@@ -85,6 +89,7 @@ class Recipe(Config):
     budget_fixed: dict[str, Any] = field(default_factory=dict)  # default's options the user pinned
     seed: int = 0
     transforms: list[FoldConfig] = field(default_factory=list)
+    allocation: AllocationConfig | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -108,6 +113,7 @@ class PlanEntry:
     reason: str
     aliases: list[str] = field(default_factory=list)
     budgeted: bool = False  # the config's open options are chosen by the size target
+    detail: str = ""  # figures behind the choice (allocation's sensitivity and predicted error)
 
     @property
     def compressed(self) -> bool:

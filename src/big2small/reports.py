@@ -101,10 +101,12 @@ class PlanRow:
     config: dict[str, Any]
     reason: str
     sized_to_target: bool
+    detail: str = ""  # the figures behind an allocated choice
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "aliases": list(self.aliases), "shape": list(self.shape), "kind": self.kind,
-                "config": self.config, "reason": self.reason, "sized_to_target": self.sized_to_target}
+                "config": self.config, "reason": self.reason, "sized_to_target": self.sized_to_target,
+                "detail": self.detail}
 
 
 @dataclass(frozen=True)
@@ -123,7 +125,7 @@ class PlanReport:
     def of(cls, entries: list[PlanEntry], recipe: Recipe, n_parameters: int | None = None) -> PlanReport:
         """The report of a plan from big2small.compress.plan_with_count (or plan_model; then
         `n_parameters`, default: the plan's own parameters, must be the original model's)."""
-        rows = tuple(PlanRow(e.name, tuple(e.aliases), tuple(e.shape), e.kind, e.config.to_dict(), e.reason, e.budgeted)
+        rows = tuple(PlanRow(e.name, tuple(e.aliases), tuple(e.shape), e.kind, e.config.to_dict(), e.reason, e.budgeted, e.detail)
                      for e in entries)
         bounds = {e.name: planned_bits(e) for e in entries}
         return cls(recipe, rows, plan_summary(entries),

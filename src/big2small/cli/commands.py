@@ -33,9 +33,11 @@ def _require_output(output: Optional[Path], dry_run: bool) -> None:
 def compress(
     model: Model,
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Artifact directory to write (e.g. model.b2s)."),
-    method: str = typer.Option("uniform", "--method", "-m", help="uniform, trellis, hyper, hyper_ref, lowrank, prune, channel_int or inr (Big2Small)."),
-    bpw: Optional[float] = typer.Option(None, help="Target bits per weight for the whole model; options left open are chosen to meet it."),
+    method: Optional[str] = typer.Option(None, "--method", "-m", help="uniform, trellis, hyper, hyper_ref, lowrank, prune, channel_int or inr (Big2Small). Default: with a size target, the best per tensor (trellis widths or kept at 16 bits, chosen by allocation); without one, uniform."),
+    bpw: Optional[float] = typer.Option(None, help="Target bits per weight for the whole model, every stored bit counted; filled to within 1% under where the method's sizes can be mixed."),
     ratio: Optional[float] = typer.Option(None, help="Target compression ratio against fp32 (same as --bpw 32/RATIO)."),
+    size_mb: Optional[float] = typer.Option(None, "--size-mb", help="Target size of the stored weights in MB (10^6 bytes; the manifest adds a few KB), instead of --bpw."),
+    allocate: str = typer.Option("auto", help="With a size target: how bits are shared among tensors: auto (by output error where the model has a data-free probe, else by weight error), output, weights, or equal (the same share for every tensor)."),
     bits: Optional[float] = typer.Option(None, help="Bits per compressed weight, for every method (uniform, channel_int: the code width; hyper: index width bits x dim; lowrank, inr: the budget per weight); scales and headers add a little. A method's own knobs: -O KEY=VALUE."),
     group_size: Optional[int] = typer.Option(None, help="uniform, hyper: weights per group (0 = per channel)."),
     symmetric: Optional[bool] = typer.Option(None, "--symmetric/--asymmetric", help="uniform: grid shape."),
@@ -56,25 +58,31 @@ def compress(
 ) -> None:
     """Compress a model and write an artifact (safetensors + JSON manifest)."""
     _require_output(output, dry_run)
-    bpw = options.target_bpw(bpw, ratio)
+    bpw = options.target_bpw(bpw, ratio, size_mb)
+    if method is None and bpw is None and size_mb is None:
+        method = "uniform"
     import big2small as b2s
-    from big2small.compress import plan_with_count, resolve_device
+    from big2small.compress import parameter_count, plan_with_count, resolve_device
     from big2small.reports import CompressReport, PlanReport
 
     if output is not None:
         b2s.ensure_writable(output, overwrite=overwrite)
     resolve_device(device)  # a device this machine lacks is refused before the model loads
-    if recipe is not None:
-        the_recipe = options.recipe_from_file(recipe)
-    else:
-        the_recipe = options.recipe_from_options(
-            method, bpw=bpw, bits=bits, override=override, option=option, include_embeddings=include_embeddings,
-            min_numel=min_numel, raw_dtype=raw_dtype, seed=seed,
-            method_options={"group_size": group_size, "symmetric": symmetric, "rank": rank,
-                            "energy": energy, "sparsity": sparsity})
     out = render.Output(json_out)
     render.notes.print(f"loading {model} ...")
     loaded = b2s.load_model(model)
+    if size_mb is not None:  # bits per weight of this model's parameters
+        bpw = size_mb * 8e6 / parameter_count(loaded)
+    if recipe is not None:
+        the_recipe = options.recipe_from_file(recipe)
+        if bpw is not None:
+            the_recipe.target_bpw = bpw
+    else:
+        the_recipe = options.recipe_from_options(
+            method, bpw=bpw, bits=bits, override=override, option=option, include_embeddings=include_embeddings,
+            min_numel=min_numel, raw_dtype=raw_dtype, seed=seed, allocate=allocate,
+            method_options={"group_size": group_size, "symmetric": symmetric, "rank": rank,
+                            "energy": energy, "sparsity": sparsity})
     if dry_run:
         _, entries, n_parameters = plan_with_count(loaded, the_recipe)
         plan = PlanReport.of(entries, the_recipe, n_parameters)

@@ -16,12 +16,15 @@ if TYPE_CHECKING:
     from big2small.recipe import Recipe
 
 
-def target_bpw(bpw: float | None, ratio: float | None) -> float | None:
-    """Bits per weight asked for, by --bpw or as --ratio against fp32 (32 / ratio); None: no target."""
+def target_bpw(bpw: float | None, ratio: float | None, size_mb: float | None = None) -> float | None:
+    """Bits per weight asked for, by --bpw or as --ratio against fp32 (32 / ratio); None: no target
+    (or --size-mb, which the caller turns into bits per weight once the model is loaded)."""
+    if sum(x is not None for x in (bpw, ratio, size_mb)) > 1:
+        raise Big2SmallError("give only one of --bpw, --ratio and --size-mb")
+    if size_mb is not None and not size_mb > 0:
+        raise Big2SmallError(f"--size-mb must be a positive number, got {size_mb}")
     if ratio is None:
         return bpw
-    if bpw is not None:
-        raise Big2SmallError("give --bpw or --ratio, not both")
     if not ratio > 1:
         raise Big2SmallError(f"--ratio must be > 1 (compression against fp32), got {ratio}")
     return 32.0 / ratio
@@ -38,7 +41,7 @@ def extra_options(items: list[str]) -> dict[str, Any]:
     return options
 
 
-def recipe_from_options(method: str, *, bpw: float | None, bits: float | None, override: list[str],
+def recipe_from_options(method: str | None, *, bpw: float | None, bits: float | None, override: list[str],
                         method_options: dict[str, Any], option: list[str], **recipe_options: Any) -> Recipe:
     """The recipe the command line describes: `method` with its options (--bits, bits per weight,
     turned into the method's own option; the other named ones; then --option items), --override
@@ -58,6 +61,8 @@ def recipe_from_options(method: str, *, bpw: float | None, bits: float | None, o
             name, opts = parse_method_spec(spec)
             overrides.append((pattern, GeneratorConfig.from_dict({"method": name, **opts})))
     options = {**{k: v for k, v in method_options.items() if v is not None}, **extra_options(option)}
+    if method is None and (options or bits is not None):
+        raise Big2SmallError("--bits and a method's options need --method (a size target alone chooses codecs per tensor)")
     if bits is not None and method in REGISTRY:  # an unknown method is refused by make_recipe
         for key, value in REGISTRY[method].config_type.options_for_bits(bits, options).items():
             if key in options:

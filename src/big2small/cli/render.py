@@ -114,7 +114,8 @@ def show_plan(console: Console, plan: PlanReport) -> None:
         stored = row.config["method"] + ("(" + ", ".join(f"{k}={v}" for k, v in options.items()) + ")" if options else "")
         name = row.name + (f" (= {', '.join(row.aliases)})" if row.aliases else "")
         cells = (name, "x".join(map(str, row.shape)) or "scalar", row.kind, stored,
-                 row.reason + (" [sized to target]" if row.sized_to_target else ""))
+                 row.reason + (f" ({row.detail})" if row.detail else "")
+                 + (" [sized to target]" if row.sized_to_target else ""))
         t.add_row(*map(escape, cells))  # names and reasons are text, not rich markup
     console.print(t)
     console.print(summary_line(plan.summary))

@@ -38,6 +38,9 @@ class GeneratorConfig(Config):
     method: ClassVar[str] = ""
     # True for the one config that stores a tensor as it is (raw): its bits are not "compressed".
     stores_dense: ClassVar[bool] = False
+    # True where the error on a sample of a tensor's rows predicts the whole tensor's (groups and
+    # scales live within rows), so that a size target can be filled by bit allocation.
+    allocatable: ClassVar[bool] = False
 
     # The option that --bits (bits per weight, one meaning for every method) sets: "bits" (a whole
     # code width per weight), "bits_per_weight" (a budget per weight), or None (no such knob).

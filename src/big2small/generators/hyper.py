@@ -68,6 +68,7 @@ class HyperConfig(rotation.RotatableConfig):
     rotate: none | input | both (generators.rotation)."""
 
     method = "hyper"
+    allocatable = True
     bits: int = 8
     dim: int = 2
     group_size: int = 128

@@ -44,6 +44,7 @@ class TrellisConfig(rotation.RotatableConfig):
     weights per fp16 scale along a row, 0 = one per row. rotate: none | input | both."""
 
     method = "trellis"
+    allocatable = True
     bits_option = "bits"  # --bits is its code width: bits per weight, exactly
     bits: int = 2
     state_bits: int = DEFAULT_STATE_BITS

@@ -30,6 +30,7 @@ class UniformConfig(rotation.RotatableConfig):
     rotate: none | input | both (generators.rotation)."""
 
     method = "uniform"
+    allocatable = True
     bits_option = "bits"
     bits: int = 4
     group_size: int = 128

@@ -14,6 +14,7 @@ zoo's Fashion-MNIST networks): top-1 accuracy on the 10,000 test images.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, ClassVar
 
 import torch
@@ -57,23 +58,93 @@ class Task:
         """The task's metrics on `model`; fidelity metrics need `reference` (from reference_outputs)."""
         raise Big2SmallError(f"no task metrics for a model of task {self.name!r} (known: {', '.join(TASKS)})")
 
+    # Data-free probing (bit allocation's sensitivity): inputs the task makes without any data set,
+    # and a loss whose gradient is one sample of the output's Fisher (or Gauss-Newton) information.
+    probe_source: ClassVar[str] = ""  # what the probe inputs are, for reports; "" = no probe
+
+    def probe_inputs(self, model: nn.Module, count: int, length: int, generator: torch.Generator) -> list[Any]:
+        """`count` single-example inputs (text of `length` tokens, or one image), made without data."""
+        raise Big2SmallError(f"no data-free probe inputs for a model of task {self.name!r}; "
+                             "allocate by weight error instead (--allocate weights)")
+
+    def probe_loss(self, model: nn.Module, inputs: Any, generator: torch.Generator) -> tuple[torch.Tensor, int]:
+        """(loss, outputs it sums over): the gradient of loss is an unbiased sample whose squared
+        norm, per parameter, estimates the trace of the output's information matrix, summed over
+        the outputs. Labels are sampled from the model's own distribution (true Fisher, not the
+        empirical one); real-valued outputs are projected on a Gaussian vector (Gauss-Newton)."""
+        raise Big2SmallError(f"no data-free probe for a model of task {self.name!r}")
+
 
 def _require_tokenizer(tokenizer: Any, what: str) -> None:
     if tokenizer is None:
         raise Big2SmallError(f"{what} needs the model's tokenizer, and none was found")
 
 
+def _sampled_label_loss(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Summed negative log-likelihood of labels drawn from softmax(logits) itself ([N, classes])."""
+    logits = logits.float()
+    with torch.no_grad():
+        labels = torch.multinomial(torch.softmax(logits, -1).cpu(), 1, generator=generator).squeeze(1)
+    return torch.nn.functional.cross_entropy(logits, labels.to(logits.device), reduction="sum")
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
 class TextTask(Task):
     """Tasks of models that read token ids."""
+
+    probe_source = "random token sequences (uniform over the vocabulary)"
 
     def example_input(self, model: nn.Module) -> Any:
         vocab = getattr(getattr(model, "config", None), "vocab_size", 1000)
         return {"input_ids": torch.arange(TOKENS).remainder(vocab).unsqueeze(0)}
 
+    def probe_inputs(self, model, count, length, generator):
+        vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+        if not vocab:
+            raise Big2SmallError("cannot make probe text: the model's config has no vocab_size")
+        return [{"input_ids": torch.randint(vocab, (1, length), generator=generator)} for _ in range(count)]
+
+    def probe_loss(self, model, inputs, generator):
+        out = model(**{k: v.to(_device(model)) for k, v in inputs.items()})
+        logits = out.logits if hasattr(out, "logits") else None
+        if logits is not None:  # a sequence classifier: its class distribution
+            return _sampled_label_loss(logits.reshape(-1, logits.shape[-1]), generator), logits.shape[0]
+        hidden = (out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]).float()
+        direction = torch.randn(hidden.shape, generator=generator).to(hidden.device)
+        return (hidden * direction).sum(), hidden.shape[0] * hidden.shape[1]
+
 
 class CausalLM(TextTask):
     name = "causal-lm"
     description = "perplexity on the Wikipedia extract (gensim test data)"
+    probe_source = "text the model samples itself from its start token (temperature 1)"
+
+    @torch.no_grad()
+    def probe_inputs(self, model, count, length, generator):
+        """Text sampled from the model itself, token by token from its start token (or token 0)."""
+        config = getattr(model, "config", None)
+        start = getattr(config, "bos_token_id", None)
+        ids = torch.full((count, 1), 0 if start is None else int(start), dtype=torch.long)
+        device, past = _device(model), None
+        # transformers 5 names the cache argument `cache`; earlier versions `past_key_values`.
+        cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        for _ in range(length - 1):
+            step = ids if past is None else ids[:, -1:]
+            out = model(input_ids=step.to(device), use_cache=True, **({cache_arg: past} if past is not None else {}))
+            past = out.past_key_values
+            probs = torch.softmax(out.logits[:, -1].float(), -1).cpu()
+            ids = torch.cat([ids, torch.multinomial(probs, 1, generator=generator)], 1)
+        return [{"input_ids": row.unsqueeze(0)} for row in ids]
+
+    def probe_loss(self, model, inputs, generator):
+        # The text is the model's own sample, so its next tokens are labels drawn from the model.
+        ids = inputs["input_ids"].to(_device(model))
+        logits = model(input_ids=ids).logits[:, :-1].float()
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="sum")
+        return loss, ids[:, 1:].numel()
 
     def evaluate(self, model, tokenizer, reference, settings):
         _require_tokenizer(tokenizer, "perplexity")
@@ -115,7 +186,23 @@ def _agreement_rows(reference: dict[str, torch.Tensor] | None, logits: torch.Ten
             MetricRow("kl", a.kl_mean, False, a.protocol, a.describe())]
 
 
-class ImageClassifier(Task):
+class _ImageProbe(Task):
+    """Image classifiers' probe: Gaussian images in the normalised input space, labels sampled from
+    the model's own prediction."""
+
+    probe_source = "Gaussian-noise images (normalised input space)"
+
+    def probe_inputs(self, model, count, length, generator):
+        shape = self.example_input(model).shape[1:]
+        return [torch.randn((1, *shape), generator=generator) for _ in range(count)]
+
+    def probe_loss(self, model, inputs, generator):
+        out = model(inputs.to(_device(model)))
+        logits = out.logits if hasattr(out, "logits") else out
+        return _sampled_label_loss(logits, generator), logits.shape[0]
+
+
+class ImageClassifier(_ImageProbe):
     name = "image-classifier"
     description = "top-1 agreement and KL vs the original on seeded crops of bundled photos"
     needs_reference = True
@@ -171,7 +258,7 @@ class TextClassifier(TextTask):
         return _agreement_rows(reference, logits, self._protocol(settings))
 
 
-class FashionMNISTClassifier(Task):
+class FashionMNISTClassifier(_ImageProbe):
     name = "fashion-mnist-classifier"
     description = "top-1 accuracy on the 10,000 Fashion-MNIST test images"
 
