@@ -1,0 +1,27 @@
+"""Compiled CPU kernels (numba) that multiply with a codec's stored arrays directly: y = x W^T
+without materialising W (batch-1 generation reads the compact codes only), and a fast decode of W
+for large batches. One module per codec; each has the same four functions:
+
+- supports(enc): whether its kernels handle this record (else big2small.compact is not used for it);
+- resident_extra(enc): derived tensors they read besides the codec's resident tensors (a table);
+- matmul(tensors, enc, x): x [B, cols] fp32 -> x W^T [B, rows], W the codec's `decode_matrix`;
+- decode_matrix(tensors, enc): W [rows, cols] fp32.
+
+W is the matrix the codes describe: in the rotated domain when the codec rotates (the caller
+rotates x, big2small.compact). Each kernel is tested against its codec's own decode.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from big2small.generators.base import Encoded
+from big2small.kernels import hyper, trellis, uniform
+
+KERNELS: dict[str, ModuleType] = {"uniform": uniform, "trellis": trellis, "hyper": hyper}
+
+
+def kernel_for(enc: Encoded) -> ModuleType | None:
+    """The kernel module for `enc`'s codec, or None where there is none or it does not support `enc`."""
+    module = KERNELS.get(enc.method)
+    return module if module is not None and module.supports(enc) else None
