@@ -48,6 +48,7 @@ class CompactLinear(nn.Module):
         for name, tensor in resident.items():
             self.register_buffer(_STORED + name, tensor, persistent=False)  # moved by .to(), not in state_dict
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+        self._prepared: tuple[tuple[int, ...], tuple] | None = None  # (buffer addresses, kernel arguments)
         self.register_state_dict_post_hook(_dense_weight_in_state_dict)
         self.register_load_state_dict_pre_hook(refuse_load)
 
@@ -75,11 +76,19 @@ class CompactLinear(nn.Module):
         seed = tensors.get("rotation_seed")
         if seed is not None:
             rows = rotation.rotate_input(rows, cfg, layout, seed)
+        prepared = self._kernel_arguments(tensors)
         if rows.shape[0] <= FUSED_MAX_ROWS:
-            y = self.kernel.matmul(tensors, self.template, rows)
+            y = self.kernel.matmul(tensors, self.template, rows, prepared)
         else:
-            y = rows @ self.kernel.decode_matrix(tensors, self.template).T
+            y = rows @ self.kernel.decode_matrix(tensors, self.template, prepared).T
         return y if seed is None else rotation.unrotate_output(y, cfg, layout, seed)
+
+    def _kernel_arguments(self, tensors: dict[str, torch.Tensor]) -> tuple:
+        """The kernels' arguments, prepared once and again only when the buffers moved (.to())."""
+        addresses = tuple(t.data_ptr() for t in tensors.values())
+        if self._prepared is None or self._prepared[0] != addresses:
+            self._prepared = (addresses, self.kernel.arrays(tensors, self.template))
+        return self._prepared[1]
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, codec={self.template.method}"

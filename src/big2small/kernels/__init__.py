@@ -1,11 +1,15 @@
 """Compiled CPU kernels (numba) that multiply with a codec's stored arrays directly: y = x W^T
 without materialising W (batch-1 generation reads the compact codes only), and a fast decode of W
-for large batches. One module per codec; each has the same four functions:
+for large batches. One module per codec; each has the same functions:
 
 - supports(enc): whether its kernels handle this record (else big2small.compact is not used for it);
 - resident_extra(enc): derived tensors they read besides the codec's resident tensors (a table);
-- matmul(tensors, enc, x): x [B, cols] fp32 -> x W^T [B, rows], W the codec's `decode_matrix`;
-- decode_matrix(tensors, enc): W [rows, cols] fp32.
+- matmul(tensors, enc, x, prepared=None): x [B, cols] fp32 -> x W^T [B, rows], W the codec's
+  `decode_matrix`;
+- decode_matrix(tensors, enc, prepared=None): W [rows, cols] fp32;
+
+and `arrays(tensors, enc)`, their arguments prepared once (`prepared`: a layer calling them many
+times skips about 25 microseconds of Python per call).
 
 W is the matrix the codes describe: in the rotated domain when the codec rotates (the caller
 rotates x, big2small.compact). Each kernel is tested against its codec's own decode.

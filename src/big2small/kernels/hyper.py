@@ -28,7 +28,8 @@ def resident_extra(enc: Encoded) -> dict[str, torch.Tensor]:
     return {"codebook": codebook_of(enc).float().contiguous()}
 
 
-def _arrays(tensors: dict[str, torch.Tensor], enc: Encoded):
+def arrays(tensors: dict[str, torch.Tensor], enc: Encoded) -> tuple:
+    """The kernels' arguments: numpy views of `tensors` (valid while they live) and the shape integers."""
     cfg = enc.config
     playout = padded_layout(enc.layout, cfg.dim)
     codebook = tensors["codebook"].float() if "codebook" in tensors else resident_extra(enc)["codebook"]
@@ -36,18 +37,18 @@ def _arrays(tensors: dict[str, torch.Tensor], enc: Encoded):
             enc.layout.rows, playout.cols, *segment_plan(grouping(playout, cfg.group_size)))
 
 
-def matmul(tensors: dict[str, torch.Tensor], enc: Encoded, x: torch.Tensor) -> torch.Tensor:
+def matmul(tensors: dict[str, torch.Tensor], enc: Encoded, x: torch.Tensor, prepared: tuple | None = None) -> torch.Tensor:
     """x [B, cols] fp32 -> x W^T [B, rows] fp32 (W in the codec's coded, i.e. rotated, domain)."""
     x = x.detach().float()
     pad = padded_layout(enc.layout, enc.config.dim).cols - x.shape[1]
     x = torch.nn.functional.pad(x, (0, pad)) if pad else x
-    return run_product(_matmul, _arrays(tensors, enc), enc.layout.rows, x)
+    return run_product(_matmul, prepared or arrays(tensors, enc), enc.layout.rows, x)
 
 
-def decode_matrix(tensors: dict[str, torch.Tensor], enc: Encoded) -> torch.Tensor:
+def decode_matrix(tensors: dict[str, torch.Tensor], enc: Encoded, prepared: tuple | None = None) -> torch.Tensor:
     """W [rows, cols] fp32, as HyperGenerator.decode_matrix computes it."""
     playout = padded_layout(enc.layout, enc.config.dim)
-    return run_decode(_decode, _arrays(tensors, enc), (playout.rows, playout.cols))[:, : enc.layout.cols]
+    return run_decode(_decode, prepared or arrays(tensors, enc), (playout.rows, playout.cols))[:, : enc.layout.cols]
 
 
 @numba.njit(parallel=True, fastmath=True, cache=True)

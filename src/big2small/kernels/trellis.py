@@ -31,21 +31,22 @@ def resident_extra(enc: Encoded) -> dict[str, torch.Tensor]:
     return {"state_table": state_values(enc.config.bits, enc.config.state_bits)}
 
 
-def _arrays(tensors: dict[str, torch.Tensor], enc: Encoded):
+def arrays(tensors: dict[str, torch.Tensor], enc: Encoded) -> tuple:
+    """The kernels' arguments: numpy views of `tensors` (valid while they live) and the shape integers."""
     cfg = enc.config
     table = tensors["state_table"] if "state_table" in tensors else resident_extra(enc)["state_table"]
     return (as_numpy(tensors["codes"]), cfg.bits, cfg.state_bits, as_numpy(table), as_numpy(tensors["scales"]),
             enc.layout.rows, enc.layout.cols, *segment_plan(trellis_grouping(cfg, enc.layout)))
 
 
-def matmul(tensors: dict[str, torch.Tensor], enc: Encoded, x: torch.Tensor) -> torch.Tensor:
+def matmul(tensors: dict[str, torch.Tensor], enc: Encoded, x: torch.Tensor, prepared: tuple | None = None) -> torch.Tensor:
     """x [B, cols] fp32 -> x W^T [B, rows] fp32 (W in the codec's coded, i.e. rotated, domain)."""
-    return run_product(_matmul, _arrays(tensors, enc), enc.layout.rows, x.detach().float())
+    return run_product(_matmul, prepared or arrays(tensors, enc), enc.layout.rows, x.detach().float())
 
 
-def decode_matrix(tensors: dict[str, torch.Tensor], enc: Encoded) -> torch.Tensor:
+def decode_matrix(tensors: dict[str, torch.Tensor], enc: Encoded, prepared: tuple | None = None) -> torch.Tensor:
     """W [rows, cols] fp32, as TrellisGenerator.decode_matrix computes it."""
-    return run_decode(_decode, _arrays(tensors, enc), (enc.layout.rows, enc.layout.cols))
+    return run_decode(_decode, prepared or arrays(tensors, enc), (enc.layout.rows, enc.layout.cols))
 
 
 @numba.njit(inline="always", cache=True)
