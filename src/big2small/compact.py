@@ -1,7 +1,8 @@
 """CompactLinear: a Linear layer that keeps its weight as the codec's stored arrays and multiplies
 with them directly (big2small.kernels), never holding the dense weight between calls.
 
-For a few input rows (batch-1 generation: one token at a time) the fused kernel computes x W^T
+For a few input rows (at most the kernel's FUSED_MAX_ROWS; batch-1 generation: one token at a
+time) the fused kernel computes x W^T
 from the codes, reading about bits/32 of the dense weight's bytes; for more rows (a prompt) W is
 decoded once by the compiled kernel and multiplied densely. A codec that rotates its weight gets
 x rotated instead (rotation.rotate_input: a fast Hadamard transform over x, O(n log n)), and the
@@ -26,9 +27,6 @@ from big2small.errors import Big2SmallError
 from big2small.generators import Encoded, generator_for
 from big2small.generators import rotation
 
-# Inputs with at most this many rows (tokens) take the fused product; more decode W once. Where the
-# two cost the same was measured on SmolLM2's layers (benchmarks/inference.py).
-FUSED_MAX_ROWS = 4
 _STORED = "stored_"
 
 
@@ -77,7 +75,7 @@ class CompactLinear(nn.Module):
         if seed is not None:
             rows = rotation.rotate_input(rows, cfg, layout, seed)
         prepared = self._kernel_arguments(tensors)
-        if rows.shape[0] <= FUSED_MAX_ROWS:
+        if rows.shape[0] <= self.kernel.FUSED_MAX_ROWS:
             y = self.kernel.matmul(tensors, self.template, rows, prepared)
         else:
             y = rows @ self.kernel.decode_matrix(tensors, self.template, prepared).T

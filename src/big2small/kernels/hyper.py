@@ -19,6 +19,10 @@ from big2small.kernels.packed import as_numpy, half_to_float, read_code, run_dec
 from big2small.kernels.rows import segment, segment_plan
 
 
+# Inputs with more rows than this decode W once and multiply densely (see big2small.compact).
+FUSED_MAX_ROWS = 1
+
+
 def supports(enc: Encoded) -> bool:
     return not enc.config.rings  # ring codes scale codewords by a radius per ring: decode-then-matmul
 
@@ -81,7 +85,13 @@ def _decode(codes, bits, dim, codebook, scales, rows, cols, per, group_len, n_se
             c0, c1, g, _ = segment(r, j, cols, per, group_len, n_seg)
             first = (r * cols + c0) // dim
             s = half_to_float(scales[g])
-            for v in range((c1 - c0) // dim):
-                index = read_code(codes, (first + v) * bits, bits)
-                for d in range(dim):
-                    out[r, c0 + v * dim + d] = codebook[index, d] * s
+            if bits == 8 and dim == 2:  # the default: one byte per pair
+                for v in range((c1 - c0) >> 1):
+                    index = codes[first + v]
+                    out[r, c0 + 2 * v] = codebook[index, 0] * s
+                    out[r, c0 + 2 * v + 1] = codebook[index, 1] * s
+            else:
+                for v in range((c1 - c0) // dim):
+                    index = read_code(codes, (first + v) * bits, bits)
+                    for d in range(dim):
+                        out[r, c0 + v * dim + d] = codebook[index, d] * s

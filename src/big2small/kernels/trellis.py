@@ -22,6 +22,10 @@ from big2small.kernels.packed import as_numpy, half_to_float, read_code, run_dec
 from big2small.kernels.rows import segment, segment_plan
 
 
+# Inputs with more rows than this decode W once and multiply densely (see big2small.compact).
+FUSED_MAX_ROWS = 1
+
+
 def supports(enc: Encoded) -> bool:
     return True
 

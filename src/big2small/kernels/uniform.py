@@ -21,6 +21,11 @@ from big2small.kernels.packed import as_numpy, half_to_float, read_code, run_dec
 from big2small.kernels.rows import segment, segment_plan
 
 
+# Inputs with more rows than this decode W once and multiply densely (see big2small.compact): the
+# product recomputes the codes' values for each row of x, and the decode is nearly as fast.
+FUSED_MAX_ROWS = 1
+
+
 def supports(enc: Encoded) -> bool:
     return True
 
