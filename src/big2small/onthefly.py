@@ -23,9 +23,11 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from big2small.compact import CompactLinear, refuse_load
 from big2small.compress import CompressedModel
 from big2small.errors import Big2SmallError
 from big2small.generators import Encoded, generator_for
+from big2small.kernels import kernel_for
 
 
 class StoredWeight(nn.Module):
@@ -50,12 +52,15 @@ class StoredWeight(nn.Module):
         return tuple(resident)
 
 
-def attach(model: nn.Module, cm: CompressedModel, *, unpack: bool = False) -> nn.Module:
+def attach(model: nn.Module, cm: CompressedModel, *, unpack: bool = False, fused: bool = False) -> nn.Module:
     """Load `cm` into `model` (same architecture): compressed module weights decode on the fly, every
     other tensor (raw ones, biases, norms, tied aliases) is loaded dense. Returns `model`.
 
     unpack: keep bit-packed codes unpacked in memory where the generator supports it (e.g. hyper:
     int32 indices, 32 bits per pair instead of its bit width), which makes each decode cheaper.
+    fused: replace each nn.Linear whose codec has compiled kernels (big2small.kernels: uniform,
+    trellis, hyper without rings) by a CompactLinear, which multiplies with the stored codes
+    directly (big2small.compact; `unpack` does not apply to them); other layers decode on the fly.
     """
     on_the_fly, dense = {}, {}
     alias_targets = set(cm.aliases.values())
@@ -77,11 +82,16 @@ def attach(model: nn.Module, cm: CompressedModel, *, unpack: bool = False) -> nn
         module = model.get_submodule(name.rpartition(".")[0])
         if tuple(module.weight.shape) != enc.layout.shape:
             raise Big2SmallError(f"model does not match the artifact: {name} is {tuple(module.weight.shape)}, stored {enc.layout.shape}")
+        kernel = kernel_for(enc) if fused and type(module) is nn.Linear else None
+        if kernel is not None:
+            parent_name, _, child = name.rpartition(".")[0].rpartition(".")
+            setattr(model.get_submodule(parent_name), child, CompactLinear(enc, kernel, module.bias))
+            continue
         resident = generator_for(enc.config).resident_tensors(enc, unpack=unpack)
         module.weight.requires_grad_(False)  # integer codes cannot carry gradients
         parametrize.register_parametrization(module, "weight", StoredWeight(enc, resident), unsafe=True)
         module.register_state_dict_post_hook(_dense_weight_in_state_dict)
-        module.register_load_state_dict_pre_hook(_refuse_load)
+        module.register_load_state_dict_pre_hook(refuse_load)
     return model
 
 
@@ -95,12 +105,6 @@ def _dense_weight_in_state_dict(module: nn.Module, state: dict[str, torch.Tensor
     for key in [k for k in state if k.startswith(prefix + _STORED_PREFIX)]:
         del state[key]
     state[prefix + "weight"] = module.weight.detach()
-
-
-def _refuse_load(module: nn.Module, state: dict[str, torch.Tensor], prefix: str, *args: object) -> None:
-    if any(k.startswith(prefix) and k[len(prefix):].split(".")[0] in ("weight", "parametrizations") for k in state):
-        raise Big2SmallError(f"{prefix}weight decodes on the fly from stored codes: load weights into a "
-                             "model restored without on_the_fly=True instead")
 
 
 def _submodule(model: nn.Module, name: str) -> nn.Module | None:

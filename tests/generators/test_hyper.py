@@ -119,11 +119,11 @@ def test_bits_for_equals_encoded_bits_and_bytes(cfg, layout):
 def test_a_group_longer_than_the_matrix_keeps_the_codebook_of_its_nominal_length():
     """A [4, 8] tensor at group_size 128: one group of 32 weights, decoded with the shaped codebook
     for groups of 128, as artifacts written before grouping stopped at the matrix were."""
-    from big2small.generators.hyper import _codebook_of, base_codebook
+    from big2small.generators.hyper import codebook_of, base_codebook
 
     enc = generator_for(HyperConfig(bits=6, group_size=128)).encode(randn(4, 8, seed=2))
     member = int(enc.tensors["shape"][0])
-    assert torch.equal(_codebook_of(enc), base_codebook(enc.config, 128, member))
+    assert torch.equal(codebook_of(enc), base_codebook(enc.config, 128, member))
     assert not torch.equal(base_codebook(enc.config, 128, member), base_codebook(enc.config, 32, member))
 
 

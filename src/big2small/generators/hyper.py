@@ -142,7 +142,7 @@ def base_codebook(cfg: HyperConfig, group_len: int, shape: int = 1) -> torch.Ten
     return cb.shaped_codebook(cfg.bits, cfg.dim, cb.TAIL_POWERS[shape], group_len)
 
 
-def _padded_layout(layout: MatrixLayout, dim: int) -> MatrixLayout:
+def padded_layout(layout: MatrixLayout, dim: int) -> MatrixLayout:
     """The matrix view with its columns rounded up to a multiple of `dim` (whole vectors)."""
     return MatrixLayout((layout.rows, math.ceil(layout.cols / dim) * dim))
 
@@ -183,7 +183,7 @@ class HyperGenerator(rotation.RotatingGenerator):
     def decode_matrix(self, enc: Encoded) -> torch.Tensor:
         cfg: HyperConfig = enc.config
         layout = enc.layout
-        playout = _padded_layout(layout, cfg.dim)
+        playout = padded_layout(layout, cfg.dim)
         cols = playout.cols
         n_vectors = playout.numel // cfg.dim
         gp = grouping(playout, cfg.group_size)
@@ -192,7 +192,7 @@ class HyperGenerator(rotation.RotatingGenerator):
             codes = enc.tensors["codes"]  # 8-bit codes are their own bytes: no unpacking
         elif codes is None:
             codes = bitpack.unpack(enc.tensors["codes"], cfg.bits, n_vectors)
-        codebook = _codebook_of(enc).to(codes.device, torch.float32)
+        codebook = codebook_of(enc).to(codes.device, torch.float32)
         radius = float(enc.tensors["radius"]) if "radius" in enc.tensors else None
         values = _lookup(codes, codebook, cfg, radius).reshape(layout.rows, cols)
         scales = enc.tensors["scales"].float()
@@ -208,9 +208,9 @@ class HyperGenerator(rotation.RotatingGenerator):
         `unpack`, the codes as int32 indices (32 bits per vector in memory, ready for the gather)."""
         cfg: HyperConfig = enc.config
         out = dict(enc.tensors)
-        out["codebook"] = _codebook_of(enc)
+        out["codebook"] = codebook_of(enc)
         if unpack:
-            n_vectors = _padded_layout(enc.layout, cfg.dim).numel // cfg.dim
+            n_vectors = padded_layout(enc.layout, cfg.dim).numel // cfg.dim
             codes = bitpack.unpack(enc.tensors["codes"], cfg.bits, n_vectors)
             out["indices"] = codes.to(torch.int32)
             del out["codes"]
@@ -218,7 +218,7 @@ class HyperGenerator(rotation.RotatingGenerator):
 
     @classmethod
     def bits_for(cls, config: HyperConfig, layout: MatrixLayout) -> int:
-        padded = _padded_layout(layout, config.dim)
+        padded = padded_layout(layout, config.dim)
         n_groups = grouping(padded, config.group_size).n_groups
         bits = padded.numel // config.dim * config.bits + 16 * n_groups + HEADER_BITS
         if config.codebook == "fitted":
@@ -232,7 +232,7 @@ class HyperGenerator(rotation.RotatingGenerator):
     @classmethod
     def stored_form(cls, enc: Encoded) -> dict[str, ArrayForm]:
         cfg: HyperConfig = enc.config
-        padded = _padded_layout(enc.layout, cfg.dim)
+        padded = padded_layout(enc.layout, cfg.dim)
         n_groups = grouping(padded, cfg.group_size).n_groups
         form = {**byte_arrays({"codes": bitpack.packed_nbytes(padded.numel // cfg.dim, cfg.bits)}),
                 "scales": (torch.float16, (n_groups,))}
@@ -268,13 +268,13 @@ class HyperGenerator(rotation.RotatingGenerator):
         raise Big2SmallError(f"hyper: no setting fits {bits_per_weight:.3f} bits per weight on a {list(layout.shape)} tensor")
 
 
-def _codebook_of(enc: Encoded) -> torch.Tensor:
+def codebook_of(enc: Encoded) -> torch.Tensor:
     """The fp32 codebook an encoded tensor decodes with: stored ("fitted"), or rebuilt from the
     config (and the tail-family member for "shaped")."""
     if "codebook" in enc.tensors:
         return enc.tensors["codebook"].float()
     cfg: HyperConfig = enc.config
-    group_len = nominal_group_len(_padded_layout(enc.layout, cfg.dim), cfg.group_size)
+    group_len = nominal_group_len(padded_layout(enc.layout, cfg.dim), cfg.group_size)
     shape = int(enc.tensors["shape"][0]) if "shape" in enc.tensors else 1
     return base_codebook(cfg, group_len, shape)
 

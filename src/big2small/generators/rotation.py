@@ -86,6 +86,22 @@ def unrotate(matrix: torch.Tensor, config: GeneratorConfig, layout: MatrixLayout
     return matrix.contiguous()
 
 
+def rotate_input(x: torch.Tensor, config: GeneratorConfig, layout: MatrixLayout, seed_array: torch.Tensor) -> torch.Tensor:
+    """Inputs x [B, cols] of a layer whose weight is coded rotated, carried into the coded domain:
+    W x = Q_rows^T (W_coded (Q_cols x)), so this is Q_cols x for each row of x (x as it is when the
+    columns are not rotated); `unrotate_output` then applies Q_rows^T."""
+    if not _rotated_dims(config, layout)[1]:
+        return x
+    return _apply(x, int(seed_array.reshape(-1)[0]), 0, inverse=False)
+
+
+def unrotate_output(y: torch.Tensor, config: GeneratorConfig, layout: MatrixLayout, seed_array: torch.Tensor) -> torch.Tensor:
+    """Outputs y [B, rows] computed with the coded (rotated) weight, back in the layer's own domain."""
+    if not _rotated_dims(config, layout)[0]:
+        return y
+    return _apply(y, int(seed_array.reshape(-1)[0]), 1, inverse=True)
+
+
 def _odd_part(n: int) -> int:
     return n >> ((n & -n).bit_length() - 1) if n > 0 else 1
 

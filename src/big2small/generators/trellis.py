@@ -64,7 +64,8 @@ class TrellisConfig(rotation.RotatableConfig):
             raise Big2SmallError(f"trellis: group_size must be >= 0 (0 = per row), got {self.group_size}")
 
 
-def _grouping(cfg: TrellisConfig, layout: MatrixLayout):
+def trellis_grouping(cfg: TrellisConfig, layout: MatrixLayout):
+    """The groups of `layout` (one fp16 scale and a fresh register each): rows, joined when short."""
     size = cfg.group_size if cfg.group_size or layout.cols >= MIN_SEQUENCE else MIN_SEQUENCE
     return grouping(layout, size)
 
@@ -75,7 +76,7 @@ class TrellisGenerator(rotation.RotatingGenerator):
 
     def encode_matrix(self, matrix: torch.Tensor, layout: MatrixLayout, *, seed: int) -> Encoded:
         cfg: TrellisConfig = self.config
-        gp = _grouping(cfg, layout)
+        gp = trellis_grouping(cfg, layout)
         groups = grouped(matrix, gp)
         real = grouped(torch.ones_like(matrix), gp)  # 1 on weights, 0 on the padding of short groups
         rms = (groups.pow(2).sum(1) / real.sum(1)).sqrt()
@@ -96,7 +97,7 @@ class TrellisGenerator(rotation.RotatingGenerator):
     def decode_matrix(self, enc: Encoded) -> torch.Tensor:
         cfg: TrellisConfig = enc.config
         layout = enc.layout
-        gp = _grouping(cfg, layout)
+        gp = trellis_grouping(cfg, layout)
         packed = enc.tensors["codes"]
         codes = bitpack.unpack(packed, cfg.bits, layout.numel).reshape(layout.rows, layout.cols)
         states = decode_states(grouped(codes, gp), cfg.bits, cfg.state_bits)
@@ -105,13 +106,13 @@ class TrellisGenerator(rotation.RotatingGenerator):
 
     @classmethod
     def bits_for(cls, config: TrellisConfig, layout: MatrixLayout) -> int:
-        n_groups = _grouping(config, layout).n_groups
+        n_groups = trellis_grouping(config, layout).n_groups
         return layout.numel * config.bits + 16 * n_groups + HEADER_BITS + rotation.stored_bits(config)
 
     @classmethod
     def stored_form(cls, enc: Encoded) -> dict[str, ArrayForm]:
         cfg: TrellisConfig = enc.config
-        n_groups = _grouping(cfg, enc.layout).n_groups
+        n_groups = trellis_grouping(cfg, enc.layout).n_groups
         return {**byte_arrays({"codes": bitpack.packed_nbytes(enc.numel, cfg.bits)}),
                 "scales": (torch.float16, (n_groups,)), **rotation.stored_form(cfg)}
 

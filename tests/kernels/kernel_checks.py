@@ -1,0 +1,29 @@
+"""What every codec's kernels must do: decode exactly as the codec does, and multiply as
+decode-then-matmul does (up to float rounding)."""
+
+from __future__ import annotations
+
+import torch
+
+from big2small.generators import GeneratorConfig, generator_for
+from big2small.kernels import kernel_for
+
+
+def check_kernels(options: dict, shape: tuple[int, int], seed: int = 0, batch: int = 3) -> None:
+    """Encode a random [rows, cols] matrix with `options`, then: the kernel's decode_matrix is the
+    codec's decode_matrix bit for bit, and its matmul is x @ W^T within float tolerance."""
+    gen = torch.Generator().manual_seed(seed)
+    weight = torch.randn(shape, generator=gen) * torch.rand(shape[0], 1, generator=gen)  # rows of different scales
+    codec = generator_for(GeneratorConfig.from_dict(options))
+    enc = codec.encode(weight, seed=seed)
+    kernel = kernel_for(enc)
+    assert kernel is not None
+    tensors = {**codec.resident_tensors(enc), **kernel.resident_extra(enc)}
+    reference = codec.decode_matrix(enc)
+    assert torch.equal(kernel.decode_matrix(tensors, enc), reference)
+    x = torch.randn(batch, shape[1], generator=gen)
+    expected = x.double() @ reference.double().T
+    got = kernel.matmul(tensors, enc, x)
+    assert got.shape == (batch, shape[0]) and got.dtype == torch.float32
+    scale = x.double().abs() @ reference.double().abs().T  # the size of the sum's terms bounds its rounding
+    assert torch.all((got.double() - expected).abs() <= 1e-5 * scale + 1e-6), (got - expected).abs().max()
