@@ -39,7 +39,7 @@ def test_failed_write_leaves_nothing_behind(small_net, tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(artifact_mod, "save_file", boom)
+    monkeypatch.setattr(artifact_mod.tensorfile, "write", boom)
     cm = b2s.compress(small_net, "uniform", progress=False)
     with pytest.raises(OSError):
         b2s.save(cm, tmp_path / "x.b2s")
@@ -50,7 +50,7 @@ def test_failed_overwrite_keeps_the_old_artifact(artifact, monkeypatch):
     import big2small.artifact as artifact_mod
 
     cm, path = artifact
-    monkeypatch.setattr(artifact_mod, "save_file", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+    monkeypatch.setattr(artifact_mod.tensorfile, "write", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
     with pytest.raises(OSError):
         b2s.save(cm, path, overwrite=True)
     assert b2s.load(path).tensors.keys() == cm.tensors.keys()

@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,9 +34,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from big2small import atomic
+from big2small import atomic, tensorfile
 from big2small.compress import CompressedModel, size_of
-from big2small.dtypes import dtype_name
+from big2small.dtypes import STORED_DTYPES, dtype_name
 from big2small.errors import Big2SmallError
 from big2small.generators import REGISTRY, Encoded
 from big2small.generators.raw import STORAGE_DTYPES
@@ -156,13 +157,24 @@ def _replaceable(path: Path) -> bool:
 def save(cm: CompressedModel, path: str | os.PathLike, *, overwrite: bool = False) -> ArtifactInfo:
     """Write `cm` as an artifact directory at `path`, atomically (see the module docstring); with
     `overwrite`, replace the artifact there (ensure_writable says what may be replaced)."""
+    arrays, records = stored_form(cm.tensors.items())
+    return write_artifact(cm, records, arrays.__getitem__, path, overwrite=overwrite)
+
+
+def write_artifact(cm: CompressedModel, records: dict[str, dict[str, Any]], read_array: Callable[[str], torch.Tensor],
+                   path: str | os.PathLike, *, overwrite: bool = False) -> ArtifactInfo:
+    """Write an artifact at `path`, atomically: the manifest of `cm` (whose tensors need only their
+    records' fields: bits, config, layout; their arrays may be elsewhere) with the tensor records
+    `records` (stored_form's, in the order the arrays are written), and each array read by
+    `read_array(key)` in its turn, so that no two need be in memory together. save() and the
+    streaming compressor (big2small.streaming) both write through here."""
     path = ensure_writable(path, overwrite=overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic.remove_stale(path.parent)
     tmp = atomic.temporary_path(path)
     tmp.mkdir()
     try:
-        manifest = _write(cm, tmp)
+        manifest = _write(cm, records, read_array, tmp)
         for f in [*tmp.rglob("*"), tmp]:
             _fsync(f)
         _publish(tmp, path, overwrite=overwrite, output="artifact")
@@ -172,12 +184,14 @@ def save(cm: CompressedModel, path: str | os.PathLike, *, overwrite: bool = Fals
     return artifact_info(path, manifest)
 
 
-def _write(cm: CompressedModel, directory: Path) -> dict[str, Any]:
-    """Write the artifact's files into `directory`; return the manifest."""
+def stored_form(items: Iterable[tuple[str, Encoded]]) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, Any]]]:
+    """The arrays (by key, in writing order) and the manifest records (by tensor name) of encoded
+    tensors. An array shared by several tensors (a shared INR bank) is stored once, under its first
+    owner's key."""
     arrays: dict[str, torch.Tensor] = {}
-    entries: dict[str, Any] = {}
-    owners: dict[int, str] = {}  # an array shared by several tensors (a shared INR bank) is written once
-    for name, enc in cm.tensors.items():
+    records: dict[str, Any] = {}
+    owners: dict[int, str] = {}
+    for name, enc in items:
         shared = set(enc.meta.get("shared_parts", ()))
         stored = {}
         for part, t in enc.tensors.items():
@@ -188,7 +202,7 @@ def _write(cm: CompressedModel, directory: Path) -> dict[str, Any]:
                 arrays[key] = t.clone() if id(t) in owners else t.contiguous()
                 owners.setdefault(id(t), key)
             stored[part] = {"key": key, "sha256": tensor_sha256(t), "dtype": dtype_name(t.dtype), "shape": list(t.shape)}
-        entries[name] = {
+        records[name] = {
             "method": enc.method,
             "config": enc.config.to_dict(),
             "shape": list(enc.layout.shape),
@@ -198,6 +212,21 @@ def _write(cm: CompressedModel, directory: Path) -> dict[str, Any]:
             "bits": enc.bits,
             "stored": stored,
         }
+    return arrays, records
+
+
+def array_specs(records: dict[str, dict[str, Any]]) -> list[tensorfile.ArraySpec]:
+    """The arrays `records` store, each once, in the order of the records and their parts."""
+    specs: dict[str, tensorfile.ArraySpec] = {}
+    for record in records.values():
+        for a in record["stored"].values():
+            specs.setdefault(a["key"], tensorfile.ArraySpec(a["key"], STORED_DTYPES[a["dtype"]], tuple(a["shape"])))
+    return list(specs.values())
+
+
+def _write(cm: CompressedModel, records: dict[str, dict[str, Any]], read_array: Callable[[str], torch.Tensor],
+           directory: Path) -> dict[str, Any]:
+    """Write the artifact's files into `directory`; return the manifest."""
     files = {}
     source = cm.source.to_dict() if cm.source is not None else None
     files_dir = getattr(cm.source, "files_dir", None)
@@ -219,11 +248,12 @@ def _write(cm: CompressedModel, directory: Path) -> dict[str, Any]:
         "aliases": cm.aliases,
         "transforms": [t.to_dict() for t in cm.transforms],
         "files": files,
-        "tensors": entries,
+        "tensors": records,
     }
     manifest_bytes = json.dumps(manifest, indent=1, sort_keys=True).encode()
     (directory / MANIFEST).write_bytes(manifest_bytes)
-    save_file(arrays, str(directory / TENSORS), metadata={HASH_KEY: hashlib.sha256(manifest_bytes).hexdigest()})
+    tensorfile.write(directory / TENSORS, array_specs(records), read_array,
+                     metadata={HASH_KEY: hashlib.sha256(manifest_bytes).hexdigest()})
     return manifest
 
 

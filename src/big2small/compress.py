@@ -7,6 +7,7 @@ the original parameter count go into the result.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, asdict
 from typing import Any
 
@@ -225,10 +226,17 @@ def _plan(model: nn.Module | dict[str, torch.Tensor], recipe: Recipe,
     """The plan of `model` (already transformed); a size target counts against `n_parameters`
     (the original model's; None: this model's)."""
     infos = describe_state_dict(model) if isinstance(model, dict) else describe_module_tensors(model)
+    return infos, plan_infos(infos, recipe, n_parameters)
+
+
+def plan_infos(infos: list[TensorInfo], recipe: Recipe, n_parameters: int | None = None) -> list[PlanEntry]:
+    """The plan of the tensors `infos` describes, size target applied (from shapes alone; the
+    tensors are read one at a time for the planner's checks); a size target counts against
+    `n_parameters` (None: these tensors' parameters)."""
     entries = plan(infos, recipe)
     if recipe.target_bpw is not None:
         _size_to_target(entries, recipe, n_parameters if n_parameters is not None else count_parameters(entries))
-    return infos, entries
+    return entries
 
 
 def compress(model: Any, recipe: Recipe | str | None = None, *, source: ModelSource | None = None, progress: bool = True,
@@ -263,33 +271,14 @@ def compress(model: Any, recipe: Recipe | str | None = None, *, source: ModelSou
     if recipe.transforms:
         model, transforms, n_parameters = _apply_transforms(model, recipe.transforms, source=source, progress=progress)
     infos, entries = _plan(model, recipe, n_parameters)
-    tensors_by_name = {i.name: i.tensor for i in infos}
+    loads = {i.name: i.load for i in infos}
     encoded = _adopt(entries, pre_encoded or {}, pre_encoded_reason)
-    joint: dict[str, list[PlanEntry]] = {}
-    to_encode = [e for e in entries if e.name not in encoded]
-    with progress_bar("compressing", total=sum(e.numel for e in to_encode), enabled=progress) as advance:
-        for e in to_encode:
-            tensor = tensors_by_name[e.name]
-            gen_cls = REGISTRY[e.config.method]
-            if gen_cls.encodes_jointly:
-                try:
-                    gen_cls.check_input(tensor, e.layout)  # here, where the name is known
-                except Big2SmallError as exc:
-                    raise Big2SmallError(f"{e.name}: {exc}") from None
-                joint.setdefault(e.config.method, []).append(e)
-                continue
-            try:
-                encoded[e.name] = _on_cpu(generator_for(e.config).encode(tensor.to(device), e.layout, seed=recipe.seed))
-            except Big2SmallError as exc:
-                raise Big2SmallError(f"{e.name}: {exc}") from None
-            advance(e.numel)
-        for method, group in joint.items():
-            items = [(e.config, tensors_by_name[e.name].to(device), e.layout) for e in group]
-            try:
-                results = REGISTRY[method].encode_many(items, seed=recipe.seed, advance=advance)
-            except Big2SmallError as exc:
-                raise Big2SmallError(f"{method} ({len(group)} tensors): {exc}") from None
-            encoded.update({e.name: _on_cpu(r) for e, r in zip(group, results)})
+    units = encoding_units(entries, set(encoded))
+    with progress_bar("compressing", total=sum(e.numel for u in units for e in u), enabled=progress) as advance:
+        for unit in units:
+            results = encode_unit(unit, [loads[e.name]() for e in unit], seed=recipe.seed, device=device,
+                                  advance=advance)
+            encoded.update({e.name: r for e, r in zip(unit, results)})
     encoded = {e.name: encoded[e.name] for e in entries}  # plan order
     aliases = {a: e.name for e in entries for a in e.aliases}
     n_params = n_parameters if n_parameters is not None else count_parameters(entries)
@@ -300,6 +289,51 @@ def compress(model: Any, recipe: Recipe | str | None = None, *, source: ModelSou
             f"internal: size target {recipe.target_bpw} bpw missed ({result.size().bpw_all:.4f}); please report"
         )
     return result
+
+
+def encoding_units(entries: list[PlanEntry], done: set[str] = frozenset()) -> list[list[PlanEntry]]:
+    """The plan's entries not in `done`, as units of work: one tensor each, except that the tensors
+    of a method that encodes jointly (the INR) form one unit, placed at its first tensor."""
+    units: list[list[PlanEntry]] = []
+    joint: dict[str, list[PlanEntry]] = {}
+    for e in entries:
+        if e.name in done:
+            continue
+        if REGISTRY[e.config.method].encodes_jointly:
+            if e.config.method not in joint:
+                joint[e.config.method] = []
+                units.append(joint[e.config.method])
+            joint[e.config.method].append(e)
+        else:
+            units.append([e])
+    return units
+
+
+def encode_unit(unit: list[PlanEntry], tensors: list[torch.Tensor], *, seed: int, device: torch.device,
+                advance: Callable[[float], None] | None = None) -> list[Encoded]:
+    """Encode one unit of encoding_units (its tensors' values given in order) on `device`; the
+    stored form comes back on the CPU. `advance(n)` reports n weights done."""
+    if len(unit) == 1 and not REGISTRY[unit[0].config.method].encodes_jointly:
+        e = unit[0]
+        try:
+            enc = _on_cpu(generator_for(e.config).encode(tensors[0].to(device), e.layout, seed=seed))
+        except Big2SmallError as exc:
+            raise Big2SmallError(f"{e.name}: {exc}") from None
+        if advance:
+            advance(e.numel)
+        return [enc]
+    method = unit[0].config.method
+    for e, tensor in zip(unit, tensors):
+        try:
+            REGISTRY[method].check_input(tensor, e.layout)  # here, where the name is known
+        except Big2SmallError as exc:
+            raise Big2SmallError(f"{e.name}: {exc}") from None
+    items = [(e.config, tensor.to(device), e.layout) for e, tensor in zip(unit, tensors)]
+    try:
+        results = REGISTRY[method].encode_many(items, seed=seed, advance=advance)
+    except Big2SmallError as exc:
+        raise Big2SmallError(f"{method} ({len(unit)} tensors): {exc}") from None
+    return [_on_cpu(r) for r in results]
 
 
 def _adopt(entries: list[PlanEntry], pre_encoded: dict[str, Encoded], reason: str) -> dict[str, Encoded]:

@@ -112,7 +112,7 @@ def _save_dense_hf(model: nn.Module, path: Path) -> None:
     config.pop("quantization_config", None)
     config["architectures"] = [type(model).__name__]
     (path / "config.json").write_text(json.dumps(config, indent=2))
-    state = {info.name: info.tensor.contiguous() for info in describe_module_tensors(model)}
+    state = {info.name: info.load().contiguous() for info in describe_module_tensors(model)}
     save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
 
 
