@@ -176,7 +176,7 @@ def write_artifact(cm: CompressedModel, records: dict[str, dict[str, Any]], read
     try:
         manifest = _write(cm, records, read_array, tmp)
         for f in [*tmp.rglob("*"), tmp]:
-            _fsync(f)
+            fsync(f)
         _publish(tmp, path, overwrite=overwrite, output="artifact")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -267,7 +267,8 @@ def _publish(tmp: Path, path: Path, *, overwrite: bool, output: str) -> None:
         raise Big2SmallError(f"{path} exists; pass overwrite=True (--overwrite) to replace it") from None
 
 
-def _fsync(path: Path) -> None:
+def fsync(path: Path) -> None:
+    """Make `path`'s contents durable (a file or a directory)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -456,10 +457,10 @@ def decompress(path: str | os.PathLike, out: str | os.PathLike, *, overwrite: bo
             tmp.mkdir()
             _write_shards(state, tmp, max_shard_bytes, metadata, cm.source)
             for f in [*tmp.rglob("*"), tmp]:
-                _fsync(f)
+                fsync(f)
         else:
             save_file(state, str(tmp), metadata=metadata)
-            _fsync(tmp)
+            fsync(tmp)
         _publish(tmp, out, overwrite=overwrite, output="dense directory" if sharded else "file")
     except BaseException:
         if tmp.is_dir():

@@ -183,12 +183,12 @@ def plan_with_count(model: Any, recipe: Recipe, *, source: ModelSource | None = 
     """plan_model's result and the parameter count that bits per weight count against (the
     original model's, before any transform; tied tensors once)."""
     model, source = _unwrap(model, source)
-    model, _, n_parameters = _apply_transforms(model, recipe.transforms, source=source, progress=progress)
+    model, _, n_parameters = apply_transforms(model, recipe.transforms, source=source, progress=progress)
     infos, entries = _plan(model, recipe, n_parameters)
     return infos, entries, n_parameters if n_parameters is not None else count_parameters(entries)
 
 
-def _apply_transforms(model: nn.Module | dict[str, torch.Tensor], transforms: list[FoldConfig], *,
+def apply_transforms(model: nn.Module | dict[str, torch.Tensor], transforms: list[FoldConfig], *,
                       source: ModelSource | None = None, progress: bool = False,
                       ) -> tuple[nn.Module | dict[str, torch.Tensor], list[TransformRecord], int | None]:
     """Apply a recipe's structural transforms, in order, to a copy of `model`: the transformed
@@ -269,7 +269,7 @@ def compress(model: Any, recipe: Recipe | str | None = None, *, source: ModelSou
     model, source = _unwrap(model, source)
     device = resolve_device(device)
     if recipe.transforms:
-        model, transforms, n_parameters = _apply_transforms(model, recipe.transforms, source=source, progress=progress)
+        model, transforms, n_parameters = apply_transforms(model, recipe.transforms, source=source, progress=progress)
     infos, entries = _plan(model, recipe, n_parameters)
     loads = {i.name: i.load for i in infos}
     encoded = _adopt(entries, pre_encoded or {}, pre_encoded_reason)
@@ -283,12 +283,16 @@ def compress(model: Any, recipe: Recipe | str | None = None, *, source: ModelSou
     aliases = {a: e.name for e in entries for a in e.aliases}
     n_params = n_parameters if n_parameters is not None else count_parameters(entries)
     result = CompressedModel(encoded, entries, recipe, source, aliases, n_params, list(transforms or []))
-    if recipe.target_bpw is not None and result.size().bpw_all > recipe.target_bpw + 1e-9:
-        # The sizing below is exact by construction; this guards the promise made to the user.
-        raise Big2SmallError(
-            f"internal: size target {recipe.target_bpw} bpw missed ({result.size().bpw_all:.4f}); please report"
-        )
+    check_size_target(result)
     return result
+
+
+def check_size_target(cm: CompressedModel) -> None:
+    """Refuse a result that misses its recipe's size target. The sizing (_size_to_target) is exact
+    by construction; this guards the promise made to the user."""
+    target = cm.recipe.target_bpw
+    if target is not None and cm.size().bpw_all > target + 1e-9:
+        raise Big2SmallError(f"internal: size target {target} bpw missed ({cm.size().bpw_all:.4f}); please report")
 
 
 def encoding_units(entries: list[PlanEntry], done: set[str] = frozenset()) -> list[list[PlanEntry]]:
