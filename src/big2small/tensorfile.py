@@ -77,6 +77,7 @@ def write(path: Path, specs: Iterable[ArraySpec], read: Callable[[str], torch.Te
                                  f"its spec {spec.dtype} {list(spec.shape)}")
             if t.numel():
                 f.write(memoryview(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()))
+            del t  # before the next array is read: one at a time
         return f.tell()
 
 
