@@ -221,3 +221,13 @@ def test_a_killed_command_rerun_gives_the_bytes_of_an_uninterrupted_run(tmp_path
     assert not out.exists() and 3 <= done < 60  # killed mid-run, with units on disk
     subprocess.run(command(out), check=True, env=env, capture_output=True)
     assert _bytes(out) == _bytes(tmp_path / "clean.b2s")
+
+
+def test_files_stream_and_a_small_model_stays_in_the_process_by_default(state_file):
+    from big2small.streaming import POOL_MIN_WEIGHTS, default_executor, open_model
+
+    checkpoint, transforms, n_parameters = open_model(state_file, b2s.make_recipe("uniform", **RECIPE))
+    assert checkpoint.streamed and transforms == [] and n_parameters is None
+    assert sum(i.numel for i in checkpoint.infos) < POOL_MIN_WEIGHTS
+    assert default_executor(checkpoint).workers == 1  # starting workers would take longer than the work
+    assert default_executor(checkpoint, workers=3).workers == 3
