@@ -13,8 +13,9 @@ sampled every 0.1 s.
     throughput  the smaller checkpoint on 1 worker and on 2 worker processes, each PyTorch on one
                 thread (OMP_NUM_THREADS=1 for the single worker, as the pool's workers have),
                 and on Ray started on this machine with 2 CPUs
-    resume      a small Llama-shaped checkpoint: the command killed (SIGKILL) at a random moment
-                of its run, run again, its bytes compared with an uninterrupted run's (20 trials)
+    resume      a small Llama-shaped checkpoint: the command killed (SIGKILL) once a random number
+                of its units is on disk, run again, its bytes compared with an uninterrupted
+                run's (20 trials)
 
 Writes benchmarks/results/scale/scale.md and scale.json. Run: `nice python benchmarks/scale.py`
 (about 20 minutes on 2 busy cores; --quick: small checkpoints only, to try it out).
@@ -122,19 +123,24 @@ def _tree_rss(pid: int) -> int:
 
 
 def run(model: Path, out: Path, extra: list[str], env: dict[str, str] | None = None,
-        kill_after: float | None = None) -> dict:
-    """The compress command on `model`; wall seconds and peak memory (or killed at `kill_after` s)."""
+        kill_at_units: int | None = None) -> dict:
+    """The compress command on `model`: wall seconds and peak memory; with `kill_at_units`, killed
+    (SIGKILL) as soon as that many units are on disk in its resume directory."""
     cmd = [sys.executable, "-m", "big2small.cli", "compress", str(model), "-o", str(out), "--overwrite", *COMMAND, *extra]
     start = time.monotonic()
     proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    resume = out.with_name(f".{out.name}.resume")
     peak = 0
     killed = False
     while proc.poll() is None:
+        if kill_at_units is not None:
+            if len(list(resume.glob("unit-*.safetensors"))) >= kill_at_units:
+                proc.send_signal(signal.SIGKILL)
+                killed = True
+                break
+            time.sleep(0.002)
+            continue
         peak = max(peak, _tree_rss(proc.pid))
-        if kill_after is not None and time.monotonic() - start >= kill_after:
-            proc.send_signal(signal.SIGKILL)
-            killed = True
-            break
         time.sleep(0.1)
     stderr = proc.communicate()[1].decode(errors="replace")
     wall = time.monotonic() - start
@@ -153,8 +159,11 @@ def artifact_digest(path: Path) -> str:
 
 
 def resume_trials(trials: int, seed: int = 0) -> dict:
+    """Each trial kills the command once a random number of units (1 to all but one) is on disk,
+    runs it again, and compares the artifact's bytes with an uninterrupted run's."""
     model = WORK / "llama-small"
-    n_params, _ = make_checkpoint(model, layers=4, hidden=512, mlp=1408, vocab=8000, heads=8, kv_heads=2)
+    n_params, _ = make_checkpoint(model, layers=4, hidden=512, mlp=1408, vocab=2000, heads=8, kv_heads=2)
+    n_units = len(llama_tensors(4, hidden=512, mlp=1408, vocab=2000, heads=8, kv_heads=2))
     clean = run(model, WORK / "clean.b2s", ["--workers", "1"])
     reference = artifact_digest(WORK / "clean.b2s")
     rng = random.Random(seed)
@@ -163,24 +172,31 @@ def resume_trials(trials: int, seed: int = 0) -> dict:
         out = WORK / "resumed.b2s"
         shutil.rmtree(out, ignore_errors=True)
         shutil.rmtree(out.with_name(f".{out.name}.resume"), ignore_errors=True)
-        at = rng.uniform(0.1, 1.0) * clean["wall_s"]
-        first = run(model, out, ["--workers", "1"], kill_after=at)
+        at = rng.randint(1, n_units - 1)
+        first = run(model, out, ["--workers", "1"], kill_at_units=at)
         units = len(list(out.with_name(f".{out.name}.resume").glob("unit-*.safetensors")))
         second = run(model, out, ["--workers", "1"])
-        rows.append({"trial": k, "kill_at_s": at, "killed": first["killed"], "units_on_disk": units,
+        rows.append({"trial": k, "kill_at_units": at, "killed": first["killed"], "units_on_disk": units,
                      "same_bytes": artifact_digest(out) == reference, "rerun_s": second["wall_s"]})
-        print(f"resume trial {k}: kill at {at:.1f}s, killed={first['killed']}, units={units}, "
+        print(f"resume trial {k}: killed={first['killed']} with {units} of {n_units} units on disk, "
               f"same={rows[-1]['same_bytes']}", flush=True)
-    return {"n_parameters": n_params, "clean_s": clean["wall_s"], "trials": rows}
+    return {"n_parameters": n_params, "n_units": n_units, "clean_s": clean["wall_s"], "trials": rows}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="small checkpoints only (tries the script out)")
     parser.add_argument("--trials", type=int, default=20)
+    parser.add_argument("--resume-only", action="store_true",
+                        help="run the resume trials only, with the memory and throughput rows of an earlier run (partial.json)")
     args = parser.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     OUT.mkdir(parents=True, exist_ok=True)
+    if args.resume_only:
+        result = json.loads((OUT / "partial.json").read_text())
+        result["resume"] = resume_trials(args.trials)
+        finish(result)
+        return
     sizes = {"small": 2, "large": 4} if args.quick else {"0.6B": 11, "1.1B": 22}
     result = {"load_average_at_start": os.getloadavg(), "cpus": os.cpu_count(), "memory": [], "throughput": []}
     for label, layers in sizes.items():
@@ -204,6 +220,10 @@ def main() -> None:
         print(json.dumps(row), flush=True)
         (OUT / "partial.json").write_text(json.dumps(result, indent=1))
     result["resume"] = resume_trials(args.trials)
+    finish(result)
+
+
+def finish(result: dict) -> None:
     result["load_average_at_end"] = os.getloadavg()
     (OUT / "scale.json").write_text(json.dumps(result, indent=1) + "\n")
     (OUT / "scale.md").write_text(table(result))
@@ -235,13 +255,14 @@ def table(r: dict) -> str:
     res = r["resume"]
     trials = res["trials"]
     killed = [t for t in trials if t["killed"]]
-    lines += ["", f"## Resume ({res['n_parameters'] / 1e6:.0f} M parameters, uninterrupted run {res['clean_s']:.0f} s)", "",
-              f"{len(trials)} trials: the command killed (SIGKILL) at a random moment, then run again. "
-              f"Killed before finishing: {len(killed)}; artifact byte-identical to the uninterrupted run's: "
-              f"{sum(t['same_bytes'] for t in trials)} of {len(trials)}.", "",
-              "| trial | killed at | killed | units on disk then | rerun wall | same bytes |", "|---:|---:|---|---:|---:|---|"]
+    lines += ["", f"## Resume ({res['n_parameters'] / 1e6:.0f} M parameters, {res['n_units']} units, "
+              f"uninterrupted run {res['clean_s']:.0f} s)", "",
+              f"{len(trials)} trials: the command killed (SIGKILL) as soon as a random number of units (1 to "
+              f"{res['n_units'] - 1}) was on disk, then run again. Killed before finishing: {len(killed)}; artifact "
+              f"byte-identical to the uninterrupted run's: {sum(t['same_bytes'] for t in trials)} of {len(trials)}.", "",
+              "| trial | units on disk when killed | killed | rerun wall | same bytes |", "|---:|---:|---|---:|---|"]
     for t in trials:
-        lines.append(f"| {t['trial']} | {t['kill_at_s']:.1f} s | {t['killed']} | {t['units_on_disk']} | {t['rerun_s']:.1f} s | {t['same_bytes']} |")
+        lines.append(f"| {t['trial']} | {t['units_on_disk']} | {t['killed']} | {t['rerun_s']:.1f} s | {t['same_bytes']} |")
     lines += ["", "## Estimated wall time for larger models (an estimate, not a measurement)", "",
               "Extrapolated linearly from the measured end-to-end rates above (the work per weight is the same; "
               "start-up is a few seconds). N cores: the 1-worker rate times N times the 2-worker scaling "
