@@ -180,7 +180,10 @@ def resume_trials(trials: int, seed: int = 0) -> dict:
                      "same_bytes": artifact_digest(out) == reference, "rerun_s": second["wall_s"]})
         print(f"resume trial {k}: killed={first['killed']} with {units} of {n_units} units on disk, "
               f"same={rows[-1]['same_bytes']}", flush=True)
-    return {"n_parameters": n_params, "n_units": n_units, "clean_s": clean["wall_s"], "trials": rows}
+        done = {"n_parameters": n_params, "n_units": n_units, "clean_s": clean["wall_s"], "trials": rows}
+        (OUT / "resume-partial.json").write_text(json.dumps(done, indent=1))  # --table-only can use them
+    (OUT / "resume-partial.json").unlink(missing_ok=True)
+    return done
 
 
 def main() -> None:
@@ -189,9 +192,17 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--resume-only", action="store_true",
                         help="run the resume trials only, with the memory and throughput rows of an earlier run (partial.json)")
+    parser.add_argument("--table-only", action="store_true",
+                        help="write the tables from the rows and resume trials saved so far")
     args = parser.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     OUT.mkdir(parents=True, exist_ok=True)
+    if args.table_only:  # the trials done so far, when a run had to stop early (the table says how many)
+        result = json.loads((OUT / "partial.json").read_text())
+        result["resume"] = json.loads((OUT / "resume-partial.json").read_text())
+        finish(result)
+        (OUT / "resume-partial.json").unlink(missing_ok=True)
+        return
     if args.resume_only:
         result = json.loads((OUT / "partial.json").read_text())
         result["resume"] = resume_trials(args.trials)
