@@ -278,7 +278,10 @@ def table(r: dict) -> str:
               "Extrapolated linearly from the measured end-to-end rates above (the work per weight is the same; "
               "start-up is a few seconds). N cores: the 1-worker rate times N times the 2-worker scaling "
               "efficiency measured here; a Ray cluster of N nodes of C cores: the same per core, reading from "
-              "shared storage at least as fast. No GPU was available to measure.", "",
+              "shared storage at least as fast. These leave out the driver's serial parts: the plan's pass over the "
+              "checkpoint and the assembly of the artifact, which read the checkpoint and write the artifact once "
+              "each (minutes for a 70 B model at disk speed), so the many-core figures are lower bounds. "
+              "No GPU was available to measure.", "",
               "| model | 1 worker | 2 workers (measured rate) | 16 cores (est.) | Ray, 8 nodes x 16 cores (est.) |",
               "|---|---:|---:|---:|---:|"]
     rate1, rate2 = base, r["throughput"][1]["weights_per_s"]
