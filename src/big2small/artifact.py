@@ -25,19 +25,19 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
-from big2small import atomic
+from big2small import atomic, tensorfile
 from big2small.compress import CompressedModel, size_of
-from big2small.dtypes import dtype_name
+from big2small.dtypes import STORED_DTYPES, dtype_name
 from big2small.errors import Big2SmallError
-from big2small.generators import REGISTRY, Encoded
+from big2small.generators import REGISTRY, Encoded, decode
 from big2small.generators.raw import STORAGE_DTYPES
 from big2small.manifest import FORMAT_NAME, FORMAT_VERSION, READABLE_VERSIONS, SOURCE_DIR, Manifest, StoredArray
 from big2small.manifest import check as check_manifest
@@ -156,15 +156,26 @@ def _replaceable(path: Path) -> bool:
 def save(cm: CompressedModel, path: str | os.PathLike, *, overwrite: bool = False) -> ArtifactInfo:
     """Write `cm` as an artifact directory at `path`, atomically (see the module docstring); with
     `overwrite`, replace the artifact there (ensure_writable says what may be replaced)."""
+    arrays, records = stored_form(cm.tensors.items())
+    return write_artifact(cm, records, arrays.__getitem__, path, overwrite=overwrite)
+
+
+def write_artifact(cm: CompressedModel, records: dict[str, dict[str, Any]], read_array: Callable[[str], torch.Tensor],
+                   path: str | os.PathLike, *, overwrite: bool = False) -> ArtifactInfo:
+    """Write an artifact at `path`, atomically: the manifest of `cm` (whose tensors need only their
+    records' fields: bits, config, layout; their arrays may be elsewhere) with the tensor records
+    `records` (stored_form's, in the order the arrays are written), and each array read by
+    `read_array(key)` in its turn, so that no two need be in memory together. save() and the
+    streaming compressor (big2small.streaming) both write through here."""
     path = ensure_writable(path, overwrite=overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic.remove_stale(path.parent)
     tmp = atomic.temporary_path(path)
     tmp.mkdir()
     try:
-        manifest = _write(cm, tmp)
+        manifest = _write(cm, records, read_array, tmp)
         for f in [*tmp.rglob("*"), tmp]:
-            _fsync(f)
+            fsync(f)
         _publish(tmp, path, overwrite=overwrite, output="artifact")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -172,12 +183,14 @@ def save(cm: CompressedModel, path: str | os.PathLike, *, overwrite: bool = Fals
     return artifact_info(path, manifest)
 
 
-def _write(cm: CompressedModel, directory: Path) -> dict[str, Any]:
-    """Write the artifact's files into `directory`; return the manifest."""
+def stored_form(items: Iterable[tuple[str, Encoded]]) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, Any]]]:
+    """The arrays (by key, in writing order) and the manifest records (by tensor name) of encoded
+    tensors. An array shared by several tensors (a shared INR bank) is stored once, under its first
+    owner's key."""
     arrays: dict[str, torch.Tensor] = {}
-    entries: dict[str, Any] = {}
-    owners: dict[int, str] = {}  # an array shared by several tensors (a shared INR bank) is written once
-    for name, enc in cm.tensors.items():
+    records: dict[str, Any] = {}
+    owners: dict[int, str] = {}
+    for name, enc in items:
         shared = set(enc.meta.get("shared_parts", ()))
         stored = {}
         for part, t in enc.tensors.items():
@@ -188,7 +201,7 @@ def _write(cm: CompressedModel, directory: Path) -> dict[str, Any]:
                 arrays[key] = t.clone() if id(t) in owners else t.contiguous()
                 owners.setdefault(id(t), key)
             stored[part] = {"key": key, "sha256": tensor_sha256(t), "dtype": dtype_name(t.dtype), "shape": list(t.shape)}
-        entries[name] = {
+        records[name] = {
             "method": enc.method,
             "config": enc.config.to_dict(),
             "shape": list(enc.layout.shape),
@@ -198,6 +211,21 @@ def _write(cm: CompressedModel, directory: Path) -> dict[str, Any]:
             "bits": enc.bits,
             "stored": stored,
         }
+    return arrays, records
+
+
+def array_specs(records: dict[str, dict[str, Any]]) -> list[tensorfile.ArraySpec]:
+    """The arrays `records` store, each once, in the order of the records and their parts."""
+    specs: dict[str, tensorfile.ArraySpec] = {}
+    for record in records.values():
+        for a in record["stored"].values():
+            specs.setdefault(a["key"], tensorfile.ArraySpec(a["key"], STORED_DTYPES[a["dtype"]], tuple(a["shape"])))
+    return list(specs.values())
+
+
+def _write(cm: CompressedModel, records: dict[str, dict[str, Any]], read_array: Callable[[str], torch.Tensor],
+           directory: Path) -> dict[str, Any]:
+    """Write the artifact's files into `directory`; return the manifest."""
     files = {}
     source = cm.source.to_dict() if cm.source is not None else None
     files_dir = getattr(cm.source, "files_dir", None)
@@ -219,11 +247,12 @@ def _write(cm: CompressedModel, directory: Path) -> dict[str, Any]:
         "aliases": cm.aliases,
         "transforms": [t.to_dict() for t in cm.transforms],
         "files": files,
-        "tensors": entries,
+        "tensors": records,
     }
     manifest_bytes = json.dumps(manifest, indent=1, sort_keys=True).encode()
     (directory / MANIFEST).write_bytes(manifest_bytes)
-    save_file(arrays, str(directory / TENSORS), metadata={HASH_KEY: hashlib.sha256(manifest_bytes).hexdigest()})
+    tensorfile.write(directory / TENSORS, array_specs(records), read_array,
+                     metadata={HASH_KEY: hashlib.sha256(manifest_bytes).hexdigest()})
     return manifest
 
 
@@ -237,7 +266,8 @@ def _publish(tmp: Path, path: Path, *, overwrite: bool, output: str) -> None:
         raise Big2SmallError(f"{path} exists; pass overwrite=True (--overwrite) to replace it") from None
 
 
-def _fsync(path: Path) -> None:
+def fsync(path: Path) -> None:
+    """Make `path`'s contents durable (a file or a directory)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -291,19 +321,77 @@ def _read_manifest(path: Path) -> tuple[dict[str, Any], Manifest]:
 def load(path: str | os.PathLike) -> CompressedModel:
     """Read and verify an artifact (see the module docstring for what is checked); refuse it with
     one line (Big2SmallError) at the first thing that is not as written."""
-    path = Path(path)
-    _, manifest = _read_manifest(path)
-    try:
-        _check_source_files(path, manifest)
-        tensors = _read_tensors(path, manifest)
-        _check_size(manifest, tensors)
-    except Big2SmallError as exc:
-        raise Big2SmallError(f"{path}: corrupt artifact: {_first_line(exc)}") from None
-    source = ModelSource.from_dict(manifest.source, files_dir=path / SOURCE_DIR) if manifest.source else None
+    reader = ArtifactReader(path)
+    arrays: dict[str, torch.Tensor] = {}  # a shared array is read once, and stays one object
+    tensors = {name: reader.tensor(name, arrays) for name in reader.manifest.tensors}
+    reader.check_size()
+    manifest = reader.manifest
     return CompressedModel(
-        tensors=tensors, plan=[], recipe=manifest.recipe, source=source, aliases=dict(manifest.aliases),
+        tensors=tensors, plan=[], recipe=manifest.recipe, source=reader.source(), aliases=dict(manifest.aliases),
         n_parameters=manifest.n_parameters, transforms=manifest.transforms,
     )
+
+
+class ArtifactReader:
+    """An artifact read tensor by tensor. Opening it checks the manifest (hash, schema), the source
+    files and that every array belongs to a tensor; each tensor() then reads one tensor's arrays,
+    each checked against its sha256, dtype and shape, and its record against its method;
+    check_size(), once the tensors are read, checks the size record. load() reads them all;
+    decompress and inspect read one at a time, so that they never hold the model."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        _, self.manifest = _read_manifest(self.path)
+        try:
+            _check_source_files(self.path, self.manifest)
+            with safe_open(str(self.path / TENSORS), "pt") as f:
+                self._keys = set(f.keys())
+            unused = sorted(self._keys - set(_array_owners(self.manifest)))
+            if unused:
+                raise Big2SmallError(f"array {unused[0]} belongs to no tensor in the manifest")
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise Big2SmallError(f"{self.path}: corrupt artifact: tensor file unreadable ({_first_line(exc)})") from None
+        except Big2SmallError as exc:
+            raise Big2SmallError(f"{self.path}: corrupt artifact: {_first_line(exc)}") from None
+
+    def check_size(self) -> None:
+        """The size record is the one the tensors' records make."""
+        try:
+            _check_size(self.manifest, self.records())
+        except Big2SmallError as exc:
+            raise Big2SmallError(f"{self.path}: corrupt artifact: {_first_line(exc)}") from None
+
+    def records(self) -> dict[str, Encoded]:
+        """Every tensor's record without its arrays (enough for size_of, not for decoding)."""
+        return {name: Encoded(r.method, r.config, r.layout, r.dtype, {}, dict(r.bits), r.meta)
+                for name, r in self.manifest.tensors.items()}
+
+    def source(self) -> ModelSource | None:
+        m = self.manifest
+        return ModelSource.from_dict(m.source, files_dir=self.path / SOURCE_DIR) if m.source else None
+
+    def tensor(self, name: str, arrays: dict[str, torch.Tensor] | None = None) -> Encoded:
+        """The tensor `name` with its arrays, checked. `arrays`: arrays already read, by key (the
+        ones read now are added)."""
+        arrays = {} if arrays is None else arrays
+        record = self.manifest.tensors[name]
+        try:
+            missing = [a for a in record.stored.values() if a.key not in arrays]
+            if missing:
+                with safe_open(str(self.path / TENSORS), "pt") as f:
+                    arrays.update({a.key: _read_array(f, self._keys, a) for a in missing})
+            enc = Encoded(method=record.method, config=record.config, layout=record.layout, dtype=record.dtype,
+                          tensors={part: arrays[a.key] for part, a in record.stored.items()}, bits=dict(record.bits),
+                          meta=record.meta)
+            try:
+                REGISTRY[record.method].check_stored(enc)
+            except Big2SmallError as exc:
+                raise Big2SmallError(f"tensor {name}: {exc}") from None
+        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+            raise Big2SmallError(f"{self.path}: corrupt artifact: tensor file unreadable ({_first_line(exc)})") from None
+        except Big2SmallError as exc:
+            raise Big2SmallError(f"{self.path}: corrupt artifact: {_first_line(exc)}") from None
+        return enc
 
 
 def _check_source_files(path: Path, manifest: Manifest) -> None:
@@ -325,31 +413,6 @@ def _check_source_files(path: Path, manifest: Manifest) -> None:
         f = path / rel
         if f.stat().st_size != info.bytes or file_sha256(f) != info.sha256:
             raise Big2SmallError(f"{rel} is altered")
-
-
-def _read_tensors(path: Path, manifest: Manifest) -> dict[str, Encoded]:
-    """Every tensor's record with its arrays, each checked against the manifest and its method."""
-    try:
-        with safe_open(str(path / TENSORS), "pt") as f:
-            keys = set(f.keys())
-            owners = _array_owners(manifest)
-            unused = sorted(keys - set(owners))
-            if unused:
-                raise Big2SmallError(f"array {unused[0]} belongs to no tensor in the manifest")
-            arrays = {key: _read_array(f, keys, manifest.tensors[name].stored[part]) for key, (name, part) in owners.items()}
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise Big2SmallError(f"tensor file unreadable ({_first_line(exc)})") from None
-    tensors = {}
-    for name, record in manifest.tensors.items():
-        enc = Encoded(method=record.method, config=record.config, layout=record.layout, dtype=record.dtype,
-                      tensors={part: arrays[a.key] for part, a in record.stored.items()}, bits=dict(record.bits),
-                      meta=record.meta)
-        try:
-            REGISTRY[record.method].check_stored(enc)
-        except Big2SmallError as exc:
-            raise Big2SmallError(f"tensor {name}: {exc}") from None
-        tensors[name] = enc
-    return tensors
 
 
 def _array_owners(manifest: Manifest) -> dict[str, tuple[str, str]]:
@@ -414,22 +477,29 @@ def decompress(path: str | os.PathLike, out: str | os.PathLike, *, overwrite: bo
         raise Big2SmallError(f"the shard size must be a positive number of bytes, got {max_shard_bytes}")
     sharded = max_shard_bytes is not None
     out = ensure_writable(out, overwrite=overwrite, output="dense directory" if sharded else "file")
-    cm = load(path)
-    state = {name: (t.to(STORAGE_DTYPES[dtype]) if dtype and t.is_floating_point() else t).contiguous()
-             for name, t in cm.state_dict().items() if name not in cm.aliases}
-    metadata = {"big2small.aliases": json.dumps(cm.aliases, sort_keys=True), "format": "pt"}
+    reader = ArtifactReader(path)
+    out_dtype = STORAGE_DTYPES[dtype] if dtype else None
+    specs = [tensorfile.ArraySpec(name, out_dtype if out_dtype and r.dtype.is_floating_point else r.dtype, r.layout.shape)
+             for name, r in reader.manifest.tensors.items()]
+
+    def decoded(name: str) -> torch.Tensor:  # one tensor at a time: the model is never held whole
+        t = decode(reader.tensor(name))
+        return t.to(out_dtype) if out_dtype and t.is_floating_point() else t
+
+    metadata = {"big2small.aliases": json.dumps(dict(reader.manifest.aliases), sort_keys=True), "format": "pt"}
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic.remove_stale(out.parent)
     tmp = atomic.temporary_path(out)
     try:
         if sharded:
             tmp.mkdir()
-            _write_shards(state, tmp, max_shard_bytes, metadata, cm.source)
+            _write_shards(specs, decoded, tmp, max_shard_bytes, metadata, reader.source())
             for f in [*tmp.rglob("*"), tmp]:
-                _fsync(f)
+                fsync(f)
         else:
-            save_file(state, str(tmp), metadata=metadata)
-            _fsync(tmp)
+            tensorfile.write(tmp, specs, decoded, metadata)
+            fsync(tmp)
+        reader.check_size()
         _publish(tmp, out, overwrite=overwrite, output="dense directory" if sharded else "file")
     except BaseException:
         if tmp.is_dir():
@@ -444,26 +514,26 @@ DENSE_WEIGHTS = "model.safetensors"
 DENSE_INDEX = "model.safetensors.index.json"
 
 
-def _write_shards(state: dict[str, torch.Tensor], directory: Path, max_bytes: int, metadata: dict[str, str],
-                  source: ModelSource | None) -> None:
-    """Hugging Face's sharded layout in `directory`: tensors in state_dict order, a new file when
-    the next tensor would pass `max_bytes`; the index maps each tensor to its file."""
-    shards: list[dict[str, torch.Tensor]] = [{}]
+def _write_shards(specs: list[tensorfile.ArraySpec], read: Callable[[str], torch.Tensor], directory: Path,
+                  max_bytes: int, metadata: dict[str, str], source: ModelSource | None) -> None:
+    """Hugging Face's sharded layout in `directory`: the tensors `specs` names, each read by
+    `read(name)` in its turn, a new file when the next tensor would pass `max_bytes`; the index
+    maps each tensor to its file."""
+    shards: list[list[tensorfile.ArraySpec]] = [[]]
     size = 0
-    for name, t in state.items():
-        nbytes = t.numel() * t.element_size()
-        if shards[-1] and size + nbytes > max_bytes:
-            shards.append({})
+    for spec in specs:
+        if shards[-1] and size + spec.nbytes > max_bytes:
+            shards.append([])
             size = 0
-        shards[-1][name] = t
-        size += nbytes
+        shards[-1].append(spec)
+        size += spec.nbytes
     names = ([DENSE_WEIGHTS] if len(shards) == 1
              else [f"model-{k:05d}-of-{len(shards):05d}.safetensors" for k in range(1, len(shards) + 1)])
     for name, shard in zip(names, shards):
-        save_file(shard, str(directory / name), metadata=metadata)
+        tensorfile.write(directory / name, shard, read, metadata)
     if len(shards) > 1:
-        index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in state.values()), **metadata},
-                 "weight_map": {t: name for name, shard in zip(names, shards) for t in shard}}
+        index = {"metadata": {"total_size": sum(spec.nbytes for spec in specs), **metadata},
+                 "weight_map": {spec.key: name for name, shard in zip(names, shards) for spec in shard}}
         (directory / DENSE_INDEX).write_text(json.dumps(index, indent=2) + "\n")
     files_dir = getattr(source, "files_dir", None)
     for f in source_files(files_dir) if files_dir is not None and Path(files_dir).is_dir() else []:

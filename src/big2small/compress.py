@@ -7,6 +7,7 @@ the original parameter count go into the result.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, asdict
 from typing import Any
 
@@ -147,15 +148,6 @@ def count_parameters(entries: list[PlanEntry]) -> int:
     return sum(e.numel for e in entries if e.is_parameter)
 
 
-def parameter_count(model: Any) -> int:
-    """Parameters of a model (an nn.Module, a LoadedModel or a state_dict), tied tensors once:
-    what bits per weight count against."""
-    weights, _ = _unwrap(model, None)
-    if isinstance(weights, nn.Module):
-        return sum(p.numel() for p in weights.parameters())
-    return sum(t.numel() for t in weights.values())
-
-
 ALLOCATE = ("auto", "output", "weights", "equal")
 # The default when a size target comes without a method: the trellis codec at every width, or a
 # tensor kept at 16 bits, chosen per tensor by allocation. L=10 rather than the trellis's own
@@ -227,12 +219,12 @@ def plan_with_count(model: Any, recipe: Recipe, *, source: ModelSource | None = 
     """plan_model's result and the parameter count that bits per weight count against (the
     original model's, before any transform; tied tensors once)."""
     model, source = _unwrap(model, source)
-    model, _, n_parameters = _apply_transforms(model, recipe.transforms, source=source, progress=progress)
+    model, _, n_parameters = apply_transforms(model, recipe.transforms, source=source, progress=progress)
     infos, entries = _plan(model, recipe, n_parameters, source=source, progress=progress)
     return infos, entries, n_parameters if n_parameters is not None else count_parameters(entries)
 
 
-def _apply_transforms(model: nn.Module | dict[str, torch.Tensor], transforms: list[FoldConfig], *,
+def apply_transforms(model: nn.Module | dict[str, torch.Tensor], transforms: list[FoldConfig], *,
                       source: ModelSource | None = None, progress: bool = False,
                       ) -> tuple[nn.Module | dict[str, torch.Tensor], list[TransformRecord], int | None]:
     """Apply a recipe's structural transforms, in order, to a copy of `model`: the transformed
@@ -270,17 +262,27 @@ def _plan(model: nn.Module | dict[str, torch.Tensor], recipe: Recipe, n_paramete
     """The plan of `model` (already transformed); a size target counts against `n_parameters`
     (the original model's; None: this model's)."""
     infos = describe_state_dict(model) if isinstance(model, dict) else describe_module_tensors(model)
+    return infos, plan_infos(infos, recipe, n_parameters, model=model, source=source, progress=progress)
+
+
+def plan_infos(infos: list[TensorInfo], recipe: Recipe, n_parameters: int | None = None, *,
+               model: nn.Module | Callable[[], nn.Module] | dict[str, torch.Tensor] | None = None,
+               source: ModelSource | None = None, progress: bool = False) -> list[PlanEntry]:
+    """The plan of the tensors `infos` describes, size target applied (the tensors are read one
+    at a time for the planner's checks, and for allocation's error curves); a size target counts
+    against `n_parameters` (None: these tensors' parameters).
+
+    model, source: for allocation by output error, the model to probe (a module in memory, or a
+    callable that loads it: a streamed checkpoint is loaded whole only if output error is asked
+    for explicitly) and where it came from (its task)."""
     entries = plan(infos, recipe)
     if recipe.target_bpw is not None:
         n_params = n_parameters if n_parameters is not None else count_parameters(entries)
         if recipe.allocation is None:
             _size_to_target(entries, recipe, n_params)
         else:
-            task = get_task(source.task if source else None, source.architecture if source else None)
-            if task.name == "unknown" and isinstance(model, nn.Module):  # a user's own HF model object
-                task = get_task(task_of_architecture(type(model).__name__))
-            _allocate(entries, {i.name: i.tensor for i in infos}, recipe, n_params, model, task, progress)
-    return infos, entries
+            _allocate(entries, {i.name: i.load for i in infos}, recipe, n_params, model, source, progress)
+    return entries
 
 
 def compress(model: Any, recipe: Recipe | str | None = None, *, source: ModelSource | None = None, progress: bool = True,
@@ -313,45 +315,75 @@ def compress(model: Any, recipe: Recipe | str | None = None, *, source: ModelSou
     model, source = _unwrap(model, source)
     device = resolve_device(device)
     if recipe.transforms:
-        model, transforms, n_parameters = _apply_transforms(model, recipe.transforms, source=source, progress=progress)
+        model, transforms, n_parameters = apply_transforms(model, recipe.transforms, source=source, progress=progress)
     infos, entries = _plan(model, recipe, n_parameters, source=source, progress=progress)
-    tensors_by_name = {i.name: i.tensor for i in infos}
+    loads = {i.name: i.load for i in infos}
     encoded = _adopt(entries, pre_encoded or {}, pre_encoded_reason)
-    joint: dict[str, list[PlanEntry]] = {}
-    to_encode = [e for e in entries if e.name not in encoded]
-    with progress_bar("compressing", total=sum(e.numel for e in to_encode), enabled=progress) as advance:
-        for e in to_encode:
-            tensor = tensors_by_name[e.name]
-            gen_cls = REGISTRY[e.config.method]
-            if gen_cls.encodes_jointly:
-                try:
-                    gen_cls.check_input(tensor, e.layout)  # here, where the name is known
-                except Big2SmallError as exc:
-                    raise Big2SmallError(f"{e.name}: {exc}") from None
-                joint.setdefault(e.config.method, []).append(e)
-                continue
-            try:
-                encoded[e.name] = _on_cpu(generator_for(e.config).encode(tensor.to(device), e.layout, seed=recipe.seed))
-            except Big2SmallError as exc:
-                raise Big2SmallError(f"{e.name}: {exc}") from None
-            advance(e.numel)
-        for method, group in joint.items():
-            items = [(e.config, tensors_by_name[e.name].to(device), e.layout) for e in group]
-            try:
-                results = REGISTRY[method].encode_many(items, seed=recipe.seed, advance=advance)
-            except Big2SmallError as exc:
-                raise Big2SmallError(f"{method} ({len(group)} tensors): {exc}") from None
-            encoded.update({e.name: _on_cpu(r) for e, r in zip(group, results)})
+    units = encoding_units(entries, set(encoded))
+    with progress_bar("compressing", total=sum(e.numel for u in units for e in u), enabled=progress) as advance:
+        for unit in units:
+            results = encode_unit(unit, [loads[e.name]() for e in unit], seed=recipe.seed, device=device,
+                                  advance=advance)
+            encoded.update({e.name: r for e, r in zip(unit, results)})
     encoded = {e.name: encoded[e.name] for e in entries}  # plan order
     aliases = {a: e.name for e in entries for a in e.aliases}
     n_params = n_parameters if n_parameters is not None else count_parameters(entries)
     result = CompressedModel(encoded, entries, recipe, source, aliases, n_params, list(transforms or []))
-    if recipe.target_bpw is not None and result.size().bpw_all > recipe.target_bpw + 1e-9:
-        # The sizing below is exact by construction; this guards the promise made to the user.
-        raise Big2SmallError(
-            f"internal: size target {recipe.target_bpw} bpw missed ({result.size().bpw_all:.4f}); please report"
-        )
+    check_size_target(result)
     return result
+
+
+def check_size_target(cm: CompressedModel) -> None:
+    """Refuse a result that misses its recipe's size target. The sizing (_size_to_target) is exact
+    by construction; this guards the promise made to the user."""
+    target = cm.recipe.target_bpw
+    if target is not None and cm.size().bpw_all > target + 1e-9:
+        raise Big2SmallError(f"internal: size target {target} bpw missed ({cm.size().bpw_all:.4f}); please report")
+
+
+def encoding_units(entries: list[PlanEntry], done: set[str] = frozenset()) -> list[list[PlanEntry]]:
+    """The plan's entries not in `done`, as units of work: one tensor each, except that the tensors
+    of a method that encodes jointly (the INR) form one unit, placed at its first tensor."""
+    units: list[list[PlanEntry]] = []
+    joint: dict[str, list[PlanEntry]] = {}
+    for e in entries:
+        if e.name in done:
+            continue
+        if REGISTRY[e.config.method].encodes_jointly:
+            if e.config.method not in joint:
+                joint[e.config.method] = []
+                units.append(joint[e.config.method])
+            joint[e.config.method].append(e)
+        else:
+            units.append([e])
+    return units
+
+
+def encode_unit(unit: list[PlanEntry], tensors: list[torch.Tensor], *, seed: int, device: torch.device,
+                advance: Callable[[float], None] | None = None) -> list[Encoded]:
+    """Encode one unit of encoding_units (its tensors' values given in order) on `device`; the
+    stored form comes back on the CPU. `advance(n)` reports n weights done."""
+    if len(unit) == 1 and not REGISTRY[unit[0].config.method].encodes_jointly:
+        e = unit[0]
+        try:
+            enc = _on_cpu(generator_for(e.config).encode(tensors[0].to(device), e.layout, seed=seed))
+        except Big2SmallError as exc:
+            raise Big2SmallError(f"{e.name}: {exc}") from None
+        if advance:
+            advance(e.numel)
+        return [enc]
+    method = unit[0].config.method
+    for e, tensor in zip(unit, tensors):
+        try:
+            REGISTRY[method].check_input(tensor, e.layout)  # here, where the name is known
+        except Big2SmallError as exc:
+            raise Big2SmallError(f"{e.name}: {exc}") from None
+    items = [(e.config, tensor.to(device), e.layout) for e, tensor in zip(unit, tensors)]
+    try:
+        results = REGISTRY[method].encode_many(items, seed=seed, advance=advance)
+    except Big2SmallError as exc:
+        raise Big2SmallError(f"{method} ({len(unit)} tensors): {exc}") from None
+    return [_on_cpu(r) for r in results]
 
 
 def _adopt(entries: list[PlanEntry], pre_encoded: dict[str, Encoded], reason: str) -> dict[str, Encoded]:
@@ -450,14 +482,17 @@ def _sized_entries(entries: list[PlanEntry], recipe: Recipe) -> tuple[list[PlanE
     return sized, sum(_planned_bits(e) for e in entries if e not in sized)
 
 
-def _allocate(entries: list[PlanEntry], tensors: dict[str, torch.Tensor], recipe: Recipe, n_params: int,
-              model: nn.Module | dict[str, torch.Tensor], task: Any, progress: bool) -> None:
+def _allocate(entries: list[PlanEntry], loads: dict[str, Callable[[], torch.Tensor]], recipe: Recipe,
+              n_params: int, model: Any, source: ModelSource | None, progress: bool) -> None:
     """Fill the size target: each sized entry gets the config the allocator chooses (with why).
     A target outside what the model can take is a Big2SmallError naming the feasible range."""
     from big2small.allocation.allocate import Allotment, allocate, describe, smallest_bits
 
+    task = get_task(source.task if source else None, source.architecture if source else None)
+    if task.name == "unknown" and isinstance(model, nn.Module):  # a user's own HF model object
+        task = get_task(task_of_architecture(type(model).__name__))
     sized, fixed_bits = _sized_entries(entries, recipe)
-    items = [Allotment(e.name, e.layout, tensors[e.name]) for e in sized]
+    items = [Allotment(e.name, e.layout, loads[e.name]) for e in sized]
     kwargs = dict(method=recipe.default.method, fixed=dict(recipe.budget_fixed), raw_dtype=recipe.raw_dtype)
     lowest = (fixed_bits + smallest_bits(items, recipe.allocation, **kwargs)) / n_params
     original = sum(e.numel * e.dtype.itemsize * 8 for e in entries) / n_params

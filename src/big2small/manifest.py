@@ -180,6 +180,11 @@ def config_from_json(data: Any, where: str) -> GeneratorConfig:
     return config
 
 
+def tensor_record(entry: Any, where: str) -> TensorRecord:
+    """One tensor's manifest entry (as artifact.stored_form writes it) as a checked record."""
+    return _tensor(entry, where, FORMAT_VERSION)
+
+
 # --- the parts -------------------------------------------------------------------------------------
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -133,13 +134,36 @@ class PlanEntry:
 
 @dataclass
 class TensorInfo:
-    """What the planner needs to know about one stored tensor of a model."""
+    """What the planner needs to know about one stored tensor of a model: its shape and dtype, and
+    `load`, which returns its values when called (a checkpoint on disk is read then, one tensor at
+    a time; a picklable callable, so that worker processes can read it themselves)."""
 
     name: str
-    tensor: torch.Tensor
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    load: Callable[[], torch.Tensor]
     kind: str
     is_parameter: bool
     aliases: list[str] = field(default_factory=list)
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @classmethod
+    def held(cls, name: str, tensor: torch.Tensor, kind: str, is_parameter: bool) -> TensorInfo:
+        """The info of a tensor already in memory."""
+        return cls(name, tuple(tensor.shape), tensor.dtype, Held(tensor), kind, is_parameter)
+
+
+@dataclass(frozen=True)
+class Held:
+    """A TensorInfo.load for a tensor in memory: returns it."""
+
+    tensor: torch.Tensor
+
+    def __call__(self) -> torch.Tensor:
+        return self.tensor
 
 
 def describe_module_tensors(model: nn.Module) -> list[TensorInfo]:
@@ -156,7 +180,12 @@ def describe_module_tensors(model: nn.Module) -> list[TensorInfo]:
     by_identity: dict[tuple, TensorInfo] = {}
     infos: list[TensorInfo] = []
     for name, tensor in model.state_dict(keep_vars=True).items():
-        key = (tensor.data_ptr(), tuple(tensor.shape), tensor.dtype) if tensor.numel() else (name,)
+        # Tied tensors share memory; a model built on the meta device (a checkpoint's skeleton,
+        # models.checkpoint) has none, and its tied tensors are the same objects.
+        if tensor.is_meta:
+            key = (id(tensor),)
+        else:
+            key = (tensor.data_ptr(), tuple(tensor.shape), tensor.dtype) if tensor.numel() else (name,)
         if key in by_identity:
             by_identity[key].aliases.append(name)
             continue
@@ -169,7 +198,7 @@ def describe_module_tensors(model: nn.Module) -> list[TensorInfo]:
             kind = layer_kind(module)
             if module is lm_head:
                 kind = "lm_head"
-        info = TensorInfo(name, tensor.detach(), kind, id(tensor) in param_ids)
+        info = TensorInfo.held(name, tensor.detach(), kind, id(tensor) in param_ids)
         by_identity[key] = info
         infos.append(info)
     # An LM head tied to the embedding shows up under the embedding's name: it is both.
@@ -178,46 +207,47 @@ def describe_module_tensors(model: nn.Module) -> list[TensorInfo]:
 
 def describe_state_dict(state: dict[str, torch.Tensor]) -> list[TensorInfo]:
     """Model-free: infer each tensor's kind from its rank and name (no module classes)."""
-    infos = []
-    for name, t in state.items():
-        lname = name.lower()
-        if t.ndim == 2 and re.search(r"(embed|wte|wpe|lm_head|shared)", lname):
-            kind = "embedding"
-        elif t.ndim == 2:
-            kind = "linear"
-        elif 3 <= t.ndim <= 5:
-            kind = "conv"
-        else:
-            kind = "other"
-        infos.append(TensorInfo(name, t, kind, True))
-    return infos
+    return [TensorInfo.held(name, t, state_dict_kind(name, tuple(t.shape)), True) for name, t in state.items()]
+
+
+def state_dict_kind(name: str, shape: tuple[int, ...]) -> str:
+    """The kind of a tensor known only by its name and shape: embedding, linear, conv or other."""
+    if len(shape) == 2 and re.search(r"(embed|wte|wpe|lm_head|shared)", name.lower()):
+        return "embedding"
+    if len(shape) == 2:
+        return "linear"
+    return "conv" if 3 <= len(shape) <= 5 else "other"
 
 
 def plan(infos: list[TensorInfo], recipe: Recipe) -> list[PlanEntry]:
-    """Decide, for every tensor, the method (or raw storage) and the reason."""
-    if sum(info.tensor.numel() for info in infos) == 0:
+    """Decide, for every tensor, the method (or raw storage) and the reason. Each tensor's values
+    are loaded once, in turn, for the checks that need them (finite, within the raw dtype's range):
+    a checkpoint streams through, never held whole."""
+    if sum(info.numel for info in infos) == 0:
         raise Big2SmallError("nothing to compress: the model has no tensors with any elements")
     raw = RawConfig(dtype=recipe.raw_dtype)
     entries = []
     for info in infos:
-        t = info.tensor
-        _check_storable(info)
+        floating = info.dtype.is_floating_point
+        t = info.load()
+        _check_storable(info.name, t)
         config, reason = _decide(info, recipe)
         encodes = config is not None and not isinstance(config, RawConfig)
-        if encodes and not t.is_floating_point():
-            raise Big2SmallError(f"{info.name}: cannot compress a {t.dtype} tensor")
-        if encodes and t.ndim < 1:
+        if encodes and not floating:
+            raise Big2SmallError(f"{info.name}: cannot compress a {info.dtype} tensor")
+        if encodes and not info.shape:
             raise Big2SmallError(f"{info.name}: cannot compress a scalar")
-        if config is None and not t.is_floating_point():
+        if config is None and not floating:
             config_raw = RawConfig(dtype="same")
         elif config is None and raw.dtype != "same" and _exceeds(t, STORAGE_DTYPES[raw.dtype]):
             config_raw = RawConfig(dtype="float32")
             reason += f" (stored as float32: values beyond {raw.dtype}'s range)"
         else:
             config_raw = raw
+        del t
         entries.append(
             PlanEntry(
-                name=info.name, shape=tuple(t.shape), dtype=t.dtype, kind=info.kind,
+                name=info.name, shape=tuple(info.shape), dtype=info.dtype, kind=info.kind,
                 is_parameter=info.is_parameter, config=config or config_raw, reason=reason,
                 aliases=list(info.aliases),
             )
@@ -225,14 +255,13 @@ def plan(infos: list[TensorInfo], recipe: Recipe) -> list[PlanEntry]:
     return entries
 
 
-def _check_storable(info: TensorInfo) -> None:
+def _check_storable(name: str, t: torch.Tensor) -> None:
     """Refuse what no artifact can hold: dtypes it does not store, NaN or Inf values."""
-    t = info.tensor
     if dtype_name(t.dtype) not in STORED_DTYPES:
-        raise Big2SmallError(f"{info.name}: {dtype_name(t.dtype)} tensors are not supported "
+        raise Big2SmallError(f"{name}: {dtype_name(t.dtype)} tensors are not supported "
                              f"(supported: {', '.join(STORED_DTYPES)})")
     if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-        raise Big2SmallError(f"{info.name}: NaN or Inf values; refusing to store them")
+        raise Big2SmallError(f"{name}: NaN or Inf values; refusing to store them")
 
 
 def _exceeds(t: torch.Tensor, dtype: torch.dtype) -> bool:
@@ -249,7 +278,7 @@ def _decide(info: TensorInfo, recipe: Recipe) -> tuple[GeneratorConfig | None, s
             return o.config, f"override {o.pattern!r}"
     if recipe.default is None:
         return None, "no method given"
-    if not info.tensor.is_floating_point():
+    if not info.dtype.is_floating_point:
         return None, "integer buffer"
     if not info.is_parameter:
         return None, "buffer"
@@ -260,7 +289,6 @@ def _decide(info: TensorInfo, recipe: Recipe) -> tuple[GeneratorConfig | None, s
         return None, f"{kind} kept (include_embeddings is off)"
     if kind not in ("linear", "conv", "conv1d_hf", "embedding", "lm_head"):
         return None, {"bias": "bias", "vector": "1-D (norm, scale)"}.get(kind, "not a layer weight")
-    n = info.tensor.numel()
-    if n < recipe.min_numel:
+    if info.numel < recipe.min_numel:
         return None, f"small (< min_numel {recipe.min_numel})"
     return recipe.default, "in scope"

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from big2small.artifact import MANIFEST, ArtifactInfo, artifact_info, load, read_manifest
-from big2small.compress import CompressedModel, SizeReport, count_parameters, planned_bits
+from big2small.artifact import MANIFEST, ArtifactInfo, ArtifactReader, artifact_info, load, read_manifest
+from big2small.compress import CompressedModel, SizeReport, count_parameters, planned_bits, size_of
 from big2small.errors import Big2SmallError
 from big2small.evaluate.suite import EvalSettings, MetricRow
 from big2small.evaluate.weights import WeightErrorReport
@@ -218,13 +218,18 @@ class InspectReport:
 def inspect_artifact(path: str | os.PathLike) -> InspectReport:
     """Read the artifact at `path` (every array checked against its sha256) and report on it."""
     path = Path(path)
-    cm = load(path)
+    reader = ArtifactReader(path)
+    for name in reader.manifest.tensors:  # one tensor's arrays in memory at a time
+        reader.tensor(name)
+    reader.check_size()
     manifest = read_manifest(path)
+    records = reader.records()
     tensors = tuple(TensorRow(name, tuple(enc.layout.shape), enc.method, enc.total_bits, enc.numel)
-                    for name, enc in cm.tensors.items())
+                    for name, enc in records.items())
     return InspectReport(path, manifest["format_version"], manifest["library_version"], manifest["source"] or {},
                          dict(sorted(Counter(t.method for t in tensors).items())),
-                         ArtifactSize(cm.size(), artifact_info(path, manifest)), tensors)
+                         ArtifactSize(size_of(records, reader.manifest.n_parameters), artifact_info(path, manifest)),
+                         tensors)
 
 
 # --- verify ----------------------------------------------------------------------------------

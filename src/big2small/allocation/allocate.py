@@ -14,7 +14,9 @@ A multiple-choice knapsack (knapsack.py) then picks one candidate per tensor und
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -31,11 +33,12 @@ from big2small.progress import progress_bar
 
 @dataclass
 class Allotment:
-    """One tensor's share: its name, layout, weights and the recipe's default config for it."""
+    """One tensor to allocate bits to: its name, layout, and `load`, which returns its weights
+    (read when measured, one tensor at a time, so a streamed checkpoint is never held whole)."""
 
     name: str
     layout: MatrixLayout
-    tensor: torch.Tensor
+    load: Callable[[], torch.Tensor]
 
 
 @dataclass
@@ -52,27 +55,31 @@ class AllocationResult:
 
 
 def allocate(items: list[Allotment], budget_bits: int, config: AllocationConfig, *, method: str | None,
-             fixed: dict, raw_dtype: str, model: nn.Module | None, task: Task, seed: int = 0,
+             fixed: dict, raw_dtype: str, model: Any, task: Task, seed: int = 0,
              progress: bool = False) -> AllocationResult:
     """Choose a config for every item so that their stored bits sum to at most `budget_bits` and
     the predicted output error is smallest. `method`, `fixed`: the recipe's method and pinned
-    options, whose ladder of sizes gives the candidates when config.candidates is empty."""
+    options, whose ladder of sizes gives the candidates when config.candidates is empty. `model`:
+    the model to probe for output error (a module, or a callable that loads it), or None."""
     start = time.perf_counter()
     objective = _objective(config.objective, model, task)
-    options, candidates = [], []
+    options, candidates, energy = [], [], {}
     with progress_bar("error curves", total=sum(i.layout.numel for i in items), enabled=progress) as advance:
         for item in items:
             configs = _candidates(item, config, method, fixed, raw_dtype)
-            errors = relative_errors(item.layout.to_matrix(item.tensor.detach()), configs,
-                                     max_weights=config.sample_weights, seed=seed)
+            matrix = item.layout.to_matrix(item.load().detach())
+            errors = relative_errors(matrix, configs, max_weights=config.sample_weights, seed=seed)
+            energy[item.name] = float(matrix.double().pow(2).sum())
             candidates.append(configs)
             options.append([(REGISTRY[c.method].bits_for(c, item.layout), r) for c, r in zip(configs, errors)])
             advance(item.layout.numel)
+            del matrix
     if objective == "output":
-        weight = output_sensitivity(model, task, [i.name for i in items], count=config.probe_count,
+        module = model if isinstance(model, nn.Module) else model()
+        weight = output_sensitivity(module, task, [i.name for i in items], count=config.probe_count,
                                     length=config.probe_tokens, seed=seed, progress=progress)
     else:
-        weight = {i.name: float(i.tensor.detach().double().pow(2).sum()) for i in items}
+        weight = energy
     knapsack = [[Option(bits, weight[i.name] * r) for bits, r in opts] for i, opts in zip(items, options)]
     smallest = sum(min(o.bits for o in opts) for opts in knapsack)
     if smallest > budget_bits:
@@ -92,13 +99,18 @@ def smallest_bits(items: list[Allotment], config: AllocationConfig, *, method: s
                for i in items)
 
 
-def _objective(asked: str, model: nn.Module | None, task: Task) -> str:
-    probe_ready = isinstance(model, nn.Module) and bool(task.probe_source)
+def _objective(asked: str, model: Any, task: Task) -> str:
+    """The objective used: "auto" is output error only for a model already in memory whose task
+    has a data-free probe (a streamed checkpoint would have to be loaded whole for it)."""
     if asked == "auto":
-        return "output" if probe_ready else "weights"
-    if asked == "output" and not probe_ready:
-        why = "a bare state_dict has no forward pass" if not isinstance(model, nn.Module) else \
-            f"a {task.name} model has no data-free probe"
+        return "output" if isinstance(model, nn.Module) and task.probe_source else "weights"
+    if asked == "output":
+        if not callable(model):  # a module, or a loader of one
+            why = "a bare state_dict has no forward pass"
+        elif not task.probe_source:
+            why = f"a {task.name} model has no data-free probe"
+        else:
+            return asked
         raise Big2SmallError(f"allocation by output error is impossible here ({why}); use --allocate weights")
     return asked
 

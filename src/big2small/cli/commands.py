@@ -51,28 +51,30 @@ def compress(
     raw_dtype: str = typer.Option("float16", help="Storage of uncompressed tensors: float16, bfloat16, float32, same."),
     recipe: Optional[Path] = typer.Option(None, help="A recipe JSON file (replaces the method options above)."),
     device: Optional[str] = typer.Option(None, help="Where encoding runs: cpu (default) or cuda (INR fitting is much faster there)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Encode on this many worker processes (default: every core; models under 16 M weights in this process). The artifact is the same whatever the number."),
+    ray: Optional[str] = typer.Option(None, "--ray", help="Encode on Ray: 'local' starts it on this machine (with --workers CPUs), 'auto' or ray://HOST:PORT joins a cluster (install big2small[ray]; the model, the output's directory and big2small must be reachable from every node)."),
     seed: int = typer.Option(0, help="Seed of every random choice (INR initialisation); same seed, same artifact."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the pre-flight report and stop."),
     overwrite: bool = typer.Option(False, help="Replace an existing output."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the size report (with --dry-run: the plan) as JSON to this file ('-' = stdout)."),
 ) -> None:
-    """Compress a model and write an artifact (safetensors + JSON manifest)."""
+    """Compress a model and write an artifact (safetensors + JSON manifest). Safetensors
+    checkpoints (a file, an HF directory, sharded or not) and GGUF files are read one tensor at a
+    time; a run that stops is resumed by running the same command again."""
     _require_output(output, dry_run)
     bpw = options.target_bpw(bpw, ratio, size_mb)
     if method is None and bpw is None and size_mb is None:
         method = "uniform"
     import big2small as b2s
-    from big2small.compress import parameter_count, plan_with_count, resolve_device
+    from big2small.compress import count_parameters, plan_infos, resolve_device
     from big2small.reports import CompressReport, PlanReport
+    from big2small.streaming import compress_to_artifact, default_executor, open_model
 
     if output is not None:
         b2s.ensure_writable(output, overwrite=overwrite)
     resolve_device(device)  # a device this machine lacks is refused before the model loads
-    out = render.Output(json_out)
-    render.notes.print(f"loading {model} ...")
-    loaded = b2s.load_model(model)
-    if size_mb is not None:  # bits per weight of this model's parameters
-        bpw = size_mb * 8e6 / parameter_count(loaded)
+    if size_mb is not None:
+        bpw = 1.0  # a stand-in that makes the recipe size itself; the model's count sets it below
     if recipe is not None:
         the_recipe = options.recipe_from_file(recipe)
         if bpw is not None:
@@ -83,14 +85,23 @@ def compress(
             min_numel=min_numel, raw_dtype=raw_dtype, seed=seed, allocate=allocate,
             method_options={"group_size": group_size, "symmetric": symmetric, "rank": rank,
                             "energy": energy, "sparsity": sparsity})
+    out = render.Output(json_out)
+    render.notes.print(f"loading {model} ...")
+    checkpoint, transforms, n_parameters = open_model(model, the_recipe)
+    if size_mb is not None:  # bits per weight of the original model's parameters
+        n = n_parameters if n_parameters is not None else sum(i.numel for i in checkpoint.infos if i.is_parameter)
+        the_recipe.target_bpw = size_mb * 8e6 / n
     if dry_run:
-        _, entries, n_parameters = plan_with_count(loaded, the_recipe)
-        plan = PlanReport.of(entries, the_recipe, n_parameters)
+        entries = plan_infos(checkpoint.infos, the_recipe, n_parameters, model=checkpoint.probe_model(),
+                             source=checkpoint.source, progress=True)
+        plan = PlanReport.of(entries, the_recipe, n_parameters if n_parameters is not None else count_parameters(entries))
         render.show_plan(out.console, plan)
         out.json(plan.to_dict())
         return
-    cm = b2s.compress(loaded, the_recipe, device=device)
-    report = CompressReport.of(cm, b2s.save(cm, output, overwrite=overwrite))
+    executor = default_executor(checkpoint, workers, ray)
+    cm, written = compress_to_artifact(checkpoint, the_recipe, output, overwrite=overwrite, device=device,
+                                       executor=executor, transforms=transforms, n_parameters=n_parameters)
+    report = CompressReport.of(cm, written)
     render.show_compress(out.console, report)
     out.json(report.to_dict())
 

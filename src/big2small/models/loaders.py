@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -62,8 +63,8 @@ def load_tokenizer(path: Path, **kwargs):
         return None  # a model without a tokenizer (vision, or weights only) is fine
 
 
-def load_hf_dir(path: Path, name: str) -> LoadedModel:
-    """A Hugging Face model directory, in fp32, with its tokenizer (if any)."""
+def hf_config(path: Path) -> tuple[Any, str]:
+    """The transformers config of an HF model directory and the architecture it names."""
     from transformers import AutoConfig
 
     try:
@@ -73,6 +74,12 @@ def load_hf_dir(path: Path, name: str) -> LoadedModel:
     arch = (config.architectures or [None])[0]
     if arch is None:
         raise Big2SmallError(f"{path}: config.json names no architecture")
+    return config, arch
+
+
+def load_hf_dir(path: Path, name: str) -> LoadedModel:
+    """A Hugging Face model directory, in fp32, with its tokenizer (if any)."""
+    _, arch = hf_config(path)
     try:
         model = hf_class(arch).from_pretrained(str(path), dtype=torch.float32, trust_remote_code=False)
     except (OSError, SafetensorError, ValueError, RuntimeError) as exc:  # missing, garbled or mismatched weights
@@ -83,8 +90,13 @@ def load_hf_dir(path: Path, name: str) -> LoadedModel:
 
 
 def load_gguf(path: Path, name: str) -> LoadedModel:
-    """A GGUF file: transformers dequantises it to fp32. The dense copy is cached, since the
-    conversion takes half a minute and the file is read-only to us."""
+    """A GGUF file: transformers dequantises it to fp32 (see gguf_dense_dir)."""
+    return load_hf_dir(gguf_dense_dir(path), name=name)
+
+
+def gguf_dense_dir(path: Path) -> Path:
+    """The dense HF directory of a GGUF file, converted by transformers (to fp32) once and cached,
+    since the conversion takes half a minute and the file is read-only to us."""
     digest = f"{path.resolve()}:{path.stat().st_size}:{int(path.stat().st_mtime)}"
     cached = cache_dir() / "gguf" / hashlib.sha256(digest.encode()).hexdigest()[:16]
     if not (cached / "config.json").is_file():
@@ -101,7 +113,7 @@ def load_gguf(path: Path, name: str) -> LoadedModel:
         if cached.exists():
             shutil.rmtree(cached)
         os.replace(tmp, cached)
-    return load_hf_dir(cached, name=name)
+    return cached
 
 
 def _save_dense_hf(model: nn.Module, path: Path) -> None:
@@ -112,7 +124,7 @@ def _save_dense_hf(model: nn.Module, path: Path) -> None:
     config.pop("quantization_config", None)
     config["architectures"] = [type(model).__name__]
     (path / "config.json").write_text(json.dumps(config, indent=2))
-    state = {info.name: info.tensor.contiguous() for info in describe_module_tensors(model)}
+    state = {info.name: info.load().contiguous() for info in describe_module_tensors(model)}
     save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
 
 
