@@ -52,16 +52,16 @@ def resolve_source(model: nn.Module, task: str, source: str) -> str:
         raise Big2SmallError(f"no synthetic inputs for task {task!r}: distillation supports "
                              f"{', '.join(TEXT_TASKS + IMAGE_TASKS)}")
     source = own if source == "auto" else source
-    if source == "self" and task == "causal-lm" and not can_generate(model):
-        raise Big2SmallError(f"{type(model).__name__} cannot generate text: use source random")
-    if source == "inversion" and not batchnorm_layers(model):
-        raise Big2SmallError(f"{type(model).__name__} has no BatchNorm statistics to invert: use source random "
-                             "(Gaussian images)")
     if source not in usable:
         why = {"self": "it cannot generate text", "inversion": "it reads tokens, not images",
                TEXT_GENERATOR: "SmolLM2's text feeds text models"}.get(source, "it does not apply")
         raise Big2SmallError(f"source {source!r} does not apply to a {task} model ({why}); "
                              f"use {' or '.join(usable)}")
+    if source == "self" and not can_generate(model):
+        raise Big2SmallError(f"{type(model).__name__} cannot generate text: use source random")
+    if source == "inversion" and not batchnorm_layers(model):
+        raise Big2SmallError(f"{type(model).__name__} has no BatchNorm statistics to invert: use source random "
+                             "(Gaussian images)")
     return source
 
 

@@ -30,7 +30,7 @@ def can_generate(model: nn.Module) -> bool:
 
 @torch.no_grad()
 def sample_text(model: nn.Module, *, samples: int, seq_len: int, start_token_id: int, seed: int = 0,
-                greedy_tokens: int = 4, temperature: float = 1.0, batch_size: int = 16,
+                greedy_tokens: int = 4, temperature: float = 1.0, batch_size: int = 32,
                 progress: bool = True) -> torch.Tensor:
     """int64 [samples, seq_len] token ids the causal LM `model` writes itself, each row starting
     with `start_token_id` (module docstring: the schedule). Uses the KV cache: one forward of one
