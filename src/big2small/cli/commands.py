@@ -270,8 +270,9 @@ def fold(
     distilled = None
     if distill_config is not None:
         distilled = distill_student(loaded.model, result.model, task=task.name, tokenizer=loaded.tokenizer,
-                                    config=distill_config, example_input=task.example_input(loaded.model)).to_dict()
+                                    config=distill_config, example_input=task.example_input(loaded.model))
     cm = to_compressed(result, source=loaded.source, recipe=recipe, progress=True, distilled=distilled)
-    report = FoldReport(result, CompressReport.of(cm, b2s.save(cm, output, overwrite=overwrite)), distilled)
+    report = FoldReport(result, CompressReport.of(cm, b2s.save(cm, output, overwrite=overwrite)),
+                        distilled.to_dict() if distilled else None)
     render.show_fold(out.console, report)
     out.json(report.to_dict())

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -27,28 +26,15 @@ from big2small.distill.config import DistillConfig
 from big2small.distill.loss import LossFn
 from big2small.errors import Big2SmallError
 from big2small.progress import progress_bar
+from big2small.transforms.records import DistillRecord
 
 IMAGES = "images"  # the key of image inputs, passed positionally (text inputs are keyword arguments)
 
 
-@dataclass
-class DistillReport:
-    """What distillation did: steps taken, why it stopped ("steps" or "time"), wall time of the
-    training (seconds), the mean loss of the first and last tenth of the steps, and the loss on
-    the held-out synthetic inputs before and after (None without held-out inputs)."""
-
-    steps: int
-    stopped_by: str
-    seconds: float
-    train_loss_first: float | None
-    train_loss_last: float | None
-    held_out_before: float | None
-    held_out_after: float | None
-    inputs: int
-    config: dict[str, Any]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+# What distillation did is what the manifest records about it: one dataclass for both (steps,
+# why it stopped, seconds, first/last-tenth training loss, held-out loss before and after, inputs,
+# the config as a dict).
+DistillReport = DistillRecord
 
 
 def forward(model: nn.Module, batch: dict[str, torch.Tensor]) -> Any:

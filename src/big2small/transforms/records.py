@@ -72,7 +72,7 @@ class ChannelRemovalRecord(TransformRecord):
 @dataclass
 class DistillRecord(TransformRecord):
     """Data-free distillation of the stored weights from the original (big2small.distill): shapes
-    unchanged. Fields as in its DistillReport: steps taken, why it stopped, training wall time
+    unchanged. big2small.distill's DistillReport is this class. Steps taken, why it stopped, training wall time
     (seconds), mean loss of the first and last tenth of the steps, loss on held-out synthetic
     inputs before and after, inputs made, and the DistillConfig as a dict."""
 
