@@ -61,6 +61,8 @@ def test_pruning_baseline_runs_from_the_cli(llama_dir, tmp_path):
     (["--repair", "data"], "no built-in inputs"),
     (["--prune", "l3"], "selection must be"),
     (["--group-ratio", "mlp"], "expected PATTERN=R"),
+    (["--distill", "-1"], "--distill must be a number of steps >= 0"),
+    (["--distill", "5", "--distill-samples", "1"], "held_out < samples"),
 ])
 def test_bad_options_are_one_line_errors(llama_dir, tmp_path, args, needle):
     assert_one_line_error(run("fold", llama_dir, *args, "-o", tmp_path / "x.b2s"), needle)
@@ -102,3 +104,43 @@ def test_a_recipe_file_with_a_fold_needs_a_model_not_a_state_dict(tmp_path):
     recipe = tmp_path / "recipe.json"
     recipe.write_text('{"transforms": [{"transform": "fold", "sparsity": 0.2}], "default": {"method": "uniform", "bits": 4}}')
     assert_one_line_error(run("compress", path, "--recipe", recipe, "-o", tmp_path / "x.b2s"), "need the model's structure")
+
+
+@pytest.fixture(scope="module")
+def peaked_llama_dir(tmp_path_factory):
+    """A tiny LLaMA with peaked next-token distributions (a random one predicts almost uniform
+    ones, whose KL to anything is near 0: nothing for distillation to repair)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=64)
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(40)
+    path = tmp_path_factory.mktemp("peaked") / "tiny-llama"
+    model.save_pretrained(path)
+    return path
+
+
+def test_fold_with_distill_stores_the_repaired_weights_and_records_it(peaked_llama_dir, tmp_path):
+    env = {"BIG2SMALL_CACHE": str(tmp_path / "cache")}
+    plain, repaired, report = tmp_path / "plain.b2s", tmp_path / "repaired.b2s", tmp_path / "fold.json"
+    common = ["--sparsity", "0.3", "--skip", "attention"]
+    assert run("fold", peaked_llama_dir, *common, "-o", plain, env=env).returncode == 0
+    result = run("fold", peaked_llama_dir, *common, "--distill", "12", "--distill-samples", "24", "--distill-lr", "1e-4",
+                 "-o", repaired, "--json", report, env=env)
+    assert result.returncode == 0, result.stderr
+    distilled = json.loads(report.read_text())["distill"]
+    assert distilled["steps"] == 12 and distilled["held_out_after"] < distilled["held_out_before"]
+    assert "distilling" in result.stderr  # progress on stderr
+    assert [t.kind for t in b2s.load(repaired).transforms] == ["fold", "distill"]
+    before, after = b2s.restore(plain).state_dict(), b2s.restore(repaired).state_dict()
+    assert before.keys() == after.keys() and all(before[k].shape == after[k].shape for k in before)
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # the stored weights are the trained ones
+
+
+def test_a_distill_source_that_cannot_apply_is_refused_before_folding(llama_dir, tmp_path):
+    result = run("fold", llama_dir, "--distill", "5", "--distill-source", "inversion", "-o", tmp_path / "x.b2s")
+    assert_one_line_error(result, "does not apply to a causal-lm model (it reads tokens, not images); use self or random")
+    assert "folding" not in result.stderr and not (tmp_path / "x.b2s").exists()

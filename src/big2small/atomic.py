@@ -24,6 +24,7 @@ import os
 import re
 import secrets
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 _AT_FDCWD = -100
@@ -78,6 +79,17 @@ def publish(tmp: Path, path: Path, *, replace: bool) -> None:
         os.rename(tmp, path)
         _remove(old)
     _sync_directory(path.parent)
+
+
+def write_file(path: Path, write: Callable[[Path], object]) -> None:
+    """`write(tmp)` to a temporary sibling of `path`, then put it at `path` in one step (replacing
+    what is there): a reader sees the old file or the new one whole, never a part."""
+    tmp = temporary_path(path)
+    try:
+        write(tmp)
+        publish(tmp, path, replace=True)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _remove(path: Path) -> None:

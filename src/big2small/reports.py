@@ -430,10 +430,12 @@ class FoldPlanReport:
 
 @dataclass(frozen=True)
 class FoldReport:
-    """A folded model written as an artifact: what folding did (`result`) and what was written."""
+    """A folded model written as an artifact: what folding did (`result`), what was written, and
+    the distillation that repaired it (DistillReport.to_dict(); None without --distill)."""
 
     result: FoldResult
     written: CompressReport
+    distilled: dict[str, Any] | None = None
 
     @property
     def groups_folded(self) -> int:
@@ -448,4 +450,4 @@ class FoldReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.written.to_dict(), "fold": self.result.to_dict(), "groups_folded": self.groups_folded,
-                "macs_removed": self.macs_removed}
+                "macs_removed": self.macs_removed, "distill": self.distilled}

@@ -242,6 +242,12 @@ def fold(
     seed: int = typer.Option(0, help="k-means seed."),
     then: Optional[str] = typer.Option(None, "--then", help="METHOD:k=v,...: compress the folded tensors too, e.g. uniform:bits=4,group_size=128."),
     raw_dtype: str = typer.Option("float32", help="Storage of the tensors --then leaves uncompressed (float32 keeps the folded model exact)."),
+    distill: int = typer.Option(0, "--distill", help="Repair the folded model by data-free distillation from the original: this many AdamW steps on synthetic inputs (0: none)."),
+    distill_samples: int = typer.Option(264, help="--distill: synthetic inputs to make (cached on disk), of which 8 are held out to measure the loss."),
+    distill_seed: int = typer.Option(0, help="--distill: seed of the synthetic inputs and the batch order."),
+    distill_seconds: Optional[float] = typer.Option(None, help="--distill: stop training after this many seconds (a time budget)."),
+    distill_lr: float = typer.Option(5e-5, help="--distill: AdamW learning rate."),
+    distill_source: str = typer.Option("auto", help="--distill: where the inputs come from: auto (the model's own route), self, smollm2, random or inversion."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List the groups and what would be folded, then stop."),
     overwrite: bool = typer.Option(False, help="Replace an existing output."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the fold report (with --dry-run: the groups) as JSON ('-' = stdout)."),
@@ -261,6 +267,8 @@ def fold(
                         ratios=ratios, skip=list(skip), selection=prune or "fold", repair=repair, norm_repair=norm_repair,
                         fold_mlp=mlp, fold_attention=attention, multiple_of=multiple_of, seed=seed)
     config.validate()
+    distill_config = options.distill_config(distill, samples=distill_samples, seed=distill_seed,
+                                            max_seconds=distill_seconds, lr=distill_lr, source=distill_source)
     recipe = options.then_recipe(then, raw_dtype)
     out = render.Output(json_out)
     render.notes.print(f"loading {model} ...")
@@ -274,8 +282,16 @@ def fold(
         return
     task = get_task(loaded.source.task, loaded.source.architecture)
     data = task.calibration_batches() if repair == "data" else None
+    if distill_config is not None:  # refuse a source that cannot apply before folding, not after
+        from big2small.distill import distill_student, resolve_source
+        resolve_source(loaded.model, task.name, distill_config.source)
     result = fold_model(loaded.model, config, data=data, example_input=task.example_input(loaded.model))
-    cm = to_compressed(result, source=loaded.source, recipe=recipe, progress=True)
-    report = FoldReport(result, CompressReport.of(cm, b2s.save(cm, output, overwrite=overwrite)))
+    distilled = None
+    if distill_config is not None:
+        distilled = distill_student(loaded.model, result.model, task=task.name, tokenizer=loaded.tokenizer,
+                                    config=distill_config, example_input=task.example_input(loaded.model))
+    cm = to_compressed(result, source=loaded.source, recipe=recipe, progress=True, distilled=distilled)
+    report = FoldReport(result, CompressReport.of(cm, b2s.save(cm, output, overwrite=overwrite)),
+                        distilled.to_dict() if distilled else None)
     render.show_fold(out.console, report)
     out.json(report.to_dict())

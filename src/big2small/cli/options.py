@@ -71,6 +71,22 @@ def recipe_from_options(method: str | None, *, bpw: float | None, bits: float | 
     return make_recipe(method, bpw=bpw, overrides=overrides, **recipe_options, **options)
 
 
+def distill_config(steps: int, **options: Any) -> Any:
+    """The DistillConfig of --distill STEPS and its --distill-* options; None when STEPS is 0 (no
+    distillation). Options a user left at None (no time budget) keep the config's defaults."""
+    if steps < 0:
+        raise Big2SmallError(f"--distill must be a number of steps >= 0, got {steps}")
+    if steps == 0:
+        return None
+    from big2small.distill import DistillConfig
+
+    samples = options["samples"]
+    config = DistillConfig(steps=steps, held_out=min(8, max(0, samples - 1)),
+                           **{k: v for k, v in options.items() if v is not None})
+    config.validate()
+    return config
+
+
 def recipe_from_file(path: Path) -> Recipe:
     """The recipe in the JSON file at `path` (as Recipe.to_dict writes it)."""
     from big2small.recipe import Recipe

@@ -252,6 +252,11 @@ def show_fold(console: Console, report: FoldReport) -> None:
     t.add_row("groups folded", f"{report.groups_folded} of {len(result.groups)}"
               + (f" (uniform r = {result.ratio:.3f})" if result.ratio is not None else " (widths by merge cost)"))
     t.add_row("time to fold", f"{result.seconds:.1f} s")
+    d = report.distilled
+    if d is not None:
+        t.add_row("distilled (data-free)", f"{d['steps']} steps, {d['seconds']:.1f} s (stopped by {d['stopped_by']})")
+        if d["held_out_before"] is not None:
+            t.add_row("held-out distillation loss", f"{d['held_out_before']:.4g} -> {d['held_out_after']:.4g}")
     console.print(t)
     for name, why in result.unfolded.items():
         notes.print(f"not folded: {escape(name)}: {escape(why)}")

@@ -22,7 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from big2small.atomic import publish, temporary_path
+from big2small.atomic import write_file
 from big2small.cache import cache_dir
 from big2small.evaluate.suite import EvalSettings, MetricRow
 from big2small.models.tasks import evaluate, get_task, reference_outputs
@@ -61,14 +61,20 @@ def original_figures(model: nn.Module, task: str, tokenizer: Any, settings: Eval
 
 def fingerprint(model: nn.Module, tokenizer: Any, task: str, settings: EvalSettings) -> str:
     """A hex digest of everything the original's figures depend on (module docstring)."""
+    protocol = {k: v for k, v in settings.to_dict().items() if k != "progress"}
+    return content_digest(model, tokenizer, {"format": CACHE_FORMAT, "task": task, "settings": protocol})
+
+
+def content_digest(model: nn.Module, tokenizer: Any, header: dict[str, Any]) -> str:
+    """A hex digest of the model's content (class, config, every tensor's name, dtype, shape and
+    bytes), its tokenizer, the library version and `header` (what else a cached entry depends on)."""
     h = hashlib.sha256()
 
     def add(text: str) -> None:
         h.update(text.encode())
         h.update(b"\0")
 
-    protocol = {k: v for k, v in settings.to_dict().items() if k != "progress"}
-    add(json.dumps({"format": CACHE_FORMAT, "library": __version__, "task": task, "settings": protocol}, sort_keys=True))
+    add(json.dumps({"library": __version__, **header}, sort_keys=True, default=str))
     add(f"{type(model).__module__}.{type(model).__qualname__}")
     config = getattr(model, "config", None)
     if config is not None and hasattr(config, "to_dict"):
@@ -118,19 +124,9 @@ def _write(directory: Path, key: str, metrics: tuple[MetricRow, ...], reference:
     try:
         directory.mkdir(parents=True, exist_ok=True)
         if reference:
-            _replace(directory / f"{key}.safetensors", lambda tmp: save_file(
+            write_file(directory / f"{key}.safetensors", lambda tmp: save_file(
                 {k: v.detach().cpu().contiguous() for k, v in reference.items()}, str(tmp)))
         text = json.dumps({"metrics": [m.to_dict() for m in metrics], "reference": sorted(reference)}, default=str)
-        _replace(directory / f"{key}.json", lambda tmp: tmp.write_text(text))
+        write_file(directory / f"{key}.json", lambda tmp: tmp.write_text(text))
     except OSError:
         pass
-
-
-def _replace(path: Path, write) -> None:
-    """`write(tmp)` to a temporary sibling, then put it at `path` in one step (big2small.atomic)."""
-    tmp = temporary_path(path)
-    try:
-        write(tmp)
-        publish(tmp, path, replace=True)
-    finally:
-        tmp.unlink(missing_ok=True)

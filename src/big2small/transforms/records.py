@@ -69,4 +69,23 @@ class ChannelRemovalRecord(TransformRecord):
     removed_channels: dict[str, int]
 
 
-RECORDS: dict[str, type[TransformRecord]] = {cls.kind: cls for cls in (FoldRecord, ChannelRemovalRecord)}
+@dataclass
+class DistillRecord(TransformRecord):
+    """Data-free distillation of the stored weights from the original (big2small.distill): shapes
+    unchanged. big2small.distill's DistillReport is this class. Steps taken, why it stopped, training wall time
+    (seconds), mean loss of the first and last tenth of the steps, loss on held-out synthetic
+    inputs before and after, inputs made, and the DistillConfig as a dict."""
+
+    kind: ClassVar[str] = "distill"
+    steps: int
+    stopped_by: str
+    seconds: float
+    train_loss_first: float | None
+    train_loss_last: float | None
+    held_out_before: float | None
+    held_out_after: float | None
+    inputs: int
+    config: dict[str, Any]
+
+
+RECORDS: dict[str, type[TransformRecord]] = {cls.kind: cls for cls in (FoldRecord, ChannelRemovalRecord, DistillRecord)}

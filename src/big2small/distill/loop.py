@@ -1,0 +1,118 @@
+"""The distillation loop: train a student to reproduce its teacher's outputs on synthetic inputs
+(docs/distillation.md#the-loop).
+
+AdamW on the student's trainable parameters, batches drawn in a seeded order from all but the
+last `held_out` inputs, the task's loss (big2small.distill.loss) against the teacher's output
+computed on the fly; both models stay in eval mode (no dropout, BatchNorm statistics untouched:
+synthetic inputs must not overwrite them). It stops after `steps` steps or once `max_seconds` of
+training have passed, whichever comes first, with a progress bar and its ETA. The held-out inputs
+measure the loss before and after: the report says whether distillation helped on inputs it never
+saw.
+
+(big2small.training's loop trains a classifier on labelled data with cross-entropy, by epochs; this
+one has no labels, a second model and a step or time budget, so it is its own loop.)
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from big2small.distill.config import DistillConfig
+from big2small.distill.loss import LossFn
+from big2small.errors import Big2SmallError
+from big2small.progress import progress_bar
+from big2small.transforms.records import DistillRecord
+
+IMAGES = "images"  # the key of image inputs, passed positionally (text inputs are keyword arguments)
+
+
+# What distillation did is what the manifest records about it: one dataclass for both (steps,
+# why it stopped, seconds, first/last-tenth training loss, held-out loss before and after, inputs,
+# the config as a dict).
+DistillReport = DistillRecord
+
+
+def forward(model: nn.Module, batch: dict[str, torch.Tensor]) -> Any:
+    """The model's output on a batch of synthetic inputs (images positionally, text by keyword)."""
+    return model(batch[IMAGES]) if IMAGES in batch else model(**batch)
+
+
+def _subset(inputs: dict[str, torch.Tensor], index: torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v[index].to(device) for k, v in inputs.items()}
+
+
+@torch.no_grad()
+def mean_loss(teacher: nn.Module, student: nn.Module, inputs: dict[str, torch.Tensor], loss_fn: LossFn,
+              batch_size: int) -> float:
+    """The loss averaged over `inputs` (weighted by batch size), without gradients."""
+    device = next(student.parameters()).device
+    n = len(next(iter(inputs.values())))
+    total = 0.0
+    for start in range(0, n, batch_size):
+        batch = _subset(inputs, torch.arange(start, min(n, start + batch_size)), device)
+        total += float(loss_fn(forward(teacher, batch), forward(student, batch), batch)) * len(batch[next(iter(batch))])
+    return total / n
+
+
+def distill(teacher: nn.Module, student: nn.Module, inputs: dict[str, torch.Tensor], loss_fn: LossFn,
+            config: DistillConfig, *, progress: bool = True) -> DistillReport:
+    """Train `student` (in place) to match `teacher` on `inputs` (tensors with one leading axis of
+    examples: {"input_ids", "attention_mask"} or {"images"}); the teacher is not changed."""
+    config.validate()
+    n = len(next(iter(inputs.values())))
+    if n != config.samples:
+        raise Big2SmallError(f"distillation got {n} inputs, its config says samples={config.samples}")
+    train_n = n - config.held_out
+    held_out = {k: v[train_n:] for k, v in inputs.items()}
+    params = [p for p in student.parameters() if p.requires_grad]
+    if not params:
+        raise Big2SmallError("the student has no trainable parameters")
+    device = params[0].device
+    teacher_grads = [(p, p.requires_grad) for p in teacher.parameters()]
+    was_training = (teacher.training, student.training)
+    teacher.eval()
+    student.eval()
+    for p, _ in teacher_grads:
+        p.requires_grad_(False)
+    generator = torch.Generator().manual_seed(config.seed)
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    losses: list[float] = []
+    stopped_by = "steps"
+    try:
+        before = mean_loss(teacher, student, held_out, loss_fn, config.batch_size) if config.held_out else None
+        start = time.perf_counter()
+        order = torch.empty(0, dtype=torch.long)
+        with progress_bar("distilling", config.steps, enabled=progress, unit="steps") as advance:
+            for _ in range(config.steps):
+                if config.max_seconds is not None and time.perf_counter() - start >= config.max_seconds:
+                    stopped_by = "time"
+                    break
+                if len(order) < config.batch_size:  # a fresh seeded permutation per pass over the inputs
+                    order = torch.cat([order, torch.randperm(train_n, generator=generator)])
+                batch, order = _subset(inputs, order[:config.batch_size], device), order[config.batch_size:]
+                with torch.no_grad():
+                    target = forward(teacher, batch)
+                loss = loss_fn(target, forward(student, batch), batch)
+                if not torch.isfinite(loss):
+                    raise Big2SmallError(f"distillation diverged at step {len(losses) + 1} (loss {float(loss)}): lower the learning rate")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                losses.append(float(loss.detach()))
+                advance(1)
+        seconds = time.perf_counter() - start
+        after = mean_loss(teacher, student, held_out, loss_fn, config.batch_size) if config.held_out else None
+    finally:
+        for p, g in teacher_grads:
+            p.requires_grad_(g)
+        teacher.train(was_training[0])
+        student.train(was_training[1])
+    tenth = max(1, math.ceil(len(losses) / 10))
+    return DistillReport(len(losses), stopped_by, seconds,
+                         sum(losses[:tenth]) / tenth if losses else None, sum(losses[-tenth:]) / tenth if losses else None,
+                         before, after, n, config.to_dict())
