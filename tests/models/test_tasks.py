@@ -48,8 +48,8 @@ def test_a_causal_lm_probes_itself_with_its_own_reproducible_text():
     from tiny_models import tiny_llama
 
     model, task = tiny_llama(), get_task("causal-lm")
-    a = task.probe_inputs(model, 3, 12, torch.Generator().manual_seed(0))
-    b = task.probe_inputs(model, 3, 12, torch.Generator().manual_seed(0))
+    a = task.probe_inputs(model, 3, 12, seed=0)
+    b = task.probe_inputs(model, 3, 12, seed=0)
     assert [x["input_ids"].shape for x in a] == [(1, 12)] * 3
     assert all(torch.equal(x["input_ids"], y["input_ids"]) for x, y in zip(a, b))
     assert len({tuple(x["input_ids"][0].tolist()) for x in a}) == 3  # sampled, not greedy
@@ -65,7 +65,7 @@ def test_tasks_without_a_generator_probe_with_noise_inputs(name):
     if name == "fashion-mnist-classifier":
         model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
     task = get_task(name)
-    [example] = task.probe_inputs(model, 1, 8, torch.Generator().manual_seed(0))
+    [example] = task.probe_inputs(model, 1, 8, seed=0)
     loss, outputs = task.probe_loss(model, example, torch.Generator().manual_seed(0))
     loss.backward()
     assert outputs > 0 and task.probe_source
@@ -74,4 +74,4 @@ def test_tasks_without_a_generator_probe_with_noise_inputs(name):
 
 def test_a_task_without_a_probe_says_what_to_do_instead():
     with pytest.raises(Big2SmallError, match="--allocate weights"):
-        get_task("unknown").probe_inputs(torch.nn.Linear(2, 2), 1, 8, torch.Generator())
+        get_task("unknown").probe_inputs(torch.nn.Linear(2, 2), 1, 8, seed=0)

@@ -28,12 +28,12 @@ def output_sensitivity(model: nn.Module, task: Task, names: list[str], *, count:
     nats per token), averaged over `count` probe inputs of `length` tokens."""
     params = dict(model.named_parameters(remove_duplicate=False))
     targets = {name: params[name] for name in names}
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed + 1)  # the labels and projections the loss draws
     was_training = model.training
     requires = {id(p): p.requires_grad for p in model.parameters()}
     model.eval()
     try:
-        inputs = task.probe_inputs(model, count, length, generator)
+        inputs = task.probe_inputs(model, count, length, seed)
         for p in model.parameters():
             p.requires_grad_(False)
         for p in targets.values():

@@ -21,11 +21,11 @@ from big2small.progress import progress_bar
 
 
 def can_generate(model: nn.Module) -> bool:
-    """Whether `model` is a causal LM whose forward returns next-token logits (an HF *ForCausalLM)."""
+    """Whether `model` is a causal LM whose forward returns next-token logits (an HF *ForCausalLM
+    or *LMHeadModel, the names models.tasks maps to causal-lm)."""
     config = getattr(model, "config", None)
     return hasattr(model, "get_output_embeddings") and model.get_output_embeddings() is not None and \
-        not getattr(config, "is_encoder_decoder", False) and getattr(config, "is_decoder", True) is not False and \
-        type(model).__name__.endswith("ForCausalLM")
+        not getattr(config, "is_encoder_decoder", False) and type(model).__name__.endswith(("ForCausalLM", "LMHeadModel"))
 
 
 @torch.no_grad()

@@ -14,7 +14,6 @@ zoo's Fashion-MNIST networks): top-1 accuracy on the 10,000 test images.
 
 from __future__ import annotations
 
-import inspect
 from typing import Any, ClassVar
 
 import torch
@@ -62,8 +61,9 @@ class Task:
     # and a loss whose gradient is one sample of the output's Fisher (or Gauss-Newton) information.
     probe_source: ClassVar[str] = ""  # what the probe inputs are, for reports; "" = no probe
 
-    def probe_inputs(self, model: nn.Module, count: int, length: int, generator: torch.Generator) -> list[Any]:
-        """`count` single-example inputs (text of `length` tokens, or one image), made without data."""
+    def probe_inputs(self, model: nn.Module, count: int, length: int, seed: int) -> list[Any]:
+        """`count` single-example inputs (text of `length` tokens, or one image), made without data
+        (big2small.distill.text makes the text), the same for the same seed."""
         raise Big2SmallError(f"no data-free probe inputs for a model of task {self.name!r}; "
                              "allocate by weight error instead (--allocate weights)")
 
@@ -101,11 +101,14 @@ class TextTask(Task):
         vocab = getattr(getattr(model, "config", None), "vocab_size", 1000)
         return {"input_ids": torch.arange(TOKENS).remainder(vocab).unsqueeze(0)}
 
-    def probe_inputs(self, model, count, length, generator):
+    def probe_inputs(self, model, count, length, seed):
+        from big2small.distill.text import random_tokens
+
         vocab = getattr(getattr(model, "config", None), "vocab_size", None)
         if not vocab:
             raise Big2SmallError("cannot make probe text: the model's config has no vocab_size")
-        return [{"input_ids": torch.randint(vocab, (1, length), generator=generator)} for _ in range(count)]
+        ids = random_tokens(vocab, samples=count, seq_len=length, seed=seed)
+        return [{"input_ids": row.unsqueeze(0)} for row in ids]
 
     def probe_loss(self, model, inputs, generator):
         out = model(**{k: v.to(_device(model)) for k, v in inputs.items()})
@@ -122,21 +125,14 @@ class CausalLM(TextTask):
     description = "perplexity on the Wikipedia extract (gensim test data)"
     probe_source = "text the model samples itself from its start token (temperature 1)"
 
-    @torch.no_grad()
-    def probe_inputs(self, model, count, length, generator):
-        """Text sampled from the model itself, token by token from its start token (or token 0)."""
-        config = getattr(model, "config", None)
-        start = getattr(config, "bos_token_id", None)
-        ids = torch.full((count, 1), 0 if start is None else int(start), dtype=torch.long)
-        device, past = _device(model), None
-        # transformers 5 names the cache argument `cache`; earlier versions `past_key_values`.
-        cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-        for _ in range(length - 1):
-            step = ids if past is None else ids[:, -1:]
-            out = model(input_ids=step.to(device), use_cache=True, **({cache_arg: past} if past is not None else {}))
-            past = out.past_key_values
-            probs = torch.softmax(out.logits[:, -1].float(), -1).cpu()
-            ids = torch.cat([ids, torch.multinomial(probs, 1, generator=generator)], 1)
+    def probe_inputs(self, model, count, length, seed):
+        """Text the model samples itself from its start token, every token drawn from its own
+        distribution (no greedy start: the next tokens must be samples for the Fisher estimate)."""
+        from big2small.distill.text import sample_text
+
+        start = getattr(getattr(model, "config", None), "bos_token_id", None)
+        ids = sample_text(model, samples=count, seq_len=length, start_token_id=0 if start is None else int(start),
+                          seed=seed, greedy_tokens=0, temperature=1.0, progress=False)
         return [{"input_ids": row.unsqueeze(0)} for row in ids]
 
     def probe_loss(self, model, inputs, generator):
@@ -192,8 +188,9 @@ class _ImageProbe(Task):
 
     probe_source = "Gaussian-noise images (normalised input space)"
 
-    def probe_inputs(self, model, count, length, generator):
+    def probe_inputs(self, model, count, length, seed):
         shape = self.example_input(model).shape[1:]
+        generator = torch.Generator().manual_seed(seed)
         return [torch.randn((1, *shape), generator=generator) for _ in range(count)]
 
     def probe_loss(self, model, inputs, generator):
