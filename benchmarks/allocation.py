@@ -142,11 +142,13 @@ def run(model_name: str, only: list[str], fresh: bool) -> None:
     save()
     steps = [("equal trellis 3b", lambda: ours(ctx, "equal trellis 3b", None, method="trellis", bits=3, state_bits=10,
                                                include_embeddings=True))]
-    for name, objective in (("allocated", "auto"), ("weights", "weights")):
-        steps.append((f"{name} @equal-3b", lambda n=name, o=objective: ours(
-            ctx, f"{n} @equal-3b", cache["equal trellis 3b"]["bpw"], allocate=o)))
-    for ftype in ("Q3_K_M", "Q4_K_M", "Q2_K", "IQ4_XS"):
-        steps.append((f"allocated @{ftype}", lambda f=ftype: ours(ctx, f"allocated @{f}", sizes[f]["bpw"])))
+    # In order of what each row tells: allocation against equal shares, then against llama.cpp.
+    at_equal = {name: (lambda n=name, o=objective: ours(ctx, f"{n} @equal-3b", cache["equal trellis 3b"]["bpw"], allocate=o))
+                for name, objective in (("allocated", "auto"), ("weights", "weights"))}
+    at_llama = {f: (lambda f=f: ours(ctx, f"allocated @{f}", sizes[f]["bpw"])) for f in LLAMA_FILES}
+    steps += [("allocated @equal-3b", at_equal["allocated"]), ("allocated @Q3_K_M", at_llama["Q3_K_M"]),
+              ("weights @equal-3b", at_equal["weights"])]
+    steps += [(f"allocated @{f}", at_llama[f]) for f in ("Q2_K", "Q4_K_M", "IQ4_XS")]
     for label, measure in steps:
         if label not in cache:
             cache[label] = measure()
