@@ -62,7 +62,7 @@ def test_pruning_baseline_runs_from_the_cli(llama_dir, tmp_path):
     (["--prune", "l3"], "selection must be"),
     (["--group-ratio", "mlp"], "expected PATTERN=R"),
     (["--distill", "-1"], "--distill must be a number of steps >= 0"),
-    (["--distill", "5", "--distill-samples", "1"], "held_out < samples"),
+    (["--distill", "5", "--distill-samples", "0"], "held_out < samples"),
 ])
 def test_bad_options_are_one_line_errors(llama_dir, tmp_path, args, needle):
     assert_one_line_error(run("fold", llama_dir, *args, "-o", tmp_path / "x.b2s"), needle)

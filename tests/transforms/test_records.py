@@ -5,11 +5,12 @@ import json
 import pytest
 
 from big2small.errors import Big2SmallError
-from big2small.transforms.records import RECORDS, ChannelRemovalRecord, FoldRecord, TransformRecord
+from big2small.transforms.records import RECORDS, ChannelRemovalRecord, DistillRecord, FoldRecord, TransformRecord
 
 EXAMPLES = [
     ChannelRemovalRecord({"conv1": 3, "conv2": 0}),
     FoldRecord({"sparsity": 0.3}, None, 0.3, 100, 70, 1000, 600, 1.5, True, [{"name": "g", "units_before": 4}]),
+    DistillRecord(12, "steps", 3.5, 0.9, 0.4, 0.8, 0.3, 24, {"steps": 12, "source": "self"}),
 ]
 
 
