@@ -161,8 +161,8 @@ def run(model_name: str, only: list[str], fresh: bool) -> None:
 def markdown(doc: dict) -> str:
     metric, env = doc["metric"], doc["environment"]
     lines = [f"# Bit allocation on {doc['model']} ({metric}; fp32: {doc['fp32']:.4f})", "",
-             f"Measured {env.get('date', '')} on {env.get('cpu', 'this CPU')}; the machine was shared with other "
-             "jobs, so seconds are upper bounds.", "",
+             f"{env.get('machine', '')}, torch {env.get('torch', '')}; the machine was shared with other jobs, so "
+             "seconds are upper bounds.", "",
              "| row | target bpw | bpw (all, measured) | within 1% under | " + metric + " | seconds | what each tensor got |",
              "|---|---|---|---|---|---|---|"]
     for r in doc["rows"]:
@@ -171,9 +171,22 @@ def markdown(doc: dict) -> str:
         value = r.get("metric")
         lines.append(f"| {r['label']} | {'' if target is None else f'{target:.4f}'} | {r['bpw']:.4f} | {within} | "
                      f"{'' if value is None else f'{value:.4f}'} | {r['seconds']:.0f} | {r.get('note', '')} |")
+    rows = {r["label"]: r for r in doc["rows"]}
+    lines.append("")
+    equal, allocated = rows.get("equal trellis 3b"), rows.get("allocated @equal-3b")
+    if equal and allocated and metric == "perplexity":
+        share = (equal["metric"] - allocated["metric"]) / (equal["metric"] - doc["fp32"])
+        lines.append(f"- At {equal['bpw']:.3f} bpw, allocation closes {100 * share:.0f}% of the perplexity gap between "
+                     f"equal shares and fp32 (target: 20%).")
+    for ftype in LLAMA_FILES:
+        ours_row, theirs = rows.get(f"allocated @{ftype}"), rows.get(f"llama.cpp {ftype}")
+        if ours_row and theirs and theirs.get("metric") is not None:
+            better = (ours_row["metric"] < theirs["metric"]) == (metric == "perplexity")
+            lines.append(f"- At llama.cpp {ftype}'s size ({theirs['bpw']:.3f} bpw): ours {ours_row['metric']:.4f}, "
+                         f"llama.cpp {theirs['metric']:.4f}: {'ours better' if better else 'llama.cpp better'}.")
     if doc.get("allocation_seconds") is not None:
-        lines += ["", f"Allocation alone (error curves and sensitivity, planning without encoding) at the "
-                      f"equal-3b size: {doc['allocation_seconds']:.0f} s."]
+        lines.append(f"- Allocation alone (error curves and sensitivity, planning without encoding) at the "
+                     f"equal-3b size: {doc['allocation_seconds']:.0f} s.")
     return "\n".join(lines) + "\n"
 
 
