@@ -81,9 +81,6 @@ def allocate(items: list[Allotment], budget_bits: int, config: AllocationConfig,
     else:
         weight = energy
     knapsack = [[Option(bits, weight[i.name] * r) for bits, r in opts] for i, opts in zip(items, options)]
-    smallest = sum(min(o.bits for o in opts) for opts in knapsack)
-    if smallest > budget_bits:
-        raise Big2SmallError(f"the smallest configurations take {smallest} bits, over the {budget_bits} left")
     picked = choose(knapsack, budget_bits)
     configs = {i.name: candidates[n][j] for n, (i, j) in enumerate(zip(items, picked))}
     costs = {i.name: knapsack[n][j].cost for n, (i, j) in enumerate(zip(items, picked))}
