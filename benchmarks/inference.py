@@ -32,7 +32,6 @@ artifacts and GGUFs are kept in $BIG2SMALL_BENCH_DIR (default /tmp/big2small-inf
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform
@@ -110,11 +109,10 @@ def decode_throughput(stem: str, repeats: int) -> dict:
         if not enc.compressed or kernel is None or len(enc.layout.shape) != 2:
             continue
         codec = generator_for(enc.config)
-        tensors = {**codec.resident_tensors(enc), **kernel.resident_extra(enc)}
-        coded = dataclasses.replace(enc, tensors=tensors)
-        dense = codec.decode(coded, dtype=torch.float32)
+        tensors = kernel.resident(enc)  # what CompactLinear keeps: codes in lanes, fp32 scales
+        dense = codec.decode(enc, dtype=torch.float32)
         x = torch.randn(1, enc.layout.cols)
-        layers.append((codec, kernel, coded, tensors, dense, torch.empty_like(dense), x))
+        layers.append((codec, kernel, enc, tensors, dense, torch.empty_like(dense), x))
     n_weights = sum(layer[4].numel() for layer in layers)
     variants = {
         "memory copy of the dense fp32 weights": lambda L: L[5].copy_(L[4]),

@@ -43,9 +43,9 @@ def test_rotate_then_unrotate_is_the_identity(mode, shape):
 
 def test_a_dimension_with_a_large_odd_part_is_left_as_it_is():
     layout = MatrixLayout((1031, 64))  # 1031 is prime, over MAX_DENSE_ODD
-    assert rotation._rotated_dims(UniformConfig(rotate="both"), layout) == (False, True)
-    assert rotation._rotated_dims(UniformConfig(rotate="input"), layout) == (False, True)
-    assert rotation._rotated_dims(UniformConfig(), layout) == (False, False)
+    assert rotation.rotated_dims(UniformConfig(rotate="both"), layout) == (False, True)
+    assert rotation.rotated_dims(UniformConfig(rotate="input"), layout) == (False, True)
+    assert rotation.rotated_dims(UniformConfig(), layout) == (False, False)
 
 
 def test_rotation_spreads_an_outlier_over_its_row():
@@ -101,16 +101,3 @@ def test_an_unknown_rotation_is_refused():
 def test_old_configs_without_the_option_read_as_unrotated():
     cfg = GeneratorConfig.from_dict({"method": "uniform", "bits": 4, "group_size": 128, "symmetric": False})
     assert cfg.rotate == "none" and not rotation.rotates(cfg)
-
-
-@pytest.mark.parametrize("mode", ["none", "input", "both"])
-@pytest.mark.parametrize("shape", [(48, 96), (40, 576), (24, 1031 * 2)])  # 1031: odd part too large, left as it is
-def test_a_product_with_the_coded_matrix_of_rotated_inputs_is_the_layers_product(mode, shape):
-    """W x = unrotate_output(rotate(W) rotate_input(x)): a layer can multiply in the coded domain."""
-    config = UniformConfig(rotate=mode)
-    layout = MatrixLayout(shape)
-    w, x = randn(*shape, seed=1), randn(5, shape[1], seed=2)
-    seed = rotation.seed_tensor(7)
-    coded = rotation.rotate(w, config, layout, int(seed[0]))
-    y = rotation.unrotate_output(rotation.rotate_input(x, config, layout, seed) @ coded.T, config, layout, seed)
-    assert torch.allclose(y, x @ w.T, atol=1e-4)

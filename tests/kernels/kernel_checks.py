@@ -18,7 +18,7 @@ def check_kernels(options: dict, shape: tuple[int, int], seed: int = 0, batch: i
     enc = codec.encode(weight, seed=seed)
     kernel = kernel_for(enc)
     assert kernel is not None
-    tensors = {**codec.resident_tensors(enc), **kernel.resident_extra(enc)}
+    tensors = kernel.resident(enc)
     reference = codec.decode_matrix(enc)
     assert torch.equal(kernel.decode_matrix(tensors, enc), reference)
     x = torch.randn(batch, shape[1], generator=gen)

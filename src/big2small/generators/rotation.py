@@ -58,7 +58,7 @@ def seed_tensor(seed: int) -> torch.Tensor:
     return torch.tensor([seed & 0x7FFFFFFF], dtype=torch.int32)
 
 
-def _rotated_dims(config: GeneratorConfig, layout: MatrixLayout) -> tuple[bool, bool]:
+def rotated_dims(config: GeneratorConfig, layout: MatrixLayout) -> tuple[bool, bool]:
     """(rows rotated, columns rotated): a dimension is rotated when asked and its odd part is small."""
     mode = getattr(config, "rotate", "none")
     return (mode == "both" and _odd_part(layout.rows) <= MAX_DENSE_ODD,
@@ -67,7 +67,7 @@ def _rotated_dims(config: GeneratorConfig, layout: MatrixLayout) -> tuple[bool, 
 
 def rotate(matrix: torch.Tensor, config: GeneratorConfig, layout: MatrixLayout, seed: int) -> torch.Tensor:
     """Q_rows W Q_cols^T for the dimensions `config` rotates (the matrix as it is otherwise)."""
-    on_rows, on_cols = _rotated_dims(config, layout)
+    on_rows, on_cols = rotated_dims(config, layout)
     if on_cols:
         matrix = _apply(matrix, seed, 0, inverse=False)
     if on_rows:
@@ -78,28 +78,12 @@ def rotate(matrix: torch.Tensor, config: GeneratorConfig, layout: MatrixLayout, 
 def unrotate(matrix: torch.Tensor, config: GeneratorConfig, layout: MatrixLayout, seed_array: torch.Tensor) -> torch.Tensor:
     """The inverse of `rotate`, with the seed read from its stored array."""
     seed = int(seed_array.reshape(-1)[0])
-    on_rows, on_cols = _rotated_dims(config, layout)
+    on_rows, on_cols = rotated_dims(config, layout)
     if on_rows:
         matrix = _apply(matrix.T, seed, 1, inverse=True).T
     if on_cols:
         matrix = _apply(matrix, seed, 0, inverse=True)
     return matrix.contiguous()
-
-
-def rotate_input(x: torch.Tensor, config: GeneratorConfig, layout: MatrixLayout, seed_array: torch.Tensor) -> torch.Tensor:
-    """Inputs x [B, cols] of a layer whose weight is coded rotated, carried into the coded domain:
-    W x = Q_rows^T (W_coded (Q_cols x)), so this is Q_cols x for each row of x (x as it is when the
-    columns are not rotated); `unrotate_output` then applies Q_rows^T."""
-    if not _rotated_dims(config, layout)[1]:
-        return x
-    return _apply(x, int(seed_array.reshape(-1)[0]), 0, inverse=False)
-
-
-def unrotate_output(y: torch.Tensor, config: GeneratorConfig, layout: MatrixLayout, seed_array: torch.Tensor) -> torch.Tensor:
-    """Outputs y [B, rows] computed with the coded (rotated) weight, back in the layer's own domain."""
-    if not _rotated_dims(config, layout)[0]:
-        return y
-    return _apply(y, int(seed_array.reshape(-1)[0]), 1, inverse=True)
 
 
 def _odd_part(n: int) -> int:
@@ -110,7 +94,7 @@ def _apply(x: torch.Tensor, seed: int, which: int, *, inverse: bool) -> torch.Te
     """Q x along the last dimension of x [m, n] (Q^T x when inverse)."""
     n = x.shape[-1]
     odd = _odd_part(n)
-    signs, q_odd = _factors(n, seed, which)
+    signs, q_odd = factors(n, seed, which)
     signs, q_odd = signs.to(x.device), q_odd.to(x.device)
     if inverse:
         y = (q_odd.T @ x.reshape(-1, odd, n // odd)).reshape(x.shape) if odd > 1 else x
@@ -120,7 +104,7 @@ def _apply(x: torch.Tensor, seed: int, which: int, *, inverse: bool) -> torch.Te
 
 
 @functools.lru_cache(maxsize=64)
-def _factors(n: int, seed: int, which: int) -> tuple[torch.Tensor, torch.Tensor]:
+def factors(n: int, seed: int, which: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The random signs [n] and the dense orthogonal odd factor [a, a] of dimension `which`."""
     gen = torch.Generator().manual_seed((seed << 2) + which)
     signs = torch.randint(0, 2, (n,), generator=gen).float() * 2 - 1

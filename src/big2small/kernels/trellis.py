@@ -1,12 +1,14 @@
-"""Compiled kernels for the `trellis` codec on its stored arrays: y = W x without materialising W,
-and W itself (the decode for large batches). W is the matrix the codes describe, in the rotated
-domain when the codec rotates (big2small.compact rotates x instead of W).
+"""Compiled kernels for the `trellis` codec, on its codes in lanes (big2small.kernels.lanes):
+y = x W^T without materialising W, and W itself (the decode for larger batches). W is the matrix
+the codes describe, in the rotated domain when the codec rotates (big2small.compact rotates x
+instead of W).
 
 Along each group the register runs as the codec decodes it (generators.trellis):
-state_t = ((state_{t-1} << k) | code_t) mod 2^L from state 0, weight_t = s_g * table[state_t];
-the 2^L-entry table (4-16 KB) stays in L1. A row inside a group that spans several rows starts
-from the state its group's previous codes leave. The product keeps two accumulators per row
-(consecutive weights) so that the table loads overlap. Rows run in parallel (numba prange).
+state_t = ((state_t-1 << k) | code_t) mod 2^L from state 0, weight_t = s_g * table[state_t];
+the 2^L-entry table (1-16 KB) stays in L1. LANES rows advance their registers together; a row
+inside a group that spans several rows starts from the register its group's previous row left,
+computed once when the layer is built (`lane_start`). The table reads are gathers, which this CPU
+runs one lane at a time. Blocks run in parallel (numba prange).
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ import numba
 import numpy as np
 import torch
 
+from big2small import bitpack
 from big2small.generators.base import Encoded
-from big2small.generators.trellis import trellis_grouping
+from big2small.generators.grouping import grouped, ungrouped
+from big2small.generators.trellis import decode_states, trellis_grouping
 from big2small.generators.trellis_codes import state_values
-from big2small.kernels.packed import as_numpy, half_to_float, read_code, run_decode, run_product
-from big2small.kernels.rows import segment, segment_plan
-
+from big2small.kernels.lanes import (LANES, add_scaled, as_numpy, lane_codes, lane_rows, lane_segment_values, n_blocks,
+                                     product_output, segments, store_block, x_at)
 
 # Inputs with more rows than this decode W once and multiply densely (see big2small.compact).
 FUSED_MAX_ROWS = 1
@@ -30,80 +33,112 @@ def supports(enc: Encoded) -> bool:
     return True
 
 
-def resident_extra(enc: Encoded) -> dict[str, torch.Tensor]:
-    """What the kernels read besides the stored arrays: the fp32 state table."""
-    return {"state_table": state_values(enc.config.bits, enc.config.state_bits)}
+def resident(enc: Encoded) -> dict[str, torch.Tensor]:
+    """Codes in lanes, fp32 scales per segment in lanes, each row's starting register in lanes,
+    and the fp32 state table."""
+    cfg, layout = enc.config, enc.layout
+    gp = trellis_grouping(cfg, layout)
+    seg = segments(gp, layout.cols, cfg.bits)
+    codes = bitpack.unpack(enc.tensors["codes"], cfg.bits, layout.numel).reshape(layout.rows, layout.cols)
+    start = torch.zeros(layout.rows, 1, dtype=torch.int64)
+    if gp.rows_per_group_row > 1:  # a row continues its group's register: the state before its first code
+        states = ungrouped(decode_states(grouped(codes, gp), cfg.bits, cfg.state_bits), gp, layout)
+        continues = torch.arange(layout.rows) % gp.rows_per_group_row != 0
+        start[continues, 0] = states[:-1, -1][continues[1:]].long()
+    return {"lane_codes": lane_codes(codes, seg, cfg.bits),
+            "lane_scales": lane_segment_values(enc.tensors["scales"], gp, layout.rows),
+            "lane_start": lane_rows(start),
+            "state_table": state_values(cfg.bits, cfg.state_bits)}
 
 
 def arrays(tensors: dict[str, torch.Tensor], enc: Encoded) -> tuple:
-    """The kernels' arguments: numpy views of `tensors` (valid while they live) and the shape integers."""
-    cfg = enc.config
-    table = tensors["state_table"] if "state_table" in tensors else resident_extra(enc)["state_table"]
-    return (as_numpy(tensors["codes"]), cfg.bits, cfg.state_bits, as_numpy(table), as_numpy(tensors["scales"]),
-            enc.layout.rows, enc.layout.cols, *segment_plan(trellis_grouping(cfg, enc.layout)))
+    """The kernels' arguments: numpy views of the resident `tensors` (valid while they live) and integers."""
+    cfg, layout = enc.config, enc.layout
+    seg = segments(trellis_grouping(cfg, layout), layout.cols, cfg.bits)
+    return (as_numpy(tensors["lane_codes"]), as_numpy(tensors["lane_scales"]), as_numpy(tensors["lane_start"]),
+            as_numpy(tensors["state_table"]), cfg.bits, (1 << cfg.state_bits) - 1,
+            seg.n_seg, seg.seg_len, seg.row_len, seg.per_byte, seg.units_per_seg)
 
 
 def matmul(tensors: dict[str, torch.Tensor], enc: Encoded, x: torch.Tensor, prepared: tuple | None = None) -> torch.Tensor:
-    """x [B, cols] fp32 -> x W^T [B, rows] fp32 (W in the codec's coded, i.e. rotated, domain)."""
-    return run_product(_matmul, prepared or arrays(tensors, enc), enc.layout.rows, x.detach().float())
+    """x [B, cols] -> x W^T [B, rows] fp32 (W in the codec's coded, i.e. rotated, domain)."""
+    xs, y = product_output(x, enc.layout.rows)
+    _product(*(prepared or arrays(tensors, enc)), xs, y)
+    return torch.from_numpy(y)[:, : enc.layout.rows]
 
 
 def decode_matrix(tensors: dict[str, torch.Tensor], enc: Encoded, prepared: tuple | None = None) -> torch.Tensor:
-    """W [rows, cols] fp32, as TrellisGenerator.decode_matrix computes it."""
-    return run_decode(_decode, prepared or arrays(tensors, enc), (enc.layout.rows, enc.layout.cols))
+    """W [rows, cols] fp32, as TrellisGenerator.decode_matrix computes it; a transposed view of a
+    [cols, rows] matrix, so that x @ W.T reads it in order."""
+    out = np.empty((enc.layout.cols, n_blocks(enc.layout.rows) * LANES), np.float32)
+    _decode_t(*(prepared or arrays(tensors, enc)), out)
+    return torch.from_numpy(out)[:, : enc.layout.rows].T
 
 
 @numba.njit(inline="always", cache=True)
-def _register_at(codes, k, state_bits, group_start, first):  # pragma: no cover - compiled
-    """The register before flat position `first`: 0 at its group's start, else what the group's
-    previous codes (the last ceil(L / k), all that still shape it) left."""
-    mask = (1 << state_bits) - 1
-    n_prev = (state_bits + k - 1) // k
-    state = 0
-    for e in range(max(group_start, first - n_prev), first):
-        state = ((state << k) | read_code(codes, e * k, k)) & mask
-    return state
+def _code(unit, lane, p, per_byte):  # pragma: no cover - compiled
+    """Code p of a unit: a nibble of a two-code byte, or the whole unit."""
+    v = np.int64(unit[lane])
+    return (v >> 4 if p == 1 else v & 15) if per_byte == 2 else v
 
 
-@numba.njit(parallel=True, fastmath=True, cache=True)
-def _matmul(codes, k, state_bits, table, scales, rows, cols, per, group_len, n_seg, x, y):  # pragma: no cover
-    mask = (1 << state_bits) - 1
-    for r in numba.prange(rows):
+@numba.njit(parallel=True, fastmath=True, cache=True, boundscheck=False)
+def _product(codes, scales, start, table, k, mask, n_seg, seg_len, row_len, per_byte, units_per_seg, x, y):  # pragma: no cover
+    n_units = n_seg * units_per_seg
+    for blk in numba.prange(y.shape[1] // LANES):
+        acc = np.empty(LANES, np.float32)
+        total = np.empty(LANES, np.float32)
+        state = np.empty(LANES, np.int64)
+        first = start[blk]
         for b in range(x.shape[0]):
-            total = np.float32(0)
+            total[:] = 0
             for j in range(n_seg):
-                c0, c1, g, group_start = segment(r, j, cols, per, group_len, n_seg)
-                first = r * cols + c0
-                state = _register_at(codes, k, state_bits, group_start, first)
-                acc0 = np.float32(0)
-                acc1 = np.float32(0)
-                c = c0
-                if k == 4 and (first & 1) == 0:
-                    base = first >> 1
-                    while c + 1 < c1:
-                        byte = codes[base + ((c - c0) >> 1)]
-                        state = ((state << 4) | (byte & 15)) & mask
-                        acc0 += table[state] * x[b, c]
-                        state = ((state << 4) | (byte >> 4)) & mask
-                        acc1 += table[state] * x[b, c + 1]
-                        c += 2
-                while c < c1:
-                    state = ((state << k) | read_code(codes, (r * cols + c) * k, k)) & mask
-                    acc0 += table[state] * x[b, c]
-                    c += 1
-                total += half_to_float(scales[g]) * (acc0 + acc1)
-            y[b, r] = total
+                c0 = j * seg_len
+                c1 = min(c0 + seg_len, row_len)
+                acc[:] = 0
+                for lane in range(LANES):
+                    state[lane] = first[lane]
+                for u in range(units_per_seg):
+                    unit = codes[blk * n_units + j * units_per_seg + u]
+                    c = c0 + u * per_byte
+                    x0 = x_at(x, b, c, c1)
+                    if per_byte == 2:
+                        x1 = x_at(x, b, c + 1, c1)
+                        for lane in range(LANES):
+                            v = np.int64(unit[lane])
+                            s0 = ((state[lane] << k) | (v & 15)) & mask
+                            s1 = ((s0 << k) | (v >> 4)) & mask
+                            acc[lane] += table[s0] * x0 + table[s1] * x1
+                            state[lane] = s1
+                    else:
+                        for lane in range(LANES):
+                            s0 = ((state[lane] << k) | np.int64(unit[lane])) & mask
+                            acc[lane] += table[s0] * x0
+                            state[lane] = s0
+                add_scaled(total, scales[blk * n_seg + j], acc)
+            store_block(y, b, blk, total)
 
 
-@numba.njit(parallel=True, fastmath=True, cache=True)
-def _decode(codes, k, state_bits, table, scales, rows, cols, per, group_len, n_seg, out):  # pragma: no cover
-    mask = (1 << state_bits) - 1
-    for r in numba.prange(rows):
+@numba.njit(parallel=True, fastmath=True, cache=True, boundscheck=False)
+def _decode_t(codes, scales, start, table, k, mask, n_seg, seg_len, row_len, per_byte, units_per_seg, out):  # pragma: no cover
+    """W^T [cols, n_blocks * LANES]: each output row is written LANES entries at a time."""
+    n_units = n_seg * units_per_seg
+    for blk in numba.prange(out.shape[1] // LANES):
+        state = np.empty(LANES, np.int64)
+        first = start[blk]
         for j in range(n_seg):
-            c0, c1, g, group_start = segment(r, j, cols, per, group_len, n_seg)
-            first = r * cols + c0
-            state = _register_at(codes, k, state_bits, group_start, first)
-            s = half_to_float(scales[g])
-            for c in range(c0, c1):
-                state = ((state << k) | read_code(codes, (r * cols + c) * k, k)) & mask
-                out[r, c] = table[state] * s
+            c0 = j * seg_len
+            c1 = min(c0 + seg_len, row_len)
+            s = scales[blk * n_seg + j]
+            for lane in range(LANES):
+                state[lane] = first[lane]
+            for u in range(units_per_seg):
+                unit = codes[blk * n_units + j * units_per_seg + u]
+                for p in range(per_byte):
+                    c = c0 + u * per_byte + p
+                    if c >= c1:
+                        break
+                    w = out[c, blk * LANES:(blk + 1) * LANES]
+                    for lane in range(LANES):
+                        state[lane] = ((state[lane] << k) | _code(unit, lane, p, per_byte)) & mask
+                        w[lane] = table[state[lane]] * s[lane]

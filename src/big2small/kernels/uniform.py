@@ -1,11 +1,12 @@
-"""Compiled kernels for the `uniform` codec on its stored arrays: y = W x without materialising W,
-and W itself (the decode for large batches).
+"""Compiled kernels for the `uniform` codec, on its codes in lanes (big2small.kernels.lanes):
+y = x W^T without materialising W, and W itself (the decode for larger batches).
 
-W[r, c] = (q[r, c] - z_g) * s_g with q the bit-packed codes, s_g the fp16 scale and z_g the
-zero-point of the group (2^(bits-1) when symmetric). The matrix product reads each code once per
-input row, with the group's scale applied once per group (y_r = sum_g s_g sum_i (q_i - z_g) x_i);
-4- and 8-bit codes are read byte by byte, other widths through packed.read_code. Rows run in
-parallel (numba prange).
+W[r, c] = (q[r, c] - z_g) * s_g, q the code, s_g the group's scale and z_g its zero-point
+(2^(bits-1) when symmetric). Per block of LANES rows and per segment (a group's run of a row),
+the product sums q x over the segment for all LANES rows at once, then adds s_g (sum - z_g sum x)
+to each row's total, so scales and zero-points cost one operation per group. Nibbles are split
+with float arithmetic (floor(v / 16)), which AVX2 runs 8 lanes at a time, unlike numba's 64-bit
+integer operations. Blocks run in parallel (numba prange).
 """
 
 from __future__ import annotations
@@ -13,125 +14,120 @@ from __future__ import annotations
 import numba
 import numpy as np
 import torch
-from torch import nn
 
+from big2small import bitpack
 from big2small.generators.base import Encoded
 from big2small.generators.grouping import grouping
-from big2small.kernels.packed import as_numpy, half_to_float, read_code, run_decode, run_product
-from big2small.kernels.rows import segment, segment_plan
+from big2small.kernels.lanes import (LANES, as_numpy, lane_codes, lane_segment_values, n_blocks, product_output,
+                                     segments, store_block, x_at)
 
-
-# Inputs with more rows than this decode W once and multiply densely (see big2small.compact): the
-# product recomputes the codes' values for each row of x, and the decode is nearly as fast.
+# Inputs with more rows than this decode W once and multiply densely (see big2small.compact).
 FUSED_MAX_ROWS = 1
 
 
 def supports(enc: Encoded) -> bool:
-    return True
+    return enc.config.bits <= 8
 
 
-def resident_extra(enc: Encoded) -> dict[str, torch.Tensor]:
-    """Nothing beyond the stored arrays: codes, fp16 scales and zero-points are read as stored."""
-    return {}
+def resident(enc: Encoded) -> dict[str, torch.Tensor]:
+    """Codes in lanes, and fp32 scales (and zero-points, when not symmetric) per segment in lanes."""
+    cfg, layout = enc.config, enc.layout
+    gp = grouping(layout, cfg.group_size)
+    seg = segments(gp, layout.cols, cfg.bits)
+    codes = bitpack.unpack(enc.tensors["codes"], cfg.bits, layout.numel).reshape(layout.rows, layout.cols)
+    out = {"lane_codes": lane_codes(codes, seg, cfg.bits),
+           "lane_scales": lane_segment_values(enc.tensors["scales"], gp, layout.rows)}
+    if not cfg.symmetric:
+        zeros = bitpack.unpack(enc.tensors["zeros"], cfg.bits, gp.n_groups)
+        out["lane_zeros"] = lane_segment_values(zeros, gp, layout.rows)
+    return out
 
 
 def arrays(tensors: dict[str, torch.Tensor], enc: Encoded) -> tuple:
-    """The kernels' arguments: numpy views of `tensors` (valid while they live) and the shape integers."""
-    cfg = enc.config
-    gp = grouping(enc.layout, cfg.group_size)
-    zeros = tensors.get("zeros", torch.zeros(1, dtype=torch.uint8))
-    return (as_numpy(tensors["codes"]), cfg.bits, as_numpy(tensors["scales"]), as_numpy(zeros), cfg.symmetric,
-            enc.layout.rows, enc.layout.cols, *segment_plan(gp))
+    """The kernels' arguments: numpy views of the resident `tensors` (valid while they live) and integers."""
+    cfg, layout = enc.config, enc.layout
+    seg = segments(grouping(layout, cfg.group_size), layout.cols, cfg.bits)
+    zeros = tensors.get("lane_zeros", torch.zeros(0, LANES))
+    zero = float(1 << (cfg.bits - 1)) if cfg.symmetric else -1.0
+    return (as_numpy(tensors["lane_codes"]), as_numpy(tensors["lane_scales"]), as_numpy(zeros), np.float32(zero),
+            seg.n_seg, seg.seg_len, seg.row_len, seg.per_byte, seg.units_per_seg)
 
 
 def matmul(tensors: dict[str, torch.Tensor], enc: Encoded, x: torch.Tensor, prepared: tuple | None = None) -> torch.Tensor:
-    """x [B, cols] fp32 -> x W^T [B, rows] fp32, W the matrix `enc`'s stored arrays (`tensors`) decode to."""
-    x = x.detach().float()
-    prepared = prepared or arrays(tensors, enc)
-    bits, cols, per, group_len = prepared[1], prepared[6], prepared[7], prepared[8]
-    if bits == 4 and per == 1 and cols % 2 == 0 and group_len % 2 == 0:
-        # Whole bytes per group: the byte-wise kernel, with each group's zero-point applied to its sum of x.
-        group_sums = nn.functional.pad(x, (0, -cols % group_len)).view(x.shape[0], -1, group_len).sum(2)
-        return run_product(_matmul4, prepared, enc.layout.rows, x[:, 0::2], x[:, 1::2], group_sums)
-    return run_product(_matmul, prepared, enc.layout.rows, x)
+    """x [B, cols] -> x W^T [B, rows] fp32, W the matrix `enc` decodes to."""
+    xs, y = product_output(x, enc.layout.rows)
+    _product(*(prepared or arrays(tensors, enc)), xs, y)
+    return torch.from_numpy(y)[:, : enc.layout.rows]
 
 
 def decode_matrix(tensors: dict[str, torch.Tensor], enc: Encoded, prepared: tuple | None = None) -> torch.Tensor:
-    """W [rows, cols] fp32, as UniformGenerator.decode_matrix computes it (same operations, same bits)."""
-    return run_decode(_decode, prepared or arrays(tensors, enc), (enc.layout.rows, enc.layout.cols))
+    """W [rows, cols] fp32, as UniformGenerator.decode_matrix computes it (same operations, same bits);
+    a transposed view of a [cols, rows] matrix, so that x @ W.T reads it in order."""
+    out = np.empty((enc.layout.cols, n_blocks(enc.layout.rows) * LANES), np.float32)
+    _decode_t(*(prepared or arrays(tensors, enc)), out)
+    return torch.from_numpy(out)[:, : enc.layout.rows].T
 
 
-@numba.njit(inline="always", cache=True)
-def _zero(zeros, symmetric, bits, g):  # pragma: no cover - compiled
-    if symmetric:
-        return np.float32(1 << (bits - 1))
-    return np.float32(read_code(zeros, g * bits, bits))
-
-
-@numba.njit(parallel=True, fastmath=True, cache=True)
-def _matmul(codes, bits, scales, zeros, symmetric, rows, cols, per, group_len, n_seg, x, y):  # pragma: no cover
-    for r in numba.prange(rows):
+@numba.njit(parallel=True, fastmath=True, cache=True, boundscheck=False)
+def _product(codes, scales, zeros, zero, n_seg, seg_len, row_len, per_byte, units_per_seg, x, y):  # pragma: no cover
+    n_units = n_seg * units_per_seg
+    for blk in numba.prange(y.shape[1] // LANES):
+        acc = np.empty(LANES, np.float32)
+        total = np.empty(LANES, np.float32)
         for b in range(x.shape[0]):
-            total = np.float32(0)
+            total[:] = 0
             for j in range(n_seg):
-                c0, c1, g, _ = segment(r, j, cols, per, group_len, n_seg)
-                z = _zero(zeros, symmetric, bits, g)
-                start = (r * cols + c0) * bits
-                acc = np.float32(0)
-                if bits == 8:
-                    base = start >> 3
-                    for i in range(c1 - c0):
-                        acc += (np.float32(codes[base + i]) - z) * x[b, c0 + i]
-                else:
-                    for c in range(c0, c1):
-                        acc += (np.float32(read_code(codes, start + (c - c0) * bits, bits)) - z) * x[b, c]
-                total += half_to_float(scales[g]) * acc
-            y[b, r] = total
-
-
-@numba.njit(parallel=True, fastmath=True, cache=True)
-def _matmul4(codes, bits, scales, zeros, symmetric, rows, cols, per, group_len, n_seg, x_even, x_odd,
-             group_sums, y):  # pragma: no cover
-    """4-bit codes, groups of whole bytes along rows of whole bytes. Per row: one long loop of
-    products q x over the row (vectorised: the nibbles are split with float arithmetic, which AVX2
-    converts 8 at a time, unlike numba's int64 integer ops), then the groups' sums, each times its
-    scale, less zero-point x the group's sum of x."""
-    half_row = cols // 2
-    half_group = group_len // 2
-    for r in numba.prange(rows):
-        products = np.empty(half_row, np.float32)
-        base = r * half_row
-        for b in range(x_even.shape[0]):
-            x_lo = x_even[b]
-            x_hi = x_odd[b]
-            for i in range(half_row):
-                byte = np.float32(codes[base + i])
-                high = np.floor(byte * np.float32(0.0625))
-                products[i] = (byte - np.float32(16) * high) * x_lo[i] + high * x_hi[i]
-            total = np.float32(0)
-            for j in range(n_seg):
-                acc = np.float32(0)
-                for i in range(j * half_group, min((j + 1) * half_group, half_row)):
-                    acc += products[i]
-                g = r * n_seg + j
-                total += half_to_float(scales[g]) * (acc - _zero(zeros, symmetric, bits, g) * group_sums[b, j])
-            y[b, r] = total
-
-
-@numba.njit(parallel=True, fastmath=True, cache=True)
-def _decode(codes, bits, scales, zeros, symmetric, rows, cols, per, group_len, n_seg, out):  # pragma: no cover
-    for r in numba.prange(rows):
-        for j in range(n_seg):
-            c0, c1, g, _ = segment(r, j, cols, per, group_len, n_seg)
-            z = _zero(zeros, symmetric, bits, g)
-            s = half_to_float(scales[g])
-            start = (r * cols + c0) * bits
-            if bits == 4 and (start & 7) == 0 and ((c1 - c0) & 1) == 0:
-                base = start >> 3
-                for i in range((c1 - c0) >> 1):
-                    byte = codes[base + i]
-                    out[r, c0 + 2 * i] = (np.float32(byte & 15) - z) * s
-                    out[r, c0 + 2 * i + 1] = (np.float32(byte >> 4) - z) * s
-            else:
+                c0 = j * seg_len
+                c1 = min(c0 + seg_len, row_len)
+                acc[:] = 0
+                for u in range(units_per_seg):
+                    unit = codes[blk * n_units + j * units_per_seg + u]
+                    c = c0 + u * per_byte
+                    x0 = x_at(x, b, c, c1)
+                    if per_byte == 2:
+                        x1 = x_at(x, b, c + 1, c1)
+                        for lane in range(LANES):
+                            v = np.float32(unit[lane])
+                            high = np.floor(v * np.float32(0.0625))
+                            acc[lane] += (v - np.float32(16) * high) * x0 + high * x1
+                    else:
+                        for lane in range(LANES):
+                            acc[lane] += np.float32(unit[lane]) * x0
+                x_sum = np.float32(0)
                 for c in range(c0, c1):
-                    out[r, c] = (np.float32(read_code(codes, start + (c - c0) * bits, bits)) - z) * s
+                    x_sum += x[b, c]
+                s = scales[blk * n_seg + j]
+                if zero >= 0:
+                    zx = zero * x_sum
+                    for lane in range(LANES):
+                        total[lane] += s[lane] * (acc[lane] - zx)
+                else:
+                    z = zeros[blk * n_seg + j]
+                    for lane in range(LANES):
+                        total[lane] += s[lane] * (acc[lane] - z[lane] * x_sum)
+            store_block(y, b, blk, total)
+
+
+@numba.njit(parallel=True, fastmath=True, cache=True, boundscheck=False)
+def _decode_t(codes, scales, zeros, zero, n_seg, seg_len, row_len, per_byte, units_per_seg, out):  # pragma: no cover
+    """W^T [cols, n_blocks * LANES]: each output row is written LANES entries at a time."""
+    n_units = n_seg * units_per_seg
+    for blk in numba.prange(out.shape[1] // LANES):
+        for j in range(n_seg):
+            c0 = j * seg_len
+            c1 = min(c0 + seg_len, row_len)
+            s = scales[blk * n_seg + j]
+            z = zeros[blk * n_seg + j] if zero < 0 else s  # s: a placeholder when symmetric
+            for u in range(units_per_seg):
+                unit = codes[blk * n_units + j * units_per_seg + u]
+                for p in range(per_byte):
+                    c = c0 + u * per_byte + p
+                    if c >= c1:
+                        break
+                    w = out[c, blk * LANES:(blk + 1) * LANES]
+                    for lane in range(LANES):
+                        q = np.float32(unit[lane])
+                        if per_byte == 2:
+                            high = np.floor(q * np.float32(0.0625))
+                            q = high if p == 1 else q - np.float32(16) * high
+                        w[lane] = (q - (zero if zero >= 0 else z[lane])) * s[lane]
