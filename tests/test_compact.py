@@ -31,7 +31,7 @@ CODECS = [
 
 
 @pytest.mark.parametrize("options", CODECS, ids=lambda o: "-".join(str(v) for v in o.values()))
-@pytest.mark.parametrize("rows", [1, 2, 9])  # fused product (up to the kernel's FUSED_MAX_ROWS), then decode-then-matmul
+@pytest.mark.parametrize("rows", [1, 2, 4, 9])  # fused product (up to the kernel's FUSED_MAX_ROWS), then decode-then-matmul
 def test_output_matches_decode_then_matmul(options, rows):
     layer, weight, bias = _layer(options, shape=(40, 96))
     x = torch.randn(2, rows, 96, generator=torch.Generator().manual_seed(3))[:1]  # [1, rows, in]: leading dims kept

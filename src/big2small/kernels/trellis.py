@@ -25,7 +25,9 @@ from big2small.generators.trellis_codes import state_values
 from big2small.kernels.lanes import (LANES, add_scaled, as_numpy, lane_codes, lane_rows, lane_segment_values, n_blocks,
                                      product_output, segments, store_block, x_at)
 
-# Inputs with more rows than this decode W once and multiply densely (see big2small.compact).
+# Inputs with more rows than this decode W once and multiply densely (see big2small.compact); on a
+# [1536, 576] layer, one thread (shared machine, so roughly): fused 2.0 / 5.1 ms at 1 / 2 rows against
+# 3.4 / 4.1 ms for decode plus product.
 FUSED_MAX_ROWS = 1
 
 
