@@ -26,9 +26,9 @@ from big2small.kernels.lanes import (LANES, add_scaled, as_numpy, lane_codes, la
                                      product_output, segments, store_block, x_at)
 
 # Inputs with more rows than this decode W once and multiply densely (see big2small.compact); on a
-# [1536, 576] layer, one thread (shared machine, so roughly): fused 2.0 / 5.1 ms at 1 / 2 rows against
-# 3.4 / 4.1 ms for decode plus product.
-FUSED_MAX_ROWS = 1
+# [1536, 576] layer, one thread (shared machine, so roughly): fused 1.4 / 2.4 / 5.1 ms at 1 / 2 / 4
+# rows against 2.5 / 3.1 / 3.4 ms for decode plus product.
+FUSED_MAX_ROWS = 2
 
 
 def supports(enc: Encoded) -> bool:
@@ -91,6 +91,7 @@ def _product(codes, scales, start, table, k, mask, n_seg, seg_len, row_len, per_
         acc = np.empty(LANES, np.float32)
         total = np.empty(LANES, np.float32)
         state = np.empty(LANES, np.int64)
+        middle = np.empty(LANES, np.int64)  # the register after a unit's first code
         first = start[blk]
         for b in range(x.shape[0]):
             total[:] = 0
@@ -104,19 +105,22 @@ def _product(codes, scales, start, table, k, mask, n_seg, seg_len, row_len, per_
                     unit = codes[blk * n_units + j * units_per_seg + u]
                     c = c0 + u * per_byte
                     x0 = x_at(x, b, c, c1)
+                    # The registers advance in one loop (integer SIMD) and the table is read in
+                    # another (one lane at a time): together they would not vectorise at all.
                     if per_byte == 2:
                         x1 = x_at(x, b, c + 1, c1)
                         for lane in range(LANES):
                             v = np.int64(unit[lane])
                             s0 = ((state[lane] << k) | (v & 15)) & mask
-                            s1 = ((s0 << k) | (v >> 4)) & mask
-                            acc[lane] += table[s0] * x0 + table[s1] * x1
-                            state[lane] = s1
+                            middle[lane] = s0
+                            state[lane] = ((s0 << k) | (v >> 4)) & mask
+                        for lane in range(LANES):
+                            acc[lane] += table[middle[lane]] * x0 + table[state[lane]] * x1
                     else:
                         for lane in range(LANES):
-                            s0 = ((state[lane] << k) | np.int64(unit[lane])) & mask
-                            acc[lane] += table[s0] * x0
-                            state[lane] = s0
+                            state[lane] = ((state[lane] << k) | np.int64(unit[lane])) & mask
+                        for lane in range(LANES):
+                            acc[lane] += table[state[lane]] * x0
                 add_scaled(total, scales[blk * n_seg + j], acc)
             store_block(y, b, blk, total)
 
@@ -141,6 +145,7 @@ def _decode_t(codes, scales, start, table, k, mask, n_seg, seg_len, row_len, per
                     if c >= c1:
                         break
                     w = out[c, blk * LANES:(blk + 1) * LANES]
-                    for lane in range(LANES):
+                    for lane in range(LANES):  # registers (integer SIMD), then table reads, as in _product
                         state[lane] = ((state[lane] << k) | _code(unit, lane, p, per_byte)) & mask
+                    for lane in range(LANES):
                         w[lane] = table[state[lane]] * s[lane]
