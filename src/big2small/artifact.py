@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import shutil
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -347,6 +348,9 @@ class ArtifactReader:
             with safe_open(str(self.path / TENSORS), "pt") as f:
                 self._keys = set(f.keys())
             unused = sorted(self._keys - set(_array_owners(self.manifest)))
+            counts = Counter(a.key for r in self.manifest.tensors.values() for a in r.stored.values())
+            self._shared = {key for key, n in counts.items() if n > 1}  # kept once read: one object for all
+            self._cache: dict[str, torch.Tensor] = {}
             if unused:
                 raise Big2SmallError(f"array {unused[0]} belongs to no tensor in the manifest")
         except (SafetensorError, OSError, ValueError) as exc:
@@ -372,8 +376,9 @@ class ArtifactReader:
 
     def tensor(self, name: str, arrays: dict[str, torch.Tensor] | None = None) -> Encoded:
         """The tensor `name` with its arrays, checked. `arrays`: arrays already read, by key (the
-        ones read now are added)."""
-        arrays = {} if arrays is None else arrays
+        ones read now are added); None: only arrays several tensors share are kept, by the reader,
+        so that they stay one object and the others go with the tensor."""
+        arrays = self._cache if arrays is None else arrays
         record = self.manifest.tensors[name]
         try:
             missing = [a for a in record.stored.values() if a.key not in arrays]
@@ -383,6 +388,8 @@ class ArtifactReader:
             enc = Encoded(method=record.method, config=record.config, layout=record.layout, dtype=record.dtype,
                           tensors={part: arrays[a.key] for part, a in record.stored.items()}, bits=dict(record.bits),
                           meta=record.meta)
+            for key in [k for k in self._cache if k not in self._shared]:
+                del self._cache[key]
             try:
                 REGISTRY[record.method].check_stored(enc)
             except Big2SmallError as exc:
