@@ -55,7 +55,7 @@ class ArtifactSize:
 
     @property
     def tensor_file_overhead_bytes(self) -> float:
-        """Bytes of tensors.safetensors beyond the stored bits: its JSON header and byte rounding."""
+        """Bytes of the tensor file(s) beyond the stored bits: their JSON headers and byte rounding."""
         return self.bytes_on_disk.tensor_file_bytes - self.size.bits_total / 8
 
     def to_dict(self) -> dict[str, Any]:
