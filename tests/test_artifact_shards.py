@@ -193,3 +193,27 @@ def test_export_reads_a_sharded_artifact_as_the_whole_one(tmp_path):
     for name in ("one", "shards"):
         export(tmp_path / f"{name}.b2s", "hf", tmp_path / f"{name}-hf")
     assert _bytes(tmp_path / "one-hf") == _bytes(tmp_path / "shards-hf")
+
+
+def test_a_disk_that_fills_up_while_shards_or_a_dense_file_are_written_leaves_nothing(pair, state_file, tmp_path,
+                                                                                      monkeypatch):
+    import errno
+
+    import big2small.tensorfile as tensorfile
+
+    one, _ = pair
+    cm = b2s.load(one)
+    real_write, written = tensorfile.write, []
+
+    def fill_up(path, *args, **kwargs):
+        if written:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written.append(path)
+        return real_write(path, *args, **kwargs)
+
+    monkeypatch.setattr(tensorfile, "write", fill_up)
+    one_line_refusal(lambda: b2s.save(cm, tmp_path / "full.b2s", max_shard_size=SHARD), "the disk is full")
+    written.clear()
+    one_line_refusal(lambda: b2s.decompress(one, tmp_path / "dense", max_shard_bytes=20_000), "the disk is full")
+    assert not (tmp_path / "full.b2s").exists() and not (tmp_path / "dense").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporaries left behind

@@ -174,7 +174,10 @@ def save(cm: CompressedModel, path: str | os.PathLike, *, overwrite: bool = Fals
     than that are written as shards (tensors-00001-of-0000N.safetensors ...)."""
     shard_bytes = max_shard_bytes(max_shard_size)
     arrays, records = stored_form(cm.tensors.items())
-    return write_artifact(cm, records, arrays.__getitem__, path, overwrite=overwrite, max_shard_bytes=shard_bytes)
+    try:
+        return write_artifact(cm, records, arrays.__getitem__, path, overwrite=overwrite, max_shard_bytes=shard_bytes)
+    except OSError as exc:  # a full disk: nothing is left at `path` or beside it
+        raise Big2SmallError(atomic.write_failure(Path(path), exc)) from None
 
 
 def max_shard_bytes(size: str | int) -> int:
@@ -574,11 +577,13 @@ def decompress(path: str | os.PathLike, out: str | os.PathLike, *, overwrite: bo
             fsync(tmp)
         reader.check_size()
         _publish(tmp, out, overwrite=overwrite, output="dense directory" if sharded else "file")
-    except BaseException:
+    except BaseException as exc:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):  # a full disk: nothing is left at `out` or beside it
+            raise Big2SmallError(atomic.write_failure(out, exc)) from None
         raise
     return out
 

@@ -283,17 +283,22 @@ def verify_artifact(path: str | os.PathLike, model: str | None = None) -> Verify
     source = reader.source()
     transforms = tuple(t.kind for t in manifest.transforms)
     spec = model or (source.name if source is not None else None)
-    original = None
+    original, problem = None, None
     if not transforms and spec is not None:
-        checkpoint = open_model_tensors(spec)
-        original = {n: info for info in checkpoint.infos for n in [info.name, *info.aliases]}
-        _check_matches(path, spec, manifest, original)
+        try:
+            checkpoint = open_model_tensors(spec)
+            original = {n: info for info in checkpoint.infos for n in [info.name, *info.aliases]}
+            _check_matches(path, spec, manifest, original)
+        except Big2SmallError as exc:  # said after the artifact's own checks, which come first
+            original, problem = None, exc
     rows = []
     for name, record in reader.records().items():  # one tensor of each model in memory at a time
         decoded = decode(reader.tensor(name))
         if original is not None and record.compressed:
             rows.append(error_row(name, original[name].load().float(), decoded.float()))
         del decoded
+    if problem is not None:
+        raise problem
     weight_error = report_of(rows) if rows else None
     return VerifyReport(path, len(manifest.tensors), transforms, None if transforms else spec,
                         weight_error if original is not None else None)

@@ -29,7 +29,6 @@ the interpreter and PyTorch, plus a few times the largest tensor per worker.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
@@ -42,7 +41,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
-from big2small import tensorfile
+from big2small import atomic, tensorfile
 from big2small.artifact import (
     DEFAULT_MAX_SHARD_BYTES, ArtifactInfo, ensure_writable, fsync, stored_form, tensor_sha256, write_artifact,
 )
@@ -267,6 +266,5 @@ def _prepare_resume_dir(path: Path, fingerprint: str) -> Path:
 
 def _write_failure(path: Path, exc: OSError, work: Path) -> str:
     """One line for a write that failed (disk full, ...), saying that the resume data is kept."""
-    reason = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
-    return (f"cannot write {path}: {reason}; the tensors encoded so far are kept in {work}: "
+    return (f"{atomic.write_failure(path, exc)}; the tensors encoded so far are kept in {work}: "
             "run the same command again to resume")
