@@ -126,7 +126,6 @@ def _time_in_fresh_process(spec: str, repeats: int) -> dict:
 def _decode_throughput() -> list[str]:
     """Decode every compressed SmolLM2 weight on the fly vs copying the dense weights."""
     import big2small as b2s
-    from big2small.onthefly import attach
 
     loaded = b2s.load_model("smollm2")
     lines = []
@@ -134,7 +133,7 @@ def _decode_throughput() -> list[str]:
         method, opts = spec.split(":")[0], dict(kv.split("=") for kv in spec.split(":")[1].split(","))
         opts = {k: int(v) for k, v in opts.items()}
         cm = b2s.compress(loaded, method, progress=False, **opts)
-        model = attach(copy.deepcopy(loaded.model), cm, unpack=unpack)
+        model = cm.apply_to(copy.deepcopy(loaded.model), on_the_fly=True, unpack=unpack)
         layers = [m for m in model.modules() if hasattr(m, "parametrizations")]
         dense = [m.weight.detach().clone() for m in layers]
         n_bytes = sum(w.numel() * 4 for w in dense)

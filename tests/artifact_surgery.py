@@ -23,11 +23,14 @@ def write_tensor_file(path: Path, header: dict, body: bytes) -> None:
 
 
 def reseal(artifact: Path, manifest_bytes: bytes) -> None:
-    """Write `manifest_bytes` and put its sha256 into the tensor file's header, as an attacker would."""
+    """Write `manifest_bytes` and put its sha256 into the tensor file's header (every shard's, in
+    a sharded artifact), as an attacker would."""
     (artifact / MANIFEST).write_bytes(manifest_bytes)
-    header, body = read_tensor_file(artifact / TENSORS)
-    header.setdefault("__metadata__", {})[HASH_KEY] = hashlib.sha256(manifest_bytes).hexdigest()
-    write_tensor_file(artifact / TENSORS, header, body)
+    files = [artifact / TENSORS] if (artifact / TENSORS).exists() else sorted(artifact.glob("tensors-*-of-*.safetensors"))
+    for f in files:
+        header, body = read_tensor_file(f)
+        header.setdefault("__metadata__", {})[HASH_KEY] = hashlib.sha256(manifest_bytes).hexdigest()
+        write_tensor_file(f, header, body)
 
 
 def edit_manifest(artifact: Path, change) -> None:

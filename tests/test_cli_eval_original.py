@@ -77,3 +77,36 @@ def test_the_cache_is_keyed_by_content_and_protocol(tmp_path, monkeypatch):
     with torch.no_grad():
         loaded.model.encoder.layer[0].output.dense.weight[0, 0] += 1e-3
     assert fingerprint(loaded.model, loaded.tokenizer, "encoder", settings) != key
+
+
+def test_the_original_is_measured_and_let_go_before_the_artifact_is_restored(lm_and_artifact, tmp_path, monkeypatch):
+    """eval holds one model at a time: the original is gone (no reference to it left) when the
+    artifact's model is built; and its figures are the ones the two models give measured apart."""
+    import gc
+    import weakref
+
+    import big2small.reports as reports
+
+    monkeypatch.setenv("BIG2SMALL_CACHE", str(tmp_path / "cache"))
+    model, artifact = lm_and_artifact
+    settings = EvalSettings(context=16, windows=2, progress=False)
+    originals, alive_at_restore = [], []
+    real_figures, real_restore = reports.original_figures, reports.restore
+
+    def figures(ref_model, *args, **kwargs):
+        originals.append(weakref.ref(ref_model))
+        return real_figures(ref_model, *args, **kwargs)
+
+    def restore(*args, **kwargs):
+        gc.collect()
+        alive_at_restore.append([ref() is not None for ref in originals])
+        return real_restore(*args, **kwargs)
+
+    monkeypatch.setattr(reports, "original_figures", figures)
+    monkeypatch.setattr(reports, "restore", restore)
+    report = b2s.evaluate_target(artifact, settings=settings, use_cache=False)
+    assert alive_at_restore == [[False]]
+    alone = b2s.evaluate_target(model, settings=settings, use_cache=False)
+    restored = b2s.evaluate_target(artifact, reference=str(tmp_path / "gone"), settings=settings, use_cache=False)
+    assert [m.value for m in report.original] == [m.value for m in alone.metrics]
+    assert [m.value for m in report.metrics] == [m.value for m in restored.metrics]

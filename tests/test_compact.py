@@ -10,7 +10,7 @@ import big2small as b2s
 from big2small.compact import CompactLinear
 from big2small.generators import GeneratorConfig, generator_for
 from big2small.kernels import kernel_for
-from big2small.onthefly import attach, resident_bytes
+from big2small.onthefly import resident_bytes
 from tiny_models import tiny_llama
 
 
@@ -66,7 +66,7 @@ def test_fused_restore_of_a_llama_generates_what_the_dense_restore_generates(met
     model = tiny_llama()
     cm = b2s.compress(model, method, min_numel=256, progress=False, **options)
     dense = cm.apply_to(copy.deepcopy(model)).eval()
-    fused = attach(copy.deepcopy(model), cm, fused=True).eval()
+    fused = cm.apply_to(copy.deepcopy(model), on_the_fly=True, fused=True).eval()
     compact = [n for n, m in fused.named_modules() if isinstance(m, CompactLinear)]
     assert len(compact) == 2 * 7  # q, k, v, o, gate, up, down in each of the 2 layers
     assert resident_bytes(fused) < resident_bytes(dense)

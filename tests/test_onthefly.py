@@ -7,7 +7,7 @@ import torch
 from torch.nn.utils import parametrize
 
 import big2small as b2s
-from big2small.onthefly import attach, resident_bytes
+from big2small.onthefly import resident_bytes
 
 
 @pytest.fixture
@@ -20,7 +20,7 @@ def _input():
 
 
 def test_compressed_weights_are_parametrised_and_others_dense(small_net, compressed):
-    lazy = attach(copy.deepcopy(small_net), compressed)
+    lazy = compressed.apply_to(copy.deepcopy(small_net), on_the_fly=True)
     assert parametrize.is_parametrized(lazy.fc, "weight")
     assert not parametrize.is_parametrized(lazy.head, "weight")  # 800 weights < min_numel: raw
     assert not parametrize.is_parametrized(lazy.fc, "bias")
@@ -28,7 +28,7 @@ def test_compressed_weights_are_parametrised_and_others_dense(small_net, compres
 
 def test_resident_memory_is_compact(small_net, compressed):
     dense_bytes = resident_bytes(small_net)
-    lazy = attach(copy.deepcopy(small_net), compressed)
+    lazy = compressed.apply_to(copy.deepcopy(small_net), on_the_fly=True)
     assert "original0" in dict(lazy.fc.parametrizations.weight.named_parameters()) or any(
         n.startswith("original") for n, _ in lazy.fc.parametrizations.weight.named_buffers())
     # fc (30,720 fp32 weights) now holds ~4.1 bits per weight plus a small codebook.
@@ -38,7 +38,7 @@ def test_resident_memory_is_compact(small_net, compressed):
 
 
 def test_cached_context_decodes_once(small_net, compressed):
-    lazy = attach(copy.deepcopy(small_net), compressed).eval()
+    lazy = compressed.apply_to(copy.deepcopy(small_net), on_the_fly=True).eval()
     with torch.no_grad(), parametrize.cached():
         first = lazy.fc.weight
         assert lazy.fc.weight is first
@@ -49,11 +49,11 @@ def test_wrong_model_refused(compressed):
     from big2small.errors import Big2SmallError
 
     with pytest.raises(Big2SmallError, match="does not match"):
-        attach(torch.nn.Sequential(torch.nn.Linear(4, 4)), compressed)
+        compressed.apply_to(torch.nn.Sequential(torch.nn.Linear(4, 4)), on_the_fly=True)
 
 
 def test_state_dict_is_the_dense_models_and_loading_into_codes_is_refused(small_net, compressed):
-    lazy = attach(copy.deepcopy(small_net), compressed)
+    lazy = compressed.apply_to(copy.deepcopy(small_net), on_the_fly=True)
     state = lazy.state_dict()
     assert set(state) == set(small_net.state_dict())  # the original names, no parametrizations.*
     dense = compressed.apply_to(copy.deepcopy(small_net))

@@ -196,3 +196,49 @@ def test_files_stream_and_a_small_model_stays_in_the_process_by_default(state_fi
     assert sum(i.numel for i in checkpoint.infos) < POOL_MIN_WEIGHTS
     assert default_executor(checkpoint).workers == 1  # starting workers would take longer than the work
     assert default_executor(checkpoint, workers=3).workers == 3
+
+
+def _counting(infos, live, most):
+    """Wrap each info's load so that `most[0]` ends as the most of its tensors alive at once."""
+    def counted(load):
+        def read():
+            t = load()
+            live.add(id(t))
+            most[0] = max(most[0], len(live))
+            weakref.finalize(t, live.discard, id(t))
+            return t
+        return read
+
+    for info in infos:
+        info.load = counted(info.load)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_verify_streams_both_models_and_reports_what_the_whole_models_give(tmp_path, monkeypatch, tied):
+    """verify reads the artifact and the original checkpoint a tensor at a time (one original
+    tensor alive at once) and its report is the one the models in memory give."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    import big2small.reports as reports
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, head_dim=16, max_position_embeddings=64, tie_word_embeddings=tied)
+    LlamaForCausalLM(config).half().save_pretrained(tmp_path / "llama", max_shard_size="40KB")
+    loaded = b2s.load_model(tmp_path / "llama")
+    cm = b2s.compress(loaded, "uniform", include_embeddings=True, progress=False, **RECIPE)
+    b2s.save(cm, tmp_path / "a.b2s")
+    expected = b2s.load(tmp_path / "a.b2s").weight_error(loaded.model.state_dict()).table()  # the whole-model path
+    live, most = set(), [0]
+    real_open = reports.open_model_tensors
+
+    def counted_open(spec):
+        checkpoint = real_open(spec)
+        assert checkpoint.streamed
+        _counting(checkpoint.infos, live, most)
+        return checkpoint
+
+    monkeypatch.setattr(reports, "open_model_tensors", counted_open)
+    report = b2s.verify_artifact(tmp_path / "a.b2s")
+    assert report.outcome == "measured" and report.weight_error.table() == expected
+    assert report.tensors_checked == len(cm.tensors) and most[0] == 1

@@ -8,6 +8,9 @@ An artifact is a directory:
                          (big2small.manifest holds its schema)
     tensors.safetensors  the stored arrays (bit-packed codes as uint8, fp16 scales, raw tensors);
                          its header metadata holds the manifest's sha256, tying the two files together
+                         (or, when the arrays pass the shard size, tensors-00001-of-0000N.safetensors
+                         ...: each a safetensors file holding some of the arrays and the manifest's
+                         sha256, named in the manifest's `tensor_files`, format version 3)
     source/              config and tokenizer files of a Hugging Face model (hashed in the manifest),
                          so that the model rebuilds from the artifact alone
 
@@ -24,7 +27,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,8 +44,11 @@ from big2small.dtypes import STORED_DTYPES, dtype_name
 from big2small.errors import Big2SmallError
 from big2small.generators import REGISTRY, Encoded, decode
 from big2small.generators.raw import STORAGE_DTYPES
-from big2small.manifest import FORMAT_NAME, FORMAT_VERSION, READABLE_VERSIONS, SOURCE_DIR, Manifest, StoredArray
+from big2small.manifest import (
+    FORMAT_NAME, FORMAT_VERSION, READABLE_VERSIONS, SHARD_PREFIX, SHARDED_VERSION, SOURCE_DIR, Manifest, StoredArray,
+)
 from big2small.manifest import check as check_manifest
+from big2small.manifest import check_tensor_files
 from big2small.manifest import parse as parse_manifest
 from big2small.models.loaders import source_files
 from big2small.models.source import ModelSource
@@ -49,6 +57,9 @@ from big2small.version import __version__
 MANIFEST = "manifest.json"
 TENSORS = "tensors.safetensors"
 HASH_KEY = "big2small.manifest_sha256"
+DEFAULT_MAX_SHARD_SIZE = "5GB"  # as Hugging Face's save_pretrained
+DEFAULT_MAX_SHARD_BYTES = tensorfile.byte_size(DEFAULT_MAX_SHARD_SIZE)
+_SHARD_NAME = re.compile(rf"^{SHARD_PREFIX}-\d{{5}}-of-\d{{5}}\.safetensors$")
 
 
 def tensor_sha256(t: torch.Tensor) -> str:
@@ -68,7 +79,7 @@ class ArtifactInfo:
     """What was written: paths and bytes on disk."""
 
     path: Path
-    tensor_file_bytes: int  # tensors.safetensors, its JSON header included
+    tensor_file_bytes: int  # tensors.safetensors (or every shard), JSON headers included
     manifest_bytes: int
     source_bytes: int  # config/tokenizer files: needed to run the model, not weights
 
@@ -87,7 +98,8 @@ def artifact_info(path: str | os.PathLike, manifest: dict[str, Any]) -> Artifact
     """The bytes on disk of the artifact at `path`, whose manifest (read_manifest) is `manifest`."""
     path = Path(path)
     source_bytes = sum(f["bytes"] for f in manifest["files"].values())
-    return ArtifactInfo(path, (path / TENSORS).stat().st_size, (path / MANIFEST).stat().st_size, source_bytes)
+    tensor_bytes = sum((path / name).stat().st_size for name in manifest.get("tensor_files", [TENSORS]))
+    return ArtifactInfo(path, tensor_bytes, (path / MANIFEST).stat().st_size, source_bytes)
 
 
 def ensure_writable(path: str | os.PathLike, *, overwrite: bool = False, output: str = "artifact") -> Path:
@@ -145,7 +157,8 @@ def _replaceable(path: Path) -> bool:
     if not entries:
         return True
     manifest = path / MANIFEST
-    if not entries <= {MANIFEST, TENSORS, SOURCE_DIR} or manifest.is_symlink() or not manifest.is_file():
+    ours = {MANIFEST, TENSORS, SOURCE_DIR}
+    if not all(e in ours or _SHARD_NAME.match(e) for e in entries) or manifest.is_symlink() or not manifest.is_file():
         return False
     try:
         return parse_manifest(manifest.read_bytes()).get("format") == FORMAT_NAME
@@ -153,27 +166,44 @@ def _replaceable(path: Path) -> bool:
         return False
 
 
-def save(cm: CompressedModel, path: str | os.PathLike, *, overwrite: bool = False) -> ArtifactInfo:
+def save(cm: CompressedModel, path: str | os.PathLike, *, overwrite: bool = False,
+         max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE) -> ArtifactInfo:
     """Write `cm` as an artifact directory at `path`, atomically (see the module docstring); with
-    `overwrite`, replace the artifact there (ensure_writable says what may be replaced)."""
+    `overwrite`, replace the artifact there (ensure_writable says what may be replaced).
+    max_shard_size: bytes of arrays per tensor file ("5GB", "500MB", or an int of bytes): more
+    than that are written as shards (tensors-00001-of-0000N.safetensors ...)."""
+    shard_bytes = max_shard_bytes(max_shard_size)
     arrays, records = stored_form(cm.tensors.items())
-    return write_artifact(cm, records, arrays.__getitem__, path, overwrite=overwrite)
+    try:
+        return write_artifact(cm, records, arrays.__getitem__, path, overwrite=overwrite, max_shard_bytes=shard_bytes)
+    except OSError as exc:  # a full disk: nothing is left at `path` or beside it
+        raise Big2SmallError(atomic.write_failure(Path(path), exc)) from None
+
+
+def max_shard_bytes(size: str | int) -> int:
+    """A shard size ("5GB", "500MB", bytes) as bytes; Big2SmallError when it is not one."""
+    try:
+        return tensorfile.byte_size(size)
+    except ValueError as exc:
+        raise Big2SmallError(f"max_shard_size: {exc}") from None
 
 
 def write_artifact(cm: CompressedModel, records: dict[str, dict[str, Any]], read_array: Callable[[str], torch.Tensor],
-                   path: str | os.PathLike, *, overwrite: bool = False) -> ArtifactInfo:
+                   path: str | os.PathLike, *, overwrite: bool = False,
+                   max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> ArtifactInfo:
     """Write an artifact at `path`, atomically: the manifest of `cm` (whose tensors need only their
     records' fields: bits, config, layout; their arrays may be elsewhere) with the tensor records
     `records` (stored_form's, in the order the arrays are written), and each array read by
     `read_array(key)` in its turn, so that no two need be in memory together. save() and the
-    streaming compressor (big2small.streaming) both write through here."""
+    streaming compressor (big2small.streaming) both write through here. Arrays of more than
+    `max_shard_bytes` in all go into shards of at most that many bytes each."""
     path = ensure_writable(path, overwrite=overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic.remove_stale(path.parent)
     tmp = atomic.temporary_path(path)
     tmp.mkdir()
     try:
-        manifest = _write(cm, records, read_array, tmp)
+        manifest = _write(cm, records, read_array, tmp, max_shard_bytes)
         for f in [*tmp.rglob("*"), tmp]:
             fsync(f)
         _publish(tmp, path, overwrite=overwrite, output="artifact")
@@ -224,8 +254,10 @@ def array_specs(records: dict[str, dict[str, Any]]) -> list[tensorfile.ArraySpec
 
 
 def _write(cm: CompressedModel, records: dict[str, dict[str, Any]], read_array: Callable[[str], torch.Tensor],
-           directory: Path) -> dict[str, Any]:
+           directory: Path, max_shard_bytes: int) -> dict[str, Any]:
     """Write the artifact's files into `directory`; return the manifest."""
+    groups = tensorfile.shards(array_specs(records), max_shard_bytes)
+    names = [TENSORS] if len(groups) == 1 else tensorfile.shard_names(SHARD_PREFIX, len(groups))
     files = {}
     source = cm.source.to_dict() if cm.source is not None else None
     files_dir = getattr(cm.source, "files_dir", None)
@@ -238,7 +270,7 @@ def _write(cm: CompressedModel, records: dict[str, dict[str, Any]], read_array: 
             files[f"{SOURCE_DIR}/{rel.as_posix()}"] = {"bytes": dest.stat().st_size, "sha256": file_sha256(dest)}
     manifest = {
         "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
+        "format_version": FORMAT_VERSION if len(groups) == 1 else SHARDED_VERSION,
         "library_version": __version__,
         "source": source,
         "recipe": cm.recipe.to_dict(),
@@ -248,11 +280,12 @@ def _write(cm: CompressedModel, records: dict[str, dict[str, Any]], read_array: 
         "transforms": [t.to_dict() for t in cm.transforms],
         "files": files,
         "tensors": records,
+        **({"tensor_files": names} if len(groups) > 1 else {}),
     }
     manifest_bytes = json.dumps(manifest, indent=1, sort_keys=True).encode()
     (directory / MANIFEST).write_bytes(manifest_bytes)
-    tensorfile.write(directory / TENSORS, array_specs(records), read_array,
-                     metadata={HASH_KEY: hashlib.sha256(manifest_bytes).hexdigest()})
+    for name, group in zip(names, groups):
+        tensorfile.write(directory / name, group, read_array, metadata={HASH_KEY: hashlib.sha256(manifest_bytes).hexdigest()})
     return manifest
 
 
@@ -290,20 +323,32 @@ def _read_manifest(path: Path) -> tuple[dict[str, Any], Manifest]:
     for name in (MANIFEST, TENSORS):
         if (path / name).is_symlink():
             raise Big2SmallError(f"{path}: corrupt artifact: {name} is a symbolic link")
-    if not (path / MANIFEST).is_file() or not (path / TENSORS).is_file():
+    if not (path / MANIFEST).is_file():
         raise Big2SmallError(f"{path}: not a big2small artifact (needs {MANIFEST} and {TENSORS})")
     raw = (path / MANIFEST).read_bytes()
-    try:
-        with safe_open(str(path / TENSORS), "pt") as f:
-            expected = (f.metadata() or {}).get(HASH_KEY)
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise Big2SmallError(f"{path}: corrupt artifact: tensor file unreadable ({_first_line(exc)})") from None
-    if expected != hashlib.sha256(raw).hexdigest():
-        raise Big2SmallError(f"{path}: corrupt artifact: manifest does not match the tensor file (hash mismatch)")
+    data, parse_error = None, None
     try:
         data = parse_manifest(raw)
     except Big2SmallError as exc:
-        raise Big2SmallError(f"{path}: corrupt artifact: {exc}") from None
+        parse_error = exc  # refused below, once the tensor file says whether this manifest is its own
+    sharded = (isinstance(data, dict) and data.get("format") == FORMAT_NAME
+               and data.get("format_version") == SHARDED_VERSION and not (path / TENSORS).exists())
+    if not sharded and not (path / TENSORS).is_file():
+        raise Big2SmallError(f"{path}: not a big2small artifact (needs {MANIFEST} and {TENSORS})")
+    if sharded:
+        try:
+            names = check_tensor_files(data.get("tensor_files"))  # the schema's rule: exact names only
+        except Big2SmallError as exc:
+            raise Big2SmallError(f"{path}: corrupt artifact: {_first_line(exc)}") from None
+    else:
+        names = (TENSORS,)
+    for name in names:
+        expected = _tensor_file_hash(path, name)
+        if expected != hashlib.sha256(raw).hexdigest():
+            raise Big2SmallError(f"{path}: corrupt artifact: manifest does not match the tensor file"
+                                 f"{'' if name == TENSORS else ' ' + name} (hash mismatch)")
+    if data is None:
+        raise Big2SmallError(f"{path}: corrupt artifact: {parse_error}") from None
     if data.get("format") != FORMAT_NAME:
         raise Big2SmallError(f"{path}: not a big2small artifact")
     version = data.get("format_version")
@@ -316,6 +361,22 @@ def _read_manifest(path: Path) -> tuple[dict[str, Any], Manifest]:
         return data, check_manifest(data)
     except Big2SmallError as exc:
         raise Big2SmallError(f"{path}: corrupt artifact: {_first_line(exc)}") from None
+
+
+def _tensor_file_hash(path: Path, name: str) -> str | None:
+    """The manifest sha256 that the tensor file `name` of the artifact at `path` records; a
+    one-line Big2SmallError when it is missing, a link, or not a safetensors file (truncated)."""
+    f = path / name
+    if f.is_symlink():
+        raise Big2SmallError(f"{path}: corrupt artifact: {name} is a symbolic link")
+    if not f.is_file():
+        raise Big2SmallError(f"{path}: corrupt artifact: {name} is missing")
+    try:
+        with safe_open(str(f), "pt") as opened:
+            return (opened.metadata() or {}).get(HASH_KEY)
+    except (SafetensorError, OSError, ValueError) as exc:
+        where = "" if name == TENSORS else f"{name}: "
+        raise Big2SmallError(f"{path}: corrupt artifact: tensor file unreadable ({where}{_first_line(exc)})") from None
 
 
 def load(path: str | os.PathLike) -> CompressedModel:
@@ -344,9 +405,18 @@ class ArtifactReader:
         _, self.manifest = _read_manifest(self.path)
         try:
             _check_source_files(self.path, self.manifest)
-            with safe_open(str(self.path / TENSORS), "pt") as f:
-                self._keys = set(f.keys())
+            self._file_of: dict[str, str] = {}  # array key -> the tensor file that holds it
+            for file in self.manifest.tensor_files or (TENSORS,):
+                with safe_open(str(self.path / file), "pt") as f:
+                    for key in f.keys():
+                        if key in self._file_of:
+                            raise Big2SmallError(f"array {key} is in {self._file_of[key]} and in {file}")
+                        self._file_of[key] = file
+            self._keys = set(self._file_of)
             unused = sorted(self._keys - set(_array_owners(self.manifest)))
+            counts = Counter(a.key for r in self.manifest.tensors.values() for a in r.stored.values())
+            self._shared = {key for key, n in counts.items() if n > 1}  # kept once read: one object for all
+            self._cache: dict[str, torch.Tensor] = {}
             if unused:
                 raise Big2SmallError(f"array {unused[0]} belongs to no tensor in the manifest")
         except (SafetensorError, OSError, ValueError) as exc:
@@ -372,17 +442,23 @@ class ArtifactReader:
 
     def tensor(self, name: str, arrays: dict[str, torch.Tensor] | None = None) -> Encoded:
         """The tensor `name` with its arrays, checked. `arrays`: arrays already read, by key (the
-        ones read now are added)."""
-        arrays = {} if arrays is None else arrays
+        ones read now are added); None: only arrays several tensors share are kept, by the reader,
+        so that they stay one object and the others go with the tensor."""
+        arrays = self._cache if arrays is None else arrays
         record = self.manifest.tensors[name]
         try:
             missing = [a for a in record.stored.values() if a.key not in arrays]
-            if missing:
-                with safe_open(str(self.path / TENSORS), "pt") as f:
-                    arrays.update({a.key: _read_array(f, self._keys, a) for a in missing})
+            absent = [a.key for a in missing if a.key not in self._file_of]
+            if absent:
+                raise Big2SmallError(f"array {absent[0]} is missing")
+            for file in dict.fromkeys(self._file_of[a.key] for a in missing):  # each file opened once
+                with safe_open(str(self.path / file), "pt") as f:
+                    arrays.update({a.key: _read_array(f, self._keys, a) for a in missing if self._file_of[a.key] == file})
             enc = Encoded(method=record.method, config=record.config, layout=record.layout, dtype=record.dtype,
                           tensors={part: arrays[a.key] for part, a in record.stored.items()}, bits=dict(record.bits),
                           meta=record.meta)
+            for key in [k for k in self._cache if k not in self._shared]:
+                del self._cache[key]
             try:
                 REGISTRY[record.method].check_stored(enc)
             except Big2SmallError as exc:
@@ -501,11 +577,13 @@ def decompress(path: str | os.PathLike, out: str | os.PathLike, *, overwrite: bo
             fsync(tmp)
         reader.check_size()
         _publish(tmp, out, overwrite=overwrite, output="dense directory" if sharded else "file")
-    except BaseException:
+    except BaseException as exc:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):  # a full disk: nothing is left at `out` or beside it
+            raise Big2SmallError(atomic.write_failure(out, exc)) from None
         raise
     return out
 
@@ -519,16 +597,8 @@ def _write_shards(specs: list[tensorfile.ArraySpec], read: Callable[[str], torch
     """Hugging Face's sharded layout in `directory`: the tensors `specs` names, each read by
     `read(name)` in its turn, a new file when the next tensor would pass `max_bytes`; the index
     maps each tensor to its file."""
-    shards: list[list[tensorfile.ArraySpec]] = [[]]
-    size = 0
-    for spec in specs:
-        if shards[-1] and size + spec.nbytes > max_bytes:
-            shards.append([])
-            size = 0
-        shards[-1].append(spec)
-        size += spec.nbytes
-    names = ([DENSE_WEIGHTS] if len(shards) == 1
-             else [f"model-{k:05d}-of-{len(shards):05d}.safetensors" for k in range(1, len(shards) + 1)])
+    shards = tensorfile.shards(specs, max_bytes)
+    names = [DENSE_WEIGHTS] if len(shards) == 1 else tensorfile.shard_names("model", len(shards))
     for name, shard in zip(names, shards):
         tensorfile.write(directory / name, shard, read, metadata)
     if len(shards) > 1:

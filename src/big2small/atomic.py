@@ -92,6 +92,13 @@ def write_file(path: Path, write: Callable[[Path], object]) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def write_failure(path: Path, exc: OSError) -> str:
+    """One line for a write to `path` that failed: "cannot write PATH: the disk is full" (ENOSPC),
+    or the system's reason."""
+    reason = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+    return f"cannot write {path}: {reason}"
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)

@@ -17,13 +17,13 @@ from torch import nn
 from big2small.allocation.config import AllocationConfig
 from big2small.errors import Big2SmallError
 from big2small.evaluate.weights import WeightErrorReport, weight_error
+from big2small.fill import fill
 from big2small.folding.config import FoldConfig
 from big2small.folding.fold import fold
 from big2small.generators import REGISTRY, Encoded, GeneratorConfig, RawConfig, decode, generator_for
 from big2small.models.source import LoadedModel, ModelSource, module_source
 from big2small.models.tasks import get_task, task_of_architecture
 from big2small.progress import progress_bar
-from big2small.transforms import reshape_to
 from big2small.transforms.records import FoldRecord, TransformRecord
 from big2small.recipe import (
     Override, PlanEntry, Recipe, TensorInfo, describe_module_tensors, describe_state_dict, plan,
@@ -107,26 +107,15 @@ class CompressedModel:
         decoded = decoded if decoded is not None else self.state_dict(names=names)
         return weight_error({n: original[n].float() for n in names}, {n: decoded[n].float() for n in names})
 
-    def apply_to(self, model: nn.Module) -> nn.Module:
-        """Load the decoded weights into `model` (same architecture) and return it.
+    def apply_to(self, model: nn.Module, *, on_the_fly: bool = False, unpack: bool = False,
+                 fused: bool = False) -> nn.Module:
+        """Load the decoded weights into `model` (same architecture; its parameters may be on the
+        meta device) one tensor at a time (big2small.fill) and return it.
 
         If a transform narrowed the model, `model` may have the original widths: its layers are
-        resized to the stored shapes first."""
-        state = self.state_dict()
-        if self.transforms:
-            reshape_to(model, {name: tuple(t.shape) for name, t in state.items()})
-        try:
-            missing, unexpected = model.load_state_dict(state, strict=False)
-        except RuntimeError as exc:  # a tensor of another shape
-            lines = [line.strip() for line in str(exc).splitlines() if "size mismatch" in line]
-            raise Big2SmallError(f"model does not match the artifact: {lines[0] if lines else exc}") from None
-        missing = [m for m in missing if m not in self.aliases]
-        if missing or unexpected:
-            raise Big2SmallError(
-                f"model does not match the artifact: {len(missing)} missing tensor(s) (e.g. {missing[:2]}), "
-                f"{len(unexpected)} unexpected (e.g. {unexpected[:2]})"
-            )
-        return model
+        resized to the stored shapes first. on_the_fly, unpack, fused: as for restore()."""
+        return fill(model, self.tensors, self.tensors.__getitem__, self.aliases, transforms=bool(self.transforms),
+                    on_the_fly=on_the_fly, unpack=unpack, fused=fused)
 
 
 def size_of(tensors: dict[str, Encoded], n_parameters: int) -> SizeReport:

@@ -1,9 +1,12 @@
 """An artifact's manifest: parsed with bounded nesting, checked against its schema, read into records.
 
-The schema, by format version (1: the first; 2: also each stored array's dtype and shape):
+The schema, by format version (1: the first; 2: also each stored array's dtype and shape; 3: the
+arrays in several tensor files, `tensor_files`; save writes 3 only for an artifact it shards):
 
     format            "big2small"
-    format_version    1 or 2
+    format_version    1, 2 or 3
+    tensor_files      version 3 only: ["tensors-00001-of-0000N.safetensors", ...], N >= 2, exactly
+                      those names in that order (no other name, path or link can be given)
     library_version   str
     source            null, or the fields of models.ModelSource (str or null each)
     recipe            the fields of recipe.Recipe; its default and overrides' configs as below
@@ -48,11 +51,14 @@ from big2small.generators import REGISTRY, GeneratorConfig
 from big2small.layout import MatrixLayout
 from big2small.models.source import ModelSource
 from big2small.recipe import Recipe
+from big2small.tensorfile import shard_names
 from big2small.transforms.records import RECORDS, TransformRecord
 
 FORMAT_NAME = "big2small"
-FORMAT_VERSION = 2  # what save() writes
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 2  # what save() writes for an artifact of one tensor file
+SHARDED_VERSION = 3  # ... and for one of several (tensor_files)
+READABLE_VERSIONS = (1, 2, 3)
+SHARD_PREFIX = "tensors"
 SOURCE_DIR = "source"
 MAX_DEPTH = 32  # JSON nesting, objects and lists
 MAX_DIMS = 8
@@ -111,6 +117,7 @@ class Manifest:
     transforms: list[TransformRecord]
     files: dict[str, SourceFile]
     tensors: dict[str, TensorRecord]
+    tensor_files: tuple[str, ...] = ()  # version 3: the shards, in order; () for one tensors.safetensors
 
 
 def parse(raw: bytes) -> dict[str, Any]:
@@ -141,7 +148,8 @@ def check(data: dict[str, Any]) -> Manifest:
     """The records of a parsed manifest whose format name and version were already accepted;
     Big2SmallError at the first value outside the schema, saying where (e.g. tensors['fc.weight'].shape)."""
     version = data["format_version"]
-    _keys(data, "manifest", _TOP, optional={"transforms"})
+    _keys(data, "manifest", _TOP | ({"tensor_files"} if version >= SHARDED_VERSION else set()),
+          optional={"transforms"})
     tensors = {_name(name, "tensors"): _tensor(entry, f"tensors[{name!r}]", version)
                for name, entry in _object(data["tensors"], "tensors").items()}
     aliases = _object(data["aliases"], "aliases")
@@ -161,6 +169,7 @@ def check(data: dict[str, Any]) -> Manifest:
         transforms=[_transform(t, f"transforms[{i}]") for i, t in enumerate(_list(data.get("transforms", []), "transforms"))],
         files={_file_name(rel): _source_file(info, f"files[{rel!r}]") for rel, info in _object(data["files"], "files").items()},
         tensors=tensors,
+        tensor_files=check_tensor_files(data["tensor_files"]) if version >= SHARDED_VERSION else (),
     )
 
 
@@ -255,6 +264,17 @@ def _file_name(rel: str) -> str:
             or any(p in ("", ".", "..") for p in parts)):
         raise Big2SmallError(f"files: {rel[:100]!r} is not a file name inside {SOURCE_DIR}/")
     return rel
+
+
+def check_tensor_files(value: Any) -> tuple[str, ...]:
+    """A sharded artifact's tensor files: exactly tensorfile.shard_names(SHARD_PREFIX, N), N >= 2."""
+    names = _list(value, "tensor_files")
+    expected = shard_names(SHARD_PREFIX, len(names)) if 2 <= len(names) <= 99999 else None
+    if expected is None or names != expected:
+        shown = ", ".join(repr(str(n)[:60]) for n in names[:2])
+        raise Big2SmallError(f"tensor_files: [{shown}{', ...' if len(names) > 2 else ''}] are not "
+                             f"{SHARD_PREFIX}-00001-of-0000N.safetensors ... for N >= 2 files")
+    return tuple(names)
 
 
 def _source_file(info: Any, where: str) -> SourceFile:

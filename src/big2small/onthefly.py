@@ -24,8 +24,6 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from big2small.compact import CompactLinear, refuse_load
-from big2small.compress import CompressedModel
-from big2small.errors import Big2SmallError
 from big2small.generators import Encoded, generator_for
 from big2small.kernels import kernel_for
 
@@ -52,47 +50,28 @@ class StoredWeight(nn.Module):
         return tuple(resident)
 
 
-def attach(model: nn.Module, cm: CompressedModel, *, unpack: bool = False, fused: bool = False) -> nn.Module:
-    """Load `cm` into `model` (same architecture): compressed module weights decode on the fly, every
-    other tensor (raw ones, biases, norms, tied aliases) is loaded dense. Returns `model`.
+def decode_in_forward(model: nn.Module, name: str, enc: Encoded, *, unpack: bool = False, fused: bool = False) -> None:
+    """Make the layer weight `name` of `model` (a compressed `weight` Parameter, possibly on the
+    meta device: it is never read) decode from `enc`'s stored arrays on each access. The loading
+    itself goes through big2small.fill (CompressedModel.apply_to, restore with on_the_fly=True).
 
     unpack: keep bit-packed codes unpacked in memory where the generator supports it (e.g. hyper:
     int32 indices, 32 bits per pair instead of its bit width), which makes each decode cheaper.
-    fused: replace each nn.Linear whose codec has compiled kernels (big2small.kernels: uniform,
-    trellis, hyper without rings) by a CompactLinear, which multiplies with the stored codes
-    directly (big2small.compact; `unpack` does not apply to them); other layers decode on the fly.
-    """
-    on_the_fly, dense = {}, {}
-    alias_targets = set(cm.aliases.values())
-    for name, enc in cm.tensors.items():
-        module_name, _, attr = name.rpartition(".")
-        module = _submodule(model, module_name)
-        eligible = (enc.compressed and attr == "weight" and name not in alias_targets and module is not None
-                    and isinstance(getattr(module, "weight", None), nn.Parameter))
-        (on_the_fly if eligible else dense)[name] = enc
-    state = {name: generator_for(enc.config).decode(enc) for name, enc in dense.items()}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [m for m in missing if m not in on_the_fly and m not in cm.aliases]
-    if missing or unexpected:
-        raise Big2SmallError(
-            f"model does not match the artifact: {len(missing)} missing tensor(s) (e.g. {missing[:2]}), "
-            f"{len(unexpected)} unexpected (e.g. {unexpected[:2]})"
-        )
-    for name, enc in on_the_fly.items():
-        module = model.get_submodule(name.rpartition(".")[0])
-        if tuple(module.weight.shape) != enc.layout.shape:
-            raise Big2SmallError(f"model does not match the artifact: {name} is {tuple(module.weight.shape)}, stored {enc.layout.shape}")
-        kernel = kernel_for(enc) if fused and type(module) is nn.Linear else None
-        if kernel is not None:
-            parent_name, _, child = name.rpartition(".")[0].rpartition(".")
-            setattr(model.get_submodule(parent_name), child, CompactLinear(enc, kernel, module.bias))
-            continue
-        resident = generator_for(enc.config).resident_tensors(enc, unpack=unpack)
-        module.weight.requires_grad_(False)  # integer codes cannot carry gradients
-        parametrize.register_parametrization(module, "weight", StoredWeight(enc, resident), unsafe=True)
-        module.register_state_dict_post_hook(_dense_weight_in_state_dict)
-        module.register_load_state_dict_pre_hook(refuse_load)
-    return model
+    fused: an nn.Linear whose codec has compiled kernels (big2small.kernels: uniform, trellis,
+    hyper without rings) becomes a CompactLinear, which multiplies with the stored codes directly
+    (big2small.compact; `unpack` does not apply to it; its bias must already be in place)."""
+    module_name = name.rpartition(".")[0]
+    module = model.get_submodule(module_name)
+    kernel = kernel_for(enc) if fused and type(module) is nn.Linear else None
+    if kernel is not None:
+        parent_name, _, child = module_name.rpartition(".")
+        setattr(model.get_submodule(parent_name), child, CompactLinear(enc, kernel, module.bias))
+        return
+    resident = generator_for(enc.config).resident_tensors(enc, unpack=unpack)
+    module.weight.requires_grad_(False)  # integer codes cannot carry gradients
+    parametrize.register_parametrization(module, "weight", StoredWeight(enc, resident), unsafe=True)
+    module.register_state_dict_post_hook(_dense_weight_in_state_dict)
+    module.register_load_state_dict_pre_hook(refuse_load)
 
 
 _STORED_PREFIX = "parametrizations.weight."
@@ -105,13 +84,6 @@ def _dense_weight_in_state_dict(module: nn.Module, state: dict[str, torch.Tensor
     for key in [k for k in state if k.startswith(prefix + _STORED_PREFIX)]:
         del state[key]
     state[prefix + "weight"] = module.weight.detach()
-
-
-def _submodule(model: nn.Module, name: str) -> nn.Module | None:
-    try:
-        return model.get_submodule(name)
-    except AttributeError:
-        return None
 
 
 def resident_bytes(model: nn.Module) -> int:

@@ -18,19 +18,23 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from big2small.artifact import MANIFEST, ArtifactInfo, ArtifactReader, artifact_info, load, read_manifest
+from big2small.artifact import MANIFEST, ArtifactInfo, ArtifactReader, artifact_info, read_manifest
 from big2small.compress import CompressedModel, SizeReport, count_parameters, planned_bits, size_of
 from big2small.errors import Big2SmallError
 from big2small.evaluate.suite import EvalSettings, MetricRow
-from big2small.evaluate.weights import WeightErrorReport
+from big2small.evaluate.weights import WeightErrorReport, error_row, report_of
+from big2small.generators import decode
+from big2small.manifest import Manifest
+from big2small.models.checkpoint import open_model_tensors
 from big2small.models.load import load_model, load_tokenizer_from
 from big2small.models.originals import original_figures
 from big2small.models.tasks import evaluate, get_task
-from big2small.recipe import PlanEntry, Recipe
+from big2small.recipe import PlanEntry, Recipe, TensorInfo
 from big2small.restore import restore
 
 if TYPE_CHECKING:
@@ -51,7 +55,7 @@ class ArtifactSize:
 
     @property
     def tensor_file_overhead_bytes(self) -> float:
-        """Bytes of tensors.safetensors beyond the stored bits: its JSON header and byte rounding."""
+        """Bytes of the tensor file(s) beyond the stored bits: their JSON headers and byte rounding."""
         return self.bytes_on_disk.tensor_file_bytes - self.size.bits_total / 8
 
     def to_dict(self) -> dict[str, Any]:
@@ -267,28 +271,54 @@ class VerifyReport:
 
 def verify_artifact(path: str | os.PathLike, model: str | None = None) -> VerifyReport:
     """Check the artifact at `path` and compare its weights with `model` (a model spec, as for
-    load_model; default: the artifact's source, if recorded)."""
+    load_model; default: the artifact's source, if recorded).
+
+    Tensor by tensor: each is read (its arrays checked), decoded, compared with the original's
+    tensor of that name (read from the checkpoint's files, models.checkpoint; a bundled model is
+    loaded whole) and dropped, so that the two models are never held together."""
     path = Path(path)
-    cm = load(path)
-    with_aliases = cm.state_dict()
-    decoded = {n: t.float() for n, t in with_aliases.items() if n not in cm.aliases}
-    transforms = tuple(t.kind for t in cm.transforms)
-    spec = model or (cm.source.name if cm.source is not None else None)
-    if transforms or spec is None:
-        return VerifyReport(path, len(cm.tensors), transforms, None if transforms else spec, None)
-    original = load_model(spec)
-    state = original.weights if original.model is None else original.model.state_dict()
-    missing = sorted(set(with_aliases) - set(state))
+    reader = ArtifactReader(path)
+    reader.check_size()
+    manifest = reader.manifest
+    source = reader.source()
+    transforms = tuple(t.kind for t in manifest.transforms)
+    spec = model or (source.name if source is not None else None)
+    original, problem = None, None
+    if not transforms and spec is not None:
+        try:
+            checkpoint = open_model_tensors(spec)
+            original = {n: info for info in checkpoint.infos for n in [info.name, *info.aliases]}
+            _check_matches(path, spec, manifest, original)
+        except Big2SmallError as exc:  # said after the artifact's own checks, which come first
+            original, problem = None, exc
+    rows = []
+    for name, record in reader.records().items():  # one tensor of each model in memory at a time
+        decoded = decode(reader.tensor(name))
+        if original is not None and record.compressed:
+            rows.append(error_row(name, original[name].load().float(), decoded.float()))
+        del decoded
+    if problem is not None:
+        raise problem
+    weight_error = report_of(rows) if rows else None
+    return VerifyReport(path, len(manifest.tensors), transforms, None if transforms else spec,
+                        weight_error if original is not None else None)
+
+
+def _check_matches(path: Path, spec: str, manifest: Manifest, original: dict[str, TensorInfo]) -> None:
+    """The original model `spec` (its tensors by name, tied names included) has exactly the
+    artifact's tensors and aliases, of the stored shapes."""
+    shapes = {name: r.layout.shape for name, r in manifest.tensors.items()}
+    shapes.update({alias: shapes[target] for alias, target in manifest.aliases.items() if target in shapes})
+    missing = sorted(set(shapes) - set(original))
     if missing:
         raise Big2SmallError(f"{spec} does not match the artifact: it lacks {len(missing)} tensor(s), e.g. {missing[0]}")
-    absent = sorted(set(state) - set(with_aliases))
+    absent = sorted(set(original) - set(shapes))
     if absent:
         raise Big2SmallError(f"{path}: the artifact lacks {len(absent)} tensor(s) of {spec}, e.g. {absent[0]}")
-    reshaped = [n for n, t in with_aliases.items() if tuple(t.shape) != tuple(state[n].shape)]
+    reshaped = [n for n, shape in shapes.items() if tuple(shape) != tuple(original[n].shape)]
     if reshaped:
-        raise Big2SmallError(f"{path}: {reshaped[0]} is {list(with_aliases[reshaped[0]].shape)} in the artifact, "
-                             f"{list(state[reshaped[0]].shape)} in {spec}")
-    return VerifyReport(path, len(cm.tensors), transforms, spec, cm.weight_error(state, decoded))
+        raise Big2SmallError(f"{path}: {reshaped[0]} is {list(shapes[reshaped[0]])} in the artifact, "
+                             f"{list(original[reshaped[0]].shape)} in {spec}")
 
 
 # --- eval ------------------------------------------------------------------------------------
@@ -359,37 +389,44 @@ def evaluate_target(target: str | os.PathLike, *, reference: str | None = None,
     measures them again). A target that is a model, with no reference, is measured alone."""
     target = str(target)
     settings = settings or EvalSettings()
-    model, tokenizer, task, source_spec = _runnable(target)
+    make_model, tokenizer, task, source_spec = _runnable(target)
     ref_spec = reference or (source_spec if source_spec != target else None)
     figures, note = None, None
-    if ref_spec:
+    if ref_spec:  # the original first, and let go of, so that one model is in memory at a time
         try:
-            ref_model, ref_tokenizer, _, _ = _runnable(ref_spec)
+            make_ref, ref_tokenizer, _, _ = _runnable(ref_spec)
+            ref_model = make_ref()
         except Big2SmallError as exc:
             if get_task(task).needs_reference:
                 raise
             note = f"the original ({ref_spec}) was not measured: {exc}"
         else:
             figures = original_figures(ref_model, task, ref_tokenizer or tokenizer, settings, use_cache=use_cache)
-            del ref_model
+            del ref_model, make_ref
     compared_with = figures.reference if figures is not None and figures.reference else None
-    rows = evaluate(model, task, tokenizer, reference=compared_with, settings=settings)
+    rows = evaluate(make_model(), task, tokenizer, reference=compared_with, settings=settings)
     return EvalReport(target, task, ref_spec, tuple(rows), figures.metrics if figures else None,
                       bool(figures and figures.cached), note)
 
 
-def _runnable(target: str) -> tuple[nn.Module, Any, str, str]:
-    """A model to evaluate: an artifact (restored) or a model spec. Returns (model, tokenizer,
-    task name, the spec of its source)."""
+def _runnable(target: str) -> tuple[Callable[[], nn.Module], Any, str, str]:
+    """A model to evaluate: an artifact (checked now, restored tensor by tensor when its model is
+    asked for) or a model spec (loaded now). Returns (a maker of the model, tokenizer, task name,
+    the spec of its source)."""
     p = Path(target)
     if p.is_dir() and (p / MANIFEST).is_file():
-        cm = load(p)
-        task = get_task(cm.source.task, cm.source.architecture).name  # resolves earlier versions' names
-        return restore(cm), load_tokenizer_from(cm.source), task, cm.source.name
+        reader = ArtifactReader(p)
+        reader.check_size()
+        source = reader.source()
+        if source is None:
+            raise Big2SmallError(f"{p}: this artifact has no source model record: nothing to run")
+        task = get_task(source.task, source.architecture).name  # resolves earlier versions' names
+        return (lambda: restore(p)), load_tokenizer_from(source), task, source.name
     loaded = load_model(target)
     if loaded.model is None:
         raise Big2SmallError(f"{target} is a bare state_dict: nothing to run (use verify for weight error)")
-    return loaded.model, loaded.tokenizer, loaded.source.task, target
+    held = [loaded.model]
+    return held.pop, loaded.tokenizer, loaded.source.task, target
 
 
 # --- fold ------------------------------------------------------------------------------------

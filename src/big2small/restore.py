@@ -6,31 +6,40 @@ import os
 
 from torch import nn
 
-from big2small.artifact import load
+from big2small.artifact import ArtifactReader
 from big2small.compress import CompressedModel
 from big2small.errors import Big2SmallError
+from big2small.fill import fill
 from big2small.models.load import build_skeleton
-from big2small.onthefly import attach
 
 
 def restore(artifact: str | os.PathLike | CompressedModel, skeleton: nn.Module | None = None, *,
             on_the_fly: bool = False, unpack: bool = False, fused: bool = False) -> nn.Module:
     """Decode the weights into a model and return it in eval mode.
 
-    Hugging Face models and bundled models rebuild from the artifact alone; any other nn.Module
-    needs `skeleton`, an instance of its class (its weights are overwritten).
+    Hugging Face models and bundled models rebuild from the artifact alone, their parameters on
+    the meta device (no memory) until each is decoded in its turn (big2small.fill): an artifact is
+    read tensor by tensor (ArtifactReader, every array checked), so the peak is the restored model
+    plus about one decoded tensor. Any other nn.Module needs `skeleton`, an instance of its class
+    (its weights are overwritten; its parameters may be on the meta device too).
     on_the_fly: compressed layer weights stay compact and are decoded inside each forward
         (big2small.onthefly); `unpack` keeps their codes unpacked (faster, more memory); `fused`
         makes Linear layers of codecs with compiled kernels (uniform, trellis, hyper) multiply with
         their codes directly (big2small.compact.CompactLinear: batch-1 generation without decoding).
     """
-    cm = artifact if isinstance(artifact, CompressedModel) else load(artifact)
+    if isinstance(artifact, CompressedModel):
+        cm = artifact
+        source, records, read, aliases, transforms = cm.source, cm.tensors, cm.tensors.__getitem__, cm.aliases, cm.transforms
+    else:
+        reader = ArtifactReader(artifact)
+        reader.check_size()
+        m = reader.manifest
+        source, records, read, aliases, transforms = reader.source(), reader.records(), reader.tensor, m.aliases, m.transforms
     if skeleton is None:
-        if cm.source is None:
+        if source is None:
             raise Big2SmallError("this artifact has no source model record: pass a skeleton")
-        skeleton = build_skeleton(cm.source)
+        skeleton = build_skeleton(source)
     if fused and not on_the_fly:
         raise Big2SmallError("fused=True keeps the weights compact: it needs on_the_fly=True")
-    if on_the_fly:
-        return attach(skeleton, cm, unpack=unpack, fused=fused).eval()
-    return cm.apply_to(skeleton).eval()
+    return fill(skeleton, records, read, aliases, transforms=bool(transforms), on_the_fly=on_the_fly, unpack=unpack,
+                fused=fused).eval()

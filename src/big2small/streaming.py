@@ -29,7 +29,6 @@ the interpreter and PyTorch, plus a few times the largest tensor per worker.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
@@ -42,8 +41,10 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
-from big2small import tensorfile
-from big2small.artifact import ArtifactInfo, ensure_writable, fsync, stored_form, tensor_sha256, write_artifact
+from big2small import atomic, tensorfile
+from big2small.artifact import (
+    DEFAULT_MAX_SHARD_BYTES, ArtifactInfo, ensure_writable, fsync, stored_form, tensor_sha256, write_artifact,
+)
 from big2small.compress import (
     CompressedModel, check_size_target, count_parameters, encode_unit, encoding_units, plan_infos, resolve_device,
 )
@@ -149,13 +150,15 @@ def compress_to_artifact(checkpoint: Checkpoint, recipe: Recipe, path: str | os.
                          overwrite: bool = False, device: str | torch.device | None = None,
                          executor: Executor = Executor(), progress: bool = True,
                          transforms: list[TransformRecord] | None = None,
-                         n_parameters: int | None = None) -> tuple[CompressedModel, ArtifactInfo]:
+                         n_parameters: int | None = None,
+                         max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> tuple[CompressedModel, ArtifactInfo]:
     """Compress `checkpoint` with `recipe` into an artifact at `path` (see the module docstring);
     return the model's records (its tensors without their arrays: size() and plan work, decoding
     does not; artifact.load reads it whole) and what was written.
 
     device: where encoding runs, in each worker. transforms, n_parameters: as for compress(), for
-    a checkpoint a structural transform produced. Big2SmallError for what compress() refuses, and
+    a checkpoint a structural transform produced. max_shard_bytes: as for write_artifact (the
+    units do not depend on it: a run resumed with another shard size reuses them). Big2SmallError for what compress() refuses, and
     for a disk that fills up (the resume data is kept: run the same command again).
     """
     path = ensure_writable(path, overwrite=overwrite)
@@ -181,7 +184,8 @@ def compress_to_artifact(checkpoint: Checkpoint, recipe: Recipe, path: str | os.
     check_size_target(cm)
     unit_path = {a["key"]: unit_of[name].path for name, r in records.items() for a in r["stored"].values()}
     try:
-        info = write_artifact(cm, records, lambda key: _read_array(unit_path[key], key), path, overwrite=overwrite)
+        info = write_artifact(cm, records, lambda key: _read_array(unit_path[key], key), path, overwrite=overwrite,
+                              max_shard_bytes=max_shard_bytes)
     except OSError as exc:
         raise Big2SmallError(_write_failure(path, exc, work)) from None
     shutil.rmtree(work, ignore_errors=True)
@@ -196,15 +200,12 @@ def open_model(spec: str | os.PathLike, recipe: Recipe, *, progress: bool = True
     without transforms)."""
     from big2small.compress import apply_transforms
     from big2small.models import load_model
-    from big2small.models.checkpoint import in_memory, open_checkpoint, streamable
+    from big2small.models.checkpoint import in_memory, open_model_tensors
     from big2small.models.source import LoadedModel
-    from big2small.models.zoo import ZOO
 
-    if not recipe.transforms and str(spec) not in ZOO and streamable(spec):
-        return open_checkpoint(spec), [], None
-    loaded = load_model(spec)
     if not recipe.transforms:
-        return in_memory(loaded), [], None
+        return open_model_tensors(spec), [], None
+    loaded = load_model(spec)
     model, records, n_parameters = apply_transforms(loaded.weights, recipe.transforms, source=loaded.source,
                                                     progress=progress)
     return in_memory(LoadedModel(model, loaded.source)), records, n_parameters
@@ -265,6 +266,5 @@ def _prepare_resume_dir(path: Path, fingerprint: str) -> Path:
 
 def _write_failure(path: Path, exc: OSError, work: Path) -> str:
     """One line for a write that failed (disk full, ...), saying that the resume data is kept."""
-    reason = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
-    return (f"cannot write {path}: {reason}; the tensors encoded so far are kept in {work}: "
+    return (f"{atomic.write_failure(path, exc)}; the tensors encoded so far are kept in {work}: "
             "run the same command again to resume")

@@ -23,6 +23,9 @@ Windows = Annotated[int, typer.Option(help="Perplexity: number of windows.")]
 Bos = Annotated[Optional[str], typer.Option("--bos", help=BOS_HELP)]
 Documents = Annotated[int, typer.Option(help="Encoders: documents for embedding fidelity.")]
 Photos = Annotated[int, typer.Option(help="Image classifiers: photo crops for agreement.")]
+MaxShardSize = Annotated[str, typer.Option(help="Write the artifact's arrays in tensor files of at most this size "
+                                           "(e.g. 5GB, 500MB; GB = 10^9 bytes), as Hugging Face shards a checkpoint: "
+                                           "tensors-00001-of-0000N.safetensors ...; under it, one tensors.safetensors.")]
 
 
 def _require_output(output: Optional[Path], dry_run: bool) -> None:
@@ -55,6 +58,7 @@ def compress(
     ray: Optional[str] = typer.Option(None, "--ray", help="Encode on Ray: 'local' starts it on this machine (with --workers CPUs), 'auto' or ray://HOST:PORT joins a cluster (install big2small[ray]; the model, the output's directory and big2small must be reachable from every node)."),
     seed: int = typer.Option(0, help="Seed of every random choice (INR initialisation); same seed, same artifact."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the pre-flight report and stop."),
+    max_shard_size: MaxShardSize = "5GB",
     overwrite: bool = typer.Option(False, help="Replace an existing output."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the size report (with --dry-run: the plan) as JSON to this file ('-' = stdout)."),
 ) -> None:
@@ -62,6 +66,7 @@ def compress(
     checkpoints (a file, an HF directory, sharded or not) and GGUF files are read one tensor at a
     time; a run that stops is resumed by running the same command again."""
     _require_output(output, dry_run)
+    shard_bytes = options.byte_size(max_shard_size)
     bpw = options.target_bpw(bpw, ratio, size_mb)
     if method is None and bpw is None and size_mb is None:
         method = "uniform"
@@ -100,7 +105,8 @@ def compress(
         return
     executor = default_executor(checkpoint, workers, ray)
     cm, written = compress_to_artifact(checkpoint, the_recipe, output, overwrite=overwrite, device=device,
-                                       executor=executor, transforms=transforms, n_parameters=n_parameters)
+                                       executor=executor, transforms=transforms, n_parameters=n_parameters,
+                                       max_shard_bytes=shard_bytes)
     report = CompressReport.of(cm, written)
     render.show_compress(out.console, report)
     out.json(report.to_dict())
@@ -207,12 +213,14 @@ def selfcompress(
     seed: int = typer.Option(0, help="Seed of the initialisation and the data order."),
     target_bits: Optional[float] = typer.Option(None, help="Keep each network's most accurate epoch (validation) at or below this many bits per weight (Q)."),
     out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="Write each network's artifact here (gamma-<g>.b2s)."),
+    max_shard_size: MaxShardSize = "5GB",
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON ('-' = stdout)."),
 ) -> None:
     """Train a self-compressing CNN on Fashion-MNIST (needs the Debian data set) for several gammas;
     report test accuracy, the share of bits left (vs fp32) and the share of weights left."""
     if limit is not None and limit < 1:
         raise Big2SmallError(f"--limit must be positive, got {limit}")
+    shard_bytes = options.byte_size(max_shard_size)
     from big2small.selfcompress.sweep import run_recipe
     from big2small.training import TrainConfig
 
@@ -220,7 +228,8 @@ def selfcompress(
                          target_bits=target_bits)
     config.validate()
     out = render.Output(json_out)
-    points, _ = run_recipe(list(gamma), config, out_dir=out_dir, fp32=fp32, init=init, limit=limit)
+    points, _ = run_recipe(list(gamma), config, out_dir=out_dir, fp32=fp32, init=init, limit=limit,
+                           max_shard_size=shard_bytes)
     render.show_selfcompress(out.console, points, out_dir)
     out.json({"points": [p.to_dict() for p in points], "train": config.__dict__, "init": init})
 
@@ -249,11 +258,13 @@ def fold(
     distill_lr: float = typer.Option(5e-5, help="--distill: AdamW learning rate."),
     distill_source: str = typer.Option("auto", help="--distill: where the inputs come from: auto (the model's own route), self, smollm2, random or inversion."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List the groups and what would be folded, then stop."),
+    max_shard_size: MaxShardSize = "5GB",
     overwrite: bool = typer.Option(False, help="Replace an existing output."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the fold report (with --dry-run: the groups) as JSON ('-' = stdout)."),
 ) -> None:
     """Fold a model: merge similar channels, heads and MLP units so it really becomes narrower."""
     _require_output(output, dry_run)
+    shard_bytes = options.byte_size(max_shard_size)
     ratios = options.group_ratios(group_ratio)
     import big2small as b2s
     from big2small.folding import FoldConfig, find_groups, fold as fold_model
@@ -291,7 +302,7 @@ def fold(
         distilled = distill_student(loaded.model, result.model, task=task.name, tokenizer=loaded.tokenizer,
                                     config=distill_config, example_input=task.example_input(loaded.model))
     cm = to_compressed(result, source=loaded.source, recipe=recipe, progress=True, distilled=distilled)
-    report = FoldReport(result, CompressReport.of(cm, b2s.save(cm, output, overwrite=overwrite)),
+    report = FoldReport(result, CompressReport.of(cm, b2s.save(cm, output, overwrite=overwrite, max_shard_size=shard_bytes)),
                         distilled.to_dict() if distilled else None)
     render.show_fold(out.console, report)
     out.json(report.to_dict())

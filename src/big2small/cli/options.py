@@ -109,21 +109,14 @@ def then_recipe(then: str | None, raw_dtype: str) -> Recipe | None:
     return make_recipe(name, raw_dtype=raw_dtype, **opts)
 
 
-_BYTE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-               "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
-
-
 def byte_size(text: str) -> int:
-    """A size such as 2GB, 500MB, 1.5GiB or 1000000 (bytes) as a number of bytes."""
-    number = text.strip().upper().rstrip("BIKMGT")
-    unit = text.strip().upper()[len(number):]
+    """A size such as 2GB, 500MB, 1.5GiB or 1000000 (bytes) as a number of bytes (tensorfile.byte_size)."""
+    from big2small.tensorfile import byte_size as parse
+
     try:
-        value = float(number)
-    except ValueError:
-        value = None
-    if value is None or unit not in _BYTE_UNITS or not value > 0:
-        raise Big2SmallError(f"bad size {text!r}: expected a positive number with B, KB, MB, GB, KiB, MiB or GiB")
-    return int(value * _BYTE_UNITS[unit])
+        return parse(text)
+    except ValueError as exc:
+        raise Big2SmallError(str(exc)) from None
 
 
 def group_ratios(items: list[str]) -> dict[str, float]:

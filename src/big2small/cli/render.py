@@ -97,7 +97,7 @@ def size_table(stored: ArtifactSize) -> Table:
     t.add_row("stored bits", f"{size.bits_total:,} ({format_bytes(size.bits_total / 8)})")
     for k, v in sorted(size.bits_by_item.items()):
         t.add_row(f"  {k}", f"{v:,} bits ({v / max(size.bits_total, 1):.1%})")
-    t.add_row("bytes on disk: tensors.safetensors", f"{on_disk.tensor_file_bytes:,}")
+    t.add_row("bytes on disk: tensor file(s)", f"{on_disk.tensor_file_bytes:,}")
     t.add_row("bytes on disk: manifest.json", f"{on_disk.manifest_bytes:,}")
     t.add_row("bytes on disk: source/ (config, tokenizer)", f"{on_disk.source_bytes:,}")
     t.add_row("tensor file minus stored bits", f"{stored.tensor_file_overhead_bytes:,.0f} B (safetensors header, byte rounding)")

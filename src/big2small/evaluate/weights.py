@@ -12,7 +12,7 @@ from torch import Tensor
 
 from big2small.errors import Big2SmallError
 
-__all__ = ["WeightErrorReport", "WeightErrorRow", "weight_error"]
+__all__ = ["WeightErrorReport", "WeightErrorRow", "error_row", "report_of", "weight_error"]
 
 
 def _rel_and_sqnr(signal: float, noise: float) -> tuple[float, float]:
@@ -97,26 +97,29 @@ def weight_error(
     if not original:
         raise Big2SmallError("weight_error: no tensors given")
 
-    rows = []
-    signal_total = 0.0
-    noise_total = 0.0
-    numel_total = 0
-    for name, w in original.items():
-        w_hat = reconstructed[name]
-        if w.shape != w_hat.shape:
-            raise Big2SmallError(
-                f"weight_error: {name} has shape {tuple(w.shape)} but its reconstruction "
-                f"{tuple(w_hat.shape)}"
-            )
-        w64 = w.detach().to(torch.float64)
-        signal = float(w64.square().sum())
-        w_hat64 = w_hat.detach().to(device=w.device, dtype=torch.float64)
-        noise = float((w64 - w_hat64).square().sum())
-        rel, sqnr = _rel_and_sqnr(signal, noise)
-        rows.append(WeightErrorRow(name, w.numel(), rel, sqnr, signal, noise))
-        signal_total += signal
-        noise_total += noise
-        numel_total += w.numel()
+    return report_of([error_row(name, w, reconstructed[name]) for name, w in original.items()])
+
+
+def error_row(name: str, w: Tensor, w_hat: Tensor) -> WeightErrorRow:
+    """The error of one tensor `w` reconstructed as `w_hat` (same shape; squared norms in float64).
+    weight_error's rows; a caller that reads tensors one at a time (verify) builds them itself."""
+    if w.shape != w_hat.shape:
+        raise Big2SmallError(
+            f"weight_error: {name} has shape {tuple(w.shape)} but its reconstruction {tuple(w_hat.shape)}"
+        )
+    w64 = w.detach().to(torch.float64)
+    signal = float(w64.square().sum())
+    w_hat64 = w_hat.detach().to(device=w.device, dtype=torch.float64)
+    noise = float((w64 - w_hat64).square().sum())
+    rel, sqnr = _rel_and_sqnr(signal, noise)
+    return WeightErrorRow(name, w.numel(), rel, sqnr, signal, noise)
+
+
+def report_of(rows: list[WeightErrorRow]) -> WeightErrorReport:
+    """The report of rows (error_row's, in order), with their energy-weighted total."""
+    signal_total = sum(r.signal for r in rows)
+    noise_total = sum(r.noise for r in rows)
+    numel_total = sum(r.numel for r in rows)
     rel, sqnr = _rel_and_sqnr(signal_total, noise_total)
     total = WeightErrorRow("TOTAL", numel_total, rel, sqnr, signal_total, noise_total)
     protocol = {

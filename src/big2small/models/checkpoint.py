@@ -101,6 +101,17 @@ def open_checkpoint(spec: str | Path) -> Checkpoint:
     return Checkpoint(infos, ModelSource("state_dict", str(spec)), streamed=True)
 
 
+def open_model_tensors(spec: str | Path) -> Checkpoint:
+    """The model `spec` names (models.load_model's names) as a Checkpoint: streamed from its
+    files where open_checkpoint can (see streamable()), else loaded whole (a bundled model)."""
+    from big2small.models.load import load_model
+    from big2small.models.zoo import ZOO
+
+    if str(spec) not in ZOO and streamable(spec):
+        return open_checkpoint(spec)
+    return in_memory(load_model(spec))
+
+
 def in_memory(loaded: LoadedModel) -> Checkpoint:
     """A model already loaded (a bundled one, a folded one) as a Checkpoint."""
     weights = loaded.weights

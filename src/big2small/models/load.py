@@ -3,7 +3,9 @@ record (to restore an artifact into)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +44,30 @@ def load_model(spec: str | os.PathLike) -> LoadedModel:
     raise Big2SmallError(f"{path}: unsupported model file (use an HF directory, a .gguf or a .safetensors file)")
 
 
+@contextlib.contextmanager
+def empty_parameters() -> Iterator[None]:
+    """Within it, every Parameter a module registers goes to PyTorch's meta device (no memory; a
+    constructor's own torch.empty is dropped untouched), while buffers stay real: the ones a
+    constructor computes (rotary frequencies, position ids), which no artifact stores, keep their
+    values. The same idea as accelerate's init_empty_weights."""
+    register = nn.Module.register_parameter
+
+    def register_on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        register(module, name, param)
+        if param is not None and not param.is_meta:
+            module._parameters[name] = nn.Parameter(param.detach().to("meta"), requires_grad=param.requires_grad)
+
+    nn.Module.register_parameter = register_on_meta  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register  # type: ignore[method-assign]
+
+
 def build_skeleton(source: ModelSource) -> nn.Module:
-    """An untrained model of the source's architecture, ready for the decoded weights."""
+    """An untrained model of the source's architecture, ready for the decoded weights: its
+    parameters on the meta device (empty_parameters), for big2small.fill to put in place one at
+    a time; its buffers real."""
     offline()
     if source.kind == "hf":
         if source.files_dir is None or not (source.files_dir / "config.json").is_file():
@@ -54,13 +78,15 @@ def build_skeleton(source: ModelSource) -> nn.Module:
             config = AutoConfig.from_pretrained(str(source.files_dir), trust_remote_code=False)
         except (OSError, ValueError) as exc:
             raise Big2SmallError(f"cannot rebuild the model from the artifact's config.json ({str(exc).splitlines()[0]})") from None
-        return hf_class(source.architecture)(config).float().eval()
+        with empty_parameters():
+            return hf_class(source.architecture)(config).float().eval()
     if source.kind == "module" and source.factory:
         make = FACTORIES.get(LEGACY_FACTORIES.get(source.factory, source.factory))
         if make is None:  # never import or call what a manifest names: only the zoo's own factories
             raise Big2SmallError(f"this artifact names the factory {source.factory!r}, which is not one of "
                                  "big2small's bundled models: pass its skeleton instead")
-        return make()
+        with empty_parameters():
+            return make()
     raise Big2SmallError(
         f"this artifact holds a {source.kind} ({source.module_class or source.name}): pass its skeleton "
         "(an instance of the model class) to load it, or use `decompress` for a dense state_dict"

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from big2small.artifact import save
+from big2small.artifact import DEFAULT_MAX_SHARD_SIZE, save
 from big2small.errors import Big2SmallError
 from big2small.evaluate.classification import accuracy
 from big2small.evaluate.data import FashionSplits, fashion_mnist_splits
@@ -68,10 +68,12 @@ def train_fp32(data: FashionSplits, train_config: TrainConfig, *, progress: bool
 
 def train_selfcompressed(data: FashionSplits, train_config: TrainConfig, config: SelfCompressConfig | None = None, *,
                          init: nn.Module | None = None, out: Path | None = None, raw_dtype: str = "float16",
-                         progress: bool = True) -> tuple[SelfCompressed, SweepPoint]:
-    """Train one self-compressing network at train_config.gamma, export it, save it (if `out`),
-    reload the artifact and measure its test accuracy. `init`: start from these weights (e.g. the
-    fp32 reference) instead of a fresh initialisation."""
+                         progress: bool = True, max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
+                         ) -> tuple[SelfCompressed, SweepPoint]:
+    """Train one self-compressing network at train_config.gamma, export it, save it (if `out`;
+    tensor files of at most `max_shard_size`, as for save), reload the artifact and measure its
+    test accuracy. `init`: start from these weights (e.g. the fp32 reference) instead of a fresh
+    initialisation."""
     torch.manual_seed(train_config.seed)
     model = copy.deepcopy(init) if init is not None else fashion_cnn()
     prepare(model, config or SelfCompressConfig())
@@ -82,7 +84,7 @@ def train_selfcompressed(data: FashionSplits, train_config: TrainConfig, config:
     seconds = time.perf_counter() - start
     result = convert(model, raw_dtype=raw_dtype, source=fashion_cnn_source())
     if out is not None:
-        info = save(result.compressed, out, overwrite=True)
+        info = save(result.compressed, out, overwrite=True, max_shard_size=max_shard_size)
         restored = restore(out)
         on_disk = info.tensor_file_bytes
     else:
@@ -97,7 +99,8 @@ def train_selfcompressed(data: FashionSplits, train_config: TrainConfig, config:
 
 def run_recipe(gammas: list[float], train_config: TrainConfig, *, out_dir: Path | None = None, fp32: bool = True,
                init: str = "scratch", config: SelfCompressConfig | None = None, limit: int | None = None,
-               progress: bool = True) -> tuple[list[SweepPoint], FashionCNN | None]:
+               progress: bool = True, max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
+               ) -> tuple[list[SweepPoint], FashionCNN | None]:
     """The whole recipe: optionally the fp32 reference, then one self-compressed network per gamma
     (artifacts under `out_dir` as gamma-<g>.b2s). init: "scratch" (b0 = 2, exponents fitted to
     the initial weights) or "fp32" (fine-tune the fp32 reference from b0 = 8, near-lossless).
@@ -119,6 +122,7 @@ def run_recipe(gammas: list[float], train_config: TrainConfig, *, out_dir: Path 
     for gamma in gammas:
         out = out_dir / f"gamma-{gamma:g}.b2s" if out_dir is not None else None
         _, point = train_selfcompressed(data, TrainConfig(**{**train_config.__dict__, "gamma": gamma}), config,
-                                        init=reference if init == "fp32" else None, out=out, progress=progress)
+                                        init=reference if init == "fp32" else None, out=out, progress=progress,
+                                        max_shard_size=max_shard_size)
         points.append(point)
     return points, reference
