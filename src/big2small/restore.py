@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 
 from torch import nn
@@ -41,5 +42,21 @@ def restore(artifact: str | os.PathLike | CompressedModel, skeleton: nn.Module |
         skeleton = build_skeleton(source)
     if fused and not on_the_fly:
         raise Big2SmallError("fused=True keeps the weights compact: it needs on_the_fly=True")
-    return fill(skeleton, records, read, aliases, transforms=bool(transforms), on_the_fly=on_the_fly, unpack=unpack,
-                fused=fused).eval()
+    model = fill(skeleton, records, read, aliases, transforms=bool(transforms), on_the_fly=on_the_fly, unpack=unpack,
+                 fused=fused).eval()
+    _return_freed_memory()
+    return model
+
+
+def _return_freed_memory() -> None:
+    """Give the memory freed while decoding back to the system (glibc's malloc_trim; elsewhere nothing).
+
+    Each tensor's decode makes short-lived arrays several times its size. glibc serves them from
+    its heap once its mmap threshold has grown, and keeps what they leave between the arrays that
+    stay: a fused restore of SmolLM2 (161 MiB of resident codes) ended at 1.54 GiB of RSS, 0.74 GiB
+    after the trim.
+    """
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
