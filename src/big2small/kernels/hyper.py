@@ -119,6 +119,14 @@ def _decode_t(codes, scales, codebook, dim, n_seg, seg_len, units_per_seg, out):
             for u in range(units_per_seg):
                 unit = codes[blk * n_units + j * units_per_seg + u]
                 c = (j * seg_len + u) * dim
+                if dim == 2 and c + 1 < out.shape[0]:  # the default: both rows of W^T in one pass
+                    w0 = out[c, blk * LANES:(blk + 1) * LANES]
+                    w1 = out[c + 1, blk * LANES:(blk + 1) * LANES]
+                    for lane in range(LANES):
+                        i = np.int64(unit[lane]) * 2
+                        w0[lane] = codebook[i] * s[lane]
+                        w1[lane] = codebook[i + 1] * s[lane]
+                    continue
                 for d in range(dim):
                     if c + d >= out.shape[0]:
                         break
