@@ -19,6 +19,14 @@ sampled every 0.1 s.
 
 Writes benchmarks/results/scale/scale.md and scale.json. Run: `nice python benchmarks/scale.py`
 (about 20 minutes on 2 busy cores; --quick: small checkpoints only, to try it out).
+
+`--readers` measures the other commands instead, on the same checkpoints: the peak resident
+memory (process tree, as above) of a sharded compress (`--max-shard-size 500MB`, 1 worker), of
+`decompress --dtype float16` (a dense fp16 file), of `verify` (against the checkpoint, read tensor
+by tensor) and of `b2s.restore(artifact)` in a fresh interpreter (the dense fp32 model it
+returns is part of its peak), beside the resident memory of an interpreter that has only imported
+PyTorch, transformers and big2small. Writes readers.md and readers.json (`--work DIR`: where the
+checkpoints and artifacts go, default /tmp/big2small-scale).
 """
 
 from __future__ import annotations
@@ -127,9 +135,15 @@ def run(model: Path, out: Path, extra: list[str], env: dict[str, str] | None = N
     """The compress command on `model`: wall seconds and peak memory; with `kill_at_units`, killed
     (SIGKILL) as soon as that many units are on disk in its resume directory."""
     cmd = [sys.executable, "-m", "big2small.cli", "compress", str(model), "-o", str(out), "--overwrite", *COMMAND, *extra]
+    return measure(cmd, env, resume=out.with_name(f".{out.name}.resume"), kill_at_units=kill_at_units)
+
+
+def measure(cmd: list[str], env: dict[str, str] | None = None, *, resume: Path | None = None,
+            kill_at_units: int | None = None) -> dict:
+    """Run `cmd`: wall seconds and the peak resident memory of its process tree (bytes, sampled
+    every 0.1 s); with `kill_at_units`, killed (SIGKILL) once that many unit files are in `resume`."""
     start = time.monotonic()
     proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    resume = out.with_name(f".{out.name}.resume")
     peak = 0
     killed = False
     while proc.poll() is None:
@@ -145,7 +159,7 @@ def run(model: Path, out: Path, extra: list[str], env: dict[str, str] | None = N
     stderr = proc.communicate()[1].decode(errors="replace")
     wall = time.monotonic() - start
     if not killed and proc.returncode != 0:
-        raise RuntimeError(f"compress failed ({proc.returncode}): {stderr.strip().splitlines()[-1:]}")
+        raise RuntimeError(f"{' '.join(cmd[2:4])} failed ({proc.returncode}): {stderr.strip().splitlines()[-1:]}")
     return {"wall_s": wall, "peak_tree_rss_bytes": peak, "killed": killed and proc.returncode != 0}
 
 
@@ -186,7 +200,89 @@ def resume_trials(trials: int, seed: int = 0) -> dict:
     return done
 
 
+RESTORE = """
+import sys
+import big2small as b2s
+model = b2s.restore(sys.argv[1])
+assert not any(p.is_meta for p in model.parameters())
+"""
+IMPORTS = "import torch, transformers, big2small, big2small.cli.commands; from transformers import LlamaForCausalLM"
+
+
+def reader_rows(sizes: dict[str, int], compare_src: Path | None = None) -> dict:
+    """Peak memory of a sharded compress, decompress, verify and restore for each checkpoint size
+    (see the module docstring); with `compare_src` (the src/ of an earlier big2small), also
+    restore with that code, for the first size only (it may need twice the memory)."""
+    cli = [sys.executable, "-m", "big2small.cli"]
+    result = {"load_average_at_start": os.getloadavg(), "cpus": os.cpu_count(), "rows": []}
+    result["imports"] = measure([sys.executable, "-c", IMPORTS])
+    for label, layers in sizes.items():
+        model = WORK / f"llama-{label}"
+        n_params, largest = make_checkpoint(model, layers)
+        art = WORK / f"readers-{label}.b2s"
+        steps = [("compress (sharded, 500 MB)", cli + ["compress", str(model), "-o", str(art), "--overwrite", *COMMAND,
+                                                      "--workers", "1", "--max-shard-size", "500MB"]),
+                 ("decompress --dtype float16", cli + ["decompress", str(art), str(WORK / "dense.safetensors"),
+                                                       "--overwrite", "--dtype", "float16"]),
+                 ("verify (against the checkpoint)", cli + ["verify", str(art)]),
+                 ("restore (Python, dense fp32 model)", [sys.executable, "-c", RESTORE, str(art)])]
+        figures = dict(model=label, n_parameters=n_params, checkpoint_bytes=n_params * 2, largest_tensor_bytes=largest)
+        for step, cmd in steps:
+            row = measure(cmd, {"OMP_NUM_THREADS": "1"})
+            row.update(figures, step=step, load_average=os.getloadavg())
+            if step.startswith("compress"):
+                files = sorted(art.glob("tensors-*.safetensors")) or [art / "tensors.safetensors"]
+                row.update(artifact_files=len(files), artifact_bytes=sum(f.stat().st_size for f in files))
+            result["rows"].append(row)
+            print(json.dumps(row), flush=True)
+            (OUT / "readers-partial.json").write_text(json.dumps(result, indent=1))
+        if compare_src is not None and label == list(sizes)[0]:
+            single = WORK / f"readers-{label}-single.b2s"  # earlier code reads no shards: the same artifact unsharded
+            subprocess.run([sys.executable, "-c", "import sys, big2small as b2s; "
+                            "b2s.save(b2s.load(sys.argv[1]), sys.argv[2], overwrite=True)", str(art), str(single)], check=True)
+            row = measure([sys.executable, "-c", RESTORE, str(single)], {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(compare_src)})
+            row.update(figures, step=f"restore with the code before fill.py ({compare_src.name})",
+                       load_average=os.getloadavg())
+            result["rows"].append(row)
+            print(json.dumps(row), flush=True)
+        (WORK / "dense.safetensors").unlink(missing_ok=True)
+    result["load_average_at_end"] = os.getloadavg()
+    return result
+
+
+def readers_table(r: dict) -> str:
+    gb = 1e9
+    lines = ["# Scale: peak memory of compress (sharded), decompress, verify and restore", "",
+             f"Measured on a shared machine ({r['cpus']} cores, other engineers' jobs running at the same time): load "
+             f"average {r['load_average_at_start'][0]:.1f} at the start, {r['load_average_at_end'][0]:.1f} at the end, "
+             "so wall times are not throughput figures. Synthetic Llama-shaped fp16 checkpoints (TinyLlama widths, "
+             "`benchmarks/scale.py`), each command in a fresh process with OMP_NUM_THREADS=1; peak resident memory "
+             "of its process tree, sampled every 0.1 s (a peak shorter than that can be missed). "
+             f"An interpreter that has only imported PyTorch, transformers and big2small holds "
+             f"{r['imports']['peak_tree_rss_bytes'] / gb:.2f} GB.", "",
+             "| checkpoint | parameters | fp16 on disk | fp32 | command | peak RSS | wall | load avg |",
+             "|---|---:|---:|---:|---|---:|---:|---:|"]
+    for m in r["rows"]:
+        step = m["step"]
+        if "artifact_files" in m:
+            step += f": {m['artifact_files']} tensor file(s), {m['artifact_bytes'] / gb:.2f} GB"
+        lines.append(f"| {m['model']} | {m['n_parameters'] / 1e9:.2f} B | {m['checkpoint_bytes'] / gb:.2f} GB | "
+                     f"{m['n_parameters'] * 4 / gb:.2f} GB | {step} | {m['peak_tree_rss_bytes'] / gb:.2f} GB | "
+                     f"{m['wall_s']:.0f} s | {m['load_average'][0]:.1f} |")
+    base = r["imports"]["peak_tree_rss_bytes"]
+    lines += ["", "Restore's peak beyond the imported interpreter and the restored fp32 model itself (what a restore "
+              "needs on top of the model it returns; the largest tensor, the embedding, is "
+              f"{r['rows'][0]['largest_tensor_bytes'] / gb:.2f} GB in fp16, twice that in fp32):", ""]
+    for m in r["rows"]:
+        if m["step"].startswith("restore"):
+            extra = m["peak_tree_rss_bytes"] - base - m["n_parameters"] * 4
+            lines.append(f"- {m['model']}, {m['step']}: {extra / gb:.2f} GB "
+                         f"({extra / (m['n_parameters'] * 4):.2f}x the fp32 model)")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
+    global WORK
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="small checkpoints only (tries the script out)")
     parser.add_argument("--trials", type=int, default=20)
@@ -194,9 +290,28 @@ def main() -> None:
                         help="run the resume trials only, with the memory and throughput rows of an earlier run (partial.json)")
     parser.add_argument("--table-only", action="store_true",
                         help="write the tables from the rows and resume trials saved so far")
+    parser.add_argument("--readers", action="store_true",
+                        help="measure a sharded compress, decompress, verify and restore instead (readers.md)")
+    parser.add_argument("--sizes", default=None, help="with --readers: which checkpoints, e.g. 0.6B,1.1B")
+    parser.add_argument("--work", type=Path, default=WORK, help="where checkpoints and outputs go")
+    parser.add_argument("--compare-src", type=Path, default=None,
+                        help="with --readers: also restore the first size with the big2small at this src/ directory")
     args = parser.parse_args()
+    WORK = args.work
     WORK.mkdir(parents=True, exist_ok=True)
     OUT.mkdir(parents=True, exist_ok=True)
+    if args.readers and args.table_only:
+        (OUT / "readers.md").write_text(readers_table(json.loads((OUT / "readers.json").read_text())))
+        return
+    if args.readers:
+        all_sizes = {"small": 2, "large": 4} if args.quick else {"0.6B": 11, "1.1B": 22}
+        sizes = {k: v for k, v in all_sizes.items() if args.sizes is None or k in args.sizes.split(",")}
+        result = reader_rows(sizes, args.compare_src)
+        (OUT / "readers.json").write_text(json.dumps(result, indent=1) + "\n")
+        (OUT / "readers.md").write_text(readers_table(result))
+        (OUT / "readers-partial.json").unlink(missing_ok=True)
+        print(readers_table(result))
+        return
     if args.table_only:  # the trials done so far, when a run had to stop early (the table says how many)
         result = json.loads((OUT / "partial.json").read_text())
         result["resume"] = json.loads((OUT / "resume-partial.json").read_text())

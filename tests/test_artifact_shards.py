@@ -217,3 +217,9 @@ def test_a_disk_that_fills_up_while_shards_or_a_dense_file_are_written_leaves_no
     one_line_refusal(lambda: b2s.decompress(one, tmp_path / "dense", max_shard_bytes=20_000), "the disk is full")
     assert not (tmp_path / "full.b2s").exists() and not (tmp_path / "dense").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporaries left behind
+
+
+def test_a_tensor_file_beside_the_shards_is_refused(pair):
+    one, shards = pair
+    (shards / TENSORS).write_bytes((one / TENSORS).read_bytes())
+    one_line_refusal(lambda: b2s.load(shards), f"{TENSORS} beside the shards")

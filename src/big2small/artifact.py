@@ -331,8 +331,9 @@ def _read_manifest(path: Path) -> tuple[dict[str, Any], Manifest]:
         data = parse_manifest(raw)
     except Big2SmallError as exc:
         parse_error = exc  # refused below, once the tensor file says whether this manifest is its own
-    sharded = (isinstance(data, dict) and data.get("format") == FORMAT_NAME
-               and data.get("format_version") == SHARDED_VERSION and not (path / TENSORS).exists())
+    sharded = isinstance(data, dict) and data.get("format") == FORMAT_NAME and data.get("format_version") == SHARDED_VERSION
+    if sharded and os.path.lexists(path / TENSORS):
+        raise Big2SmallError(f"{path}: corrupt artifact: {TENSORS} beside the shards its manifest lists")
     if not sharded and not (path / TENSORS).is_file():
         raise Big2SmallError(f"{path}: not a big2small artifact (needs {MANIFEST} and {TENSORS})")
     if sharded:
