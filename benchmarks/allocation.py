@@ -58,7 +58,6 @@ class Context:
         # measured under one protocol, side by side, and this session's CPU was shared.
         self.settings = EvalSettings(windows=8, progress=False)
         self.reference = reference_outputs(self.loaded.model, self.task, self.loaded.tokenizer, self.settings)
-        self.n_parameters = sum(p.numel() for p in self.loaded.model.parameters())
 
     def metric(self, model: torch.nn.Module) -> float:
         rows = evaluate(model.eval(), self.task, self.loaded.tokenizer, reference=self.reference, settings=self.settings)
@@ -82,7 +81,8 @@ def llama_sizes(ctx: Context, cache: dict) -> dict[str, dict]:
             seconds = time.perf_counter() - t0
             types = gguf_tensor_types(dst)
             bits = sum(8 * nbytes for _, _, nbytes in types.values())
-            row = {"label": label, "bpw_target": None, "bpw": bits / ctx.n_parameters, "seconds": seconds,
+            weights = sum(count for _, count, _ in types.values())  # SmolLM2's parameters, whichever model runs
+            row = {"label": label, "bpw_target": None, "bpw": bits / weights, "seconds": seconds,
                    "note": f"token_embd {types['token_embd.weight'][0]}; file tensor data {bits // 8} bytes"}
             if ctx.name == "smollm2":
                 model = copy.deepcopy(ctx.loaded.model)
@@ -146,9 +146,9 @@ def run(model_name: str, only: list[str], fresh: bool) -> None:
     at_equal = {name: (lambda n=name, o=objective: ours(ctx, f"{n} @equal-3b", cache["equal trellis 3b"]["bpw"], allocate=o))
                 for name, objective in (("allocated", "auto"), ("weights", "weights"))}
     at_llama = {f: (lambda f=f: ours(ctx, f"allocated @{f}", sizes[f]["bpw"])) for f in LLAMA_FILES}
-    steps += [("allocated @equal-3b", at_equal["allocated"]), ("allocated @Q3_K_M", at_llama["Q3_K_M"]),
-              ("weights @equal-3b", at_equal["weights"])]
+    steps += [("allocated @equal-3b", at_equal["allocated"]), ("allocated @Q3_K_M", at_llama["Q3_K_M"])]
     steps += [(f"allocated @{f}", at_llama[f]) for f in ("Q2_K", "Q4_K_M", "IQ4_XS")]
+    steps += [("weights @equal-3b", at_equal["weights"])]
     for label, measure in steps:
         if label not in cache:
             cache[label] = measure()
