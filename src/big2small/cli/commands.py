@@ -23,6 +23,13 @@ Windows = Annotated[int, typer.Option(help="Perplexity: number of windows.")]
 Bos = Annotated[Optional[str], typer.Option("--bos", help=BOS_HELP)]
 Documents = Annotated[int, typer.Option(help="Encoders: documents for embedding fidelity.")]
 Photos = Annotated[int, typer.Option(help="Image classifiers: photo crops for agreement.")]
+# Data-free distillation (fold: repair of the folded weights; compress: the codec's scales).
+DistillSteps = Annotated[int, typer.Option("--distill", help="Distil from the original on synthetic inputs (data-free): this many AdamW steps (0: none). fold: repairs the folded weights; compress: trains the scales of uniform, hyper or trellis codes and re-chooses the codes, stored bits unchanged.")]
+DistillSamples = Annotated[int, typer.Option(help="--distill: synthetic inputs to make (cached on disk), of which 8 are held out to measure the loss.")]
+DistillSeed = Annotated[int, typer.Option(help="--distill: seed of the synthetic inputs and the batch order.")]
+DistillSeconds = Annotated[Optional[float], typer.Option(help="--distill: stop training after this many seconds (a time budget).")]
+DistillLr = Annotated[Optional[float], typer.Option(help="--distill: AdamW learning rate (default: fold 5e-5 on the weights; compress 5e-3 on the scales' log-gains).")]
+DistillSource = Annotated[str, typer.Option(help="--distill: where the inputs come from: auto (the model's own route), self, smollm2, random or inversion.")]
 
 
 def _require_output(output: Optional[Path], dry_run: bool) -> None:
@@ -54,15 +61,26 @@ def compress(
     workers: Optional[int] = typer.Option(None, "--workers", help="Encode on this many worker processes (default: every core; models under 16 M weights in this process). The artifact is the same whatever the number."),
     ray: Optional[str] = typer.Option(None, "--ray", help="Encode on Ray: 'local' starts it on this machine (with --workers CPUs), 'auto' or ray://HOST:PORT joins a cluster (install big2small[ray]; the model, the output's directory and big2small must be reachable from every node)."),
     seed: int = typer.Option(0, help="Seed of every random choice (INR initialisation); same seed, same artifact."),
+    distill: DistillSteps = 0,
+    distill_samples: DistillSamples = 264,
+    distill_seed: DistillSeed = 0,
+    distill_seconds: DistillSeconds = None,
+    distill_lr: DistillLr = None,
+    distill_source: DistillSource = "auto",
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the pre-flight report and stop."),
     overwrite: bool = typer.Option(False, help="Replace an existing output."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the size report (with --dry-run: the plan) as JSON to this file ('-' = stdout)."),
 ) -> None:
     """Compress a model and write an artifact (safetensors + JSON manifest). Safetensors
     checkpoints (a file, an HF directory, sharded or not) and GGUF files are read one tensor at a
-    time; a run that stops is resumed by running the same command again."""
+    time; a run that stops is resumed by running the same command again. With --distill, the
+    model is loaded whole and encoded in this process."""
     _require_output(output, dry_run)
     bpw = options.target_bpw(bpw, ratio, size_mb)
+    distill_config = options.distill_config(distill, samples=distill_samples, seed=distill_seed, max_seconds=distill_seconds,
+                                            lr=distill_lr if distill_lr is not None else options.SCALE_LR, source=distill_source)
+    if distill_config is not None and (ray is not None or workers is not None):
+        raise Big2SmallError("--distill encodes in this process: leave out --workers and --ray")
     if method is None and bpw is None and size_mb is None:
         method = "uniform"
     import big2small as b2s
@@ -87,6 +105,19 @@ def compress(
                             "energy": energy, "sparsity": sparsity})
     out = render.Output(json_out)
     render.notes.print(f"loading {model} ...")
+    if distill_config is not None and not dry_run:
+        loaded = b2s.load_model(model)
+        if size_mb is not None:
+            from big2small.recipe import describe_module_tensors
+            if loaded.model is None:
+                raise Big2SmallError(f"{model} is a bare state_dict: distillation needs the model's structure")
+            the_recipe.target_bpw = size_mb * 8e6 / sum(i.numel for i in describe_module_tensors(loaded.model)
+                                                         if i.is_parameter)
+        cm = b2s.compress(loaded, the_recipe, device=device, distill=distill_config)
+        report = CompressReport.of(cm, b2s.save(cm, output, overwrite=overwrite))
+        render.show_compress(out.console, report)
+        out.json(report.to_dict())
+        return
     checkpoint, transforms, n_parameters = open_model(model, the_recipe)
     if size_mb is not None:  # bits per weight of the original model's parameters
         n = n_parameters if n_parameters is not None else sum(i.numel for i in checkpoint.infos if i.is_parameter)
@@ -242,12 +273,12 @@ def fold(
     seed: int = typer.Option(0, help="k-means seed."),
     then: Optional[str] = typer.Option(None, "--then", help="METHOD:k=v,...: compress the folded tensors too, e.g. uniform:bits=4,group_size=128."),
     raw_dtype: str = typer.Option("float32", help="Storage of the tensors --then leaves uncompressed (float32 keeps the folded model exact)."),
-    distill: int = typer.Option(0, "--distill", help="Repair the folded model by data-free distillation from the original: this many AdamW steps on synthetic inputs (0: none)."),
-    distill_samples: int = typer.Option(264, help="--distill: synthetic inputs to make (cached on disk), of which 8 are held out to measure the loss."),
-    distill_seed: int = typer.Option(0, help="--distill: seed of the synthetic inputs and the batch order."),
-    distill_seconds: Optional[float] = typer.Option(None, help="--distill: stop training after this many seconds (a time budget)."),
-    distill_lr: float = typer.Option(5e-5, help="--distill: AdamW learning rate."),
-    distill_source: str = typer.Option("auto", help="--distill: where the inputs come from: auto (the model's own route), self, smollm2, random or inversion."),
+    distill: DistillSteps = 0,
+    distill_samples: DistillSamples = 264,
+    distill_seed: DistillSeed = 0,
+    distill_seconds: DistillSeconds = None,
+    distill_lr: DistillLr = None,
+    distill_source: DistillSource = "auto",
     dry_run: bool = typer.Option(False, "--dry-run", help="List the groups and what would be folded, then stop."),
     overwrite: bool = typer.Option(False, help="Replace an existing output."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the fold report (with --dry-run: the groups) as JSON ('-' = stdout)."),
@@ -267,8 +298,8 @@ def fold(
                         ratios=ratios, skip=list(skip), selection=prune or "fold", repair=repair, norm_repair=norm_repair,
                         fold_mlp=mlp, fold_attention=attention, multiple_of=multiple_of, seed=seed)
     config.validate()
-    distill_config = options.distill_config(distill, samples=distill_samples, seed=distill_seed,
-                                            max_seconds=distill_seconds, lr=distill_lr, source=distill_source)
+    distill_config = options.distill_config(distill, samples=distill_samples, seed=distill_seed, max_seconds=distill_seconds,
+                                            lr=distill_lr if distill_lr is not None else options.WEIGHT_LR, source=distill_source)
     recipe = options.then_recipe(then, raw_dtype)
     out = render.Output(json_out)
     render.notes.print(f"loading {model} ...")

@@ -71,6 +71,12 @@ def recipe_from_options(method: str | None, *, bpw: float | None, bits: float | 
     return make_recipe(method, bpw=bpw, overrides=overrides, **recipe_options, **options)
 
 
+# --distill's default learning rates: fold trains the folded weights; compress trains the log-gains
+# of the codec's scales (a relative step: 5e-3 moves a scale by at most about 0.5% per step).
+WEIGHT_LR = 5e-5
+SCALE_LR = 5e-3
+
+
 def distill_config(steps: int, **options: Any) -> Any:
     """The DistillConfig of --distill STEPS and its --distill-* options; None when STEPS is 0 (no
     distillation). Options a user left at None (no time budget) keep the config's defaults."""

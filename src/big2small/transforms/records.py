@@ -31,8 +31,9 @@ class TransformRecord:
             raise Big2SmallError(f"unknown transform record {kind!r} (known: {', '.join(RECORDS)})")
         cls = RECORDS[data["transform"]]
         fields = {f.name for f in dataclasses.fields(cls)}
+        optional = {f.name for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
         given = {k: v for k, v in data.items() if k != "transform"}
-        if set(given) != fields:
+        if not fields - optional <= set(given) <= fields:
             raise Big2SmallError(f"transform record {cls.kind!r} has fields {sorted(given)}, expected {sorted(fields)}")
         return cls(**given)
 
@@ -74,7 +75,10 @@ class DistillRecord(TransformRecord):
     """Data-free distillation of the stored weights from the original (big2small.distill): shapes
     unchanged. big2small.distill's DistillReport is this class. Steps taken, why it stopped, training wall time
     (seconds), mean loss of the first and last tenth of the steps, loss on held-out synthetic
-    inputs before and after, inputs made, and the DistillConfig as a dict."""
+    inputs before and after, inputs made, the DistillConfig as a dict, and what was trained:
+    "weights" (repair after folding) or "scales of N tensors" (quantisation-aware distillation:
+    the codec's scales, codes re-chosen with them). Manifests written before `trained` existed
+    read as "weights"."""
 
     kind: ClassVar[str] = "distill"
     steps: int
@@ -86,6 +90,7 @@ class DistillRecord(TransformRecord):
     held_out_after: float | None
     inputs: int
     config: dict[str, Any]
+    trained: str = "weights"
 
 
 RECORDS: dict[str, type[TransformRecord]] = {cls.kind: cls for cls in (FoldRecord, ChannelRemovalRecord, DistillRecord)}
