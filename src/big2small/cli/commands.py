@@ -27,6 +27,7 @@ Photos = Annotated[int, typer.Option(help="Image classifiers: photo crops for ag
 DistillSteps = Annotated[int, typer.Option("--distill", help="Distil from the original on synthetic inputs (data-free): this many AdamW steps (0: none). fold: repairs the folded weights; compress: trains the scales of uniform, hyper or trellis codes and re-chooses the codes, stored bits unchanged.")]
 DistillSamples = Annotated[int, typer.Option(help="--distill: synthetic inputs to make (cached on disk), of which 8 are held out to measure the loss.")]
 DistillSeed = Annotated[int, typer.Option(help="--distill: seed of the synthetic inputs and the batch order.")]
+DistillSeqLen = Annotated[int, typer.Option(help="--distill: tokens per synthetic text sequence (start token included).")]
 DistillSeconds = Annotated[Optional[float], typer.Option(help="--distill: stop training after this many seconds (a time budget).")]
 DistillLr = Annotated[Optional[float], typer.Option(help="--distill: AdamW learning rate (default: fold 5e-5 on the weights; compress 5e-3 on the scales' log-gains).")]
 DistillSource = Annotated[str, typer.Option(help="--distill: where the inputs come from: auto (the model's own route), self, smollm2, random or inversion.")]
@@ -64,6 +65,7 @@ def compress(
     distill: DistillSteps = 0,
     distill_samples: DistillSamples = 264,
     distill_seed: DistillSeed = 0,
+    distill_seq_len: DistillSeqLen = 128,
     distill_seconds: DistillSeconds = None,
     distill_lr: DistillLr = None,
     distill_source: DistillSource = "auto",
@@ -77,8 +79,9 @@ def compress(
     model is loaded whole and encoded in this process."""
     _require_output(output, dry_run)
     bpw = options.target_bpw(bpw, ratio, size_mb)
-    distill_config = options.distill_config(distill, samples=distill_samples, seed=distill_seed, max_seconds=distill_seconds,
-                                            lr=distill_lr if distill_lr is not None else options.SCALE_LR, source=distill_source)
+    distill_config = options.distill_config(distill, samples=distill_samples, seed=distill_seed, seq_len=distill_seq_len,
+                                            max_seconds=distill_seconds, source=distill_source,
+                                            lr=distill_lr if distill_lr is not None else options.SCALE_LR)
     if distill_config is not None and (ray is not None or workers is not None):
         raise Big2SmallError("--distill encodes in this process: leave out --workers and --ray")
     if method is None and bpw is None and size_mb is None:
@@ -276,6 +279,7 @@ def fold(
     distill: DistillSteps = 0,
     distill_samples: DistillSamples = 264,
     distill_seed: DistillSeed = 0,
+    distill_seq_len: DistillSeqLen = 128,
     distill_seconds: DistillSeconds = None,
     distill_lr: DistillLr = None,
     distill_source: DistillSource = "auto",
@@ -298,8 +302,9 @@ def fold(
                         ratios=ratios, skip=list(skip), selection=prune or "fold", repair=repair, norm_repair=norm_repair,
                         fold_mlp=mlp, fold_attention=attention, multiple_of=multiple_of, seed=seed)
     config.validate()
-    distill_config = options.distill_config(distill, samples=distill_samples, seed=distill_seed, max_seconds=distill_seconds,
-                                            lr=distill_lr if distill_lr is not None else options.WEIGHT_LR, source=distill_source)
+    distill_config = options.distill_config(distill, samples=distill_samples, seed=distill_seed, seq_len=distill_seq_len,
+                                            max_seconds=distill_seconds, source=distill_source,
+                                            lr=distill_lr if distill_lr is not None else options.WEIGHT_LR)
     recipe = options.then_recipe(then, raw_dtype)
     out = render.Output(json_out)
     render.notes.print(f"loading {model} ...")
