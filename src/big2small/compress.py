@@ -25,6 +25,7 @@ from big2small.models.source import LoadedModel, ModelSource, module_source
 from big2small.models.tasks import get_task, task_of_architecture
 from big2small.progress import progress_bar
 from big2small.transforms import reshape_to
+from big2small.transforms.layers import restructure
 from big2small.transforms.records import FoldRecord, TransformRecord
 from big2small.recipe import (
     Override, PlanEntry, Recipe, TensorInfo, describe_module_tensors, describe_state_dict, plan,
@@ -111,10 +112,11 @@ class CompressedModel:
     def apply_to(self, model: nn.Module) -> nn.Module:
         """Load the decoded weights into `model` (same architecture) and return it.
 
-        If a transform narrowed the model, `model` may have the original widths: its layers are
-        resized to the stored shapes first."""
+        If a transform narrowed the model or dropped blocks, `model` may have the original widths
+        and depth: its blocks are dropped and its layers resized to the stored ones first."""
         state = self.state_dict()
         if self.transforms:
+            restructure(model, self.transforms)
             reshape_to(model, {name: tuple(t.shape) for name, t in state.items()})
         try:
             missing, unexpected = model.load_state_dict(state, strict=False)

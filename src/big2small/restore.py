@@ -11,6 +11,7 @@ from big2small.compress import CompressedModel
 from big2small.errors import Big2SmallError
 from big2small.models.load import build_skeleton
 from big2small.onthefly import attach
+from big2small.transforms.layers import restructure
 
 
 def restore(artifact: str | os.PathLike | CompressedModel, skeleton: nn.Module | None = None, *,
@@ -32,5 +33,5 @@ def restore(artifact: str | os.PathLike | CompressedModel, skeleton: nn.Module |
     if fused and not on_the_fly:
         raise Big2SmallError("fused=True keeps the weights compact: it needs on_the_fly=True")
     if on_the_fly:
-        return attach(skeleton, cm, unpack=unpack, fused=fused).eval()
+        return attach(restructure(skeleton, cm.transforms), cm, unpack=unpack, fused=fused).eval()
     return cm.apply_to(skeleton).eval()

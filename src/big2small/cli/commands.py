@@ -331,3 +331,56 @@ def fold(
                         distilled.to_dict() if distilled else None)
     render.show_fold(out.console, report)
     out.json(report.to_dict())
+
+
+def distill(
+    model: Model,
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Artifact directory to write (e.g. smollm2-24.b2s)."),
+    drop_layers: int = typer.Option(..., "--drop-layers", help="Transformer blocks to remove (decoder or encoder transformers: model.layers / encoder.layer)."),
+    criterion: str = typer.Option("influence", help="Which blocks go: influence (those that change the residual stream least on synthetic inputs; data-free) or even (evenly spaced, first and last kept)."),
+    steps: int = typer.Option(100, help="AdamW steps distilling the smaller model from the original on synthetic inputs (0: dropped only)."),
+    distill_samples: DistillSamples = 264,
+    distill_seed: DistillSeed = 0,
+    distill_seq_len: DistillSeqLen = 128,
+    distill_seconds: DistillSeconds = None,
+    distill_lr: DistillLr = None,
+    distill_source: DistillSource = "auto",
+    then: Optional[str] = typer.Option(None, "--then", help="METHOD:k=v,...: compress the smaller model's tensors too, e.g. uniform:bits=4,group_size=128."),
+    raw_dtype: str = typer.Option("float32", help="Storage of the tensors --then leaves uncompressed (float32 keeps the distilled model exact)."),
+    overwrite: bool = typer.Option(False, help="Replace an existing output."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON ('-' = stdout)."),
+) -> None:
+    """Distil a model into a smaller architecture: the same transformer with fewer layers,
+    initialised from the original's own layers and trained to reproduce it on synthetic inputs
+    (data-free). Bits per weight count against the original's parameters."""
+    _require_output(output, False)
+    if steps < 0:
+        raise Big2SmallError(f"--steps must be >= 0, got {steps}")
+    import big2small as b2s
+    from big2small.compress import compress as compress_model
+    from big2small.distill import DistillConfig, resolve_source
+    from big2small.distill.smaller import fewer_layers
+    from big2small.models.tasks import get_task
+    from big2small.recipe import Recipe
+    from big2small.reports import CompressReport
+
+    b2s.ensure_writable(output, overwrite=overwrite)
+    config = DistillConfig(steps=steps, samples=distill_samples, held_out=min(8, max(0, distill_samples - 1)),
+                           seed=distill_seed, seq_len=distill_seq_len, max_seconds=distill_seconds, source=distill_source,
+                           lr=distill_lr if distill_lr is not None else options.WEIGHT_LR)
+    config.validate()
+    recipe = options.then_recipe(then, raw_dtype) or Recipe(default=None, raw_dtype="float32", min_numel=0)
+    out = render.Output(json_out)
+    render.notes.print(f"loading {model} ...")
+    loaded = b2s.load_model(model)
+    if loaded.model is None:
+        raise Big2SmallError(f"{model} is a bare state_dict: distillation needs the model's structure (an HF dir or a bundled model)")
+    task = get_task(loaded.source.task, loaded.source.architecture)
+    resolve_source(loaded.model, task.name, config.source)
+    student, record, report = fewer_layers(loaded.model, drop_layers, criterion=criterion, task=task.name,
+                                           tokenizer=loaded.tokenizer, config=config)
+    cm = compress_model(student, recipe, source=loaded.source, transforms=[record] + ([report] if report else []),
+                        n_parameters=record.parameters_before)
+    written = CompressReport.of(cm, b2s.save(cm, output, overwrite=overwrite))
+    render.show_distill(out.console, record, written)
+    out.json({**written.to_dict(), "drop_layers": record.to_dict()})

@@ -153,6 +153,13 @@ def show_compress(console: Console, report: CompressReport) -> None:
     show_warnings(report.warnings)
 
 
+def show_distill(console: Console, record: Any, report: CompressReport) -> None:
+    """A smaller model distilled from its original (`distill --drop-layers`) and written."""
+    notes.print(f"kept {len(record.kept)} of {record.layers_before} layers ({record.criterion}): "
+                f"{', '.join(map(str, record.kept))}; parameters {record.parameters_before:,} -> {record.parameters_after:,}")
+    show_compress(console, report)
+
+
 def show_written_file(console: Console, path: Path) -> None:
     """A file written, or a directory of files, with its size."""
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]

@@ -93,4 +93,21 @@ class DistillRecord(TransformRecord):
     trained: str = "weights"
 
 
-RECORDS: dict[str, type[TransformRecord]] = {cls.kind: cls for cls in (FoldRecord, ChannelRemovalRecord, DistillRecord)}
+@dataclass
+class LayerDropRecord(TransformRecord):
+    """Transformer blocks removed (big2small.transforms.layers): `kept`, the indices (in the
+    original's numbering) of the blocks the stored model has, renumbered 0..len(kept)-1; how
+    they were chosen ("even" or "influence") with each original block's influence when measured;
+    parameter counts of the original and the smaller model."""
+
+    kind: ClassVar[str] = "drop_layers"
+    layers_before: int
+    kept: list[int]
+    criterion: str
+    influence: list[float] | None
+    parameters_before: int
+    parameters_after: int
+
+
+RECORDS: dict[str, type[TransformRecord]] = {cls.kind: cls for cls in (FoldRecord, ChannelRemovalRecord, DistillRecord,
+                                                                          LayerDropRecord)}
