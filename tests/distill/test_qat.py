@@ -111,3 +111,26 @@ def test_distill_scales_refuses_tensors_without_trainable_scales():
     with pytest.raises(Big2SmallError, match="compressed tensors use none"):
         distill_scales(teacher, teacher, cm.tensors, cm.aliases, task="causal-lm", config=DistillConfig(steps=1, **TINY),
                        inputs=_text(teacher))
+
+
+@pytest.mark.parametrize("config", [UniformConfig(bits=3, group_size=32), HyperConfig(bits=6, group_size=32)],
+                         ids=lambda c: c.method)
+def test_scales_too_small_grow_back_when_trained_on_the_weight_error(config):
+    # Most weights are clipped at half their scale: their straight-through gradient must say that
+    # a larger scale brings their decoded value closer (a clipped value grows with its scale).
+    torch.manual_seed(0)
+    weight = torch.randn(32, 64)
+    generator = generator_for(config)
+    enc = generator.encode(weight)
+    matrix = generator.codec_input(weight, enc)
+    gain = torch.zeros(enc.tensors["scales"].numel(), requires_grad=True)
+    start = enc.tensors["scales"].float() * 0.5
+    optimizer = torch.optim.Adam([gain], lr=0.02)
+    errors = []
+    for _ in range(40):
+        error = (generator.fake_quantize(matrix, enc, start * gain.exp()) - matrix).pow(2).sum()
+        optimizer.zero_grad()
+        error.backward()
+        optimizer.step()
+        errors.append(float(error))
+    assert errors[-1] < 0.5 * errors[0] and float(gain.mean()) > 0.2

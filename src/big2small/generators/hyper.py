@@ -209,6 +209,11 @@ class HyperGenerator(rotation.RotatingGenerator):
     def fake_quantize(self, matrix: torch.Tensor, enc: Encoded, scales: torch.Tensor) -> torch.Tensor:
         padded, codes, codebook, s = _codes_for_scales(matrix, enc, scales)
         vectors = (padded / torch.where(s == 0, torch.ones_like(s), s)).reshape(-1, enc.config.dim)
+        if not enc.config.rings:
+            # Beyond the codebook's reach a coordinate is clipped: like a uniform code clamped to
+            # its range (LSQ), it passes no gradient (identity there would push its scale the
+            # wrong way: the decoded value grows with the scale, the identity says it shrinks).
+            vectors = torch.where(vectors.detach().abs() <= codebook.abs().amax(0), vectors, vectors.detach())
         values = straight_through(vectors, _lookup(codes, codebook, enc.config, _radius(enc)))
         return (values.reshape(padded.shape) * s)[:, : enc.layout.cols]
 
