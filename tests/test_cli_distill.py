@@ -31,7 +31,7 @@ def test_distill_writes_a_smaller_model_that_restores_and_reports_it(peaked_llam
 @pytest.mark.parametrize("args,message", [
     (["--drop-layers", "2"], "can drop 0 to 1 of the model's 2 layers, not 2"),
     (["--drop-layers", "1", "--criterion", "random"], "criterion must be one of even, influence"),
-    (["--drop-layers", "1", "--steps", "-1"], "--steps must be >= 0"),
+    (["--drop-layers", "1", "--steps", "-1"], "--steps must be a number of steps >= 0"),
     (["--drop-layers", "1", "--distill-source", "inversion"], "does not apply to a causal-lm model"),
 ])
 def test_bad_options_are_refused_in_one_line(peaked_llama_dir, tmp_path, args, message):

@@ -29,7 +29,7 @@ DistillSamples = Annotated[int, typer.Option(help="--distill: synthetic inputs t
 DistillSeed = Annotated[int, typer.Option(help="--distill: seed of the synthetic inputs and the batch order.")]
 DistillSeqLen = Annotated[int, typer.Option(help="--distill: tokens per synthetic text sequence (start token included).")]
 DistillSeconds = Annotated[Optional[float], typer.Option(help="--distill: stop training after this many seconds (a time budget).")]
-DistillLr = Annotated[Optional[float], typer.Option(help="--distill: AdamW learning rate (default: fold 5e-5 on the weights; compress 5e-3 on the scales' log-gains).")]
+DistillLr = Annotated[Optional[float], typer.Option(help="--distill: AdamW learning rate (default: fold and distill 5e-5 on the weights; compress 5e-3 on the scales' log-gains).")]
 DistillSource = Annotated[str, typer.Option(help="--distill: where the inputs come from: auto (the model's own route), self, smollm2, random or inversion.")]
 
 
@@ -354,21 +354,18 @@ def distill(
     initialised from the original's own layers and trained to reproduce it on synthetic inputs
     (data-free). Bits per weight count against the original's parameters."""
     _require_output(output, False)
-    if steps < 0:
-        raise Big2SmallError(f"--steps must be >= 0, got {steps}")
+    config = options.distill_config(steps, option="--steps", always=True, samples=distill_samples, seed=distill_seed,
+                                    seq_len=distill_seq_len, max_seconds=distill_seconds, source=distill_source,
+                                    lr=distill_lr if distill_lr is not None else options.WEIGHT_LR)
     import big2small as b2s
     from big2small.compress import compress as compress_model
-    from big2small.distill import DistillConfig, resolve_source
+    from big2small.distill import resolve_source
     from big2small.distill.smaller import fewer_layers
     from big2small.models.tasks import get_task
     from big2small.recipe import Recipe
     from big2small.reports import CompressReport
 
     b2s.ensure_writable(output, overwrite=overwrite)
-    config = DistillConfig(steps=steps, samples=distill_samples, held_out=min(8, max(0, distill_samples - 1)),
-                           seed=distill_seed, seq_len=distill_seq_len, max_seconds=distill_seconds, source=distill_source,
-                           lr=distill_lr if distill_lr is not None else options.WEIGHT_LR)
-    config.validate()
     recipe = options.then_recipe(then, raw_dtype) or Recipe(default=None, raw_dtype="float32", min_numel=0)
     out = render.Output(json_out)
     render.notes.print(f"loading {model} ...")

@@ -77,12 +77,13 @@ WEIGHT_LR = 5e-5
 SCALE_LR = 5e-3
 
 
-def distill_config(steps: int, **options: Any) -> Any:
-    """The DistillConfig of --distill STEPS and its --distill-* options; None when STEPS is 0 (no
-    distillation). Options a user left at None (no time budget) keep the config's defaults."""
+def distill_config(steps: int, *, option: str = "--distill", always: bool = False, **options: Any) -> Any:
+    """The DistillConfig of `option` STEPS (--distill, or the distill command's --steps) and the
+    --distill-* options; None when STEPS is 0 (no distillation) unless `always`. Options a user
+    left at None (no time budget) keep the config's defaults."""
     if steps < 0:
-        raise Big2SmallError(f"--distill must be a number of steps >= 0, got {steps}")
-    if steps == 0:
+        raise Big2SmallError(f"{option} must be a number of steps >= 0, got {steps}")
+    if steps == 0 and not always:
         return None
     from big2small.distill import DistillConfig
 
