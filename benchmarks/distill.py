@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import platform
 import time
@@ -241,7 +242,7 @@ def run_layers(name: str) -> None:
         if (criterion, "none") not in done:
             config, _, _ = session.inputs(plan["sources"][0])  # the influence is measured on these inputs
             student, dropped, _ = fewer_layers(teacher, plan["drop"], criterion=criterion, task=task, tokenizer=tok,
-                                               config=DistillConfig(**{**config.to_dict(), "steps": 0}))
+                                               config=dataclasses.replace(config, steps=0))
             record({"criterion": criterion, "source": "none", "drop_layers": dropped.to_dict(),
                     "metrics": session.measure(student)})
     dropped = {r["criterion"]: r for r in session.rows if r["source"] == "none"}
