@@ -14,19 +14,32 @@ Every distillation run has the same budget (steps, batch, sequence length, learn
 table and the JSON) and is seeded; metrics are the fold benchmark's (SmolLM2 perplexity, 20
 windows of 512 tokens; MiniLM mean cosine to the original on 300 documents and Lee-50 Pearson).
 
-Writes benchmarks/results/distill/{<model>.json, distill.md}; rows already in a model's JSON are
-kept, so an interrupted run resumes. Wall times were measured on a 2-core CPU shared with other
+Quantisation-aware distillation (`--qat`; big2small.distill.qat): each model is quantised at about
+3.3 bits per compressed weight (uniform 3-bit, and hyper with 6-bit indices on pairs, both with groups
+of 64; never 4-bit g32 symmetric, which would match the grid SmolLM2's GGUF weights came from) and
+measured as compressed, with the codec's scales distilled on synthetic inputs (the codes re-chosen,
+stored bits unchanged: checked per row), and, as the upper bound, distilled on real text.
+
+Distillation into fewer layers (`--layers`; big2small.distill.smaller): SmolLM2 30 -> 24 layers and
+MiniLM 6 -> 4, the blocks dropped evenly or by their influence on the residual stream (measured on
+the synthetic inputs), each measured as dropped; the better criterion's student is then distilled
+on synthetic inputs (weights trained, the fold plans' budgets).
+
+Writes benchmarks/results/distill/{<model>.json, distill.md, qat-<model>.json, qat.md,
+layers-<model>.json, layers.md}; rows already in a JSON are kept, so an interrupted run resumes. Wall times were measured on a 2-core CPU shared with other
 work: they are upper bounds of what the machine alone would take.
-Run: `nice python benchmarks/distill.py [--models minilm,smollm2] [--replot]`.
+Run: `nice python benchmarks/distill.py [--models minilm,smollm2] [--qat | --layers] [--replot]`.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -37,7 +50,7 @@ from big2small.evaluate import data
 from big2small.evaluate.perplexity import start_token
 from big2small.evaluate.suite import EvalSettings
 from big2small.folding import FoldConfig, fold
-from big2small.models.tasks import evaluate, get_task, reference_outputs
+from big2small.models.tasks import evaluate, reference_outputs
 
 OUT = Path(__file__).resolve().parent / "results" / "distill"
 METRIC = {"causal-lm": "perplexity", "encoder": "mean_cosine"}
@@ -56,6 +69,35 @@ PLANS = {
                 "eval": {"windows": 5},
                 "distill": {"steps": 60, "samples": 72, "held_out": 8, "batch_size": 4, "seq_len": 64, "lr": 5e-5,
                             "max_seconds": 480.0}},
+}
+
+
+# Quantisation-aware distillation: the codecs at about 3.3 bits per compressed weight, the inputs
+# cached by the fold plans above (same samples, seed and sequence length), a step and time budget.
+QAT_PLANS = {
+    "smollm2": {"codecs": {"uniform 3-bit g64": {"method": "uniform", "bits": 3, "group_size": 64},
+                           "hyper 6-bit pairs g64": {"method": "hyper", "bits": 6, "group_size": 64}},
+                "sources": ["self", "real"], "only_for": {"real": ["uniform 3-bit g64"]},
+                "eval": {"windows": 5},
+                "distill": {"steps": 40, "samples": 72, "held_out": 8, "batch_size": 4, "seq_len": 64, "lr": 5e-3,
+                            "max_seconds": 420.0}},
+    "minilm": {"codecs": {"uniform 3-bit g64": {"method": "uniform", "bits": 3, "group_size": 64}},
+               "sources": ["smollm2", "real"], "only_for": {},
+               "eval": {"documents": 100},
+               "distill": {"steps": 100, "samples": 136, "held_out": 8, "batch_size": 8, "seq_len": 64, "lr": 5e-3,
+                           "max_seconds": 300.0}},
+}
+
+
+# Distillation into fewer layers: the blocks dropped by each criterion, measured as dropped; the
+# better criterion's student then distilled (the same inputs and budget as the fold plans).
+LAYER_PLANS = {
+    "smollm2": {"drop": 6, "criteria": ["even", "influence"], "sources": ["self"], "eval": {"windows": 5},
+                "distill": {"steps": 40, "samples": 72, "held_out": 8, "batch_size": 4, "seq_len": 64, "lr": 5e-5,
+                            "max_seconds": 420.0}},
+    "minilm": {"drop": 2, "criteria": ["even", "influence"], "sources": ["smollm2"], "eval": {"documents": 100},
+               "distill": {"steps": 150, "samples": 136, "held_out": 8, "batch_size": 8, "seq_len": 64, "lr": 1e-4,
+                           "max_seconds": 300.0}},
 }
 
 
@@ -81,25 +123,46 @@ def real_inputs(task: str, tokenizer, model, config: DistillConfig) -> dict[str,
     return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
 
+class Session:
+    """What a model's runs share: the model, its task and tokenizer, the evaluation settings and
+    the original's reference outputs, and its rows in OUT/<file> (written after each row, so an
+    interrupted run resumes)."""
+
+    def __init__(self, name: str, plan: dict, file: str, key: tuple[str, str]):
+        self.name, self.plan, self.path, self.key = name, plan, OUT / file, key
+        self.settings = EvalSettings(progress=False, **plan["eval"])
+        self.rows = json.loads(self.path.read_text())["rows"] if self.path.exists() else []
+        self.done = {(r[key[0]], r[key[1]]) for r in self.rows}  # rows measured by an earlier run
+        self.loaded = b2s.load_model(name)
+        self.teacher, self.task, self.tok = self.loaded.model, self.loaded.source.task, self.loaded.tokenizer
+        self.reference = reference_outputs(self.teacher, self.task, self.tok, self.settings)
+        self.machine = (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} thread(s), torch "
+                        f"{torch.__version__}; 2 cores shared with other sessions")
+
+    def record(self, row: dict) -> None:
+        self.rows.append(row)
+        self.path.write_text(json.dumps({"model": self.name, "task": self.task, "plan": self.plan, "machine": self.machine,
+                                         "rows": self.rows}, indent=1))
+        print(f"{self.name} {row[self.key[0]]} {row[self.key[1]]}: {row['metrics']}", flush=True)
+
+    def inputs(self, source: str) -> tuple[DistillConfig, dict[str, torch.Tensor], float]:
+        """The plan's distillation config for `source`, its inputs (synthetic, or real text: the
+        upper bound) and the seconds they took (0 when cached)."""
+        config = DistillConfig(source="auto" if source == "real" else source, seed=0, **self.plan["distill"])
+        start = time.perf_counter()
+        inputs = real_inputs(self.task, self.tok, self.teacher, config) if source == "real" else \
+            synthetic_inputs(self.teacher, self.task, self.tok, config, progress=True)
+        return config, inputs, time.perf_counter() - start
+
+    def measure(self, model) -> dict:
+        return {m.metric: m.value for m in evaluate(model, self.task, self.tok, reference=self.reference,
+                                                     settings=self.settings)}
+
+
 def run_model(name: str) -> None:
     plan = PLANS[name]
-    settings = EvalSettings(progress=False, **plan["eval"])
-    path = OUT / f"{name}.json"
-    rows = json.loads(path.read_text())["rows"] if path.exists() else []
-    done = {(r["method"], r["sparsity_target"]) for r in rows}
-    loaded = b2s.load_model(name)
-    teacher, task, tok = loaded.model, loaded.source.task, loaded.tokenizer
-    reference = reference_outputs(teacher, task, tok, settings)
-    machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
-
-    def record(row: dict) -> None:
-        rows.append(row)
-        path.write_text(json.dumps({"model": name, "task": task, "plan": plan, "machine": machine, "rows": rows}, indent=1))
-        print(f"{name} {row['method']} s={row['sparsity_target']}: {row['metrics']}", flush=True)
-
-    def measure(model) -> dict:
-        return {m.metric: m.value for m in evaluate(model, task, tok, reference=reference, settings=settings)}
-
+    session = Session(name, plan, f"{name}.json", ("method", "sparsity_target"))
+    teacher, task, measure, record, done = session.teacher, session.task, session.measure, session.record, session.done
     if ("original", 0.0) not in done:
         record({"method": "original", "sparsity_target": 0.0, "sparsity": 0.0, "metrics": measure(teacher)})
     for sparsity in plan["sparsities"]:
@@ -116,11 +179,7 @@ def run_model(name: str) -> None:
             method = f"fold+distill-{source}"
             if (method, sparsity) in done:
                 continue
-            config = DistillConfig(source="auto" if source == "real" else source, seed=0, **plan["distill"])
-            start = time.perf_counter()
-            inputs = real_inputs(task, tok, teacher, config) if source == "real" else \
-                synthetic_inputs(teacher, task, tok, config, progress=True)
-            input_seconds = time.perf_counter() - start
+            config, inputs, input_seconds = session.inputs(source)
             student = copy.deepcopy(folded.model)
             report = distill(teacher, student, inputs, loss_for(task), config, progress=True)
             record({"method": method, "sparsity_target": sparsity, "sparsity": folded.sparsity,
@@ -129,8 +188,166 @@ def run_model(name: str) -> None:
             del student
 
 
+def run_qat(name: str) -> None:
+    """Compressed, compressed + scales distilled (synthetic inputs; real text as the upper bound)."""
+    from big2small.distill.qat import distill_scales
+
+    plan = QAT_PLANS[name]
+    session = Session(name, plan, f"qat-{name}.json", ("codec", "source"))
+    loaded, teacher, task, tok, record, done = (session.loaded, session.teacher, session.task, session.tok,
+                                                session.record, session.done)
+
+    def measure(cm) -> dict:
+        return session.measure(cm.apply_to(copy.deepcopy(teacher)))
+
+    if ("original", "-") not in done:
+        record({"codec": "original", "source": "-", "metrics": session.measure(teacher)})
+    for label, options in plan["codecs"].items():
+        options = dict(options)
+        sources = [s for s in plan["sources"] if label in plan["only_for"].get(s, [label])]
+        if all((label, s) in done for s in ["none"] + sources):
+            continue
+        start = time.perf_counter()
+        plain = b2s.compress(loaded, options.pop("method"), progress=False, **options)
+        encode_seconds = time.perf_counter() - start
+        size = {"bpw_all": plain.size().bpw_all, "bpw_scope": plain.size().bpw_scope, "bits": plain.size().bits_total}
+        if (label, "none") not in done:
+            record({"codec": label, "source": "none", "size": size, "encode_seconds": encode_seconds,
+                    "metrics": measure(plain)})
+        for source in sources:
+            if (label, source) in done:
+                continue
+            config, inputs, input_seconds = session.inputs(source)
+            tensors, report = distill_scales(teacher, teacher, plain.tensors, plain.aliases, task=task, tokenizer=tok,
+                                             config=config, inputs=inputs)
+            distilled = copy.copy(plain)
+            distilled.tensors = tensors
+            if distilled.size().bits_total != plain.size().bits_total:
+                raise SystemExit(f"{label}: distillation changed the stored bits")
+            record({"codec": label, "source": source, "size": size, "encode_seconds": encode_seconds,
+                    "input_seconds": input_seconds, "distill": report.to_dict(), "metrics": measure(distilled),
+                    "data_free": source != "real"})
+
+
+def run_layers(name: str) -> None:
+    """The original with fewer layers (each criterion), then distilled (the better criterion)."""
+    from big2small.distill.smaller import fewer_layers
+
+    plan = LAYER_PLANS[name]
+    session = Session(name, plan, f"layers-{name}.json", ("criterion", "source"))
+    teacher, task, tok, record, done = session.teacher, session.task, session.tok, session.record, session.done
+    if ("original", "-") not in done:
+        record({"criterion": "original", "source": "-", "metrics": session.measure(teacher)})
+    for criterion in plan["criteria"]:
+        if (criterion, "none") not in done:
+            config, _, _ = session.inputs(plan["sources"][0])  # the influence is measured on these inputs
+            student, dropped, _ = fewer_layers(teacher, plan["drop"], criterion=criterion, task=task, tokenizer=tok,
+                                               config=dataclasses.replace(config, steps=0))
+            record({"criterion": criterion, "source": "none", "drop_layers": dropped.to_dict(),
+                    "metrics": session.measure(student)})
+    dropped = {r["criterion"]: r for r in session.rows if r["source"] == "none"}
+    better = min(dropped, key=lambda c: dropped[c]["metrics"][METRIC[task]] * (1 if task == "causal-lm" else -1))
+    for source in plan["sources"]:
+        if (better, source) in done:
+            continue
+        config, inputs, input_seconds = session.inputs(source)
+        student, dropped_now, report = fewer_layers(teacher, plan["drop"], criterion=better, task=task, tokenizer=tok,
+                                                    config=config)
+        record({"criterion": better, "source": source, "drop_layers": dropped_now.to_dict(), "input_seconds": input_seconds,
+                "distill": report.to_dict(), "metrics": session.measure(student), "data_free": source != "real"})
+
+
+def model_table(res: dict, key: str, setup: str, optimiser: str, left: tuple[list[str], Callable[[dict], list[str]]],
+                right: tuple[list[str], Callable[[dict], list[str]]]) -> list[str]:
+    """A model's section and table: per row (but the original's, whose `key` is "original"), the
+    `left` columns, the quality figures and the `right` columns ((headers, cells of a row) each)."""
+    metric, rows = METRIC[res["task"]], res["rows"]
+    extra = "lee50_pearson" if res["task"] == "encoder" else None
+    original = next(r for r in rows if r[key] == "original")
+    header = left[0] + quality_header(metric, extra) + right[0]
+    lines = section(res["model"], res, original, metric, extra, setup, optimiser)
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        if r[key] != "original":
+            lines.append("| " + " | ".join(left[1](r) + quality_cells(r, original, metric, extra) + right[1](r)) + " |")
+    return lines + [""]
+
+
+def distill_cells(r: dict, *, inputs: bool) -> list[str]:
+    """A row's distillation columns: held-out loss before and after, steps, (input seconds,) seconds."""
+    d = r.get("distill")
+    return [f"{d['held_out_before']:.4g} -> {d['held_out_after']:.4g}" if d else "-",
+            f"{d['steps']} ({d['stopped_by']})" if d else "-"] + \
+        ([f"{r['input_seconds']:.0f}" if d else "-"] if inputs else []) + [f"{d['seconds']:.0f}" if d else "-"]
+
+
+DISTILL_HEADER = ["held-out loss before -> after", "steps"]
+
+
+def layers_markdown(results: dict[str, dict]) -> str:
+    lines = ["# Distillation into fewer layers", "",
+             "Generated by `python benchmarks/distill.py --layers`; every figure measured in that run. The blocks are",
+             "dropped evenly or by their influence on the residual stream (1 - cos(input, output) on synthetic",
+             "inputs; data-free); the better criterion's student is distilled from the original on synthetic inputs.",
+             "Size: the smaller model's parameters of the original's (stored in fp32, its artifact takes 32 x that share",
+             "bits per original weight; `--then` quantises it). Wall times on a 2-core CPU shared with other sessions",
+             "(upper bounds).", ""]
+
+    def left(r: dict) -> list[str]:
+        dl = r["drop_layers"]
+        return [r["criterion"], f"{len(dl['kept'])} of {dl['layers_before']}: {', '.join(map(str, dl['kept']))}",
+                f"{dl['parameters_after']:,} of {dl['parameters_before']:,}",
+                SOURCE_LABEL[r["source"]] if r.get("distill") else "- (dropped only)"]
+
+    for res in results.values():
+        lines += model_table(res, "criterion", f" Layers dropped: {res['plan']['drop']}.", "AdamW",
+                             (["criterion", "layers kept", "parameters", "distilled on"], left),
+                             (DISTILL_HEADER + ["distill (s)"], lambda r: distill_cells(r, inputs=False)))
+    return "\n".join(lines)
+
+
+def qat_markdown(results: dict[str, dict]) -> str:
+    lines = ["# Quantisation-aware distillation: the codec's scales trained on synthetic inputs", "",
+             "Generated by `python benchmarks/distill.py --qat`; every figure measured in that run (protocol: the",
+             "script's docstring). The scales of every compressed tensor are trained against the original, the",
+             "codes re-chosen with them: stored bits identical with and without (checked). Rows marked *data* train",
+             "on real text: the upper bound, not data-free. Wall times on a 2-core CPU shared with other sessions",
+             "(upper bounds); input time is 0 when the inputs came from the cache.", ""]
+
+    def left(r: dict) -> list[str]:
+        return [r["codec"], f"{r['size']['bpw_scope']:.3f}", f"{r['size']['bpw_all']:.3f}",
+                SOURCE_LABEL[r["source"]] if r.get("distill") else "- (compressed only)"]
+
+    for res in results.values():
+        lines += model_table(res, "codec", "", "AdamW on the scales' log-gains",
+                             (["codec", "bpw (compressed tensors)", "bpw (whole model)", "distilled on"], left),
+                             (DISTILL_HEADER + ["inputs (s)", "distill (s)"], lambda r: distill_cells(r, inputs=True)))
+    return "\n".join(lines)
+
+
 SOURCE_LABEL = {"self": "its own sampled text", "smollm2": "SmolLM2-sampled text", "random": "random tokens",
                 "real": "real text (*data*)"}
+
+
+def section(name: str, res: dict, original: dict, metric: str, extra: str | None, setup: str, optimiser: str) -> list[str]:
+    """A model's heading and setup line: the machine, the original's figures, `setup` (e.g. the
+    fold's settings), the distillation budget and the evaluation protocol."""
+    figures = f"{metric} {original['metrics'][metric]:.4g}" + (f", {extra} {original['metrics'][extra]:.4g}" if extra else "")
+    return [f"## {name}", "", f"Machine: {res['machine']}. Original {figures}.{setup} Distillation budget: "
+            + ", ".join(f"{k} {v}" for k, v in res["plan"]["distill"].items()) + f" ({optimiser}). Evaluation: "
+            + ", ".join(f"{k} {v}" for k, v in res["plan"]["eval"].items()) + ".", ""]
+
+
+def quality_header(metric: str, extra: str | None) -> list[str]:
+    return [metric] + ([extra] if extra else []) + (["x original"] if metric == "perplexity" else [])
+
+
+def quality_cells(r: dict, original: dict, metric: str, extra: str | None) -> list[str]:
+    """A row's quality figures, in quality_header's columns."""
+    cells = [f"{r['metrics'][metric]:.4g}"] + ([f"{r['metrics'][extra]:.4g}"] if extra else [])
+    if metric == "perplexity":
+        cells.append(f"{r['metrics'][metric] / original['metrics'][metric]:.2f}x")
+    return cells
 
 
 def markdown(results: dict[str, dict]) -> str:
@@ -144,14 +361,9 @@ def markdown(results: dict[str, dict]) -> str:
         metric, rows = METRIC[res["task"]], res["rows"]
         extra = "lee50_pearson" if res["task"] == "encoder" else None
         original = next(r for r in rows if r["method"] == "original")
-        budget = res["plan"]["distill"]
-        lines += [f"## {name}", "", f"Machine: {res['machine']}. Original {metric} {original['metrics'][metric]:.4g}"
-                  + (f", {extra} {original['metrics'][extra]:.4g}" if extra else "") + ". Fold: "
-                  + ", ".join(f"{k}={v}" for k, v in res["plan"]["fold"].items()) + ". Distillation budget: "
-                  + ", ".join(f"{k} {v}" for k, v in budget.items()) + " (AdamW). Evaluation: "
-                  + ", ".join(f"{k} {v}" for k, v in res["plan"]["eval"].items()) + ".", ""]
-        header = ["target", "params removed", "method", "inputs", metric] + ([extra] if extra else []) + \
-                 (["x original"] if metric == "perplexity" else []) + \
+        fold_settings = " Fold: " + ", ".join(f"{k}={v}" for k, v in res["plan"]["fold"].items()) + "."
+        lines += section(name, res, original, metric, extra, fold_settings, "AdamW")
+        header = ["target", "params removed", "method", "inputs"] + quality_header(metric, extra) + \
                  ["held-out loss before -> after", "steps", "fold (s)", "inputs (s)", "distill (s)"]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         order = ["fold"] + [f"fold+distill-{s}" for s in SOURCE_LABEL]  # no distillation, synthetic routes, real text
@@ -161,11 +373,7 @@ def markdown(results: dict[str, dict]) -> str:
             d = r.get("distill")
             source = r["method"].removeprefix("fold+distill-") if d else None
             cells = [f"{r['sparsity_target']:.0%}", f"{r['sparsity']:.1%}", "fold" if not d else "fold + distill",
-                     SOURCE_LABEL[source] if d else "-", f"{r['metrics'][metric]:.4g}"]
-            if extra:
-                cells.append(f"{r['metrics'][extra]:.4g}")
-            if metric == "perplexity":
-                cells.append(f"{r['metrics'][metric] / original['metrics'][metric]:.2f}x")
+                     SOURCE_LABEL[source] if d else "-"] + quality_cells(r, original, metric, extra)
             cells += [f"{d['held_out_before']:.4g} -> {d['held_out_after']:.4g}" if d else "-",
                       f"{d['steps']} ({d['stopped_by']})" if d else "-", f"{r['fold_seconds']:.0f}",
                       f"{r['input_seconds']:.0f}" if d else "-", f"{d['seconds']:.0f}" if d else "-"]
@@ -179,13 +387,23 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(PLANS))
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a loaded 2-core CPU).")
     parser.add_argument("--replot", action="store_true", help="Only rebuild the table from the JSON files.")
+    parser.add_argument("--qat", action="store_true", help="Run the quantisation-aware distillation rows instead.")
+    parser.add_argument("--layers", action="store_true", help="Run the fewer-layers rows instead.")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     OUT.mkdir(parents=True, exist_ok=True)
     for name in args.models.split(",") if not args.replot else []:
-        run_model(name)
+        run_qat(name) if args.qat else run_layers(name) if args.layers else run_model(name)
     results = {name: json.loads((OUT / f"{name}.json").read_text()) for name in PLANS if (OUT / f"{name}.json").exists()}
+    qat = {name: json.loads((OUT / f"qat-{name}.json").read_text()) for name in QAT_PLANS
+           if (OUT / f"qat-{name}.json").exists()}
     (OUT / "distill.md").write_text(markdown(results))
+    if qat:
+        (OUT / "qat.md").write_text(qat_markdown(qat))
+    layers = {name: json.loads((OUT / f"layers-{name}.json").read_text()) for name in LAYER_PLANS
+              if (OUT / f"layers-{name}.json").exists()}
+    if layers:
+        (OUT / "layers.md").write_text(layers_markdown(layers))
     print(f"wrote {OUT}/distill.md")
 
 

@@ -52,3 +52,21 @@ def tiny_gpt2_dir(tmp_path):
     path = tmp_path / "tiny-gpt2"
     model.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def peaked_llama_dir(tmp_path_factory):
+    """A tiny LLaMA saved as an HF directory, with peaked next-token distributions (a random one
+    predicts almost uniform ones, whose KL to anything is near 0: nothing for distillation to
+    repair or match)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=64)
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(40)
+    path = tmp_path_factory.mktemp("peaked") / "tiny-llama"
+    model.save_pretrained(path)
+    return path

@@ -106,23 +106,6 @@ def test_a_recipe_file_with_a_fold_needs_a_model_not_a_state_dict(tmp_path):
     assert_one_line_error(run("compress", path, "--recipe", recipe, "-o", tmp_path / "x.b2s"), "need the model's structure")
 
 
-@pytest.fixture(scope="module")
-def peaked_llama_dir(tmp_path_factory):
-    """A tiny LLaMA with peaked next-token distributions (a random one predicts almost uniform
-    ones, whose KL to anything is near 0: nothing for distillation to repair)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=64)
-    model = LlamaForCausalLM(config)
-    with torch.no_grad():
-        model.lm_head.weight.mul_(40)
-    path = tmp_path_factory.mktemp("peaked") / "tiny-llama"
-    model.save_pretrained(path)
-    return path
-
-
 def test_fold_with_distill_stores_the_repaired_weights_and_records_it(peaked_llama_dir, tmp_path):
     env = {"BIG2SMALL_CACHE": str(tmp_path / "cache")}
     plain, repaired, report = tmp_path / "plain.b2s", tmp_path / "repaired.b2s", tmp_path / "fold.json"

@@ -82,6 +82,13 @@ FAST_OPTIONS = {
     "big2small fold smollm2 --sparsity 0.2 --distill 60 --distill-samples 72 --distill-seconds 600 -o smollm2-fold-distilled.b2s":
         (["--distill", "3", "--distill-samples", "12"], "sampling 72 sequences and 60 training steps take minutes on a "
                                                          "CPU; 3 steps on 12 sequences run the same code"),
+    "big2small compress smollm2 --bits 3 --group-size 64 --distill 20 --distill-samples 72 --distill-seq-len 64 --distill-seconds 300 -o smollm2-3bit-qat.b2s":
+        (["--distill", "2", "--distill-samples", "12", "--distill-seq-len", "16"],
+         "sampling 72 sequences and 20 training steps take minutes on a CPU; 2 steps on 12 sequences run the same code"),
+    "big2small distill smollm2 --drop-layers 6 --steps 40 --distill-samples 72 --distill-seq-len 64 --distill-seconds 420 -o smollm2-24-layers.b2s":
+        (["--drop-layers", "0", "--steps", "2", "--distill-samples", "12", "--distill-seq-len", "16"],
+         "the stand-in has one layer, and 40 steps on 72 sampled sequences take minutes on a CPU; no layer dropped "
+         "and 2 steps run the same code"),
     "big2small bench minilm --out-dir bench-out": (["--documents", "20"], "each of the sweep's 28 rows embeds 300 "
                                                    "documents by default (minutes on a CPU, even for the stand-in)"),
 }

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from big2small.allocation.config import AllocationConfig
+from big2small.distill.config import DistillConfig
 from big2small.errors import Big2SmallError
 from big2small.evaluate.weights import WeightErrorReport, weight_error
 from big2small.fill import fill
@@ -112,9 +113,10 @@ class CompressedModel:
         """Load the decoded weights into `model` (same architecture; its parameters may be on the
         meta device) one tensor at a time (big2small.fill) and return it.
 
-        If a transform narrowed the model, `model` may have the original widths: its layers are
-        resized to the stored shapes first. on_the_fly, unpack, fused: as for restore()."""
-        return fill(model, self.tensors, self.tensors.__getitem__, self.aliases, transforms=bool(self.transforms),
+        If a transform narrowed the model or dropped blocks, `model` may have the original widths
+        and depth: its blocks are dropped and its layers resized to the stored ones first.
+        on_the_fly, unpack, fused: as for restore()."""
+        return fill(model, self.tensors, self.tensors.__getitem__, self.aliases, transforms=self.transforms,
                     on_the_fly=on_the_fly, unpack=unpack, fused=fused)
 
 
@@ -277,7 +279,7 @@ def plan_infos(infos: list[TensorInfo], recipe: Recipe, n_parameters: int | None
 def compress(model: Any, recipe: Recipe | str | None = None, *, source: ModelSource | None = None, progress: bool = True,
              device: str | torch.device | None = None, pre_encoded: dict[str, Encoded] | None = None,
              pre_encoded_reason: str = "given in stored form", transforms: list[TransformRecord] | None = None,
-             n_parameters: int | None = None, **options: Any) -> CompressedModel:
+             n_parameters: int | None = None, distill: DistillConfig | None = None, **options: Any) -> CompressedModel:
     """Compress every tensor of `model` and account for every stored bit: the one way to build a
     CompressedModel (artifact.load only reads one back).
 
@@ -292,6 +294,10 @@ def compress(model: Any, recipe: Recipe | str | None = None, *, source: ModelSou
     transforms, n_parameters: for a model a structural transform already produced (not one the
         recipe lists): its records, and the original model's parameter count (bits per weight
         count against it).
+    distill: quantisation-aware distillation (big2small.distill.qat): the scales of the tensors
+        stored by uniform, hyper or trellis are trained against the original model on its
+        synthetic inputs and their codes re-chosen, stored bits unchanged; recorded as a `distill`
+        transform. Needs the model's structure (a module or a LoadedModel, whose tokenizer it uses).
     Raises Big2SmallError for user errors: NaN/Inf weights, a size target that cannot be met, a
     recipe with transforms for a bare state_dict.
     """
@@ -301,11 +307,19 @@ def compress(model: Any, recipe: Recipe | str | None = None, *, source: ModelSou
         raise TypeError("pass options either in the Recipe or as keywords with a method name, not both")
     if recipe.transforms and (transforms or n_parameters is not None):
         raise TypeError("a recipe that lists transforms applies them: do not pass transform records too")
+    tokenizer = model.tokenizer if isinstance(model, LoadedModel) else None
     model, source = _unwrap(model, source)
     device = resolve_device(device)
+    teacher, task = model, _task_of(model, source)
+    if distill is not None:
+        _check_distill(model, task, distill)
     if recipe.transforms:
         model, transforms, n_parameters = apply_transforms(model, recipe.transforms, source=source, progress=progress)
     infos, entries = _plan(model, recipe, n_parameters, source=source, progress=progress)
+    if distill is not None and not any(e.compressed and REGISTRY[e.config.method].trainable_scales for e in entries):
+        from big2small.distill.qat import no_scales  # refused before anything is encoded
+
+        raise no_scales([e.config.method for e in entries if e.compressed])
     loads = {i.name: i.load for i in infos}
     encoded = _adopt(entries, pre_encoded or {}, pre_encoded_reason)
     units = encoding_units(entries, set(encoded))
@@ -316,10 +330,35 @@ def compress(model: Any, recipe: Recipe | str | None = None, *, source: ModelSou
             encoded.update({e.name: r for e, r in zip(unit, results)})
     encoded = {e.name: encoded[e.name] for e in entries}  # plan order
     aliases = {a: e.name for e in entries for a in e.aliases}
+    if distill is not None:
+        from big2small.distill.qat import distill_scales
+
+        encoded, report = distill_scales(teacher, model, encoded, aliases, task=task.name, tokenizer=tokenizer,
+                                         config=distill, example_input=task.example_input(teacher), progress=progress)
+        transforms = [*(transforms or []), report]
     n_params = n_parameters if n_parameters is not None else count_parameters(entries)
     result = CompressedModel(encoded, entries, recipe, source, aliases, n_params, list(transforms or []))
     check_size_target(result)
     return result
+
+
+def _task_of(model: Any, source: ModelSource | None):
+    """The task of the model being compressed (a user's own HF module by its class name)."""
+    task = get_task(source.task if source else None, source.architecture if source else None)
+    if task.name == "unknown" and isinstance(model, nn.Module):
+        task = get_task(task_of_architecture(type(model).__name__))
+    return task
+
+
+def _check_distill(model: Any, task: Any, config: DistillConfig) -> None:
+    """Refuse, before anything is encoded, a distillation that cannot run on this model."""
+    from big2small.distill import resolve_source
+
+    if not isinstance(model, nn.Module):
+        raise Big2SmallError("distillation needs the model's structure, not a bare state_dict "
+                             "(give an HF dir or a bundled model)")
+    config.validate()
+    resolve_source(model, task.name, config.source)
 
 
 def check_size_target(cm: CompressedModel) -> None:
@@ -477,9 +516,7 @@ def _allocate(entries: list[PlanEntry], loads: dict[str, Callable[[], torch.Tens
     A target outside what the model can take is a Big2SmallError naming the feasible range."""
     from big2small.allocation.allocate import Allotment, allocate, describe, smallest_bits
 
-    task = get_task(source.task if source else None, source.architecture if source else None)
-    if task.name == "unknown" and isinstance(model, nn.Module):  # a user's own HF model object
-        task = get_task(task_of_architecture(type(model).__name__))
+    task = _task_of(model, source)
     sized, fixed_bits = _sized_entries(entries, recipe)
     items = [Allotment(e.name, e.layout, loads[e.name]) for e in sized]
     kwargs = dict(method=recipe.default.method, fixed=dict(recipe.budget_fixed), raw_dtype=recipe.raw_dtype)

@@ -16,7 +16,7 @@ fused CompactLinear layers), built from the stored arrays alone.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -25,19 +25,24 @@ from big2small.errors import Big2SmallError
 from big2small.generators import Encoded, decode
 from big2small.onthefly import decode_in_forward
 from big2small.transforms import reshape_to
+from big2small.transforms.layers import restructure
+from big2small.transforms.records import TransformRecord
 
 
 def fill(model: nn.Module, records: Mapping[str, Encoded], read: Callable[[str], Encoded], aliases: Mapping[str, str],
-         *, transforms: bool = False, on_the_fly: bool = False, unpack: bool = False, fused: bool = False) -> nn.Module:
+         *, transforms: Sequence[TransformRecord] = (), on_the_fly: bool = False, unpack: bool = False,
+         fused: bool = False) -> nn.Module:
     """Put the tensors `records` names into `model` and return it.
 
     records: every stored tensor's record (its arrays may be absent: only names, shapes and
     methods are read from it); read(name): that tensor with its arrays, called once per tensor, in
     records' order, each dropped before the next. aliases: tied name -> stored name. transforms:
-    the stored shapes are a narrowed model's (big2small.transforms): the model's layers are resized
-    to them first. on_the_fly, unpack, fused: as for restore(). Big2SmallError when the model's
+    the artifact's transform records: blocks a LayerDropRecord dropped go first
+    (transforms.layers.restructure), then the model's layers are resized to the stored shapes
+    (a fold narrowed them). on_the_fly, unpack, fused: as for restore(). Big2SmallError when the model's
     tensors are not the artifact's (names or shapes)."""
     if transforms:
+        restructure(model, list(transforms))
         reshape_to(model, {name: tuple(enc.layout.shape) for name, enc in records.items()})
     slots = _slots(model)
     _check_names(slots, records, aliases)

@@ -161,11 +161,13 @@ class CompressReport:
     artifact: Path
     stored: ArtifactSize
     stored_as: dict[str, int]
+    distilled: dict[str, Any] | None = None  # the distill record (quantisation-aware distillation), if any
 
     @classmethod
     def of(cls, cm: CompressedModel, info: ArtifactInfo) -> CompressReport:
         """The report of `cm` as save() wrote it (`info`, its return value)."""
-        return cls(info.path, ArtifactSize(cm.size(), info), plan_summary(cm.plan))
+        distilled = next((t.to_dict() for t in cm.transforms if t.kind == "distill"), None)
+        return cls(info.path, ArtifactSize(cm.size(), info), plan_summary(cm.plan), distilled)
 
     @property
     def warnings(self) -> list[str]:
@@ -173,7 +175,7 @@ class CompressReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"artifact": str(self.artifact), **self.stored.to_dict(), "stored_as": self.stored_as,
-                "warnings": self.warnings}
+                "warnings": self.warnings, **({"distill": self.distilled} if self.distilled else {})}
 
 
 # --- inspect ---------------------------------------------------------------------------------

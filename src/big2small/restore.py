@@ -42,7 +42,7 @@ def restore(artifact: str | os.PathLike | CompressedModel, skeleton: nn.Module |
         skeleton = build_skeleton(source)
     if fused and not on_the_fly:
         raise Big2SmallError("fused=True keeps the weights compact: it needs on_the_fly=True")
-    model = fill(skeleton, records, read, aliases, transforms=bool(transforms), on_the_fly=on_the_fly, unpack=unpack,
+    model = fill(skeleton, records, read, aliases, transforms=transforms, on_the_fly=on_the_fly, unpack=unpack,
                  fused=fused).eval()
     _return_freed_memory()
     return model

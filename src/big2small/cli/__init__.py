@@ -27,6 +27,7 @@ app.command("eval")(commands.eval_)
 app.command()(commands.bench)
 app.command()(commands.selfcompress)
 app.command()(commands.fold)
+app.command()(commands.distill)
 app.command()(export.export)
 
 

@@ -26,6 +26,14 @@ Photos = Annotated[int, typer.Option(help="Image classifiers: photo crops for ag
 MaxShardSize = Annotated[str, typer.Option(help="Write the artifact's arrays in tensor files of at most this size "
                                            "(e.g. 5GB, 500MB; GB = 10^9 bytes), as Hugging Face shards a checkpoint: "
                                            "tensors-00001-of-0000N.safetensors ...; under it, one tensors.safetensors.")]
+# Data-free distillation (fold: repair of the folded weights; compress: the codec's scales).
+DistillSteps = Annotated[int, typer.Option("--distill", help="Distil from the original on synthetic inputs (data-free): this many AdamW steps (0: none). fold: repairs the folded weights; compress: trains the scales of uniform, hyper or trellis codes and re-chooses the codes, stored bits unchanged.")]
+DistillSamples = Annotated[int, typer.Option(help="--distill: synthetic inputs to make (cached on disk), of which 8 are held out to measure the loss.")]
+DistillSeed = Annotated[int, typer.Option(help="--distill: seed of the synthetic inputs and the batch order.")]
+DistillSeqLen = Annotated[int, typer.Option(help="--distill: tokens per synthetic text sequence (start token included).")]
+DistillSeconds = Annotated[Optional[float], typer.Option(help="--distill: stop training after this many seconds (a time budget).")]
+DistillLr = Annotated[Optional[float], typer.Option(help="--distill: AdamW learning rate (default: fold and distill 5e-5 on the weights; compress 5e-3 on the scales' log-gains).")]
+DistillSource = Annotated[str, typer.Option(help="--distill: where the inputs come from: auto (the model's own route), self, smollm2, random or inversion.")]
 
 
 def _require_output(output: Optional[Path], dry_run: bool) -> None:
@@ -57,6 +65,13 @@ def compress(
     workers: Optional[int] = typer.Option(None, "--workers", help="Encode on this many worker processes (default: every core; models under 16 M weights in this process). The artifact is the same whatever the number."),
     ray: Optional[str] = typer.Option(None, "--ray", help="Encode on Ray: 'local' starts it on this machine (with --workers CPUs), 'auto' or ray://HOST:PORT joins a cluster (install big2small[ray]; the model, the output's directory and big2small must be reachable from every node)."),
     seed: int = typer.Option(0, help="Seed of every random choice (INR initialisation); same seed, same artifact."),
+    distill: DistillSteps = 0,
+    distill_samples: DistillSamples = 264,
+    distill_seed: DistillSeed = 0,
+    distill_seq_len: DistillSeqLen = 128,
+    distill_seconds: DistillSeconds = None,
+    distill_lr: DistillLr = None,
+    distill_source: DistillSource = "auto",
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the pre-flight report and stop."),
     max_shard_size: MaxShardSize = "5GB",
     overwrite: bool = typer.Option(False, help="Replace an existing output."),
@@ -64,10 +79,16 @@ def compress(
 ) -> None:
     """Compress a model and write an artifact (safetensors + JSON manifest). Safetensors
     checkpoints (a file, an HF directory, sharded or not) and GGUF files are read one tensor at a
-    time; a run that stops is resumed by running the same command again."""
+    time; a run that stops is resumed by running the same command again. With --distill, the
+    model is loaded whole and encoded in this process."""
     _require_output(output, dry_run)
     shard_bytes = options.byte_size(max_shard_size)
     bpw = options.target_bpw(bpw, ratio, size_mb)
+    distill_config = options.distill_config(distill, samples=distill_samples, seed=distill_seed, seq_len=distill_seq_len,
+                                            max_seconds=distill_seconds, source=distill_source,
+                                            lr=distill_lr if distill_lr is not None else options.SCALE_LR)
+    if distill_config is not None and (ray is not None or workers is not None):
+        raise Big2SmallError("--distill encodes in this process: leave out --workers and --ray")
     if method is None and bpw is None and size_mb is None:
         method = "uniform"
     import big2small as b2s
@@ -92,6 +113,19 @@ def compress(
                             "energy": energy, "sparsity": sparsity})
     out = render.Output(json_out)
     render.notes.print(f"loading {model} ...")
+    if distill_config is not None and not dry_run:
+        loaded = b2s.load_model(model)
+        if size_mb is not None:
+            from big2small.recipe import describe_module_tensors
+            if loaded.model is None:
+                raise Big2SmallError(f"{model} is a bare state_dict: distillation needs the model's structure")
+            the_recipe.target_bpw = size_mb * 8e6 / sum(i.numel for i in describe_module_tensors(loaded.model)
+                                                         if i.is_parameter)
+        cm = b2s.compress(loaded, the_recipe, device=device, distill=distill_config)
+        report = CompressReport.of(cm, b2s.save(cm, output, overwrite=overwrite))
+        render.show_compress(out.console, report)
+        out.json(report.to_dict())
+        return
     checkpoint, transforms, n_parameters = open_model(model, the_recipe)
     if size_mb is not None:  # bits per weight of the original model's parameters
         n = n_parameters if n_parameters is not None else sum(i.numel for i in checkpoint.infos if i.is_parameter)
@@ -251,12 +285,13 @@ def fold(
     seed: int = typer.Option(0, help="k-means seed."),
     then: Optional[str] = typer.Option(None, "--then", help="METHOD:k=v,...: compress the folded tensors too, e.g. uniform:bits=4,group_size=128."),
     raw_dtype: str = typer.Option("float32", help="Storage of the tensors --then leaves uncompressed (float32 keeps the folded model exact)."),
-    distill: int = typer.Option(0, "--distill", help="Repair the folded model by data-free distillation from the original: this many AdamW steps on synthetic inputs (0: none)."),
-    distill_samples: int = typer.Option(264, help="--distill: synthetic inputs to make (cached on disk), of which 8 are held out to measure the loss."),
-    distill_seed: int = typer.Option(0, help="--distill: seed of the synthetic inputs and the batch order."),
-    distill_seconds: Optional[float] = typer.Option(None, help="--distill: stop training after this many seconds (a time budget)."),
-    distill_lr: float = typer.Option(5e-5, help="--distill: AdamW learning rate."),
-    distill_source: str = typer.Option("auto", help="--distill: where the inputs come from: auto (the model's own route), self, smollm2, random or inversion."),
+    distill: DistillSteps = 0,
+    distill_samples: DistillSamples = 264,
+    distill_seed: DistillSeed = 0,
+    distill_seq_len: DistillSeqLen = 128,
+    distill_seconds: DistillSeconds = None,
+    distill_lr: DistillLr = None,
+    distill_source: DistillSource = "auto",
     dry_run: bool = typer.Option(False, "--dry-run", help="List the groups and what would be folded, then stop."),
     max_shard_size: MaxShardSize = "5GB",
     overwrite: bool = typer.Option(False, help="Replace an existing output."),
@@ -278,8 +313,9 @@ def fold(
                         ratios=ratios, skip=list(skip), selection=prune or "fold", repair=repair, norm_repair=norm_repair,
                         fold_mlp=mlp, fold_attention=attention, multiple_of=multiple_of, seed=seed)
     config.validate()
-    distill_config = options.distill_config(distill, samples=distill_samples, seed=distill_seed,
-                                            max_seconds=distill_seconds, lr=distill_lr, source=distill_source)
+    distill_config = options.distill_config(distill, samples=distill_samples, seed=distill_seed, seq_len=distill_seq_len,
+                                            max_seconds=distill_seconds, source=distill_source,
+                                            lr=distill_lr if distill_lr is not None else options.WEIGHT_LR)
     recipe = options.then_recipe(then, raw_dtype)
     out = render.Output(json_out)
     render.notes.print(f"loading {model} ...")
@@ -306,3 +342,53 @@ def fold(
                         distilled.to_dict() if distilled else None)
     render.show_fold(out.console, report)
     out.json(report.to_dict())
+
+
+def distill(
+    model: Model,
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Artifact directory to write (e.g. smollm2-24.b2s)."),
+    drop_layers: int = typer.Option(..., "--drop-layers", help="Transformer blocks to remove (decoder or encoder transformers: model.layers / encoder.layer)."),
+    criterion: str = typer.Option("influence", help="Which blocks go: influence (those that change the residual stream least on synthetic inputs; data-free) or even (evenly spaced, first and last kept)."),
+    steps: int = typer.Option(100, help="AdamW steps distilling the smaller model from the original on synthetic inputs (0: dropped only)."),
+    distill_samples: DistillSamples = 264,
+    distill_seed: DistillSeed = 0,
+    distill_seq_len: DistillSeqLen = 128,
+    distill_seconds: DistillSeconds = None,
+    distill_lr: DistillLr = None,
+    distill_source: DistillSource = "auto",
+    then: Optional[str] = typer.Option(None, "--then", help="METHOD:k=v,...: compress the smaller model's tensors too, e.g. uniform:bits=4,group_size=128."),
+    raw_dtype: str = typer.Option("float32", help="Storage of the tensors --then leaves uncompressed (float32 keeps the distilled model exact)."),
+    overwrite: bool = typer.Option(False, help="Replace an existing output."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON ('-' = stdout)."),
+) -> None:
+    """Distil a model into a smaller architecture: the same transformer with fewer layers,
+    initialised from the original's own layers and trained to reproduce it on synthetic inputs
+    (data-free). Bits per weight count against the original's parameters."""
+    _require_output(output, False)
+    config = options.distill_config(steps, option="--steps", always=True, samples=distill_samples, seed=distill_seed,
+                                    seq_len=distill_seq_len, max_seconds=distill_seconds, source=distill_source,
+                                    lr=distill_lr if distill_lr is not None else options.WEIGHT_LR)
+    import big2small as b2s
+    from big2small.compress import compress as compress_model
+    from big2small.distill import resolve_source
+    from big2small.distill.smaller import fewer_layers
+    from big2small.models.tasks import get_task
+    from big2small.recipe import Recipe
+    from big2small.reports import CompressReport
+
+    b2s.ensure_writable(output, overwrite=overwrite)
+    recipe = options.then_recipe(then, raw_dtype) or Recipe(default=None, raw_dtype="float32", min_numel=0)
+    out = render.Output(json_out)
+    render.notes.print(f"loading {model} ...")
+    loaded = b2s.load_model(model)
+    if loaded.model is None:
+        raise Big2SmallError(f"{model} is a bare state_dict: distillation needs the model's structure (an HF dir or a bundled model)")
+    task = get_task(loaded.source.task, loaded.source.architecture)
+    resolve_source(loaded.model, task.name, config.source)
+    student, record, report = fewer_layers(loaded.model, drop_layers, criterion=criterion, task=task.name,
+                                           tokenizer=loaded.tokenizer, config=config)
+    cm = compress_model(student, recipe, source=loaded.source, transforms=[record] + ([report] if report else []),
+                        n_parameters=record.parameters_before)
+    written = CompressReport.of(cm, b2s.save(cm, output, overwrite=overwrite))
+    render.show_distill(out.console, record, written)
+    out.json({**written.to_dict(), "drop_layers": record.to_dict()})

@@ -71,12 +71,19 @@ def recipe_from_options(method: str | None, *, bpw: float | None, bits: float | 
     return make_recipe(method, bpw=bpw, overrides=overrides, **recipe_options, **options)
 
 
-def distill_config(steps: int, **options: Any) -> Any:
-    """The DistillConfig of --distill STEPS and its --distill-* options; None when STEPS is 0 (no
-    distillation). Options a user left at None (no time budget) keep the config's defaults."""
+# --distill's default learning rates: fold trains the folded weights; compress trains the log-gains
+# of the codec's scales (a relative step: 5e-3 moves a scale by at most about 0.5% per step).
+WEIGHT_LR = 5e-5
+SCALE_LR = 5e-3
+
+
+def distill_config(steps: int, *, option: str = "--distill", always: bool = False, **options: Any) -> Any:
+    """The DistillConfig of `option` STEPS (--distill, or the distill command's --steps) and the
+    --distill-* options; None when STEPS is 0 (no distillation) unless `always`. Options a user
+    left at None (no time budget) keep the config's defaults."""
     if steps < 0:
-        raise Big2SmallError(f"--distill must be a number of steps >= 0, got {steps}")
-    if steps == 0:
+        raise Big2SmallError(f"{option} must be a number of steps >= 0, got {steps}")
+    if steps == 0 and not always:
         return None
     from big2small.distill import DistillConfig
 

@@ -131,13 +131,33 @@ def show_warnings(warnings: list[str]) -> None:
         notes.print(f"[yellow]warning:[/yellow] {escape(w)}", highlight=False, soft_wrap=True)
 
 
+def distill_rows(d: dict | None) -> list[tuple[str, str]]:
+    """(label, value) rows of a distill record (None: no distillation, no rows)."""
+    if d is None:
+        return []
+    rows = [("distilled (data-free)", f"{d.get('trained', 'weights')}: {d['steps']} steps, {d['seconds']:.1f} s "
+                                      f"(stopped by {d['stopped_by']})")]
+    if d["held_out_before"] is not None:
+        rows.append(("held-out distillation loss", f"{d['held_out_before']:.4g} -> {d['held_out_after']:.4g}"))
+    return rows
+
+
 def show_compress(console: Console, report: CompressReport) -> None:
     from big2small.reports import ratio_text
 
     notes.print(summary_line(report.stored_as))
+    for label, value in distill_rows(report.distilled):
+        notes.print(f"{label}: {value}")
     console.print(size_table(report.stored))
     console.print(f"wrote {report.artifact}: {ratio_text(report.stored.size.bpw_all)}", highlight=False)
     show_warnings(report.warnings)
+
+
+def show_distill(console: Console, record: Any, report: CompressReport) -> None:
+    """A smaller model distilled from its original (`distill --drop-layers`) and written."""
+    notes.print(f"kept {len(record.kept)} of {record.layers_before} layers ({record.criterion}): "
+                f"{', '.join(map(str, record.kept))}; parameters {record.parameters_before:,} -> {record.parameters_after:,}")
+    show_compress(console, report)
 
 
 def show_written_file(console: Console, path: Path) -> None:
@@ -252,11 +272,8 @@ def show_fold(console: Console, report: FoldReport) -> None:
     t.add_row("groups folded", f"{report.groups_folded} of {len(result.groups)}"
               + (f" (uniform r = {result.ratio:.3f})" if result.ratio is not None else " (widths by merge cost)"))
     t.add_row("time to fold", f"{result.seconds:.1f} s")
-    d = report.distilled
-    if d is not None:
-        t.add_row("distilled (data-free)", f"{d['steps']} steps, {d['seconds']:.1f} s (stopped by {d['stopped_by']})")
-        if d["held_out_before"] is not None:
-            t.add_row("held-out distillation loss", f"{d['held_out_before']:.4g} -> {d['held_out_after']:.4g}")
+    for row in distill_rows(report.distilled):
+        t.add_row(*row)
     console.print(t)
     for name, why in result.unfolded.items():
         notes.print(f"not folded: {escape(name)}: {escape(why)}")

@@ -182,8 +182,34 @@ class Generator(ABC):
 
     def regenerate_matrix(self, enc: Encoded) -> torch.Tensor:
         """The matrix view `decode` returns: `decode_matrix`, undone of any transform `encode`
-        applied before coding (a rotating codec overrides both, see generators.rotation)."""
-        return self.decode_matrix(enc)
+        applied before coding (`weight_domain`)."""
+        return self.weight_domain(self.decode_matrix(enc), enc)
+
+    def codec_input(self, weight: torch.Tensor, enc: Encoded) -> torch.Tensor:
+        """The fp32 matrix that `enc`'s codes were chosen for, from the tensor `weight`: its matrix
+        view, transformed as `encode` transforms it (a rotating codec rotates it with enc's seed)."""
+        return self.matrix_view(weight, enc.layout)
+
+    def weight_domain(self, matrix: torch.Tensor, enc: Encoded) -> torch.Tensor:
+        """A matrix of the codec's domain (what decode_matrix returns) brought back to the weight's
+        matrix view: the inverse of `codec_input`'s transform (none by default)."""
+        return matrix
+
+    # Quantisation-aware distillation (big2small.distill.qat, docs/distillation.md): a codec whose
+    # fp16 group scales (its "scales" array) can be trained through its rounding sets this and
+    # implements fake_quantize and requantize.
+    trainable_scales: ClassVar[bool] = False
+
+    def fake_quantize(self, matrix: torch.Tensor, enc: Encoded, scales: torch.Tensor) -> torch.Tensor:
+        """What `decode_matrix(requantize(matrix, enc, scales))` returns, bit for bit, computed so
+        that it is differentiable in `scales` ([n_groups] fp32 holding fp16 values): gradients pass
+        straight through the rounding (generators.straight_through). `matrix`: codec_input's."""
+        raise Big2SmallError(f"{enc.method}: its stored form has no scales to train")
+
+    def requantize(self, matrix: torch.Tensor, enc: Encoded, scales: torch.Tensor) -> Encoded:
+        """`enc` with these fp16 scales and the codes they choose for `matrix` (codec_input's): the
+        same config, layout, stored bits and other arrays."""
+        raise Big2SmallError(f"{enc.method}: its stored form has no scales to train")
 
     def resident_tensors(self, enc: Encoded, *, unpack: bool = False) -> dict[str, torch.Tensor]:
         """The tensors an on-the-fly layer keeps in memory to decode from (see big2small.onthefly).

@@ -28,7 +28,7 @@ the reference code, with ring radii from the tensor's largest radius R (stored i
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -45,6 +45,7 @@ from big2small.generators.base import (
     register,
     stored_array,
 )
+from big2small.generators.straight_through import straight_through
 from big2small.generators.grouping import element_counts, grouped, grouping, nominal_group_len, per_element
 from big2small.layout import MatrixLayout
 from big2small.specs import as_list
@@ -203,6 +204,25 @@ class HyperGenerator(rotation.RotatingGenerator):
             values = values * per_element(scales, gp, playout)
         return values[:, : layout.cols]
 
+    trainable_scales = True
+
+    def fake_quantize(self, matrix: torch.Tensor, enc: Encoded, scales: torch.Tensor) -> torch.Tensor:
+        padded, codes, codebook, s = _codes_for_scales(matrix, enc, scales)
+        vectors = (padded / torch.where(s == 0, torch.ones_like(s), s)).reshape(-1, enc.config.dim)
+        if not enc.config.rings:
+            # Beyond the codebook's reach a coordinate is clipped: like a uniform code clamped to
+            # its range (LSQ), it passes no gradient (identity there would push its scale the
+            # wrong way: the decoded value grows with the scale, the identity says it shrinks).
+            vectors = torch.where(vectors.detach().abs() <= codebook.abs().amax(0), vectors, vectors.detach())
+        values = straight_through(vectors, _lookup(codes, codebook, enc.config, _radius(enc)))
+        return (values.reshape(padded.shape) * s)[:, : enc.layout.cols]
+
+    def requantize(self, matrix: torch.Tensor, enc: Encoded, scales: torch.Tensor) -> Encoded:
+        scales = scales.to(torch.float16)
+        codes = _codes_for_scales(matrix, enc, scales.float())[1]
+        return replace(enc, tensors={**enc.tensors, "codes": bitpack.pack(codes, enc.config.bits), "scales": scales},
+                       bits=dict(enc.bits), meta=dict(enc.meta))
+
     def resident_tensors(self, enc: Encoded, *, unpack: bool = False) -> dict[str, torch.Tensor]:
         """Stored tensors plus the fp32 codebook (a few KB, saves rebuilding it per call); with
         `unpack`, the codes as int32 indices (32 bits per vector in memory, ready for the gather)."""
@@ -277,6 +297,27 @@ def codebook_of(enc: Encoded) -> torch.Tensor:
     group_len = nominal_group_len(padded_layout(enc.layout, cfg.dim), cfg.group_size)
     shape = int(enc.tensors["shape"][0]) if "shape" in enc.tensors else 1
     return base_codebook(cfg, group_len, shape)
+
+
+def _radius(enc: Encoded) -> float | None:
+    return float(enc.tensors["radius"]) if "radius" in enc.tensors else None
+
+
+def _codes_for_scales(matrix: torch.Tensor, enc: Encoded, scales: torch.Tensor):
+    """The codes the scales [n_groups] (fp16 values) choose for `matrix` under enc's codebook, as
+    the encoder chooses them for its best scales: (the padded matrix, codes, the codebook, the
+    scales per element)."""
+    cfg: HyperConfig = enc.config
+    padded = _pad_cols(matrix, cfg.dim)
+    playout = MatrixLayout(tuple(padded.shape))
+    s = per_element(scales, grouping(playout, cfg.group_size), playout)
+    codebook = codebook_of(enc).to(matrix.device)
+    with torch.no_grad():
+        vectors = (padded / torch.where(s == 0, torch.ones_like(s), s)).reshape(-1, cfg.dim)
+        radius = _radius(enc)
+        codes = _ring_codes(vectors, codebook, cfg, radius) if cfg.rings else \
+            cb.nearest(vectors, codebook, cache=cfg.codebook != "fitted")
+    return padded, codes, codebook, s
 
 
 def _pad_cols(matrix: torch.Tensor, dim: int) -> torch.Tensor:

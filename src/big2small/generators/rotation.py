@@ -150,8 +150,13 @@ class RotatingGenerator(Generator):
         enc.bits["rotation"] = SEED_BITS
         return enc
 
-    def regenerate_matrix(self, enc: Encoded) -> torch.Tensor:
-        matrix = self.decode_matrix(enc)
+    def codec_input(self, weight: torch.Tensor, enc: Encoded) -> torch.Tensor:
+        matrix = self.matrix_view(weight, enc.layout)
+        if not rotates(enc.config):
+            return matrix
+        return rotate(matrix, enc.config, enc.layout, int(enc.tensors["rotation_seed"].reshape(-1)[0]))
+
+    def weight_domain(self, matrix: torch.Tensor, enc: Encoded) -> torch.Tensor:
         if not rotates(enc.config):
             return matrix
         return unrotate(matrix, enc.config, enc.layout, enc.tensors["rotation_seed"])

@@ -18,7 +18,7 @@ Decoding: state_t = ((state_{t-1} << k) | code_t) mod 2^L, weight_t = scale * ta
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -95,14 +95,24 @@ class TrellisGenerator(rotation.RotatingGenerator):
         return Encoded(cfg.method, cfg, layout, matrix.dtype, tensors, bits)
 
     def decode_matrix(self, enc: Encoded) -> torch.Tensor:
+        return self.fake_quantize(None, enc, enc.tensors["scales"].float())
+
+    # Its codes are a Viterbi search, not a rounding: quantisation-aware distillation trains the
+    # scales with the codes kept (no gradient passes through the search).
+    trainable_scales = True
+
+    def fake_quantize(self, matrix: torch.Tensor, enc: Encoded, scales: torch.Tensor) -> torch.Tensor:
         cfg: TrellisConfig = enc.config
-        layout = enc.layout
-        gp = trellis_grouping(cfg, layout)
-        packed = enc.tensors["codes"]
-        codes = bitpack.unpack(packed, cfg.bits, layout.numel).reshape(layout.rows, layout.cols)
+        gp = trellis_grouping(cfg, enc.layout)
+        codes = bitpack.unpack(enc.tensors["codes"], cfg.bits, enc.numel).reshape(enc.layout.rows, enc.layout.cols)
         states = decode_states(grouped(codes, gp), cfg.bits, cfg.state_bits)
-        values = state_values(cfg.bits, cfg.state_bits).to(packed.device)
-        return ungrouped(values[states] * enc.tensors["scales"].float().unsqueeze(1), gp, layout)
+        values = state_values(cfg.bits, cfg.state_bits).to(scales.device)
+        return ungrouped(values[states] * scales.unsqueeze(1), gp, enc.layout)
+
+    def requantize(self, matrix: torch.Tensor, enc: Encoded, scales: torch.Tensor) -> Encoded:
+        """The codes kept, the scales replaced (see trainable_scales)."""
+        return replace(enc, tensors={**enc.tensors, "scales": scales.to(torch.float16)}, bits=dict(enc.bits),
+                       meta=dict(enc.meta))
 
     @classmethod
     def bits_for(cls, config: TrellisConfig, layout: MatrixLayout) -> int:

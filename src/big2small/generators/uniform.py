@@ -8,7 +8,7 @@ asymmetric zero-points are integers stored at the code width, so the offset is e
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -17,7 +17,8 @@ from big2small import bitpack
 from big2small.errors import Big2SmallError
 from big2small.generators import rotation
 from big2small.generators.base import HEADER_BITS, ArrayForm, Encoded, byte_arrays, register
-from big2small.generators.grouping import grouped, grouping, ungrouped
+from big2small.generators.grouping import Grouping, grouped, grouping, ungrouped
+from big2small.generators.straight_through import round_st
 from big2small.layout import MatrixLayout
 
 # Candidate group sizes when sizing to a bits-per-weight target, finest first; 0 = per-channel.
@@ -66,12 +67,8 @@ class UniformGenerator(rotation.RotatingGenerator):
             raise Big2SmallError("uniform: weights too large for fp16 group scales")
         scale16 = torch.where(scale16 == 0, torch.ones_like(scale16), scale16)
         s = scale16.float().unsqueeze(1)  # encode with the scale the decoder will see
-        if cfg.symmetric:
-            q = torch.clamp(torch.round(groups / s), -half, half - 1) + half
-            zero = None
-        else:
-            zero = torch.clamp(torch.round(-lo / s.squeeze(1)), 0, levels)
-            q = torch.clamp(torch.round(groups / s) + zero.unsqueeze(1), 0, levels)
+        zero = None if cfg.symmetric else torch.clamp(torch.round(-lo / s.squeeze(1)), 0, levels)
+        q = _codes(groups, s, zero, cfg)
         codes = ungrouped(q, gp, layout).reshape(-1).to(torch.int64)
         tensors = {"codes": bitpack.pack(codes, cfg.bits), "scales": scale16}
         bits = {"codes": codes.numel() * cfg.bits, "scales": 16 * gp.n_groups, "header": HEADER_BITS}
@@ -86,12 +83,26 @@ class UniformGenerator(rotation.RotatingGenerator):
         gp = grouping(layout, cfg.group_size)
         codes = bitpack.unpack(enc.tensors["codes"], cfg.bits, layout.numel).reshape(layout.rows, layout.cols)
         q = grouped(codes.float(), gp)
-        scale = enc.tensors["scales"].float().unsqueeze(1)
-        if cfg.symmetric:
-            offset = float(1 << (cfg.bits - 1))
-        else:
-            offset = bitpack.unpack(enc.tensors["zeros"], cfg.bits, gp.n_groups).float().unsqueeze(1)
-        return ungrouped((q - offset) * scale, gp, layout)
+        return ungrouped((q - _offset(enc, gp)) * enc.tensors["scales"].float().unsqueeze(1), gp, layout)
+
+    trainable_scales = True
+
+    def fake_quantize(self, matrix: torch.Tensor, enc: Encoded, scales: torch.Tensor) -> torch.Tensor:
+        gp = grouping(enc.layout, enc.config.group_size)
+        zero = None if enc.config.symmetric else _offset(enc, gp).squeeze(1)
+        s = scales.unsqueeze(1)
+        q = _codes(grouped(matrix, gp), s, zero, enc.config, straight_through=True)
+        return ungrouped((q - _offset(enc, gp)) * s, gp, enc.layout)
+
+    def requantize(self, matrix: torch.Tensor, enc: Encoded, scales: torch.Tensor) -> Encoded:
+        cfg: UniformConfig = enc.config
+        gp = grouping(enc.layout, cfg.group_size)
+        scales = scales.to(torch.float16)
+        zero = None if cfg.symmetric else _offset(enc, gp).squeeze(1)
+        q = _codes(grouped(matrix, gp), scales.float().unsqueeze(1), zero, cfg)
+        codes = ungrouped(q, gp, enc.layout).reshape(-1).to(torch.int64)
+        return replace(enc, tensors={**enc.tensors, "codes": bitpack.pack(codes, cfg.bits), "scales": scales},
+                       bits=dict(enc.bits), meta=dict(enc.meta))
 
     @classmethod
     def stored_form(cls, enc: Encoded) -> dict[str, ArrayForm]:
@@ -124,3 +135,24 @@ class UniformGenerator(rotation.RotatingGenerator):
         raise Big2SmallError(
             f"uniform: no setting fits {bits_per_weight:.3f} bits per weight on a {list(layout.shape)} tensor"
         )
+
+
+def _codes(groups: torch.Tensor, s: torch.Tensor, zero: torch.Tensor | None, cfg: UniformConfig, *,
+           straight_through: bool = False) -> torch.Tensor:
+    """The codes (as floats, [n_groups, group_len]) of grouped weights with scales s [n_groups, 1]
+    and zero-points [n_groups] (None: symmetric); with `straight_through`, differentiable in s."""
+    x = groups / s
+    r = round_st(x) if straight_through else torch.round(x)
+    if cfg.symmetric:
+        half = 1 << (cfg.bits - 1)
+        return torch.clamp(r, -half, half - 1) + half
+    return torch.clamp(r + zero.unsqueeze(1), 0, (1 << cfg.bits) - 1)
+
+
+def _offset(enc: Encoded, gp: Grouping) -> torch.Tensor | float:
+    """What decoding subtracts from the codes: the stored zero-points [n_groups, 1], or half the
+    range when symmetric."""
+    cfg: UniformConfig = enc.config
+    if cfg.symmetric:
+        return float(1 << (cfg.bits - 1))
+    return bitpack.unpack(enc.tensors["zeros"], cfg.bits, gp.n_groups).float().unsqueeze(1)

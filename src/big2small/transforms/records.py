@@ -31,8 +31,9 @@ class TransformRecord:
             raise Big2SmallError(f"unknown transform record {kind!r} (known: {', '.join(RECORDS)})")
         cls = RECORDS[data["transform"]]
         fields = {f.name for f in dataclasses.fields(cls)}
+        optional = {f.name for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
         given = {k: v for k, v in data.items() if k != "transform"}
-        if set(given) != fields:
+        if not fields - optional <= set(given) <= fields:
             raise Big2SmallError(f"transform record {cls.kind!r} has fields {sorted(given)}, expected {sorted(fields)}")
         return cls(**given)
 
@@ -74,7 +75,10 @@ class DistillRecord(TransformRecord):
     """Data-free distillation of the stored weights from the original (big2small.distill): shapes
     unchanged. big2small.distill's DistillReport is this class. Steps taken, why it stopped, training wall time
     (seconds), mean loss of the first and last tenth of the steps, loss on held-out synthetic
-    inputs before and after, inputs made, and the DistillConfig as a dict."""
+    inputs before and after, inputs made, the DistillConfig as a dict, and what was trained:
+    "weights" (repair after folding) or "scales of N tensors" (quantisation-aware distillation:
+    the codec's scales, codes re-chosen with them). Manifests written before `trained` existed
+    read as "weights"."""
 
     kind: ClassVar[str] = "distill"
     steps: int
@@ -86,6 +90,24 @@ class DistillRecord(TransformRecord):
     held_out_after: float | None
     inputs: int
     config: dict[str, Any]
+    trained: str = "weights"
 
 
-RECORDS: dict[str, type[TransformRecord]] = {cls.kind: cls for cls in (FoldRecord, ChannelRemovalRecord, DistillRecord)}
+@dataclass
+class LayerDropRecord(TransformRecord):
+    """Transformer blocks removed (big2small.transforms.layers): `kept`, the indices (in the
+    original's numbering) of the blocks the stored model has, renumbered 0..len(kept)-1; how
+    they were chosen ("even" or "influence") with each original block's influence when measured;
+    parameter counts of the original and the smaller model."""
+
+    kind: ClassVar[str] = "drop_layers"
+    layers_before: int
+    kept: list[int]
+    criterion: str
+    influence: list[float] | None
+    parameters_before: int
+    parameters_after: int
+
+
+RECORDS: dict[str, type[TransformRecord]] = {cls.kind: cls for cls in (FoldRecord, ChannelRemovalRecord, DistillRecord,
+                                                                          LayerDropRecord)}

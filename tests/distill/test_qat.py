@@ -1,0 +1,136 @@
+"""Quantisation-aware distillation (big2small.distill.qat): the codec's scales trained through
+its rounding, the codes re-chosen with them, the stored form a valid artifact of the same size."""
+
+import copy
+
+import pytest
+import torch
+
+import big2small as b2s
+from big2small.compress import compress
+from big2small.distill import DistillConfig, distill, loss_for
+from big2small.distill.qat import distill_scales, student_of, trainable
+from big2small.distill.text import sample_text
+from big2small.errors import Big2SmallError
+from big2small.generators import decode, generator_for
+from big2small.generators.hyper import HyperConfig
+from big2small.generators.trellis import TrellisConfig
+from big2small.generators.uniform import UniformConfig
+from helpers import peaked_llama
+
+CODECS = [UniformConfig(bits=3, group_size=32), UniformConfig(bits=3, group_size=0, symmetric=True, rotate="input"),
+          HyperConfig(bits=6, group_size=32), HyperConfig(bits=6, codebook="winding", rings=3),
+          TrellisConfig(bits=2, state_bits=8)]
+# Uniform re-chooses the same codes for the same scales; hyper's encoder keeps, in a few groups
+# whose scale an outlier search changed, codes that are not the nearest under that scale (and
+# re-choosing them lowers the error); trellis keeps its codes.
+SAME_START = (UniformConfig, TrellisConfig)
+TINY = dict(samples=24, held_out=6, batch_size=6, seq_len=16)
+
+
+@pytest.mark.parametrize("config", CODECS, ids=lambda c: f"{c.method}-{c.rotate}-{getattr(c, 'rings', 0)}")
+def test_re_encoding_with_other_scales_keeps_the_bits_and_decodes_to_the_differentiable_quantiser(config):
+    torch.manual_seed(0)
+    weight = torch.randn(48, 96)
+    generator = generator_for(config)
+    enc = generator.encode(weight, seed=3)
+    matrix = generator.codec_input(weight, enc)
+    scales = (enc.tensors["scales"].float() * torch.linspace(0.8, 1.2, enc.tensors["scales"].numel())).half().float()
+    scales.requires_grad_(True)
+    fake = generator.weight_domain(generator.fake_quantize(matrix, enc, scales), enc)
+    fake.pow(2).sum().backward()
+    again = generator.requantize(matrix, enc, scales.detach())
+    type(generator).check_stored(again)  # a valid record of its codec: arrays, dtypes, bits
+    assert again.total_bits == enc.total_bits and again.bits == enc.bits
+    assert torch.equal(decode(again), fake.detach())  # bit for bit what training computed
+    assert scales.grad is not None and bool(scales.grad.abs().sum() > 0)  # straight-through gradients reach the scales
+    if isinstance(config, SAME_START):
+        start = generator.fake_quantize(matrix, enc, enc.tensors["scales"].float())
+        assert torch.equal(generator.weight_domain(start, enc), decode(enc))
+
+
+def _text(model, n=24, seq_len=16):
+    ids = sample_text(model, samples=n, seq_len=seq_len, start_token_id=1, seed=0, progress=False)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+@pytest.mark.parametrize("method,options", [("uniform", dict(bits=2, group_size=32)), ("trellis", dict(bits=2, state_bits=8))])
+def test_training_the_scales_lowers_the_loss_and_the_artifact_is_the_trained_student(method, options):
+    teacher = peaked_llama()
+    cm = compress(teacher, method, min_numel=0, progress=False, **options)
+    names = trainable(cm.tensors, cm.aliases)
+    assert names and all(cm.tensors[n].compressed for n in names)
+    student, trained = student_of(teacher, cm.tensors, names)
+    assert [p for p in student.parameters() if p.requires_grad] == [t.log_gain for t in trained.values()]
+    inputs = _text(teacher)
+    with torch.no_grad():  # before training, the student is the compressed model
+        restored = cm.apply_to(copy.deepcopy(teacher))
+        assert torch.equal(student(**inputs).logits, restored(**inputs).logits)
+    report = distill(teacher, student, inputs, loss_for("causal-lm"), DistillConfig(steps=25, lr=1e-2, **TINY),
+                     progress=False)
+    assert report.held_out_after < 0.8 * report.held_out_before
+    for name, scales in trained.items():
+        again = scales.requantized()
+        assert again.total_bits == cm.tensors[name].total_bits
+        assert not torch.equal(again.tensors["scales"], cm.tensors[name].tensors["scales"])
+        module_name, _, attr = name.rpartition(".")
+        with torch.no_grad():
+            assert torch.equal(decode(again), getattr(student.get_submodule(module_name), attr))
+
+
+def test_compress_with_distill_stores_the_same_bits_records_it_and_restores(tmp_path, monkeypatch):
+    monkeypatch.setenv("BIG2SMALL_CACHE", str(tmp_path / "cache"))
+    teacher = peaked_llama()
+    options = dict(bits=2, group_size=32, min_numel=0, progress=False)
+    plain = compress(teacher, "hyper", **options)
+    cm = compress(teacher, "hyper", distill=DistillConfig(steps=20, lr=1e-2, **TINY), **options)
+    assert {n: e.total_bits for n, e in cm.tensors.items()} == {n: e.total_bits for n, e in plain.tensors.items()}
+    record = cm.transforms[-1]
+    assert record.kind == "distill" and record.trained.startswith("scales of") and record.steps == 20
+    assert record.held_out_after < record.held_out_before
+    b2s.save(cm, tmp_path / "m.b2s")
+    loaded = b2s.load(tmp_path / "m.b2s")
+    assert [t.kind for t in loaded.transforms] == ["distill"] and loaded.transforms[0].trained == record.trained
+    state = loaded.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in cm.state_dict().items())
+
+
+def test_what_has_no_scales_is_refused_in_one_line():
+    teacher = peaked_llama()
+    with pytest.raises(Big2SmallError, match="trains the scales of uniform, hyper or trellis codes; .* use lowrank"):
+        compress(teacher, "lowrank", rank=2, min_numel=0, progress=False, distill=DistillConfig(steps=1, **TINY))
+    with pytest.raises(Big2SmallError, match="needs the model's structure"):
+        compress(teacher.state_dict(), "uniform", progress=False, distill=DistillConfig(steps=1, **TINY))
+    with pytest.raises(Big2SmallError, match="does not apply to a causal-lm model"):
+        compress(teacher, "uniform", progress=False, distill=DistillConfig(steps=1, source="inversion", **TINY))
+
+
+def test_distill_scales_refuses_tensors_without_trainable_scales():
+    teacher = peaked_llama()
+    cm = compress(teacher, "uniform", bits=4, min_numel=10**9, progress=False)  # everything kept raw
+    with pytest.raises(Big2SmallError, match="compressed tensors use none"):
+        distill_scales(teacher, teacher, cm.tensors, cm.aliases, task="causal-lm", config=DistillConfig(steps=1, **TINY),
+                       inputs=_text(teacher))
+
+
+@pytest.mark.parametrize("config", [UniformConfig(bits=3, group_size=32), HyperConfig(bits=6, group_size=32)],
+                         ids=lambda c: c.method)
+def test_scales_too_small_grow_back_when_trained_on_the_weight_error(config):
+    # Most weights are clipped at half their scale: their straight-through gradient must say that
+    # a larger scale brings their decoded value closer (a clipped value grows with its scale).
+    torch.manual_seed(0)
+    weight = torch.randn(32, 64)
+    generator = generator_for(config)
+    enc = generator.encode(weight)
+    matrix = generator.codec_input(weight, enc)
+    gain = torch.zeros(enc.tensors["scales"].numel(), requires_grad=True)
+    start = enc.tensors["scales"].float() * 0.5
+    optimizer = torch.optim.Adam([gain], lr=0.02)
+    errors = []
+    for _ in range(40):
+        error = (generator.fake_quantize(matrix, enc, start * gain.exp()) - matrix).pow(2).sum()
+        optimizer.zero_grad()
+        error.backward()
+        optimizer.step()
+        errors.append(float(error))
+    assert errors[-1] < 0.5 * errors[0] and float(gain.mean()) > 0.2
