@@ -173,6 +173,9 @@ def markdown(doc: dict) -> str:
                      f"{'' if value is None else f'{value:.4f}'} | {r['seconds']:.0f} | {r.get('note', '')} |")
     rows = {r["label"]: r for r in doc["rows"]}
     lines.append("")
+    if doc["model"] != "smollm2":
+        lines.append("- The llama.cpp rows are SmolLM2's files, for their sizes only (bits per weight of SmolLM2's "
+                     "own parameters): llama.cpp has no file of this model here, so they have no metric.")
     equal, allocated = rows.get("equal trellis 3b"), rows.get("allocated @equal-3b")
     if equal and allocated and metric == "perplexity":
         share = (equal["metric"] - allocated["metric"]) / (equal["metric"] - doc["fp32"])
