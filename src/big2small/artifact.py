@@ -52,13 +52,14 @@ from big2small.manifest import check_tensor_files
 from big2small.manifest import parse as parse_manifest
 from big2small.models.loaders import source_files
 from big2small.models.source import ModelSource
+from big2small.specs import byte_size
 from big2small.version import __version__
 
 MANIFEST = "manifest.json"
 TENSORS = "tensors.safetensors"
 HASH_KEY = "big2small.manifest_sha256"
 DEFAULT_MAX_SHARD_SIZE = "5GB"  # as Hugging Face's save_pretrained
-DEFAULT_MAX_SHARD_BYTES = tensorfile.byte_size(DEFAULT_MAX_SHARD_SIZE)
+DEFAULT_MAX_SHARD_BYTES = byte_size(DEFAULT_MAX_SHARD_SIZE)
 _SHARD_NAME = re.compile(rf"^{SHARD_PREFIX}-\d{{5}}-of-\d{{5}}\.safetensors$")
 
 
@@ -183,7 +184,7 @@ def save(cm: CompressedModel, path: str | os.PathLike, *, overwrite: bool = Fals
 def max_shard_bytes(size: str | int) -> int:
     """A shard size ("5GB", "500MB", bytes) as bytes; Big2SmallError when it is not one."""
     try:
-        return tensorfile.byte_size(size)
+        return byte_size(size)
     except ValueError as exc:
         raise Big2SmallError(f"max_shard_size: {exc}") from None
 

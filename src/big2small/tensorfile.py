@@ -1,7 +1,7 @@
 """Writing a safetensors file one array at a time, so that the arrays never need to be in memory
 together (safetensors' own save_file serialises them all into one buffer first); splitting arrays
-into shards of at most a byte size (`shards`), as Hugging Face does, and reading such a size
-(`byte_size`: "5GB", "500MB").
+into shards of at most a byte size (`shards`), as Hugging Face does (sizes such as "5GB" are read
+by `specs.byte_size`).
 
 The format (https://github.com/huggingface/safetensors): 8 bytes, the little-endian length N of
 the JSON header; the header (`__metadata__` and, per array, dtype, shape and [begin, end) byte
@@ -108,23 +108,3 @@ def shard_names(prefix: str, n: int) -> list[str]:
     return [f"{prefix}-{k:05d}-of-{n:05d}.safetensors" for k in range(1, n + 1)]
 
 
-_BYTE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-               "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
-
-
-def byte_size(size: str | int) -> int:
-    """A size such as 2GB, 500MB, 1.5GiB or 1000000 (bytes; an int is bytes) as a number of bytes
-    (GB = 10^9, GiB = 2^30, as Hugging Face reads them). ValueError for anything else."""
-    if isinstance(size, int) and not isinstance(size, bool):
-        value, unit = float(size), ""
-    else:
-        text = str(size).strip().upper()
-        number = text.rstrip("BIKMGT")
-        unit = text[len(number):]
-        try:
-            value = float(number)
-        except ValueError:
-            value = float("nan")
-    if unit not in _BYTE_UNITS or not value > 0 or not value * _BYTE_UNITS[unit] >= 1:
-        raise ValueError(f"bad size {size!r}: expected a positive number with B, KB, MB, GB, KiB, MiB or GiB")
-    return int(value * _BYTE_UNITS[unit])

@@ -117,8 +117,8 @@ def then_recipe(then: str | None, raw_dtype: str) -> Recipe | None:
 
 
 def byte_size(text: str) -> int:
-    """A size such as 2GB, 500MB, 1.5GiB or 1000000 (bytes) as a number of bytes (tensorfile.byte_size)."""
-    from big2small.tensorfile import byte_size as parse
+    """A size such as 2GB, 500MB, 1.5GiB or 1000000 (bytes) as a number of bytes (specs.byte_size)."""
+    from big2small.specs import byte_size as parse
 
     try:
         return parse(text)
