@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from big2small.errors import Big2SmallError
-from big2small.generators import Encoded
+from big2small.generators import Encoded, generator_for
 from big2small.generators import rotation
 from big2small.kernels.rotation import rotate_rows
 
@@ -42,6 +42,7 @@ class CompactLinear(nn.Module):
             raise Big2SmallError(f"{enc.method}: a CompactLinear holds a [out, in] weight, not {list(enc.layout.shape)}")
         self.out_features, self.in_features = enc.layout.shape
         self.kernel = kernel
+        self.generator = generator_for(enc.config)  # its weight_domain undoes the codec's rotation
         self.template = dataclasses.replace(enc, tensors={})
         resident = kernel.resident(enc)
         self.seed, self.rotated_rows, self.rotated_cols = 0, False, False
@@ -64,7 +65,7 @@ class CompactLinear(nn.Module):
     @property
     def weight(self) -> torch.Tensor:
         """The dense weight (original dtype), decoded by the kernel as the codec decodes it; not kept."""
-        cfg, layout, stored = self.template.config, self.template.layout, self.stored()
+        layout, stored = self.template.layout, self.stored()
         device = next(iter(stored.values())).device
         if device.type == "cpu":
             tensors, prepared = self._kernel_arguments()
@@ -72,9 +73,8 @@ class CompactLinear(nn.Module):
             tensors = {name: t.cpu() for name, t in stored.items()}
             prepared = self.kernel.arrays(tensors, self.template)
         matrix = self.kernel.decode_matrix(tensors, self.template, prepared)
-        seed = tensors.get("rotation_seed")
-        if seed is not None:
-            matrix = rotation.unrotate(matrix, cfg, layout, seed)
+        seed = {"rotation_seed": tensors["rotation_seed"]} if "rotation_seed" in tensors else {}
+        matrix = self.generator.weight_domain(matrix, dataclasses.replace(self.template, tensors=seed))
         return layout.from_matrix(matrix.contiguous()).to(device=device, dtype=self.template.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
