@@ -293,6 +293,8 @@ def main() -> None:
     parser.add_argument("--readers", action="store_true",
                         help="measure a sharded compress, decompress, verify and restore instead (readers.md)")
     parser.add_argument("--sizes", default=None, help="with --readers: which checkpoints, e.g. 0.6B,1.1B")
+    parser.add_argument("--throughput-only", action="store_true",
+                        help="measure the throughput rows again (on an idle machine), keeping scale.json's memory and resume rows")
     parser.add_argument("--work", type=Path, default=WORK, help="where checkpoints and outputs go")
     parser.add_argument("--compare-src", type=Path, default=None,
                         help="with --readers: also restore the first size with the big2small at this src/ directory")
@@ -324,6 +326,14 @@ def main() -> None:
         finish(result)
         return
     sizes = {"small": 2, "large": 4} if args.quick else {"0.6B": 11, "1.1B": 22}
+    if args.throughput_only:
+        result = json.loads((OUT / "scale.json").read_text())
+        result["throughput_load_average_at_start"] = os.getloadavg()
+        model = WORK / f"llama-{list(sizes)[0]}"
+        n_params, _ = make_checkpoint(model, list(sizes.values())[0])
+        throughput_rows(model, n_params, result)
+        finish(result)
+        return
     result = {"load_average_at_start": os.getloadavg(), "cpus": os.cpu_count(), "memory": [], "throughput": []}
     for label, layers in sizes.items():
         model = WORK / f"llama-{label}"
@@ -334,8 +344,14 @@ def main() -> None:
         result["memory"].append(row)
         print(json.dumps(row), flush=True)
         (OUT / "partial.json").write_text(json.dumps(result, indent=1))
-    small = WORK / f"llama-{list(sizes)[0]}"
-    n_small = result["memory"][0]["n_parameters"]
+    result["throughput"] = throughput_rows(WORK / f"llama-{list(sizes)[0]}", result["memory"][0]["n_parameters"], result)
+    result["resume"] = resume_trials(args.trials)
+    finish(result)
+
+
+def throughput_rows(small: Path, n_small: int, result: dict) -> list[dict]:
+    """End-to-end compress of one checkpoint at 1 worker, 2 worker processes and Ray on this machine."""
+    result["throughput"] = []
     for label, extra, env in [("1 worker (1 thread)", ["--workers", "1"], {"OMP_NUM_THREADS": "1"}),
                               ("2 worker processes", ["--workers", "2"], None),
                               ("Ray, local, 2 CPUs", ["--workers", "2", "--ray", "local"], None)]:
@@ -345,8 +361,7 @@ def main() -> None:
         result["throughput"].append(row)
         print(json.dumps(row), flush=True)
         (OUT / "partial.json").write_text(json.dumps(result, indent=1))
-    result["resume"] = resume_trials(args.trials)
-    finish(result)
+    return result["throughput"]
 
 
 def finish(result: dict) -> None:
