@@ -32,7 +32,7 @@ def rows_for(rate: int) -> list[tuple[str, dict]]:
         ("uniform RTN g64", {"method": "uniform", "bits": rate, "group_size": 64}),
         ("hyper (2-D codebook) g128", {"method": "hyper", "bits": 2 * rate, "group_size": 128}),
         *[(f"trellis L={L}", {"method": "trellis", "bits": rate, "state_bits": L, "rotate": "none"})
-          for L in (8, 10, 12)],
+          for L in (8, 10, 12, 14)],
     ]
 
 
@@ -45,14 +45,19 @@ def _timed(fn, repeats: int = 1):
     return out, best
 
 
-def measure(size: int) -> list[dict]:
+def measure(size: int, only: str | None = None, earlier: list[dict] | None = None) -> list[dict]:
     """Every row on one Gaussian matrix; also records the machine's load average (other jobs
-    slow encoding down, so times measured on a busy machine are upper bounds)."""
+    slow encoding down, so times measured on a busy machine are upper bounds). With `only`, rows
+    whose label lacks that text are taken from `earlier` (the same size's rd.json) where present."""
     w = torch.randn(size, size, generator=torch.Generator().manual_seed(0))
     _, copy_s = _timed(lambda: w.clone(), repeats=5)
+    kept = {(r["rate"], r["label"]): r for r in earlier or []}
     results = []
     for rate in RATES:
         for label, spec in rows_for(rate):
+            if only is not None and only not in label and (rate, label) in kept:
+                results.append(kept[(rate, label)])
+                continue
             cfg = GeneratorConfig.from_dict(spec)
             enc, encode_s = _timed(lambda: generator_for(cfg).encode(w))
             out, decode_s = _timed(lambda: decode(enc), repeats=3)
@@ -70,11 +75,15 @@ def measure(size: int) -> list[dict]:
 
 def _load_note(results: list[dict]) -> str:
     loads = [r["load_average"] for r in results if "load_average" in r]
-    if not loads:
-        return ("The committed run shared the machine with other jobs (`uptime` showed a load average of"
-                " 9-12 on its 2 cores): its times are upper bounds, several times what an idle machine takes.")
-    return (f"1-minute load average during the run: {min(loads):.1f}-{max(loads):.1f} on 2 cores"
-            " (above 2, other jobs shared the CPU and the times are upper bounds).")
+    notes = []
+    if len(loads) < len(results):
+        notes.append("Rows without a recorded load were measured on a machine shared with other jobs (`uptime` "
+                     "showed a load average of 9-12 on its 2 cores): their times are upper bounds, several times "
+                     "what an idle machine takes.")
+    if loads:
+        notes.append(f"1-minute load average while the other rows ran: {min(loads):.1f}-{max(loads):.1f} on 2 cores "
+                     "(above 2, other jobs shared the CPU and the times are upper bounds).")
+    return " ".join(notes)
 
 
 def write(results: list[dict], size: int) -> None:
@@ -117,12 +126,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=4096)
     parser.add_argument("--report", action="store_true", help="only rewrite the table and plot from rd.json")
+    parser.add_argument("--only", default=None,
+                        help="measure only rows whose label contains this text (e.g. 'L=14'); keep rd.json's others")
     args = parser.parse_args()
+    saved = json.loads((OUT / "rd.json").read_text()) if (OUT / "rd.json").exists() else {"size": None, "rows": []}
     if args.report:
-        saved = json.loads((OUT / "rd.json").read_text())
         write(saved["rows"], saved["size"])
     else:
-        write(measure(args.size), args.size)
+        earlier = saved["rows"] if saved["size"] == args.size else []
+        write(measure(args.size, args.only, earlier), args.size)
 
 
 if __name__ == "__main__":

@@ -99,7 +99,9 @@ def test_for_budget_takes_the_widest_code_that_fits():
 
 @pytest.mark.parametrize("bad, match", [
     ({"bits": 0}, "bits must be in 1..8"), ({"bits": 9}, "bits must be in 1..8"),
-    ({"state_bits": 11}, "state_bits must be one of"), ({"bits": 8, "state_bits": 8}, "must exceed bits"),
+    ({"state_bits": 11}, "no code table for bits=2 with state_bits=11"),
+    ({"bits": 8, "state_bits": 8}, "no code table for bits=8 with state_bits=8"),
+    ({"bits": 5, "state_bits": 14}, "no code table .* shipped: L=8: 1-7 bits; .* L=14: 2-4 bits"),
     ({"group_size": -1}, "group_size must be >= 0"),
 ])
 def test_bad_settings_are_refused(bad, match):

@@ -28,7 +28,7 @@ from big2small.errors import Big2SmallError
 from big2small.generators import rotation
 from big2small.generators.base import HEADER_BITS, ArrayForm, Encoded, byte_arrays, register
 from big2small.generators.grouping import grouped, grouping, ungrouped
-from big2small.generators.trellis_codes import SHIPPED_STATE_BITS, state_values
+from big2small.generators.trellis_codes import is_shipped, shipped_summary, state_values
 from big2small.generators.viterbi import decode_states, search
 from big2small.layout import MatrixLayout
 
@@ -40,7 +40,8 @@ DEFAULT_STATE_BITS = 12
 @dataclass
 class TrellisConfig(rotation.RotatableConfig):
     """bits: bits per weight, exactly (the code width k, 1-8). state_bits: the register length L
-    (2^L states; 8, 10 or 12): quality grows and encoding time doubles with each bit. group_size:
+    (2^L states; 8, 10 or 12, and 14 for 2-4 bits): quality grows and encoding time doubles with
+    each bit. group_size:
     weights per fp16 scale along a row, 0 = one per row. rotate: none | input | both."""
 
     method = "trellis"
@@ -55,11 +56,9 @@ class TrellisConfig(rotation.RotatableConfig):
         super().validate()
         if isinstance(self.bits, bool) or not 1 <= self.bits <= 8:
             raise Big2SmallError(f"trellis: bits must be in 1..8, got {self.bits}")
-        if self.state_bits not in SHIPPED_STATE_BITS:
-            raise Big2SmallError(f"trellis: state_bits must be one of {', '.join(map(str, SHIPPED_STATE_BITS))}, "
-                                 f"got {self.state_bits}")
-        if self.state_bits <= self.bits:
-            raise Big2SmallError(f"trellis: state_bits ({self.state_bits}) must exceed bits ({self.bits})")
+        if isinstance(self.state_bits, bool) or not is_shipped(self.bits, self.state_bits):
+            raise Big2SmallError(f"trellis: no code table for bits={self.bits} with state_bits={self.state_bits}; "
+                                 f"shipped: {shipped_summary()}")
         if self.group_size < 0:
             raise Big2SmallError(f"trellis: group_size must be >= 0 (0 = per row), got {self.group_size}")
 
@@ -133,7 +132,7 @@ class TrellisGenerator(rotation.RotatingGenerator):
         options = {key: fixed[key] for key in ("state_bits", "group_size", "rotate") if key in fixed}
         for k in choices:
             cfg = TrellisConfig(bits=k, **options)
-            if cfg.state_bits > k and cls.bits_for(cfg, layout) <= bits_per_weight * layout.numel:
+            if is_shipped(k, cfg.state_bits) and cls.bits_for(cfg, layout) <= bits_per_weight * layout.numel:
                 return cfg
         raise Big2SmallError(
             f"trellis: no setting fits {bits_per_weight:.3f} bits per weight on a {list(layout.shape)} tensor"

@@ -21,9 +21,15 @@ from big2small.errors import Big2SmallError
 from big2small.generators.viterbi import decode_states, search
 
 PACKAGED_TRELLIS_CODES = Path(__file__).with_name("trellis_codes.safetensors")
-# The (k, L) pairs that ship: code widths 1..8 at register lengths 8, 10 and 12 (L > k).
-SHIPPED_STATE_BITS = (8, 10, 12)
+# The (k, L) pairs that ship: code widths 1..8 at register lengths 8, 10 and 12 (L > k), and the
+# widths the rate-distortion targets are measured at (2-4 bits) on a 14-bit register, where each
+# search costs 4x a 12-bit one.
+SHIPPED_CODE_BITS = {8: range(1, 8), 10: range(1, 9), 12: range(1, 9), 14: range(2, 5)}
+SHIPPED_STATE_BITS = tuple(SHIPPED_CODE_BITS)
 TRAIN_SEQUENCE_LENGTH = 512
+# Training sequences per table at L <= 12; longer registers get proportionally more, so that every
+# table is fitted on the same number of weights per state (32).
+TRAIN_ROWS = 256
 
 
 def table_name(k: int, state_bits: int) -> str:
@@ -31,7 +37,11 @@ def table_name(k: int, state_bits: int) -> str:
 
 
 def shipped_pairs() -> list[tuple[int, int]]:
-    return [(k, L) for L in SHIPPED_STATE_BITS for k in range(1, 9) if k < L]
+    return [(k, L) for L, widths in SHIPPED_CODE_BITS.items() for k in widths]
+
+
+def is_shipped(k: int, state_bits: int) -> bool:
+    return k in SHIPPED_CODE_BITS.get(state_bits, ())
 
 
 @functools.cache
@@ -44,8 +54,13 @@ def state_values(k: int, state_bits: int) -> torch.Tensor:
     table = _packaged().get(table_name(k, state_bits))
     if table is None:
         raise Big2SmallError(f"trellis: no code table for {k} bits per weight with a {state_bits}-bit "
-                             f"register; shipped registers: {', '.join(map(str, SHIPPED_STATE_BITS))}")
+                             f"register; shipped: {shipped_summary()}")
     return table.clone()
+
+
+def shipped_summary() -> str:
+    """The shipped pairs in words, for error messages."""
+    return "; ".join(f"L={L}: {min(w)}-{max(w)} bits" for L, w in SHIPPED_CODE_BITS.items())
 
 
 def gaussian_quantile_code(state_bits: int, seed: int) -> torch.Tensor:
@@ -73,8 +88,9 @@ def lloyd_step(values: torch.Tensor, x: torch.Tensor, k: int) -> tuple[torch.Ten
     return torch.where(counts > 0, sums / counts.clamp(min=1), values.double()).float(), mse
 
 
-def train(k: int, state_bits: int, *, n_rows: int = 256, iters: int = 16, seed: int = 0) -> torch.Tensor:
+def train(k: int, state_bits: int, *, n_rows: int | None = None, iters: int = 16, seed: int = 0) -> torch.Tensor:
     """A table for k-bit codes on a 2^L-state register (see the module docstring)."""
+    n_rows = n_rows or TRAIN_ROWS << max(0, state_bits - 12)
     values = gaussian_quantile_code(state_bits, seed)
     x = unit_rms_sequences(n_rows, TRAIN_SEQUENCE_LENGTH, seed + 1)
     for _ in range(iters):
@@ -82,11 +98,13 @@ def train(k: int, state_bits: int, *, n_rows: int = 256, iters: int = 16, seed: 
     return values
 
 
-def main() -> None:  # pragma: no cover - offline build step
+def main(only_missing: bool = False) -> None:  # pragma: no cover - offline build step
+    """Rebuild every shipped table (deterministic), or with `only_missing` train just the pairs the
+    packaged file lacks, keeping the others byte for byte (artifacts do not store their table)."""
     from big2small.progress import progress_bar
 
-    tables = {}
-    pairs = shipped_pairs()
+    tables = dict(_packaged()) if only_missing else {}
+    pairs = [(k, L) for k, L in shipped_pairs() if table_name(k, L) not in tables]
     with progress_bar("training trellis code tables", len(pairs)) as advance:
         for k, L in pairs:
             tables[table_name(k, L)] = train(k, L)
@@ -96,4 +114,6 @@ def main() -> None:  # pragma: no cover - offline build step
 
 
 if __name__ == "__main__":  # pragma: no cover
-    main()
+    import sys
+
+    main(only_missing="--only-missing" in sys.argv)

@@ -28,8 +28,8 @@ TORCH_BACKPOINTER_BYTES = 256 << 20
 # The CPU kernel searches up to MAX_LANES rows side by side (SIMD across rows); fewer where their
 # back-pointer table (one byte per step, predecessor group and row) would pass this many bytes.
 MAX_LANES = 64
-MIN_LANES = 8
-CPU_BACKPOINTER_BYTES = 128 << 20
+MIN_LANES = 16
+CPU_BACKPOINTER_BYTES = 256 << 20
 
 
 def cpu_lanes(rows: int, length: int, memory_bits: int) -> int:
