@@ -190,7 +190,7 @@ def run_model(name: str) -> None:
 
 def run_qat(name: str) -> None:
     """Compressed, compressed + scales distilled (synthetic inputs; real text as the upper bound)."""
-    from big2small.distill.qat import distill_scales
+    from big2small.distill.qat import distill_codecs
 
     plan = QAT_PLANS[name]
     session = Session(name, plan, f"qat-{name}.json", ("codec", "source"))
@@ -218,7 +218,7 @@ def run_qat(name: str) -> None:
             if (label, source) in done:
                 continue
             config, inputs, input_seconds = session.inputs(source)
-            tensors, report = distill_scales(teacher, teacher, plain.tensors, plain.aliases, task=task, tokenizer=tok,
+            tensors, report = distill_codecs(teacher, teacher, plain.tensors, plain.aliases, task=task, tokenizer=tok,
                                              config=config, inputs=inputs)
             distilled = copy.copy(plain)
             distilled.tensors = tensors
