@@ -128,12 +128,12 @@ class Session:
     the original's reference outputs, and its rows in OUT/<file> (written after each row, so an
     interrupted run resumes)."""
 
-    def __init__(self, name: str, plan: dict, file: str, key: tuple[str, str]):
+    def __init__(self, name: str, plan: dict, file: str, key: tuple[str, str], loaded: b2s.LoadedModel | None = None):
         self.name, self.plan, self.path, self.key = name, plan, OUT / file, key
         self.settings = EvalSettings(progress=False, **plan["eval"])
         self.rows = json.loads(self.path.read_text())["rows"] if self.path.exists() else []
         self.done = {(r[key[0]], r[key[1]]) for r in self.rows}  # rows measured by an earlier run
-        self.loaded = b2s.load_model(name)
+        self.loaded = loaded or b2s.load_model(name)
         self.teacher, self.task, self.tok = self.loaded.model, self.loaded.source.task, self.loaded.tokenizer
         self.reference = reference_outputs(self.teacher, self.task, self.tok, self.settings)
         self.machine = (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} thread(s), torch "
