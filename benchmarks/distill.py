@@ -50,7 +50,7 @@ from big2small.evaluate import data
 from big2small.evaluate.perplexity import start_token
 from big2small.evaluate.suite import EvalSettings
 from big2small.folding import FoldConfig, fold
-from big2small.models.tasks import evaluate, reference_outputs
+from big2small.models.tasks import evaluate, get_task, reference_outputs
 
 OUT = Path(__file__).resolve().parent / "results" / "distill"
 METRIC = {"causal-lm": "perplexity", "encoder": "mean_cosine"}
@@ -151,7 +151,8 @@ class Session:
         config = DistillConfig(source="auto" if source == "real" else source, seed=0, **self.plan["distill"])
         start = time.perf_counter()
         inputs = real_inputs(self.task, self.tok, self.teacher, config) if source == "real" else \
-            synthetic_inputs(self.teacher, self.task, self.tok, config, progress=True)
+            synthetic_inputs(self.teacher, self.task, self.tok, config, progress=True,
+                             example_input=get_task(self.task).example_input(self.teacher))
         return config, inputs, time.perf_counter() - start
 
     def measure(self, model) -> dict:

@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import time
 
 import torch
 
 import big2small as b2s
-from big2small.distill import DistillConfig
 from big2small.distill.qat import distill_codecs
 from distill import OUT, Session
 
@@ -36,7 +36,11 @@ from distill import OUT, Session
 # of the zoo's 4, which would take about an hour on the shared CPU (the same code, `trained_resnet`).
 PLANS = {
     "fashion-resnet-e1": {
-        "inr": {"bits_per_weight": 4.0, "steps": 300},
+        "inr": {"INR": {"bits_per_weight": 4.0, "steps": 300},
+                "INR + 3-bit residual": {"bits_per_weight": 4.0, "steps": 300, "residual_bits": 3}},
+        # The same INR fitted longer by weight loss, in about the wall time of fit + distillation:
+        # does distillation beat spending its time on the weight fit?
+        "fit_only": {"INR, 600 fit steps": {"bits_per_weight": 4.0, "steps": 600}},
         "rtn_bits": [3, 4],
         "weight_losses": [1.0],
         "eval": {},
@@ -45,7 +49,7 @@ PLANS = {
         "source": "auto",
     },
     "minilm": {
-        "inr": {"bits_per_weight": 4.0, "steps": 100},
+        "inr": {"INR": {"bits_per_weight": 4.0, "steps": 100}},
         "rtn_bits": [3, 4],
         "weight_losses": [1.0],
         "eval": {"documents": 100},
@@ -67,6 +71,11 @@ def _load(name: str) -> b2s.LoadedModel:
                                                   module_class=type(model).__qualname__))
 
 
+def measure(session: Session, cm) -> dict:
+    """The session's metrics of the model `cm` decodes to."""
+    return session.measure(cm.apply_to(copy.deepcopy(session.teacher)).eval())
+
+
 def _size(cm) -> dict:
     size = cm.size()
     return {"bpw_all": size.bpw_all, "bpw_scope": size.bpw_scope, "bits": size.bits_total}
@@ -75,43 +84,49 @@ def _size(cm) -> dict:
 def run(name: str) -> None:
     plan = PLANS[name]
     session = Session(name, plan, f"inr-{name}.json", ("row", "weight_loss"), loaded=_load(name))
-    loaded, teacher, task, tok, record, done = (session.loaded, session.teacher, session.task, session.tok,
-                                                session.record, session.done)
-
-    def measure(cm) -> dict:
-        return session.measure(cm.apply_to(copy.deepcopy(teacher)).eval())
-
+    loaded, record, done = session.loaded, session.record, session.done
     if ("original", "-") not in done:
-        record({"row": "original", "weight_loss": "-", "metrics": session.measure(teacher)})
+        record({"row": "original", "weight_loss": "-", "metrics": session.measure(session.teacher)})
     for bits in plan["rtn_bits"]:
         if (f"uniform RTN {bits}-bit g128", "-") not in done:
             cm = b2s.compress(loaded, "uniform", bits=bits, group_size=128, progress=False)
-            record({"row": f"uniform RTN {bits}-bit g128", "weight_loss": "-", "size": _size(cm), "metrics": measure(cm)})
-    rows = ["INR, weight loss"] + ["INR + distillation"] * (1 + len(plan["weight_losses"]))
-    keys = [(rows[0], "-"), (rows[1], 0.0)] + [(rows[1], w) for w in plan["weight_losses"]]
+            record({"row": f"uniform RTN {bits}-bit g128", "weight_loss": "-", "size": _size(cm),
+                    "metrics": measure(session, cm)})
+    for label, options in plan["inr"].items():
+        run_inr(session, label, options)
+    for label, options in plan.get("fit_only", {}).items():
+        run_inr(session, label, options, distill=False)
+
+
+def run_inr(session: Session, label: str, options: dict, distill: bool = True) -> None:
+    """One INR config: as fitted (weight loss), then (`distill`) distilled with each weight loss of the plan."""
+    plan, loaded, teacher, task, tok, record, done = (session.plan, session.loaded, session.teacher, session.task,
+                                                      session.tok, session.record, session.done)
+    fitted, distilled_row = f"{label}, weight loss", f"{label} + distillation"
+    keys = [(fitted, "-")] + [(distilled_row, w) for w in ([0.0] + plan["weight_losses"] if distill else [])]
     if all(k in done for k in keys):
         return
     start = time.perf_counter()
-    plain = b2s.compress(loaded, "inr", progress=True, **plan["inr"])
+    plain = b2s.compress(loaded, "inr", progress=True, **options)
     fit_seconds = time.perf_counter() - start
     size = _size(plain)
     if keys[0] not in done:
-        record({"row": rows[0], "weight_loss": "-", "inr": plan["inr"], "size": size, "fit_seconds": fit_seconds,
-                "metrics": measure(plain)})
-    for weight_loss in [0.0] + plan["weight_losses"]:
-        if (rows[1], weight_loss) in done:
+        record({"row": fitted, "weight_loss": "-", "inr": options, "size": size, "fit_seconds": fit_seconds,
+                "metrics": measure(session, plain)})
+    for weight_loss in [0.0] + plan["weight_losses"] if distill else []:
+        if (distilled_row, weight_loss) in done:
             continue
         config, inputs, input_seconds = session.inputs(plan["source"])
-        config = DistillConfig(**{**config.to_dict(), "weight_loss": weight_loss})
+        config = dataclasses.replace(config, weight_loss=weight_loss)
         tensors, report = distill_codecs(teacher, teacher, plain.tensors, plain.aliases, task=task, tokenizer=tok,
                                          config=config, inputs=inputs)
         distilled = copy.copy(plain)
         distilled.tensors = tensors
         if distilled.size().bits_total != plain.size().bits_total:
-            raise SystemExit(f"{name}: distillation changed the stored bits")
-        record({"row": rows[1], "weight_loss": weight_loss, "inr": plan["inr"], "size": _size(distilled),
+            raise SystemExit(f"{session.name}: distillation changed the stored bits")
+        record({"row": distilled_row, "weight_loss": weight_loss, "inr": options, "size": _size(distilled),
                 "fit_seconds": fit_seconds, "input_seconds": input_seconds, "distill": report.to_dict(),
-                "metrics": measure(distilled), "data_free": True})
+                "metrics": measure(session, distilled), "data_free": True})
 
 
 def markdown(results: dict[str, dict]) -> str:
@@ -126,7 +141,7 @@ def markdown(results: dict[str, dict]) -> str:
         plan = res["plan"]
         d = plan["distill"]
         lines += [f"## {name} ({metric})", "",
-                  f"INR fit: {json.dumps(plan['inr'])} (weight MSE + focal frequency term). Distillation: AdamW on the "
+                  f"INR fits: {json.dumps(plan['inr'])} (weight MSE + focal frequency term). Distillation: AdamW on the "
                   f"INR's parameters, at most {d['steps']} steps of {d['batch_size']} inputs or {d.get('max_seconds')} s, "
                   f"lr {d['lr']}, {d['samples']} synthetic inputs ({d['held_out']} held out), source "
                   f"{plan['source']}. Machine: {res['machine']}.", "",
@@ -162,7 +177,7 @@ def plot(results: dict[str, dict]) -> None:
             if "size" not in r:
                 ax.axhline(r["metrics"][metric], color="grey", ls="--", label="original")
                 continue
-            label = r["row"] + (f" (weight loss {r['weight_loss']})" if r["row"] == "INR + distillation" else "")
+            label = r["row"] + (f" (weight loss {r['weight_loss']})" if r["row"].endswith("distillation") else "")
             marker = "s" if r["row"].startswith("uniform") else "o"
             ax.scatter(r["size"]["bpw_scope"], r["metrics"][metric], marker=marker, label=label)
         ax.set_xlabel("bits per compressed weight (every stored bit)")
