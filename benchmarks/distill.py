@@ -50,7 +50,7 @@ from big2small.evaluate import data
 from big2small.evaluate.perplexity import start_token
 from big2small.evaluate.suite import EvalSettings
 from big2small.folding import FoldConfig, fold
-from big2small.models.tasks import evaluate, reference_outputs
+from big2small.models.tasks import evaluate, get_task, reference_outputs
 
 OUT = Path(__file__).resolve().parent / "results" / "distill"
 METRIC = {"causal-lm": "perplexity", "encoder": "mean_cosine"}
@@ -128,12 +128,12 @@ class Session:
     the original's reference outputs, and its rows in OUT/<file> (written after each row, so an
     interrupted run resumes)."""
 
-    def __init__(self, name: str, plan: dict, file: str, key: tuple[str, str]):
+    def __init__(self, name: str, plan: dict, file: str, key: tuple[str, str], loaded: b2s.LoadedModel | None = None):
         self.name, self.plan, self.path, self.key = name, plan, OUT / file, key
         self.settings = EvalSettings(progress=False, **plan["eval"])
         self.rows = json.loads(self.path.read_text())["rows"] if self.path.exists() else []
         self.done = {(r[key[0]], r[key[1]]) for r in self.rows}  # rows measured by an earlier run
-        self.loaded = b2s.load_model(name)
+        self.loaded = loaded or b2s.load_model(name)
         self.teacher, self.task, self.tok = self.loaded.model, self.loaded.source.task, self.loaded.tokenizer
         self.reference = reference_outputs(self.teacher, self.task, self.tok, self.settings)
         self.machine = (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} thread(s), torch "
@@ -151,7 +151,8 @@ class Session:
         config = DistillConfig(source="auto" if source == "real" else source, seed=0, **self.plan["distill"])
         start = time.perf_counter()
         inputs = real_inputs(self.task, self.tok, self.teacher, config) if source == "real" else \
-            synthetic_inputs(self.teacher, self.task, self.tok, config, progress=True)
+            synthetic_inputs(self.teacher, self.task, self.tok, config, progress=True,
+                             example_input=get_task(self.task).example_input(self.teacher))
         return config, inputs, time.perf_counter() - start
 
     def measure(self, model) -> dict:
@@ -190,7 +191,7 @@ def run_model(name: str) -> None:
 
 def run_qat(name: str) -> None:
     """Compressed, compressed + scales distilled (synthetic inputs; real text as the upper bound)."""
-    from big2small.distill.qat import distill_scales
+    from big2small.distill.qat import distill_codecs
 
     plan = QAT_PLANS[name]
     session = Session(name, plan, f"qat-{name}.json", ("codec", "source"))
@@ -218,7 +219,7 @@ def run_qat(name: str) -> None:
             if (label, source) in done:
                 continue
             config, inputs, input_seconds = session.inputs(source)
-            tensors, report = distill_scales(teacher, teacher, plain.tensors, plain.aliases, task=task, tokenizer=tok,
+            tensors, report = distill_codecs(teacher, teacher, plain.tensors, plain.aliases, task=task, tokenizer=tok,
                                              config=config, inputs=inputs)
             distilled = copy.copy(plain)
             distilled.tensors = tensors

@@ -294,10 +294,10 @@ def compress(model: Any, recipe: Recipe | str | None = None, *, source: ModelSou
     transforms, n_parameters: for a model a structural transform already produced (not one the
         recipe lists): its records, and the original model's parameter count (bits per weight
         count against it).
-    distill: quantisation-aware distillation (big2small.distill.qat): the scales of the tensors
-        stored by uniform, hyper or trellis are trained against the original model on its
-        synthetic inputs and their codes re-chosen, stored bits unchanged; recorded as a `distill`
-        transform. Needs the model's structure (a module or a LoadedModel, whose tokenizer it uses).
+    distill: quantisation-aware distillation (big2small.distill.qat): what the codecs store (the
+        scales of uniform, hyper or trellis codes, their codes re-chosen; the INR's SIRENs) is
+        trained against the original model on its synthetic inputs, stored bits unchanged;
+        recorded as a `distill` transform. Needs the model's structure (a module or a LoadedModel, whose tokenizer it uses).
     Raises Big2SmallError for user errors: NaN/Inf weights, a size target that cannot be met, a
     recipe with transforms for a bare state_dict.
     """
@@ -316,10 +316,10 @@ def compress(model: Any, recipe: Recipe | str | None = None, *, source: ModelSou
     if recipe.transforms:
         model, transforms, n_parameters = apply_transforms(model, recipe.transforms, source=source, progress=progress)
     infos, entries = _plan(model, recipe, n_parameters, source=source, progress=progress)
-    if distill is not None and not any(e.compressed and REGISTRY[e.config.method].trainable_scales for e in entries):
-        from big2small.distill.qat import no_scales  # refused before anything is encoded
+    if distill is not None and not any(e.compressed and REGISTRY[e.config.method].trains(e.config) for e in entries):
+        from big2small.distill.qat import nothing_to_train  # refused before anything is encoded
 
-        raise no_scales([e.config.method for e in entries if e.compressed])
+        raise nothing_to_train([e.config.method for e in entries if e.compressed])
     loads = {i.name: i.load for i in infos}
     encoded = _adopt(entries, pre_encoded or {}, pre_encoded_reason)
     units = encoding_units(entries, set(encoded))
@@ -331,9 +331,9 @@ def compress(model: Any, recipe: Recipe | str | None = None, *, source: ModelSou
     encoded = {e.name: encoded[e.name] for e in entries}  # plan order
     aliases = {a: e.name for e in entries for a in e.aliases}
     if distill is not None:
-        from big2small.distill.qat import distill_scales
+        from big2small.distill.qat import distill_codecs
 
-        encoded, report = distill_scales(teacher, model, encoded, aliases, task=task.name, tokenizer=tokenizer,
+        encoded, report = distill_codecs(teacher, model, encoded, aliases, task=task.name, tokenizer=tokenizer,
                                          config=distill, example_input=task.example_input(teacher), progress=progress)
         transforms = [*(transforms or []), report]
     n_params = n_parameters if n_parameters is not None else count_parameters(entries)

@@ -9,7 +9,7 @@ import torch
 import big2small as b2s
 from big2small.compress import compress
 from big2small.distill import DistillConfig, distill, loss_for
-from big2small.distill.qat import distill_scales, student_of, trainable
+from big2small.distill.qat import distill_codecs, student_of, trainable
 from big2small.distill.text import sample_text
 from big2small.errors import Big2SmallError
 from big2small.generators import decode, generator_for
@@ -61,7 +61,7 @@ def test_training_the_scales_lowers_the_loss_and_the_artifact_is_the_trained_stu
     names = trainable(cm.tensors, cm.aliases)
     assert names and all(cm.tensors[n].compressed for n in names)
     student, trained = student_of(teacher, cm.tensors, names)
-    assert [p for p in student.parameters() if p.requires_grad] == [t.log_gain for t in trained.values()]
+    assert [p for p in student.parameters() if p.requires_grad] == [t.params["log_gain"] for t in trained.values()]
     inputs = _text(teacher)
     with torch.no_grad():  # before training, the student is the compressed model
         restored = cm.apply_to(copy.deepcopy(teacher))
@@ -70,7 +70,7 @@ def test_training_the_scales_lowers_the_loss_and_the_artifact_is_the_trained_stu
                      progress=False)
     assert report.held_out_after < 0.8 * report.held_out_before
     for name, scales in trained.items():
-        again = scales.requantized()
+        again = scales.retrained()
         assert again.total_bits == cm.tensors[name].total_bits
         assert not torch.equal(again.tensors["scales"], cm.tensors[name].tensors["scales"])
         module_name, _, attr = name.rpartition(".")
@@ -97,7 +97,7 @@ def test_compress_with_distill_stores_the_same_bits_records_it_and_restores(tmp_
 
 def test_what_has_no_scales_is_refused_in_one_line():
     teacher = peaked_llama()
-    with pytest.raises(Big2SmallError, match="trains the scales of uniform, hyper or trellis codes; .* use lowrank"):
+    with pytest.raises(Big2SmallError, match="trains the scales of uniform, hyper or trellis codes or the INR.* use lowrank"):
         compress(teacher, "lowrank", rank=2, min_numel=0, progress=False, distill=DistillConfig(steps=1, **TINY))
     with pytest.raises(Big2SmallError, match="needs the model's structure"):
         compress(teacher.state_dict(), "uniform", progress=False, distill=DistillConfig(steps=1, **TINY))
@@ -105,11 +105,11 @@ def test_what_has_no_scales_is_refused_in_one_line():
         compress(teacher, "uniform", progress=False, distill=DistillConfig(steps=1, source="inversion", **TINY))
 
 
-def test_distill_scales_refuses_tensors_without_trainable_scales():
+def test_distill_codecs_refuses_tensors_with_nothing_to_train():
     teacher = peaked_llama()
     cm = compress(teacher, "uniform", bits=4, min_numel=10**9, progress=False)  # everything kept raw
     with pytest.raises(Big2SmallError, match="compressed tensors use none"):
-        distill_scales(teacher, teacher, cm.tensors, cm.aliases, task="causal-lm", config=DistillConfig(steps=1, **TINY),
+        distill_codecs(teacher, teacher, cm.tensors, cm.aliases, task="causal-lm", config=DistillConfig(steps=1, **TINY),
                        inputs=_text(teacher))
 
 
@@ -134,3 +134,86 @@ def test_scales_too_small_grow_back_when_trained_on_the_weight_error(config):
         optimizer.step()
         errors.append(float(error))
     assert errors[-1] < 0.5 * errors[0] and float(gain.mean()) > 0.2
+
+
+# ---- the INR: its SIRENs' parameters trained on the teacher's outputs ---------------------------
+
+INR_FAST = dict(bits_per_weight=4.0, steps=60, lr=3e-3, min_numel=0, progress=False)
+
+
+def _weight_of(student, name):
+    module_name, _, attr = name.rpartition(".")
+    return getattr(student.get_submodule(module_name), attr)
+
+
+@pytest.mark.parametrize("options", [{}, {"phi_bits": 8, "residual_bits": 2, "bits_per_weight": 5.0}, {"phi_bits": 32, "outlier_frac": 0.0, "bits_per_weight": 6.0}],
+                         ids=["fp16-phi", "int8-phi+residual", "fp32-phi"])
+def test_the_inr_distilled_lowers_the_held_out_loss_and_its_artifact_is_the_trained_student(options):
+    teacher = peaked_llama()
+    cm = compress(teacher, "inr", **{**INR_FAST, **options})
+    names = trainable(cm.tensors, cm.aliases)
+    assert names and all(cm.tensors[n].method == "inr" and cm.tensors[n].meta["width"] > 0 for n in names)
+    student, trained = student_of(teacher, cm.tensors, names)
+    assert {n for t in trained.values() for n in t.params} >= {"phi", "mean_shift", "log_spread"}
+    inputs = _text(teacher)
+    if options.get("phi_bits", 16) != 8:  # int8 parameters are re-quantised from their dequantised values
+        with torch.no_grad():  # before training, the student is the compressed model
+            restored = cm.apply_to(copy.deepcopy(teacher))
+            assert torch.equal(student(**inputs).logits, restored(**inputs).logits)
+    report = distill(teacher, student, inputs, loss_for("causal-lm"), DistillConfig(steps=25, lr=1e-3, **TINY),
+                     progress=False)
+    assert report.held_out_after < 0.8 * report.held_out_before
+    for name, codec in trained.items():
+        again = codec.retrained()  # checks the record against its codec's stored form
+        before = cm.tensors[name]
+        assert again.total_bits == before.total_bits and again.bits == before.bits
+        assert {k: (v.dtype, v.shape) for k, v in again.tensors.items()} == \
+            {k: (v.dtype, v.shape) for k, v in before.tensors.items()}
+        phi = "phi" if "phi" in again.tensors else "phi_codes"
+        assert not torch.equal(again.tensors[phi], before.tensors[phi])
+        for part in ("row_perm", "col_perm", "residual_codes"):  # what is not trained stays as encoded
+            if part in before.tensors:
+                assert torch.equal(again.tensors[part], before.tensors[part])
+        with torch.no_grad():
+            assert torch.equal(decode(again), _weight_of(student, name))  # bit for bit the trained student
+
+
+def test_compress_with_distill_trains_the_inr_keeps_its_bits_and_restores(tmp_path, monkeypatch):
+    monkeypatch.setenv("BIG2SMALL_CACHE", str(tmp_path / "cache"))
+    teacher = peaked_llama()
+    plain = compress(teacher, "inr", **INR_FAST)
+    cm = compress(teacher, "inr", distill=DistillConfig(steps=20, lr=1e-3, **TINY), **INR_FAST)
+    assert {n: e.total_bits for n, e in cm.tensors.items()} == {n: e.total_bits for n, e in plain.tensors.items()}
+    record = cm.transforms[-1]
+    assert record.trained.startswith("SIREN parameters of") and record.held_out_after < record.held_out_before
+    b2s.save(cm, tmp_path / "m.b2s")
+    loaded = b2s.load(tmp_path / "m.b2s")
+    assert loaded.size().bits_total == plain.size().bits_total
+    state = loaded.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in cm.state_dict().items())
+
+
+def test_the_weight_loss_keeps_the_distilled_inr_nearer_its_weights():
+    teacher = peaked_llama()
+    cm = compress(teacher, "inr", **INR_FAST)
+    names = trainable(cm.tensors, cm.aliases)
+    inputs = _text(teacher)
+    errors = {}
+    for weight_loss in (0.0, 50.0):
+        tensors, report = distill_codecs(teacher, teacher, cm.tensors, cm.aliases, task="causal-lm", inputs=inputs,
+                                         config=DistillConfig(steps=25, lr=1e-3, weight_loss=weight_loss, **TINY),
+                                         progress=False)
+        errors[weight_loss] = sum(tensors[n].meta["rel_error"] ** 2 for n in names)
+    start = sum(cm.tensors[n].meta["rel_error"] ** 2 for n in names)
+    assert errors[50.0] < errors[0.0] and errors[50.0] < 1.05 * start
+
+
+def test_a_weight_loss_without_a_compressed_student_and_shared_sirens_are_refused():
+    teacher = peaked_llama()
+    with pytest.raises(Big2SmallError, match="weight_loss weighs a compressed student's weight error"):
+        distill(teacher, copy.deepcopy(teacher), _text(teacher), loss_for("causal-lm"),
+                DistillConfig(steps=1, weight_loss=1.0, **TINY), progress=False)
+    with pytest.raises(Big2SmallError, match="weight_loss must be a number >= 0"):
+        DistillConfig(weight_loss=-1.0).validate()
+    with pytest.raises(Big2SmallError, match="or the INR's SIRENs \\(not shared between layers\\); .* use inr"):
+        compress(teacher, "inr", shared_layers=2, distill=DistillConfig(steps=1, **TINY), **INR_FAST)

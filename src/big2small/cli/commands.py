@@ -27,12 +27,12 @@ MaxShardSize = Annotated[str, typer.Option(help="Write the artifact's arrays in 
                                            "(e.g. 5GB, 500MB; GB = 10^9 bytes), as Hugging Face shards a checkpoint: "
                                            "tensors-00001-of-0000N.safetensors ...; under it, one tensors.safetensors.")]
 # Data-free distillation (fold: repair of the folded weights; compress: the codec's scales).
-DistillSteps = Annotated[int, typer.Option("--distill", help="Distil from the original on synthetic inputs (data-free): this many AdamW steps (0: none). fold: repairs the folded weights; compress: trains the scales of uniform, hyper or trellis codes and re-chooses the codes, stored bits unchanged.")]
+DistillSteps = Annotated[int, typer.Option("--distill", help="Distil from the original on synthetic inputs (data-free): this many AdamW steps (0: none). fold: repairs the folded weights; compress: trains the scales of uniform, hyper or trellis codes and re-chooses the codes, or the INR's SIREN parameters, stored bits unchanged.")]
 DistillSamples = Annotated[int, typer.Option(help="--distill: synthetic inputs to make (cached on disk), of which 8 are held out to measure the loss.")]
 DistillSeed = Annotated[int, typer.Option(help="--distill: seed of the synthetic inputs and the batch order.")]
 DistillSeqLen = Annotated[int, typer.Option(help="--distill: tokens per synthetic text sequence (start token included).")]
 DistillSeconds = Annotated[Optional[float], typer.Option(help="--distill: stop training after this many seconds (a time budget).")]
-DistillLr = Annotated[Optional[float], typer.Option(help="--distill: AdamW learning rate (default: fold and distill 5e-5 on the weights; compress 5e-3 on the scales' log-gains).")]
+DistillLr = Annotated[Optional[float], typer.Option(help="--distill: AdamW learning rate (default: fold and distill 5e-5 on the weights; compress 5e-3 on the scales' log-gains, 1e-4 on the INR's parameters).")]
 DistillSource = Annotated[str, typer.Option(help="--distill: where the inputs come from: auto (the model's own route), self, smollm2, random or inversion.")]
 
 
@@ -72,6 +72,7 @@ def compress(
     distill_seconds: DistillSeconds = None,
     distill_lr: DistillLr = None,
     distill_source: DistillSource = "auto",
+    distill_weight_loss: float = typer.Option(0.0, help="--distill: add this times the mean relative squared weight error (||W - W0||^2 / ||W0||^2 per trained tensor) to the distillation loss."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the pre-flight report and stop."),
     max_shard_size: MaxShardSize = "5GB",
     overwrite: bool = typer.Option(False, help="Replace an existing output."),
@@ -86,7 +87,8 @@ def compress(
     bpw = options.target_bpw(bpw, ratio, size_mb)
     distill_config = options.distill_config(distill, samples=distill_samples, seed=distill_seed, seq_len=distill_seq_len,
                                             max_seconds=distill_seconds, source=distill_source,
-                                            lr=distill_lr if distill_lr is not None else options.SCALE_LR)
+                                            weight_loss=distill_weight_loss,
+                                            lr=distill_lr if distill_lr is not None else options.codec_lr(method))
     if distill_config is not None and (ray is not None or workers is not None):
         raise Big2SmallError("--distill encodes in this process: leave out --workers and --ray")
     if method is None and bpw is None and size_mb is None:

@@ -72,9 +72,17 @@ def recipe_from_options(method: str | None, *, bpw: float | None, bits: float | 
 
 
 # --distill's default learning rates: fold trains the folded weights; compress trains the log-gains
-# of the codec's scales (a relative step: 5e-3 moves a scale by at most about 0.5% per step).
+# of the codec's scales (a relative step: 5e-3 moves a scale by at most about 0.5% per step), or
+# the INR's parameters.
 WEIGHT_LR = 5e-5
 SCALE_LR = 5e-3
+# The INR trains its SIRENs' parameters themselves (an absolute step, as its fit's lr: 1e-3 to 1e-5).
+INR_LR = 1e-4
+
+
+def codec_lr(method: str | None) -> float:
+    """compress --distill's default learning rate for `method`'s codec."""
+    return INR_LR if method == "inr" else SCALE_LR
 
 
 def distill_config(steps: int, *, option: str = "--distill", always: bool = False, **options: Any) -> Any:

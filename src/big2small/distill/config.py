@@ -35,6 +35,8 @@ class DistillConfig(Config):
     temperature: softmax temperature of the sampled tokens (and of the logit KL loss: 1).
     inversion_steps, inversion_lr: BatchNorm inversion's optimisation of each batch of images.
     image_size: side of the synthetic images (pixels; None: the task's example input's).
+    weight_loss: compress --distill only: this times the mean relative squared weight error
+        (||W - W0||^2 / ||W0||^2 per trained tensor) is added to the distillation loss (0: none).
     """
 
     version: ClassVar[int] = 1
@@ -53,6 +55,7 @@ class DistillConfig(Config):
     inversion_steps: int = 200
     inversion_lr: float = 0.1
     image_size: int | None = None
+    weight_loss: float = 0.0
 
     def validate(self) -> None:
         if self.steps < 0 or self.samples < 1 or self.held_out < 0 or self.held_out >= self.samples:
@@ -66,5 +69,7 @@ class DistillConfig(Config):
             raise Big2SmallError(f"source must be one of {', '.join(SOURCES)}; got {self.source!r}")
         if self.greedy_tokens < 0 or self.temperature <= 0 or self.inversion_steps < 0 or self.inversion_lr <= 0:
             raise Big2SmallError("greedy_tokens and inversion_steps must be >= 0, temperature and inversion_lr > 0")
+        if not (isinstance(self.weight_loss, (int, float)) and 0 <= self.weight_loss < float("inf")):
+            raise Big2SmallError(f"weight_loss must be a number >= 0, got {self.weight_loss!r}")
         if self.image_size is not None and self.image_size < 1:
             raise Big2SmallError(f"image_size must be >= 1, got {self.image_size}")

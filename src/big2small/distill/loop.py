@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -60,10 +61,17 @@ def mean_loss(teacher: nn.Module, student: nn.Module, inputs: dict[str, torch.Te
 
 
 def distill(teacher: nn.Module, student: nn.Module, inputs: dict[str, torch.Tensor], loss_fn: LossFn,
-            config: DistillConfig, *, progress: bool = True) -> DistillReport:
+            config: DistillConfig, *, progress: bool = True,
+            regulariser: Callable[[], torch.Tensor] | None = None) -> DistillReport:
     """Train `student` (in place) to match `teacher` on `inputs` (tensors with one leading axis of
-    examples: {"input_ids", "attention_mask"} or {"images"}); the teacher is not changed."""
+    examples: {"input_ids", "attention_mask"} or {"images"}); the teacher is not changed.
+
+    With `regulariser` (a scalar computed after the student's forward pass, e.g. its weight error:
+    big2small.distill.qat), each step minimises loss + config.weight_loss * regulariser(); the
+    losses reported (training and held out) are the task's loss alone."""
     config.validate()
+    if config.weight_loss and regulariser is None:
+        raise Big2SmallError("weight_loss weighs a compressed student's weight error: only compress --distill has one")
     n = len(next(iter(inputs.values())))
     if n != config.samples:
         raise Big2SmallError(f"distillation got {n} inputs, its config says samples={config.samples}")
@@ -98,10 +106,11 @@ def distill(teacher: nn.Module, student: nn.Module, inputs: dict[str, torch.Tens
                 with torch.no_grad():
                     target = forward(teacher, batch)
                 loss = loss_fn(target, forward(student, batch), batch)
-                if not torch.isfinite(loss):
-                    raise Big2SmallError(f"distillation diverged at step {len(losses) + 1} (loss {float(loss)}): lower the learning rate")
+                total = loss + config.weight_loss * regulariser() if config.weight_loss else loss
+                if not torch.isfinite(total):
+                    raise Big2SmallError(f"distillation diverged at step {len(losses) + 1} (loss {float(total)}): lower the learning rate")
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                total.backward()
                 optimizer.step()
                 losses.append(float(loss.detach()))
                 advance(1)

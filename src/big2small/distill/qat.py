@@ -1,19 +1,19 @@
-"""Quantisation-aware distillation: the codec's scales trained against the original model on
-synthetic inputs, the codes re-chosen with them (docs/distillation.md#quantisation-aware-distillation).
+"""Quantisation-aware distillation: what a codec stores, trained against the original model on
+synthetic inputs (docs/distillation.md#quantisation-aware-distillation).
 
-After compress() has encoded a model, each tensor whose codec has trainable scales (uniform,
-hyper, trellis: `Generator.trainable_scales`) becomes, in a copy of the model, a function of its
-scales: W = decode(codes the scales choose for the original weights, the scales), with the scales
-rounded to fp16 as stored and straight-through gradients through every rounding (LSQ, Esser et
-al. 2020). The scales are trained, as s = s0 * exp(g) with one gain g per group (so that the
-learning rate is relative), by the distillation loop (big2small.distill.loop) against the original
-model on its synthetic inputs; weights, codes, zero-points and every other array stay as the codec
-chose them. At the end each tensor is re-encoded with its trained scales (`Generator.requantize`):
-the same codec, config and stored bits, and what it decodes to is exactly what the trained
-student computed. Trellis codes come from a Viterbi search, not a rounding: its scales are trained
-with its codes kept.
+After compress() has encoded a model, each tensor whose codec can be trained (`Generator.trains`)
+becomes, in a copy of the model, a function of what its codec trains (`Generator.train_start`):
+W = train_decode(the original weights, the record, the trained values), with every rounding to the
+stored form passing gradients straight through (LSQ, Esser et al. 2020). Uniform, hyper and
+trellis train their scales (s = s0 * exp(g), one gain g per group, so that the learning rate is
+relative; the codes re-chosen with them, trellis's kept); the INR trains its SIRENs' parameters,
+its mean and spread and its outlier values (generators.inr). Everything is trained by the
+distillation loop (big2small.distill.loop) against the original model on its synthetic inputs,
+optionally with the weight error as a regulariser (`DistillConfig.weight_loss`). At the end each
+tensor is stored with what was trained (`Generator.train_encode`): the same codec, config and stored
+bits, and what it decodes to is exactly what the trained student computed.
 
-Tensors tied to another (an embedding shared with the LM head) keep their scales.
+Tensors tied to another (an embedding shared with the LM head) are not trained.
 """
 
 from __future__ import annotations
@@ -31,56 +31,55 @@ from big2small.distill.loop import DistillReport, distill
 from big2small.distill.loss import loss_for
 from big2small.errors import Big2SmallError
 from big2small.generators import Encoded, decode, generator_for
-from big2small.generators.straight_through import fp16_st
-
-FP16_MAX = 65504.0
 
 
-class TrainedScales(nn.Module):
-    """A parametrisation of one weight by its codec's scales: forward() is the weight the codes
-    chosen by the current scales decode to (the weight's own value is not read)."""
+class TrainedCodec(nn.Module):
+    """A parametrisation of one weight by what its codec trains: forward() is the weight the
+    record stored with the current values decodes to (the weight's own value is not read)."""
 
     def __init__(self, enc: Encoded, weight: torch.Tensor):
         super().__init__()
         self.generator, self.enc, self.dtype = generator_for(enc.config), enc, weight.dtype
-        self.register_buffer("matrix", self.generator.codec_input(weight, enc))  # what the codes approximate
-        self.register_buffer("initial", enc.tensors["scales"].float())
-        self.log_gain = nn.Parameter(torch.zeros_like(self.initial))
-
-    def scales(self) -> torch.Tensor:
-        """The current scales, as they would be stored (fp16 values in fp32)."""
-        return fp16_st((self.initial * self.log_gain.exp()).clamp(max=FP16_MAX))
+        self.register_buffer("matrix", self.generator.codec_input(weight, enc))  # the original, in the codec's domain
+        self.params = nn.ParameterDict({k: nn.Parameter(v) for k, v in self.generator.train_start(self.matrix, enc).items()})
 
     def forward(self, _weight: torch.Tensor) -> torch.Tensor:
-        matrix = self.generator.fake_quantize(self.matrix, self.enc, self.scales())
+        matrix = self.generator.train_decode(self.matrix, self.enc, dict(self.params))
+        self.last = matrix  # for weight_error: the weight loss reads what this step computed
         return self.enc.layout.from_matrix(self.generator.weight_domain(matrix, self.enc)).to(self.dtype)
 
+    def weight_error(self) -> torch.Tensor:
+        """||W - W0||^2 / ||W0||^2 of the weight the last forward() computed, against the original
+        (in the codec's domain, whose transforms, rotations, keep the norm)."""
+        return (self.last - self.matrix).pow(2).sum() / self.matrix.pow(2).sum().clamp_min(1e-30)
+
     @torch.no_grad()
-    def requantized(self) -> Encoded:
-        """The tensor re-encoded with the trained scales; refused if its stored bits changed."""
-        enc = self.generator.requantize(self.matrix, self.enc, self.scales())
+    def retrained(self) -> Encoded:
+        """The tensor stored with the trained values; refused if its stored bits changed."""
+        enc = self.generator.train_encode(self.matrix, self.enc, dict(self.params))
         type(self.generator).check_stored(enc)
         if enc.total_bits != self.enc.total_bits:
             raise Big2SmallError(f"internal: re-encoding changed {enc.method}'s stored bits; please report")
         return enc
 
 
-def no_scales(methods: list[str]) -> Big2SmallError:
-    """The error for a model whose compressed tensors (stored by `methods`) have no scales to train."""
-    return Big2SmallError("distillation trains the scales of uniform, hyper or trellis codes; this model's "
-                          f"compressed tensors use {', '.join(sorted(set(methods))) or 'none'}")
+def nothing_to_train(methods: list[str]) -> Big2SmallError:
+    """The error for a model whose compressed tensors (stored by `methods`) have nothing to train."""
+    return Big2SmallError("distillation trains the scales of uniform, hyper or trellis codes or the INR's SIRENs "
+                          f"(not shared between layers); this model's compressed tensors use "
+                          f"{', '.join(sorted(set(methods))) or 'none'}")
 
 
 def trainable(tensors: dict[str, Encoded], aliases: dict[str, str]) -> list[str]:
-    """The stored tensors whose scales can be trained: a codec with trainable scales, not tied."""
+    """The stored tensors distillation can train: a codec that trains their config, not tied."""
     tied = set(aliases.values())
     return [name for name, enc in tensors.items()
-            if enc.compressed and generator_for(enc.config).trainable_scales and name not in tied]
+            if enc.compressed and type(generator_for(enc.config)).trains(enc.config) and name not in tied]
 
 
-def student_of(model: nn.Module, tensors: dict[str, Encoded], names: list[str]) -> tuple[nn.Module, dict[str, TrainedScales]]:
+def student_of(model: nn.Module, tensors: dict[str, Encoded], names: list[str]) -> tuple[nn.Module, dict[str, TrainedCodec]]:
     """A copy of `model` (whose weights `tensors` encode) holding the decoded tensors, with the
-    tensors `names` parametrised by their scales, the only parameters that require gradients."""
+    tensors `names` parametrised by what their codecs train, the only parameters that require gradients."""
     student = copy.deepcopy(model)
     student.requires_grad_(False)
     own = student.state_dict()
@@ -89,36 +88,46 @@ def student_of(model: nn.Module, tensors: dict[str, Encoded], names: list[str]) 
             if name not in names and name in own:
                 own[name].copy_(decode(enc).to(own[name].dtype))
     modules = dict(student.named_modules())
-    trained: dict[str, TrainedScales] = {}
+    trained: dict[str, TrainedCodec] = {}
     for name in names:
         module_name, _, attr = name.rpartition(".")
         module = modules.get(module_name)
         weight = getattr(module, attr, None) if module is not None else None
         if not isinstance(weight, torch.Tensor):
             raise Big2SmallError(f"{name}: not a tensor of the model being distilled")
-        trained[name] = TrainedScales(tensors[name], weight.detach())
+        trained[name] = TrainedCodec(tensors[name], weight.detach())
         with torch.no_grad():
             getattr(module, attr).data = torch.empty(0, dtype=weight.dtype)  # never read: free it
         parametrize.register_parametrization(module, attr, trained[name], unsafe=True)
     return student, trained
 
 
-def distill_scales(teacher: nn.Module, model: nn.Module, tensors: dict[str, Encoded], aliases: dict[str, str], *,
+def distill_codecs(teacher: nn.Module, model: nn.Module, tensors: dict[str, Encoded], aliases: dict[str, str], *,
                    task: str, tokenizer: Any = None, config: DistillConfig, example_input: Any = None,
                    use_cache: bool = True, progress: bool = True, inputs: dict[str, torch.Tensor] | None = None,
                    ) -> tuple[dict[str, Encoded], DistillReport]:
-    """Train the scales of the trainable tensors of `tensors` (the encoded weights of `model`)
-    against `teacher` on its synthetic inputs (or on `inputs`, shaped like them: e.g. real text,
-    which is then not data-free); returns the tensors re-encoded with them (the others unchanged)
-    and what distillation did."""
+    """Train what the codecs of the trainable tensors of `tensors` (the encoded weights of `model`)
+    store against `teacher` on its synthetic inputs (or on `inputs`, shaped like them: e.g. real
+    text, which is then not data-free), with `config.weight_loss` times the mean relative weight
+    error added to the loss; returns the tensors stored with what was trained (the others
+    unchanged) and what distillation did."""
     names = trainable(tensors, aliases)
     if not names:
-        raise no_scales([enc.method for enc in tensors.values() if enc.compressed])
+        raise nothing_to_train([enc.method for enc in tensors.values() if enc.compressed])
     student, trained = student_of(model, tensors, names)
+
+    def weight_loss() -> torch.Tensor:
+        return torch.stack([codec.weight_error() for codec in trained.values()]).mean()
+
+    regulariser = weight_loss if config.weight_loss else None
     if inputs is None:
         report = distill_student(teacher, student, task=task, tokenizer=tokenizer, config=config,
-                                 example_input=example_input, use_cache=use_cache, progress=progress)
+                                 example_input=example_input, use_cache=use_cache, progress=progress,
+                                 regulariser=regulariser)
     else:
-        report = distill(teacher, student, inputs, loss_for(task), config, progress=progress)
-    report.trained = f"scales of {len(names)} tensors"
-    return {name: trained[name].requantized() if name in trained else enc for name, enc in tensors.items()}, report
+        report = distill(teacher, student, inputs, loss_for(task), config, progress=progress, regulariser=regulariser)
+    kinds: dict[str, int] = {}
+    for codec in trained.values():
+        kinds[codec.generator.trainable] = kinds.get(codec.generator.trainable, 0) + 1
+    report.trained = "; ".join(f"{kind} of {n} tensors" for kind, n in kinds.items())
+    return {name: trained[name].retrained() if name in trained else enc for name, enc in tensors.items()}, report

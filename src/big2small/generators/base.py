@@ -18,6 +18,7 @@ import torch
 from big2small.config import Config
 from big2small.dtypes import dtype_name
 from big2small.errors import Big2SmallError
+from big2small.generators.straight_through import FP16_MAX, fp16_st
 from big2small.layout import MatrixLayout
 
 # Each encoded tensor pays this for its shape and method parameters (docs/bit-accounting.md#the-bit-ledger).
@@ -195,10 +196,42 @@ class Generator(ABC):
         matrix view: the inverse of `codec_input`'s transform (none by default)."""
         return matrix
 
-    # Quantisation-aware distillation (big2small.distill.qat, docs/distillation.md): a codec whose
-    # fp16 group scales (its "scales" array) can be trained through its rounding sets this and
-    # implements fake_quantize and requantize.
-    trainable_scales: ClassVar[bool] = False
+    # Quantisation-aware distillation (big2small.distill.qat, docs/distillation.md): what of a
+    # codec's stored form is trained through its decoder, in words ("" : nothing). "scales": the
+    # fp16 group scales, through the codes' rounding (the codec implements fake_quantize and
+    # requantize; train_* below parametrise them); a codec that trains other arrays (the INR: its
+    # SIRENs' parameters) overrides trains, train_start, train_decode and train_encode.
+    trainable: ClassVar[str] = ""
+
+    @classmethod
+    def trains(cls, config: GeneratorConfig) -> bool:
+        """Whether distillation can train a tensor this config stores."""
+        return bool(cls.trainable)
+
+    def train_start(self, matrix: torch.Tensor, enc: Encoded) -> dict[str, torch.Tensor]:
+        """The starting values (fp32) of what distillation trains in `enc` (scales: one log-gain
+        per group, 0: s = s0 * exp(g), so that a learning rate is relative). `matrix`: codec_input's."""
+        self._require_scales(enc)
+        return {"log_gain": torch.zeros(enc.tensors["scales"].shape, dtype=torch.float32,
+                                        device=enc.tensors["scales"].device)}
+
+    def train_decode(self, matrix: torch.Tensor, enc: Encoded, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """What `decode_matrix(train_encode(matrix, enc, params))` returns, bit for bit,
+        differentiable in `params` (roundings to the stored form pass gradients straight through)."""
+        return self.fake_quantize(matrix, enc, self._trained_scales(enc, params))
+
+    def train_encode(self, matrix: torch.Tensor, enc: Encoded, params: dict[str, torch.Tensor]) -> Encoded:
+        """`enc` stored with the trained `params`: the same config, layout and stored bits."""
+        return self.requantize(matrix, enc, self._trained_scales(enc, params).detach())
+
+    def _require_scales(self, enc: Encoded) -> None:
+        if self.trainable != "scales":
+            raise Big2SmallError(f"{enc.method}: its stored form has nothing to train")
+
+    def _trained_scales(self, enc: Encoded, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """s0 * exp(g), rounded to fp16 as stored (fp32 values), gradients straight through."""
+        self._require_scales(enc)
+        return fp16_st((enc.tensors["scales"].float() * params["log_gain"].exp()).clamp(max=FP16_MAX))
 
     def fake_quantize(self, matrix: torch.Tensor, enc: Encoded, scales: torch.Tensor) -> torch.Tensor:
         """What `decode_matrix(requantize(matrix, enc, scales))` returns, bit for bit, computed so

@@ -204,7 +204,7 @@ class HyperGenerator(rotation.RotatingGenerator):
             values = values * per_element(scales, gp, playout)
         return values[:, : layout.cols]
 
-    trainable_scales = True
+    trainable = "scales"
 
     def fake_quantize(self, matrix: torch.Tensor, enc: Encoded, scales: torch.Tensor) -> torch.Tensor:
         padded, codes, codebook, s = _codes_for_scales(matrix, enc, scales)

@@ -32,8 +32,10 @@ from big2small.generators.base import (
     HEADER_BITS, ArrayForm, Encoded, Generator, GeneratorConfig, byte_arrays, meta_int, register,
 )
 from big2small.generators.siren import (
-    FREQ_MODES, FitSettings, SirenShape, dequantise_params, fit_bank, grid_axis, quantise_params, tile_grid,
+    FREQ_MODES, FitSettings, SirenShape, dequantise_params, fit_bank, grid_axis, quantise_params, stored_params,
+    tile_grid,
 )
+from big2small.generators.straight_through import fp16_st, straight_through
 from big2small.generators.uniform import UniformConfig, UniformGenerator
 from big2small.layout import MatrixLayout
 
@@ -375,6 +377,54 @@ class INRGenerator(Generator):
     def decode_matrix(self, enc: Encoded) -> torch.Tensor:
         return decode_inr(enc.config, enc.layout, enc.tensors, enc.meta)
 
+    # Distillation (big2small.distill.qat) trains what the INR stores beside its permutations and
+    # residual: the SIRENs' parameters phi (rounded to phi_bits as stored, gradients straight
+    # through), the mean (as a shift in units of the fitted spread) and the spread (as a log-gain),
+    # and the outliers' values; a tensor stored dense, its fp16 values. The row and column orders
+    # and the residual's codes stay as encoded. SIRENs shared between layers are not trained.
+    trainable = "SIREN parameters"
+
+    @classmethod
+    def trains(cls, config: INRConfig) -> bool:
+        return config.shared_layers == 1
+
+    def train_start(self, matrix: torch.Tensor, enc: Encoded) -> dict[str, torch.Tensor]:
+        if enc.meta.get("dense"):
+            return {"dense": enc.tensors["dense"].float()}
+        params = {"mean_shift": torch.zeros(()), "log_spread": torch.zeros(())}
+        if enc.meta["width"]:
+            params["phi"] = _siren_params(enc.config, enc.tensors, enc.meta["width"]).clone()
+        if "outlier_values" in enc.tensors:
+            params["outlier_values"] = enc.tensors["outlier_values"].float()
+        return params
+
+    def train_decode(self, matrix: torch.Tensor, enc: Encoded, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        return decode_inr(enc.config, enc.layout, _trained_tensors(enc, params), enc.meta)
+
+    @torch.no_grad()
+    def train_encode(self, matrix: torch.Tensor, enc: Encoded, params: dict[str, torch.Tensor]) -> Encoded:
+        config, layout = enc.config, enc.layout
+        trained = _trained_tensors(enc, params)
+        tensors = dict(enc.tensors)
+        if "dense" in params:
+            tensors["dense"] = trained["dense"].to(torch.float16).contiguous()
+        else:
+            tensors["norm"] = trained["norm"].float().contiguous()
+            if "phi" in params:
+                shape = SirenShape(enc.meta["width"], config.depth, d_in=config.d_in)
+                tensors.update(_phi_arrays(config, shape, params["phi"].detach()))
+            if "outlier_values" in params:
+                tensors["outlier_values"] = trained["outlier_values"].to(torch.float16).contiguous()
+        tensors = {k: v.cpu() for k, v in tensors.items()}
+        meta = dict(enc.meta)
+        if not meta.get("dense"):
+            ref = matrix.norm().clamp_min(1e-30)
+            decoded = decode_inr(config, layout, {k: v.to(matrix.device) for k, v in tensors.items()}, meta)
+            inr_only = {k: v.to(matrix.device) for k, v in tensors.items() if not k.startswith("residual_")}
+            meta.update(rel_error=float((decoded - matrix).norm() / ref),
+                        inr_rel_error=float((decode_inr(config, layout, inr_only, meta) - matrix).norm() / ref))
+        return Encoded(enc.method, config, layout, enc.dtype, tensors, dict(enc.bits), meta)
+
     @classmethod
     def bits_for(cls, config: INRConfig, layout: MatrixLayout) -> int:
         width = chosen_width(config, layout)
@@ -611,8 +661,8 @@ def decode_inr(config: INRConfig, layout: MatrixLayout, tensors: dict[str, torch
         matrix = torch.zeros(rows, cols, device=device)
     else:
         matrix = _siren_matrix(config, layout, tensors, meta)
-    mu, sigma = tensors["norm"].tolist()
-    matrix = matrix * (sigma if sigma > 0 else 1.0) + mu
+    mu, sigma = tensors["norm"].float().unbind()
+    matrix = matrix * torch.where(sigma > 0, sigma, torch.ones_like(sigma)) + mu
     if "residual_codes" in tensors:
         res_cfg = _residual_config(config)
         res = Encoded("uniform", res_cfg, layout, torch.float32,
@@ -623,8 +673,36 @@ def decode_inr(config: INRConfig, layout: MatrixLayout, tensors: dict[str, torch
         idx = bitpack.unpack_stream(tensors, "outlier_index", bitpack.index_bits(layout.numel), n_out, device).to(device)
         if int(idx.max()) >= layout.numel:
             raise Big2SmallError("inr: a stored outlier position is beyond the tensor")
-        matrix.view(-1)[idx] = tensors["outlier_values"].float().to(device)
+        matrix = matrix.reshape(-1).index_put((idx,), tensors["outlier_values"].float().to(device)).reshape(rows, cols)
     return matrix
+
+
+def _siren_params(config: INRConfig, tensors: dict[str, torch.Tensor], width: int) -> torch.Tensor:
+    """A bank's parameters [T, P] in fp32, as stored (or, while distilling, as trained)."""
+    if "phi" in tensors:
+        return tensors["phi"].float()
+    shape = SirenShape(width, config.depth, d_in=config.d_in)
+    return dequantise_params(shape, tensors["phi_codes"], tensors["phi_scales"])
+
+
+def _trained_tensors(enc: Encoded, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`enc`'s stored arrays with the trained values in place of what distillation trains (see
+    INRGenerator.train_start), each rounded as it will be stored, gradients passing straight through."""
+    tensors = dict(enc.tensors)
+    if "dense" in params:
+        return {**tensors, "dense": fp16_st(params["dense"])}
+    mu0, sigma0 = enc.tensors["norm"].float().unbind()
+    unit = torch.where(sigma0 > 0, sigma0, torch.ones_like(sigma0))
+    tensors["norm"] = torch.stack([mu0 + unit * params["mean_shift"], sigma0 * params["log_spread"].exp()])
+    if "phi" in params:
+        config = enc.config
+        shape = SirenShape(enc.meta["width"], config.depth, d_in=config.d_in)
+        for part in PHI_PARTS:
+            tensors.pop(part, None)
+        tensors["phi"] = straight_through(params["phi"], stored_params(shape, params["phi"].detach(), config.phi_bits))
+    if "outlier_values" in params:
+        tensors["outlier_values"] = fp16_st(params["outlier_values"])
+    return tensors
 
 
 def _siren_matrix(config: INRConfig, layout: MatrixLayout, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> torch.Tensor:
@@ -634,15 +712,11 @@ def _siren_matrix(config: INRConfig, layout: MatrixLayout, tensors: dict[str, to
     device = tensors["norm"].device
     tr, tc, nr, nc = tile_dims(config, layout)
     shape = SirenShape(width, config.depth, config.omega0_first, config.omega0_hidden, d_in=config.d_in)
-    if "phi_codes" in tensors:
-        phi = dequantise_params(shape, tensors["phi_codes"], tensors["phi_scales"])
-    else:
-        phi = tensors["phi"].float()
+    phi = _siren_params(config, tensors, width)
     z = grid_axis(meta["layers"], device)[meta["layer"]:meta["layer"] + 1] if config.d_in == 3 else None
     coords = tile_grid(tr, tc, device, z)
     per_chunk = max(1, int(2e8 // (tr * tc * shape.width)))  # bounds decode memory to ~1 GB
-    with torch.no_grad():
-        tiles = torch.cat([shape.forward(phi[i:i + per_chunk], coords) for i in range(0, phi.shape[0], per_chunk)])
+    tiles = torch.cat([shape.forward(phi[i:i + per_chunk], coords) for i in range(0, phi.shape[0], per_chunk)])
     ordered = from_tiles(tiles.reshape(-1, tr, tc), rows, cols)
     if config.reorder != "none":
         pr = bitpack.unpack_stream(tensors, "row_perm", bitpack.index_bits(rows), rows, device).to(device)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+FP16_MAX = 65504.0  # the largest finite float16
+
 
 class _StraightThrough(torch.autograd.Function):
     @staticmethod

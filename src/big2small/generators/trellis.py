@@ -98,7 +98,7 @@ class TrellisGenerator(rotation.RotatingGenerator):
 
     # Its codes are a Viterbi search, not a rounding: quantisation-aware distillation trains the
     # scales with the codes kept (no gradient passes through the search).
-    trainable_scales = True
+    trainable = "scales"
 
     def fake_quantize(self, matrix: torch.Tensor, enc: Encoded, scales: torch.Tensor) -> torch.Tensor:
         cfg: TrellisConfig = enc.config
@@ -109,7 +109,7 @@ class TrellisGenerator(rotation.RotatingGenerator):
         return ungrouped(values[states] * scales.unsqueeze(1), gp, enc.layout)
 
     def requantize(self, matrix: torch.Tensor, enc: Encoded, scales: torch.Tensor) -> Encoded:
-        """The codes kept, the scales replaced (see trainable_scales)."""
+        """The codes kept, the scales replaced (see trainable)."""
         return replace(enc, tensors={**enc.tensors, "scales": scales.to(torch.float16)}, bits=dict(enc.bits),
                        meta=dict(enc.meta))
 

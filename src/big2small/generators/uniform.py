@@ -85,7 +85,7 @@ class UniformGenerator(rotation.RotatingGenerator):
         q = grouped(codes.float(), gp)
         return ungrouped((q - _offset(enc, gp)) * enc.tensors["scales"].float().unsqueeze(1), gp, layout)
 
-    trainable_scales = True
+    trainable = "scales"
 
     def fake_quantize(self, matrix: torch.Tensor, enc: Encoded, scales: torch.Tensor) -> torch.Tensor:
         gp = grouping(enc.layout, enc.config.group_size)
