@@ -106,6 +106,7 @@ def synthetic_set(teacher: nn.Module, config: DistillConfig, *, use_cache: bool 
     return TrainingSet.distilled(teacher, images[:train_n], images[train_n:], f"synthetic images ({source})",
                                  time.perf_counter() - start)
 
+
 @dataclass
 class SweepPoint:
     """One trained network: its test accuracy after export and reload, and its size."""
