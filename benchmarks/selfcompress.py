@@ -17,6 +17,15 @@ Writes benchmarks/results/selfcompress/{fashion.md, fashion.json, tradeoff-fashi
 `--init fp32` (self-compression fine-tunes the fp32 reference, starting at 8 bits)
 fashion-finetune.{md,json} and tradeoff-fashion-finetune.png.
 Run: `python benchmarks/selfcompress.py [--epochs N] [--gammas 0.1,0.5,2.0] [--quantizer-lr X] [--init fp32]`.
+
+`--datafree STEPS` (data-free self-compression, docs/self-compression.md#data-free-self-compression):
+the fp32 network trained for --epochs on the real images is the teacher; for each gamma, the same
+self-compression run (from the teacher at b0 = 8, STEPS Adam steps, the distillation loss against
+the teacher's logits) on (a) the real training images and (b) synthetic images only (--samples
+images inverted from the teacher's BatchNorm statistics, --inversion-steps each). Same loss, same
+steps, same seed: only the images differ. Writes fashion-datafree.{md,json} and
+tradeoff-fashion-datafree.png.
+Run: `python benchmarks/selfcompress.py --datafree 250 --epochs 2 --gammas 0.5,2.0 --samples 1024 --inversion-steps 150`.
 """
 
 from __future__ import annotations
@@ -32,7 +41,9 @@ import torch
 import big2small as b2s
 from big2small.selfcompress.export import state_dict_bits
 from big2small.evaluate.data import FashionSplits, fashion_mnist_splits
-from big2small.selfcompress.sweep import SweepPoint, run_recipe
+from big2small.distill import DistillConfig
+from big2small.selfcompress.quantizer import SelfCompressConfig
+from big2small.selfcompress.sweep import SweepPoint, TrainingSet, run_recipe, synthetic_set, train_fp32, train_selfcompressed
 from big2small.evaluate.classification import accuracy
 from big2small.training import TrainConfig
 
@@ -139,6 +150,102 @@ def plot(points: list[SweepPoint], uniform: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def datafree_rows(args) -> dict:
+    """The data-free comparison (module docstring); saved to fashion-datafree.json after every row."""
+    data_file = OUT / "fashion-datafree.json"
+    start = time.perf_counter()
+    data = fashion_mnist_splits()
+    teacher, teacher_point = train_fp32(data, TrainConfig(epochs=args.epochs, seed=0))
+    saved = {"command": " ".join(sys.argv), "args": vars(args), "teacher": teacher_point.to_dict(), "rows": []}
+    distill = DistillConfig(samples=args.samples, held_out=args.held_out, seed=0, inversion_steps=args.inversion_steps)
+    sets = {"synthetic": synthetic_set(teacher, distill),
+            "real": TrainingSet.distilled(teacher, data.train[0], data.val[0], "real images, distillation loss")}
+    saved["inputs_seconds"] = {k: v.seconds for k, v in sets.items()}
+    schedule = TrainConfig(steps=args.datafree, quantizer_lr=args.quantizer_lr, seed=0)
+    for gamma in [float(g) for g in args.gammas.split(",")]:
+        for kind in ("real", "synthetic"):
+            _, point = train_selfcompressed(sets[kind], data.test, TrainConfig(**{**schedule.__dict__, "gamma": gamma}),
+                                            SelfCompressConfig(init_bits=8.0), init=teacher,
+                                            out=OUT / "artifacts" / "fashion-datafree" / f"{kind}-gamma-{gamma:g}.b2s")
+            saved["rows"].append({"images": kind, **point.to_dict()})
+            saved["seconds"] = time.perf_counter() - start
+            data_file.write_text(json.dumps(saved, indent=1))
+    return saved
+
+
+def datafree_markdown(saved: dict) -> str:
+    args, teacher = saved["args"], SweepPoint.from_dict(saved["teacher"])
+    rows = [({k: v for k, v in r.items() if k != "images"}, r["images"]) for r in saved["rows"]]
+    lines = [
+        "# Data-free self-compression on Fashion-MNIST",
+        "",
+        f"Command: `python benchmarks/selfcompress.py --datafree {args['datafree']} --epochs {args['epochs']} "
+        f"--gammas {args['gammas']} --samples {args['samples']} --inversion-steps {args['inversion_steps']} "
+        f"--quantizer-lr {args['quantizer_lr']}` ({saved['seconds'] / 60:.0f} min in all on this machine's CPU, one "
+        "thread, shared with other jobs: times are upper bounds).",
+        "",
+        f"Teacher (the user's trained model): `FashionCNN` trained {args['epochs']} epochs on the 55,000 real "
+        f"training images, {100 * teacher.test_accuracy:.2f}% test accuracy, {teacher.train_seconds:.0f} s. "
+        f"Each self-compressing network starts from it at b0 = 8 and trains {args['datafree']} Adam steps "
+        f"(batch 256, lr 1e-3, quantizer lr {args['quantizer_lr']}) with the distillation loss "
+        "(KL(teacher || student) of the class distributions) plus gamma times the size loss; the two rows of a "
+        "gamma differ only in the images: the 55,000 real training images (no labels used: the fair upper "
+        f"bound of the same loss) or {args['samples'] - args['held_out']} synthetic images inverted from the "
+        f"teacher's BatchNorm statistics ({args['inversion_steps']} Adam steps each; {args['held_out']} more held "
+        "out to validate). Test accuracy: the 10,000 real test images, on the network reloaded from its artifact.",
+        "",
+        f"Making the inputs: synthetic images {saved['inputs_seconds']['synthetic']:.0f} s (inversion and teacher "
+        f"logits, once for every gamma); teacher logits on the real images {saved['inputs_seconds']['real']:.0f} s.",
+        "",
+        "| gamma | images | test accuracy | synthetic - real | bits left (vs fp32) | Q (bits per weight) | weights left | stored | training wall time |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    real = {p["gamma"]: p for p, kind in rows if kind == "real"}
+    for p, kind in rows:
+        q = p["history"][-1]["q_bits"] if p["history"] else float("nan")
+        kept = [h for h in p["history"] if h["kept"]]
+        q = kept[0]["q_bits"] if kept else q
+        gap = f"{100 * (p['test_accuracy'] - real[p['gamma']]['test_accuracy']):+.2f} pt" \
+            if kind == "synthetic" and p["gamma"] in real else ""
+        lines.append(f"| {p['gamma']:g} | {kind} | {100 * p['test_accuracy']:.2f}% | {gap} | {100 * p['bits_share']:.2f}% | "
+                     f"{q:.3f} | {100 * p['weights_share']:.1f}% | {p['stored_bits'] / 8 / 1024:.1f} KiB | "
+                     f"{p['train_seconds']:.0f} s |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def datafree_plot(saved: dict, path: Path) -> None:
+    """Test accuracy per gamma, real vs synthetic images side by side, each bar labelled with its
+    share of the fp32 bits (the rows of a gamma end at nearly the same size)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    teacher = saved["teacher"]
+    gammas = sorted({r["gamma"] for r in saved["rows"]})
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.axhline(100 * teacher["test_accuracy"], color="gray", ls="--", label=f"fp32 teacher ({100 * teacher['test_accuracy']:.2f}%)")
+    width = 0.38
+    for k, (kind, color) in enumerate((("real", "C0"), ("synthetic", "C1"))):
+        rows = {r["gamma"]: r for r in saved["rows"] if r["images"] == kind}
+        xs = [g_i + (k - 0.5) * width for g_i, g in enumerate(gammas) if g in rows]
+        accs = [100 * rows[g]["test_accuracy"] for g in gammas if g in rows]
+        bars = ax.bar(xs, accs, width, color=color, label=f"{kind} images (distillation loss)")
+        for bar, g in zip(bars, [g for g in gammas if g in rows]):
+            ax.annotate(f"{100 * rows[g]['test_accuracy']:.2f}%\n{100 * rows[g]['bits_share']:.1f}% of bits",
+                        (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom", fontsize=7)
+    shown = [100 * r["test_accuracy"] for r in saved["rows"]] + [100 * teacher["test_accuracy"]]
+    ax.set_ylim(min(shown) - 3, max(shown) + 1.5)
+    ax.set_xticks(range(len(gammas)), [f"γ = {g:g}" for g in gammas])
+    ax.set_ylabel("test accuracy, % (10,000 real test images)")
+    ax.set_title("Fashion-MNIST self-compression: synthetic vs real images")
+    ax.legend(fontsize=7, loc="lower center", framealpha=1)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=10)
@@ -147,8 +254,19 @@ def main() -> None:
     parser.add_argument("--init", default="scratch", choices=("scratch", "fp32"))
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--replot", action="store_true", help="Redraw the table and plot from fashion.json, no training.")
+    parser.add_argument("--datafree", type=int, default=None, metavar="STEPS",
+                        help="Data-free comparison: STEPS of self-compression on real vs synthetic images (--epochs: the teacher's).")
+    parser.add_argument("--samples", type=int, default=1024, help="--datafree: synthetic images made (held out included).")
+    parser.add_argument("--held-out", type=int, default=64, help="--datafree: synthetic images kept to validate.")
+    parser.add_argument("--inversion-steps", type=int, default=150, help="--datafree: Adam steps of BatchNorm inversion.")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
+    if args.datafree is not None:
+        saved = json.loads((OUT / "fashion-datafree.json").read_text()) if args.replot else datafree_rows(args)
+        (OUT / "fashion-datafree.md").write_text(datafree_markdown(saved))
+        datafree_plot(saved, OUT / "tradeoff-fashion-datafree.png")
+        print((OUT / "fashion-datafree.md").read_text())
+        return
     # From scratch: fashion.*; fine-tuning the fp32 reference (--init fp32): fashion-finetune.*
     stem = "fashion" if args.init == "scratch" else "fashion-finetune"
     table, data_file, figure = OUT / f"{stem}.md", OUT / f"{stem}.json", OUT / f"tradeoff-{stem}.png"

@@ -1,6 +1,7 @@
 """Training, in one place: a plain classifier loop and the one BatchNorm recalibration.
 
-The loop trains with cross-entropy plus, optionally, a `Regulariser` (self-compression's size
+The loop trains with a task loss (cross-entropy against labels by default; self-compression's
+data-free mode passes the distillation loss against a teacher's logits) plus, optionally, a `Regulariser` (self-compression's size
 penalty is one: big2small.selfcompress.SizePenalty), whose own parameters get their own learning
 rate. Users with their own loop need only selfcompress's `prepare`, `size_loss` and `convert`;
 this loop is what the zoo's networks, the self-compression recipe and the tests run: Adam on
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from typing import Protocol
 
@@ -32,7 +33,9 @@ class TrainConfig(Config):
     regulariser's own parameters (self-compression's b and e; None: the same lr, as in the
     reference code); gamma: weight of the regulariser's loss (0 trains without it); seed: data order and initialisation; target_bits: if set, the model
     ends at its most accurate epoch (validation) whose Q is at most this many bits per weight
-    (the last epoch if none is)."""
+    (the last epoch if none is); steps: if set, a budget of optimiser steps that replaces `epochs`
+    (as many passes over the data as it needs, the last one partial); max_seconds: stop after the
+    epoch during which this much training wall time (seconds) has passed (None: no time budget)."""
 
     epochs: int = 10
     batch_size: int = 256
@@ -41,18 +44,22 @@ class TrainConfig(Config):
     gamma: float = 0.015
     seed: int = 0
     target_bits: float | None = None
+    steps: int | None = None
+    max_seconds: float | None = None
 
     def validate(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.gamma < 0 or (
                 self.quantizer_lr is not None and self.quantizer_lr <= 0) or (
-                self.target_bits is not None and self.target_bits <= 0):
+                self.target_bits is not None and self.target_bits <= 0) or (
+                self.steps is not None and self.steps < 1) or (self.max_seconds is not None and self.max_seconds <= 0):
             raise Big2SmallError(f"bad training settings: {self}")
 
 
 @dataclass
 class EpochLog:
     """One epoch: mean training loss, Q (nominal bits per quantised weight), dead channels,
-    validation top-1 accuracy (fraction), wall time (seconds)."""
+    validation top-1 accuracy (fraction; agreement with the teacher's top-1 on held-out synthetic
+    inputs when training is data-free), wall time (seconds)."""
 
     epoch: int
     loss: float
@@ -118,13 +125,18 @@ def sample_batches(images: torch.Tensor, *, batches: int = 20, batch_size: int =
     return [images[order[i * batch_size:(i + 1) * batch_size]] for i in range(n)]
 
 
-def train(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, config: TrainConfig, *,
+TaskLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (model outputs, targets) -> scalar loss
+
+
+def train(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, config: TrainConfig, *,
           val: tuple[torch.Tensor, torch.Tensor], regulariser: Regulariser | None = None, progress: bool = True,
-          description: str = "training") -> list[EpochLog]:
-    """Train `model` on (images, labels) with cross-entropy, plus gamma * regulariser.loss() when a
-    regulariser is given; after each epoch, re-estimate BatchNorm statistics (with a regulariser,
-    whose quantised weights jump between levels) and validate. Returns the epoch logs."""
+          description: str = "training", loss: TaskLoss = F.cross_entropy) -> list[EpochLog]:
+    """Train `model` on `images` with `loss`(outputs, targets of the batch) (default: cross-entropy
+    against class labels), plus gamma * regulariser.loss() when a regulariser is given; after each
+    epoch, re-estimate BatchNorm statistics on `images` (with a regulariser, whose quantised weights
+    jump between levels) and measure top-1 accuracy on `val` (images, labels). Returns the epoch logs."""
     config.validate()
+    task_loss = loss
     generator = torch.Generator().manual_seed(config.seed)
     own = {id(p) for p in regulariser.parameters()} if regulariser is not None else set()
     groups = [{"params": [p for p in model.parameters() if id(p) not in own], "lr": config.lr}]
@@ -132,18 +144,22 @@ def train(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, config: 
         groups.append({"params": [p for p in model.parameters() if id(p) in own],
                        "lr": config.quantizer_lr or config.lr})
     optimizer = torch.optim.Adam(groups)
-    steps = (len(images) + config.batch_size - 1) // config.batch_size
+    steps = (len(images) + config.batch_size - 1) // config.batch_size  # per epoch
+    total_steps = config.steps if config.steps is not None else config.epochs * steps
+    epochs = (total_steps + steps - 1) // steps
     logs: list[EpochLog] = []
     best: tuple[float, dict, int] | None = None  # validation accuracy, state, epoch: best within target_bits
-    with progress_bar(description, total=config.epochs * steps, enabled=progress) as advance:
-        for epoch in range(1, config.epochs + 1):
+    began = time.perf_counter()
+    with progress_bar(description, total=total_steps, enabled=progress, unit="steps") as advance:
+        for epoch in range(1, epochs + 1):
             start = time.perf_counter()
             model.train()
             order = torch.randperm(len(images), generator=generator)
             total = 0.0
-            for i in range(steps):
+            done = min(steps, total_steps - (epoch - 1) * steps)
+            for i in range(done):
                 idx = order[i * config.batch_size:(i + 1) * config.batch_size]
-                loss = F.cross_entropy(model(images[idx]), labels[idx])
+                loss = task_loss(model(images[idx]), targets[idx])
                 if regulariser is not None and config.gamma > 0:
                     loss = loss + config.gamma * regulariser.loss()
                 optimizer.zero_grad(set_to_none=True)
@@ -155,10 +171,12 @@ def train(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, config: 
                 recalibrate_batchnorm(model, sample_batches(images, seed=config.seed + epoch))
             with torch.no_grad():
                 q = float(regulariser.loss()) if regulariser is not None else 32.0
-            logs.append(EpochLog(epoch, total / steps, q, regulariser.dead_channels() if regulariser is not None else 0,
+            logs.append(EpochLog(epoch, total / done, q, regulariser.dead_channels() if regulariser is not None else 0,
                                  accuracy(model, *val, batch_size=1000).top1, time.perf_counter() - start))
             if config.target_bits is not None and q <= config.target_bits and (best is None or logs[-1].val_accuracy > best[0]):
                 best = (logs[-1].val_accuracy, copy.deepcopy(model.state_dict()), epoch)
+            if config.max_seconds is not None and time.perf_counter() - began >= config.max_seconds:
+                break
     if best is not None:
         model.load_state_dict(best[1])
     logs[best[2] - 1 if best is not None else -1].kept = True

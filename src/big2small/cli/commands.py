@@ -239,35 +239,55 @@ def bench(
 
 def selfcompress(
     gamma: list[float] = typer.Option([0.005, 0.015, 0.05], "--gamma", "-g", help="Weight of the size loss (repeatable): one network per value."),
-    epochs: int = typer.Option(10, help="Training epochs per network."),
+    epochs: int = typer.Option(10, help="Training epochs per network (with --distill: of the fp32 teacher only)."),
     batch_size: int = typer.Option(256, help="Training batch size."),
     lr: float = typer.Option(1e-3, help="Adam learning rate of the weights."),
     quantizer_lr: Optional[float] = typer.Option(None, help="Adam learning rate of the bit depths and exponents (default: --lr)."),
-    init: str = typer.Option("scratch", help="scratch (b0 = 2) or fp32 (fine-tune the fp32 reference from b0 = 8)."),
+    init: Optional[str] = typer.Option(None, help="scratch (b0 = 2) or fp32 (fine-tune the fp32 reference from b0 = 8). Default: scratch; fp32 with --distill."),
     fp32: bool = typer.Option(True, "--fp32/--no-fp32", help="Also train the fp32 reference (same network and schedule)."),
     limit: Optional[int] = typer.Option(None, help="Train on the first N training images only (quick runs)."),
     seed: int = typer.Option(0, help="Seed of the initialisation and the data order."),
     target_bits: Optional[float] = typer.Option(None, help="Keep each network's most accurate epoch (validation) at or below this many bits per weight (Q)."),
+    distill: Annotated[int, typer.Option("--distill", help="Data-free: train each self-compressing network for this many steps on synthetic images only (inverted from the teacher's BatchNorm statistics), with the distillation loss against the teacher's logits (0: on the real labelled images). The teacher is --teacher, or the fp32 reference trained here.")] = 0,
+    distill_samples: DistillSamples = 2048,
+    distill_seed: DistillSeed = 0,
+    distill_seconds: DistillSeconds = None,
+    distill_lr: Annotated[Optional[float], typer.Option(help="--distill: Adam learning rate of the weights (default: --lr).")] = None,
+    distill_source: DistillSource = "auto",
+    teacher: Optional[Path] = typer.Option(None, help="--distill: the trained FashionCNN to compress, a safetensors state dict (then no training image is read; the test set is for the reported accuracy)."),
     out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="Write each network's artifact here (gamma-<g>.b2s)."),
     max_shard_size: MaxShardSize = "5GB",
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON ('-' = stdout)."),
 ) -> None:
     """Train a self-compressing CNN on Fashion-MNIST (needs the Debian data set) for several gammas;
-    report test accuracy, the share of bits left (vs fp32) and the share of weights left."""
+    report test accuracy, the share of bits left (vs fp32) and the share of weights left. With
+    --distill, the networks learn from synthetic images only (data-free)."""
     if limit is not None and limit < 1:
         raise Big2SmallError(f"--limit must be positive, got {limit}")
     shard_bytes = options.byte_size(max_shard_size)
-    from big2small.selfcompress.sweep import run_recipe
+    distill_config = options.distill_config(distill, samples=distill_samples, seed=distill_seed,
+                                            max_seconds=distill_seconds, source=distill_source,
+                                            lr=distill_lr if distill_lr is not None else lr)
+    if distill_config is None and (teacher is not None or distill_lr is not None or distill_seconds is not None):
+        raise Big2SmallError("--teacher, --distill-lr and --distill-seconds need --distill STEPS")
+    if distill_config is not None and init == "scratch":
+        raise Big2SmallError("--distill fine-tunes the teacher from 8 bits: leave out --init scratch")
+    init = init or ("fp32" if distill_config is not None else "scratch")
+    if teacher is not None and not teacher.is_file():
+        raise Big2SmallError(f"--teacher {teacher}: no such file")
+    from big2small.selfcompress.sweep import load_teacher, run_recipe
     from big2small.training import TrainConfig
 
     config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, quantizer_lr=quantizer_lr, seed=seed,
                          target_bits=target_bits)
     config.validate()
+    model = load_teacher(teacher) if teacher is not None else None
     out = render.Output(json_out)
     points, _ = run_recipe(list(gamma), config, out_dir=out_dir, fp32=fp32, init=init, limit=limit,
-                           max_shard_size=shard_bytes)
+                           max_shard_size=shard_bytes, distill=distill_config, teacher=model)
     render.show_selfcompress(out.console, points, out_dir)
-    out.json({"points": [p.to_dict() for p in points], "train": config.__dict__, "init": init})
+    out.json({"points": [p.to_dict() for p in points], "train": config.__dict__, "init": init,
+              "distill": distill_config.to_dict() if distill_config is not None else None})
 
 
 def fold(

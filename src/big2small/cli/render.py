@@ -235,12 +235,12 @@ def show_bench(console: Console, result: BenchResult, out_dir: Path) -> None:
 
 def show_selfcompress(console: Console, points: list[SweepPoint], out_dir: Path | None) -> None:
     t = Table(title="self-compression on Fashion-MNIST (test accuracy of the exported, reloaded network)")
-    for col in ("network", "test accuracy", "bits left vs fp32", "weights left", "stored", "train time"):
+    for col in ("network", "trained on", "test accuracy", "bits left vs fp32", "weights left", "stored", "train time"):
         t.add_column(col)
     for p in points:
-        name = "fp32 reference" if p.gamma is None else f"gamma {p.gamma:g}"
-        t.add_row(name, f"{100 * p.test_accuracy:.2f}%", f"{100 * p.bits_share:.2f}%", f"{100 * p.weights_share:.1f}%",
-                  format_bytes(p.stored_bits / 8), f"{p.train_seconds:.0f} s")
+        name = ("fp32 teacher" if p.inputs == "given teacher" else "fp32 reference") if p.gamma is None else f"gamma {p.gamma:g}"
+        t.add_row(name, escape(p.inputs), f"{100 * p.test_accuracy:.2f}%", f"{100 * p.bits_share:.2f}%",
+                  f"{100 * p.weights_share:.1f}%", format_bytes(p.stored_bits / 8), f"{p.train_seconds:.0f} s")
     console.print(t)
     if out_dir is not None:
         console.print(f"wrote {out_dir}/")
