@@ -15,7 +15,8 @@ Resuming: the resume directory, `.NAME.resume` beside the artifact NAME, holds `
 fingerprint of the plan: recipe, every tensor's name, shape, dtype and config, the source, the
 library version) and one `unit-NNNNNN.safetensors` per unit done, written under a temporary name
 and renamed when complete, so that a kill never leaves a half unit under a unit's name. A unit
-file records the sha256 of each input tensor and of each stored array; a run of the same command
+file records the sha256 of each input tensor (of its bytes as the checkpoint stores them) and of
+each stored array; a run of the same command
 (same fingerprint) reuses a unit only when its inputs hash the same and its arrays still match
 their hashes, and encodes it again otherwise. Encoding is deterministic (same seed per tensor), and
 the units are assembled in plan order whatever order they finished in, so a resumed run, a run on
@@ -55,7 +56,7 @@ from big2small.generators import Encoded
 from big2small.manifest import FORMAT_VERSION, tensor_record
 from big2small.models.checkpoint import Checkpoint
 from big2small.progress import progress_bar
-from big2small.recipe import PlanEntry, Recipe
+from big2small.recipe import PlanEntry, Recipe, as_stored
 from big2small.transforms.records import TransformRecord
 from big2small.version import __version__
 
@@ -104,11 +105,11 @@ class UnitResult:
 def run_unit(job: UnitJob) -> UnitResult:
     """Encode `job`'s tensors into its unit file, or reuse the file an earlier run left when it is
     this unit's, from the same inputs (see the module docstring)."""
-    tensors = [load() for load in job.loads]
-    inputs = {e.name: tensor_sha256(t) for e, t in zip(job.entries, tensors)}
+    inputs = {e.name: tensor_sha256(as_stored(load)) for e, load in zip(job.entries, job.loads)}
     records = _reusable(job, inputs)
     if records is not None:
         return UnitResult(job.index, records, reused=True)
+    tensors = [load() for load in job.loads]
     encoded = encode_unit(job.entries, tensors, seed=job.seed, device=torch.device(job.device))
     del tensors
     arrays, records = stored_form((e.name, enc) for e, enc in zip(job.entries, encoded))
