@@ -190,14 +190,16 @@ def max_shard_bytes(size: str | int) -> int:
         raise Big2SmallError(f"max_shard_size: {exc}") from None
 
 
-def write_artifact(cm: CompressedModel, records: dict[str, dict[str, Any]], read_array: Callable[[str], torch.Tensor],
+def write_artifact(cm: CompressedModel, records: dict[str, dict[str, Any]],
+                   read_array: Callable[[str], torch.Tensor | tensorfile.FileArray],
                    path: str | os.PathLike, *, overwrite: bool = False,
                    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> ArtifactInfo:
     """Write an artifact at `path`, atomically: the manifest of `cm` (whose tensors need only their
     records' fields: bits, config, layout; their arrays may be elsewhere) with the tensor records
     `records` (stored_form's, in the order the arrays are written), and each array read by
-    `read_array(key)` in its turn, so that no two need be in memory together. save() and the
-    streaming compressor (big2small.streaming) both write through here. Arrays of more than
+    `read_array(key)` in its turn (a tensor, or where its bytes lie in another file), so that no
+    two need be in memory together. save() and the streaming compressor (big2small.streaming)
+    both write through here. Arrays of more than
     `max_shard_bytes` in all go into shards of at most that many bytes each."""
     path = ensure_writable(path, overwrite=overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -255,7 +257,8 @@ def array_specs(records: dict[str, dict[str, Any]]) -> list[tensorfile.ArraySpec
     return list(specs.values())
 
 
-def _write(cm: CompressedModel, records: dict[str, dict[str, Any]], read_array: Callable[[str], torch.Tensor],
+def _write(cm: CompressedModel, records: dict[str, dict[str, Any]],
+           read_array: Callable[[str], torch.Tensor | tensorfile.FileArray],
            directory: Path, max_shard_bytes: int) -> dict[str, Any]:
     """Write the artifact's files into `directory`; return the manifest."""
     groups = tensorfile.shards(array_specs(records), max_shard_bytes)

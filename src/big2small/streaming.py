@@ -7,8 +7,9 @@ cluster, without ever holding the model.
     encode      one unit of work (one tensor; the INR's tensors, which it fits jointly, as one) at a
                 time per worker: read the tensor (memory-mapped, from its shard), encode it, write
                 its stored form to its own file in the resume directory, drop it
-    assemble    the manifest from the units' records, then the artifact's tensor file, array by
-                array from the units' files (big2small.tensorfile), put in place in one step
+    assemble    the manifest from the units' records, then the artifact's tensor file, each array's
+                bytes copied from its unit's file as they lie there (big2small.tensorfile, in the
+                kernel: nothing is decoded or held), put in place in one step
                 (artifact.write_artifact, the writer save() uses too); the resume directory goes
 
 Resuming: the resume directory, `.NAME.resume` beside the artifact NAME, holds `run.json` (a
@@ -183,12 +184,13 @@ def compress_to_artifact(checkpoint: Checkpoint, recipe: Recipe, path: str | os.
     n_params = n_parameters if n_parameters is not None else count_parameters(entries)
     cm = CompressedModel(tensors, entries, recipe, checkpoint.source, aliases, n_params, list(transforms or []))
     check_size_target(cm)
-    unit_path = {a["key"]: unit_of[name].path for name, r in records.items() for a in r["stored"].values()}
-    try:
-        info = write_artifact(cm, records, lambda key: _read_array(unit_path[key], key), path, overwrite=overwrite,
-                              max_shard_bytes=max_shard_bytes)
+    try:  # each array's bytes are copied from its unit's file as they lie there
+        where = {key: array for job in jobs for key, array in tensorfile.arrays_in(job.path).items()}
+        info = write_artifact(cm, records, where.__getitem__, path, overwrite=overwrite, max_shard_bytes=max_shard_bytes)
     except OSError as exc:
         raise Big2SmallError(_write_failure(path, exc, work)) from None
+    except ValueError as exc:  # a unit file that changed under us since its unit was done
+        raise Big2SmallError(f"{work}: a unit file is not what was written ({exc}); run the same command again") from None
     shutil.rmtree(work, ignore_errors=True)
     return cm, info
 
@@ -212,14 +214,18 @@ def open_model(spec: str | os.PathLike, recipe: Recipe, *, progress: bool = True
     return in_memory(LoadedModel(model, loaded.source)), records, n_parameters
 
 
-def default_executor(checkpoint: Checkpoint, workers: int | None = None, ray: str | None = None) -> Executor:
+def default_executor(checkpoint: Checkpoint | None, workers: int | None = None, ray: str | None = None) -> Executor:
     """`workers` processes (None: all cores, or this process alone when the checkpoint has fewer
-    than POOL_MIN_WEIGHTS weights), or Ray at `ray` with that many CPUs when it starts one here."""
+    than POOL_MIN_WEIGHTS weights), or Ray at `ray` with that many CPUs when it starts one here.
+    The checkpoint is looked at only when neither `workers` nor `ray` is given: otherwise it may be
+    None, so that the executor can start before the model is opened (Executor.started)."""
     from big2small.executors import all_cores
 
     if workers is None:
-        small = sum(i.numel for i in checkpoint.infos) < POOL_MIN_WEIGHTS
-        workers = all_cores() if ray is not None or not small else 1
+        if ray is None and checkpoint is None:
+            raise TypeError("default_executor needs the checkpoint when neither workers nor ray is given")
+        small = ray is None and sum(i.numel for i in checkpoint.infos) < POOL_MIN_WEIGHTS
+        workers = 1 if small else all_cores()
     return Executor(workers=workers, ray=ray)
 
 
@@ -227,11 +233,6 @@ def _without_arrays(name: str, record: dict[str, Any]) -> Encoded:
     """A tensor's stored form from its manifest record, without its arrays."""
     r = tensor_record(record, f"unit record {name!r}")
     return Encoded(r.method, r.config, r.layout, r.dtype, {}, dict(r.bits), r.meta)
-
-
-def _read_array(path: Path, key: str) -> torch.Tensor:
-    with safe_open(str(path), "pt") as f:
-        return f.get_tensor(key)
 
 
 def _fingerprint(entries: list[PlanEntry], recipe: Recipe, checkpoint: Checkpoint) -> str:
