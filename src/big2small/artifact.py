@@ -52,6 +52,8 @@ from big2small.manifest import check_tensor_files
 from big2small.manifest import parse as parse_manifest
 from big2small.models.loaders import source_files
 from big2small.models.source import ModelSource
+from big2small.transforms.layers import stored_config
+from big2small.transforms.records import TransformRecord
 from big2small.specs import byte_size
 from big2small.version import __version__
 
@@ -575,7 +577,7 @@ def decompress(path: str | os.PathLike, out: str | os.PathLike, *, overwrite: bo
     try:
         if sharded:
             tmp.mkdir()
-            _write_shards(specs, decoded, tmp, max_shard_bytes, metadata, reader.source())
+            _write_shards(specs, decoded, tmp, max_shard_bytes, metadata, reader.source(), reader.manifest.transforms)
             for f in [*tmp.rglob("*"), tmp]:
                 fsync(f)
         else:
@@ -599,10 +601,12 @@ DENSE_INDEX = "model.safetensors.index.json"
 
 
 def _write_shards(specs: list[tensorfile.ArraySpec], read: Callable[[str], torch.Tensor], directory: Path,
-                  max_bytes: int, metadata: dict[str, str], source: ModelSource | None) -> None:
+                  max_bytes: int, metadata: dict[str, str], source: ModelSource | None,
+                  transforms: list[TransformRecord]) -> None:
     """Hugging Face's sharded layout in `directory`: the tensors `specs` names, each read by
     `read(name)` in its turn, a new file when the next tensor would pass `max_bytes`; the index
-    maps each tensor to its file."""
+    maps each tensor to its file. The source's files go beside them, its config.json as the stored
+    model has it (`transforms`: blocks dropped, transforms.layers.stored_config)."""
     shards = tensorfile.shards(specs, max_bytes)
     names = [DENSE_WEIGHTS] if len(shards) == 1 else tensorfile.shard_names("model", len(shards))
     for name, shard in zip(names, shards):
@@ -617,6 +621,15 @@ def _write_shards(specs: list[tensorfile.ArraySpec], read: Callable[[str], torch
         if target.name not in (DENSE_WEIGHTS, DENSE_INDEX):
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(f, target)
+    config = directory / "config.json"
+    if config.is_file() and transforms:
+        try:
+            original = json.loads(config.read_text())
+        except ValueError as exc:
+            raise Big2SmallError(f"the artifact's source config.json is not JSON ({exc})") from None
+        stored = stored_config(original, transforms)
+        if stored != original:
+            config.write_text(json.dumps(stored, indent=2, sort_keys=True) + "\n")
 
 
 def _first_line(exc: BaseException) -> str:
