@@ -17,11 +17,15 @@ fingerprint of the plan: recipe, every tensor's name, shape, dtype and config, t
 library version) and one `unit-NNNNNN.safetensors` per unit done, written under a temporary name
 and renamed when complete, so that a kill never leaves a half unit under a unit's name. A unit
 file records the sha256 of each input tensor (of its bytes as the checkpoint stores them) and of
-each stored array; a run of the same command
-(same fingerprint) reuses a unit only when its inputs hash the same and its arrays still match
-their hashes, and encodes it again otherwise. Encoding is deterministic (same seed per tensor), and
-the units are assembled in plan order whatever order they finished in, so a resumed run, a run on
-N workers and a run on Ray write the same bytes as one uninterrupted serial run. A run with another
+each stored array; a run of the same command (same fingerprint) reuses a unit only when its inputs
+hash the same and its arrays still match their hashes, and encodes it again otherwise. Unit files
+are not fsynced: a killed process leaves them in the page cache, and after a power cut a unit the
+disk did not get whole fails those hashes and is encoded again; so the units of a run that
+finishes are mostly never written to the disk at all (the resume directory goes first), and the
+artifact's data is written to it once. The artifact itself is fsynced before it is put in place.
+Encoding is deterministic (same seed per tensor), and the units are assembled in plan order
+whatever order they finished in, so a resumed run, a run on N workers and a run on Ray write the
+same bytes as one uninterrupted serial run. A run with another
 fingerprint discards the old resume data.
 
 Memory: a worker holds one unit's input (as stored, plus its float32 working copy) and its
@@ -45,7 +49,7 @@ from safetensors import SafetensorError, safe_open
 
 from big2small import atomic, tensorfile
 from big2small.artifact import (
-    DEFAULT_MAX_SHARD_BYTES, ArtifactInfo, ensure_writable, fsync, stored_form, tensor_sha256, write_artifact,
+    DEFAULT_MAX_SHARD_BYTES, ArtifactInfo, ensure_writable, stored_form, tensor_sha256, write_artifact,
 )
 from big2small.compress import (
     CompressedModel, check_size_target, count_parameters, encode_unit, encoding_units, plan_infos, resolve_device,
@@ -117,8 +121,7 @@ def run_unit(job: UnitJob) -> UnitResult:
     tmp = job.path.with_name(f"{job.path.name}.tmp-{os.getpid()}")
     try:
         tensorfile.write_arrays(tmp, arrays, {UNIT_KEY: json.dumps({"records": records, "inputs": inputs})})
-        fsync(tmp)
-        os.replace(tmp, job.path)
+        os.replace(tmp, job.path)  # not fsynced: see the module docstring
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise Big2SmallError(_write_failure(job.path, exc, Path(job.directory))) from None
