@@ -90,7 +90,8 @@ class Executor:
     def run(self, fn: Callable[[J], R], jobs: list[J]) -> Iterator[R]:
         """fn(job) for every job, yielded as each finishes."""
         if self._started is None and (self.ray is not None or (self.workers > 1 and len(jobs) > 1)):
-            with self.started() as running:
+            workers = self.workers if self.ray is not None else min(self.workers, len(jobs))  # no idle processes
+            with replace(self, workers=workers).started() as running:
                 yield from running.run(fn, jobs)
         elif self.ray is not None:
             yield from _run_ray(self._started, jobs, fn)
