@@ -115,14 +115,18 @@ def _flush(path: Path, shards: list[dict[str, torch.Tensor]], save_file) -> None
     shards[-1].clear()
 
 
-def _tree_rss(pid: int) -> int:
-    """Bytes resident in `pid` and all its descendants."""
+def _tree_rss(pid: int, cpu: dict[int, float] | None = None) -> int:
+    """Bytes resident in `pid` and all its descendants; with `cpu`, each one's CPU seconds so far
+    (user + system) are recorded in it by process id."""
     total, stack = 0, [pid]
     while stack:
         p = stack.pop()
         try:
             status = Path(f"/proc/{p}/status").read_text()
             total += int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS"))) * 1024
+            if cpu is not None:
+                fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+                cpu[p] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
             for task in Path(f"/proc/{p}/task").iterdir():
                 stack += [int(c) for c in (task / "children").read_text().split()]
         except (OSError, StopIteration, ValueError):
@@ -140,11 +144,14 @@ def run(model: Path, out: Path, extra: list[str], env: dict[str, str] | None = N
 
 def measure(cmd: list[str], env: dict[str, str] | None = None, *, resume: Path | None = None,
             kill_at_units: int | None = None) -> dict:
-    """Run `cmd`: wall seconds and the peak resident memory of its process tree (bytes, sampled
-    every 0.1 s); with `kill_at_units`, killed (SIGKILL) once that many unit files are in `resume`."""
+    """Run `cmd`: wall seconds, the peak resident memory of its process tree (bytes, sampled
+    every 0.1 s) and the CPU seconds of the command's own process (the driver) and of its
+    descendants (workers; as last sampled, so up to 0.1 s of each is missed); with
+    `kill_at_units`, killed (SIGKILL) once that many unit files are in `resume`."""
     start = time.monotonic()
     proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     peak = 0
+    cpu: dict[int, float] = {}
     killed = False
     while proc.poll() is None:
         if kill_at_units is not None:
@@ -154,13 +161,15 @@ def measure(cmd: list[str], env: dict[str, str] | None = None, *, resume: Path |
                 break
             time.sleep(0.002)
             continue
-        peak = max(peak, _tree_rss(proc.pid))
+        peak = max(peak, _tree_rss(proc.pid, cpu))
         time.sleep(0.1)
     stderr = proc.communicate()[1].decode(errors="replace")
     wall = time.monotonic() - start
     if not killed and proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd[2:4])} failed ({proc.returncode}): {stderr.strip().splitlines()[-1:]}")
-    return {"wall_s": wall, "peak_tree_rss_bytes": peak, "killed": killed and proc.returncode != 0}
+    driver = cpu.pop(proc.pid, 0.0)
+    return {"wall_s": wall, "peak_tree_rss_bytes": peak, "killed": killed and proc.returncode != 0,
+            "driver_cpu_s": driver, "workers_cpu_s": sum(cpu.values())}
 
 
 def artifact_digest(path: Path) -> str:
@@ -388,11 +397,19 @@ def table(r: dict) -> str:
                      f"{m['peak_tree_rss_bytes'] / gb:.2f} GB | {m['target_bytes'] / gb:.2f} GB | {m['wall_s']:.0f} s | "
                      f"{m['load_average'][0]:.1f} |")
     lines += ["", f"## Throughput ({r['throughput'][0]['n_parameters'] / 1e9:.2f} B parameters, end to end)", "",
-              "| executor | wall | weights/s | vs 1 worker | peak RSS (tree) | load avg (1 min) |", "|---|---:|---:|---:|---:|---:|"]
+              "CPU seconds: of the command's own process (the driver: start-up, opening the model, planning, "
+              "assembling the artifact; with 1 worker, the encoding too) and of its worker processes (Ray's "
+              "daemons included), sampled every 0.1 s. The driver's share of the CPU is the part of the work "
+              "that more workers do not speed up.", "",
+              "| executor | wall | weights/s | vs 1 worker | driver CPU | workers CPU | peak RSS (tree) | load avg (1 min) |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     base = r["throughput"][0]["weights_per_s"]
     for t in r["throughput"]:
+        cpu = (f"{t['driver_cpu_s']:.1f} s | {t['workers_cpu_s']:.1f} s" if "driver_cpu_s" in t
+               else "not measured | not measured")
         lines.append(f"| {t['executor']} | {t['wall_s']:.0f} s | {t['weights_per_s'] / 1e6:.2f} M | "
-                     f"{t['weights_per_s'] / base:.2f}x | {t['peak_tree_rss_bytes'] / gb:.2f} GB | {t['load_average'][0]:.1f} |")
+                     f"{t['weights_per_s'] / base:.2f}x | {cpu} | {t['peak_tree_rss_bytes'] / gb:.2f} GB | "
+                     f"{t['load_average'][0]:.1f} |")
     res = r["resume"]
     trials = res["trials"]
     killed = [t for t in trials if t["killed"]]
@@ -423,7 +440,10 @@ def table(r: dict) -> str:
 
 
 def _h(seconds: float) -> str:
-    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
+    """A duration for the estimate table: hours, minutes, or seconds where minutes would round to 0."""
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
 
 
 if __name__ == "__main__":

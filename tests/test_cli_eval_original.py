@@ -110,3 +110,49 @@ def test_the_original_is_measured_and_let_go_before_the_artifact_is_restored(lm_
     restored = b2s.evaluate_target(artifact, reference=str(tmp_path / "gone"), settings=settings, use_cache=False)
     assert [m.value for m in report.original] == [m.value for m in alone.metrics]
     assert [m.value for m in report.metrics] == [m.value for m in restored.metrics]
+
+
+def test_a_model_target_and_its_reference_are_held_one_at_a_time(lm_and_artifact, tmp_path, monkeypatch):
+    """eval MODEL --reference ORIGINAL holds one model at a time too: the target (loaded to learn
+    its task) is let go while the reference is measured, and the reference is gone when the
+    target runs; the figures are the ones the two give measured apart."""
+    import gc
+    import weakref
+
+    import big2small.reports as reports
+
+    monkeypatch.setenv("BIG2SMALL_CACHE", str(tmp_path / "cache"))
+    original, _ = lm_and_artifact
+    target = save_tiny_causal_lm(tmp_path / "other", bos_token="<bos>", config_bos=2, hidden=32)
+    settings = EvalSettings(context=16, windows=2, progress=False)
+    loaded, alive = [], {}
+    real_load, real_figures, real_evaluate = reports.load_model, reports.original_figures, reports.evaluate
+
+    def load_model(spec):
+        result = real_load(spec)
+        loaded.append((str(spec), weakref.ref(result.model)))
+        return result
+
+    def living():
+        gc.collect()
+        return sorted(spec for spec, ref in loaded if ref() is not None)
+
+    def figures(*args, **kwargs):
+        alive.setdefault("measuring the reference", living())
+        return real_figures(*args, **kwargs)
+
+    def evaluate(*args, **kwargs):
+        alive.setdefault("measuring the target", living())
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(reports, "load_model", load_model)
+    monkeypatch.setattr(reports, "original_figures", figures)
+    monkeypatch.setattr(reports, "evaluate", evaluate)
+    report = b2s.evaluate_target(target, reference=str(original), settings=settings, use_cache=False)
+    assert alive == {"measuring the reference": [str(original)], "measuring the target": [str(target)]}
+    monkeypatch.undo()
+    alone = b2s.evaluate_target(original, settings=settings, use_cache=False)
+    target_alone = b2s.evaluate_target(target, settings=settings, use_cache=False)
+    assert [m.value for m in report.original] == [m.value for m in alone.metrics]
+    assert [m.value for m in report.metrics] == [m.value for m in target_alone.metrics]
+    assert report.comparisons() and report.reference == str(original)

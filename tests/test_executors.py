@@ -1,6 +1,8 @@
 """Every executor writes the serial run's artifact, byte for byte: a pool of worker processes, and
 Ray on this machine (the optional extra)."""
 
+import os
+
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -42,3 +44,16 @@ def test_ray_on_this_machine_writes_the_serial_bytes(tmp_path):
     pytest.importorskip("ray")
     serial = _run(tmp_path, "serial.b2s", Executor(workers=1), bits=4, group_size=64)
     assert _run(tmp_path, "ray.b2s", Executor(workers=2, ray="local"), bits=4, group_size=64) == serial
+
+
+@pytest.mark.slow
+def test_a_started_pool_runs_every_job_once_on_its_worker_processes():
+    with Executor(workers=2).started(os.getpid) as running:
+        assert running._started is not None  # started before any job was given
+        pids = list(running.run(_pid_and_job, list(range(6))))
+    assert sorted(job for _, job in pids) == list(range(6))
+    assert os.getpid() not in {pid for pid, _ in pids}
+
+
+def _pid_and_job(job):
+    return os.getpid(), job

@@ -38,3 +38,23 @@ def test_same_arrays_same_order_same_bytes_and_a_lying_array_is_refused(tmp_path
     specs = [tensorfile.ArraySpec("a", torch.float32, (4,))]
     with pytest.raises(ValueError, match="its spec"):
         tensorfile.write(tmp_path / "3", specs, lambda key: torch.ones(3))
+
+
+def test_arrays_copied_from_another_file_give_the_bytes_of_the_arrays_written_from_memory(tmp_path):
+    g = torch.Generator().manual_seed(1)
+    first = {"a::codes": torch.randint(0, 255, (9, 4), generator=g, dtype=torch.uint8),
+             "a::scale": torch.randn(9, 1, generator=g).half(), "empty": torch.zeros(0, 2)}
+    second = {"b": torch.randn(5, generator=g).bfloat16()}
+    tensorfile.write_arrays(tmp_path / "u1", first, {"unit": "1"})
+    tensorfile.write_arrays(tmp_path / "u2", second)
+    where = tensorfile.arrays_in(tmp_path / "u1") | tensorfile.arrays_in(tmp_path / "u2")
+    assert set(where) == set(first) | set(second)
+    arrays = first | second
+    order = ["b", "a::scale", "empty", "a::codes"]  # another order than the files': offsets, not positions
+    specs = [tensorfile.ArraySpec.of(k, arrays[k]) for k in order]
+    tensorfile.write(tmp_path / "copied", specs, where.__getitem__, {"k": "v"})
+    tensorfile.write(tmp_path / "direct", specs, arrays.__getitem__, {"k": "v"})
+    assert (tmp_path / "copied").read_bytes() == (tmp_path / "direct").read_bytes()
+    wrong = [tensorfile.ArraySpec("b", torch.float16, (5,))]  # what the file holds is checked against the spec
+    with pytest.raises(ValueError, match="its spec"):
+        tensorfile.write(tmp_path / "bad", wrong, where.__getitem__)

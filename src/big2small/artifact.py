@@ -52,6 +52,8 @@ from big2small.manifest import check_tensor_files
 from big2small.manifest import parse as parse_manifest
 from big2small.models.loaders import source_files
 from big2small.models.source import ModelSource
+from big2small.transforms.layers import stored_config
+from big2small.transforms.records import TransformRecord
 from big2small.specs import byte_size
 from big2small.version import __version__
 
@@ -64,7 +66,8 @@ _SHARD_NAME = re.compile(rf"^{SHARD_PREFIX}-\d{{5}}-of-\d{{5}}\.safetensors$")
 
 
 def tensor_sha256(t: torch.Tensor) -> str:
-    return hashlib.sha256(t.detach().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
+    """The sha256 of a tensor's bytes (contiguous, in its dtype), hashed in place without a copy."""
+    return hashlib.sha256(memoryview(t.detach().contiguous().reshape(-1).view(torch.uint8).numpy())).hexdigest()
 
 
 def file_sha256(path: Path) -> str:
@@ -189,14 +192,16 @@ def max_shard_bytes(size: str | int) -> int:
         raise Big2SmallError(f"max_shard_size: {exc}") from None
 
 
-def write_artifact(cm: CompressedModel, records: dict[str, dict[str, Any]], read_array: Callable[[str], torch.Tensor],
+def write_artifact(cm: CompressedModel, records: dict[str, dict[str, Any]],
+                   read_array: Callable[[str], torch.Tensor | tensorfile.FileArray],
                    path: str | os.PathLike, *, overwrite: bool = False,
                    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> ArtifactInfo:
     """Write an artifact at `path`, atomically: the manifest of `cm` (whose tensors need only their
     records' fields: bits, config, layout; their arrays may be elsewhere) with the tensor records
     `records` (stored_form's, in the order the arrays are written), and each array read by
-    `read_array(key)` in its turn, so that no two need be in memory together. save() and the
-    streaming compressor (big2small.streaming) both write through here. Arrays of more than
+    `read_array(key)` in its turn (a tensor, or where its bytes lie in another file), so that no
+    two need be in memory together. save() and the streaming compressor (big2small.streaming)
+    both write through here. Arrays of more than
     `max_shard_bytes` in all go into shards of at most that many bytes each."""
     path = ensure_writable(path, overwrite=overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -254,7 +259,8 @@ def array_specs(records: dict[str, dict[str, Any]]) -> list[tensorfile.ArraySpec
     return list(specs.values())
 
 
-def _write(cm: CompressedModel, records: dict[str, dict[str, Any]], read_array: Callable[[str], torch.Tensor],
+def _write(cm: CompressedModel, records: dict[str, dict[str, Any]],
+           read_array: Callable[[str], torch.Tensor | tensorfile.FileArray],
            directory: Path, max_shard_bytes: int) -> dict[str, Any]:
     """Write the artifact's files into `directory`; return the manifest."""
     groups = tensorfile.shards(array_specs(records), max_shard_bytes)
@@ -571,7 +577,7 @@ def decompress(path: str | os.PathLike, out: str | os.PathLike, *, overwrite: bo
     try:
         if sharded:
             tmp.mkdir()
-            _write_shards(specs, decoded, tmp, max_shard_bytes, metadata, reader.source())
+            _write_shards(specs, decoded, tmp, max_shard_bytes, metadata, reader.source(), reader.manifest.transforms)
             for f in [*tmp.rglob("*"), tmp]:
                 fsync(f)
         else:
@@ -595,10 +601,12 @@ DENSE_INDEX = "model.safetensors.index.json"
 
 
 def _write_shards(specs: list[tensorfile.ArraySpec], read: Callable[[str], torch.Tensor], directory: Path,
-                  max_bytes: int, metadata: dict[str, str], source: ModelSource | None) -> None:
+                  max_bytes: int, metadata: dict[str, str], source: ModelSource | None,
+                  transforms: list[TransformRecord]) -> None:
     """Hugging Face's sharded layout in `directory`: the tensors `specs` names, each read by
     `read(name)` in its turn, a new file when the next tensor would pass `max_bytes`; the index
-    maps each tensor to its file."""
+    maps each tensor to its file. The source's files go beside them, its config.json as the stored
+    model has it (`transforms`: blocks dropped, transforms.layers.stored_config)."""
     shards = tensorfile.shards(specs, max_bytes)
     names = [DENSE_WEIGHTS] if len(shards) == 1 else tensorfile.shard_names("model", len(shards))
     for name, shard in zip(names, shards):
@@ -613,6 +621,15 @@ def _write_shards(specs: list[tensorfile.ArraySpec], read: Callable[[str], torch
         if target.name not in (DENSE_WEIGHTS, DENSE_INDEX):
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(f, target)
+    config = directory / "config.json"
+    if config.is_file() and transforms:
+        try:
+            original = json.loads(config.read_text())
+        except ValueError as exc:
+            raise Big2SmallError(f"the artifact's source config.json is not JSON ({exc})") from None
+        stored = stored_config(original, transforms)
+        if stored != original:
+            config.write_text(json.dumps(stored, indent=2, sort_keys=True) + "\n")
 
 
 def _first_line(exc: BaseException) -> str:

@@ -11,10 +11,11 @@ a forked process inherits a thread pool it cannot use; the pool therefore spawns
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from multiprocessing import get_context
 from typing import Any, TypeVar
 
@@ -36,10 +37,12 @@ def all_cores() -> int:
 class Executor:
     """How to run jobs. workers: processes on this machine (1: in this process); ray: None (no
     Ray), "local" (start Ray on this machine with `workers` CPUs) or a cluster's address
-    ("auto", "ray://host:10001", ...)."""
+    ("auto", "ray://host:10001", ...). `_started`: the pool or Ray session started() holds (not
+    part of the executor's identity)."""
 
     workers: int = 1
     ray: str | None = None
+    _started: Any = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -50,15 +53,53 @@ class Executor:
             return f"Ray ({self.ray})"
         return "this process" if self.workers == 1 else f"{self.workers} worker processes"
 
+    @contextlib.contextmanager
+    def started(self, fn: Callable[[J], R] | None = None) -> Iterator[Executor]:
+        """This executor with its workers starting now, for the runs made inside the block: the
+        pool's processes (or Ray and its workers) start up, each importing `fn`'s module, while
+        the caller does its own work (opening and planning a model), instead of after it. The
+        pool or Ray session goes at the end of the block."""
+        if self._started is not None:
+            yield self
+        elif self.ray is not None:
+            ray = _import_ray()
+            started = not ray.is_initialized()
+            if started:
+                _init_ray(ray, self.ray, self.workers)
+            try:
+                remote = ray.remote(num_cpus=1, max_retries=0)(_call_single_threaded)
+                if fn is not None:
+                    for _ in range(self.workers):
+                        remote.remote(_touch, fn)
+                yield replace(self, _started=remote)
+            finally:
+                if started:
+                    ray.shutdown()
+        elif self.workers == 1:
+            yield self
+        else:
+            with ProcessPoolExecutor(max_workers=self.workers, mp_context=get_context("spawn"),
+                                     initializer=single_threaded) as pool:
+                for _ in range(self.workers):  # each submit starts a process while none is idle
+                    pool.submit(_touch, fn)
+                try:
+                    yield replace(self, _started=pool)
+                finally:
+                    pool.shutdown(wait=True, cancel_futures=True)
+
     def run(self, fn: Callable[[J], R], jobs: list[J]) -> Iterator[R]:
         """fn(job) for every job, yielded as each finishes."""
-        if self.ray is not None:
-            yield from _run_ray(fn, jobs, self.ray, self.workers)
-        elif self.workers == 1 or len(jobs) <= 1:
+        if self._started is None and (self.ray is not None or (self.workers > 1 and len(jobs) > 1)):
+            workers = self.workers if self.ray is not None else min(self.workers, len(jobs))  # no idle processes
+            with replace(self, workers=workers).started() as running:
+                yield from running.run(fn, jobs)
+        elif self.ray is not None:
+            yield from _run_ray(self._started, jobs, fn)
+        elif self._started is None:
             for job in jobs:
                 yield fn(job)
         else:
-            yield from _run_pool(fn, jobs, min(self.workers, len(jobs)))
+            yield from _run_pool(self._started, fn, jobs)
 
 
 def single_threaded() -> None:
@@ -73,47 +114,52 @@ def _call_single_threaded(fn: Callable[[J], R], job: J) -> R:
     return fn(job)
 
 
-def _run_pool(fn: Callable[[J], R], jobs: list[J], workers: int) -> Iterator[R]:
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), initializer=single_threaded) as pool:
-        pending = {pool.submit(fn, job) for job in jobs}
-        try:
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
-                    yield future.result()
-        finally:
-            for future in pending:
-                future.cancel()
+def _touch(fn: Callable | None) -> None:
+    """A warm-up job: unpickling `fn` has imported its module in the worker."""
 
 
-def _run_ray(fn: Callable[[J], R], jobs: list[J], address: str, workers: int) -> Iterator[R]:
+def _run_pool(pool: ProcessPoolExecutor, fn: Callable[[J], R], jobs: list[J]) -> Iterator[R]:
+    pending = {pool.submit(fn, job) for job in jobs}
+    try:
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                yield future.result()
+    finally:
+        for future in pending:
+            future.cancel()
+
+
+def _import_ray():
     try:
         import ray
     except ImportError:
         raise Big2SmallError("--ray needs Ray: pip install 'big2small[ray]'") from None
-    started = not ray.is_initialized()
-    if started:
-        options: dict[str, Any] = {"num_cpus": workers} if address == "local" else {"address": address}
-        try:
-            ray.init(include_dashboard=False, log_to_driver=False, **options)
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise Big2SmallError(f"cannot start or reach Ray at {address} ({str(exc).splitlines()[0]})") from None
+    return ray
+
+
+def _init_ray(ray, address: str, workers: int) -> None:
+    options: dict[str, Any] = {"num_cpus": workers} if address == "local" else {"address": address}
     try:
-        remote = ray.remote(num_cpus=1, max_retries=0)(_call_single_threaded)
-        pending = [remote.remote(fn, job) for job in jobs]
-        try:
-            while pending:
-                done, pending = ray.wait(pending, num_returns=1)
-                try:
-                    yield ray.get(done[0])
-                except ray.exceptions.RayTaskError as exc:
-                    cause = getattr(exc, "cause", None)
-                    if isinstance(cause, BaseException):
-                        raise cause from None
-                    raise
-        finally:
-            for ref in pending:
-                ray.cancel(ref)
+        ray.init(include_dashboard=False, log_to_driver=False, **options)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise Big2SmallError(f"cannot start or reach Ray at {address} ({str(exc).splitlines()[0]})") from None
+
+
+def _run_ray(remote, jobs: list[J], fn: Callable[[J], R]) -> Iterator[R]:
+    import ray
+
+    pending = [remote.remote(fn, job) for job in jobs]
+    try:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            try:
+                yield ray.get(done[0])
+            except ray.exceptions.RayTaskError as exc:
+                cause = getattr(exc, "cause", None)
+                if isinstance(cause, BaseException):
+                    raise cause from None
+                raise
     finally:
-        if started:
-            ray.shutdown()
+        for ref in pending:
+            ray.cancel(ref)

@@ -391,30 +391,52 @@ def evaluate_target(target: str | os.PathLike, *, reference: str | None = None,
     measures them again). A target that is a model, with no reference, is measured alone."""
     target = str(target)
     settings = settings or EvalSettings()
-    make_model, tokenizer, task, source_spec = _runnable(target)
-    ref_spec = reference or (source_spec if source_spec != target else None)
+    runnable = _runnable(target)
+    task, tokenizer = runnable.task, runnable.tokenizer
+    ref_spec = reference or (runnable.source_spec if runnable.source_spec != target else None)
     figures, note = None, None
     if ref_spec:  # the original first, and let go of, so that one model is in memory at a time
+        runnable.let_go()  # a target loaded to learn its task is loaded again once the original is gone
         try:
-            make_ref, ref_tokenizer, _, _ = _runnable(ref_spec)
-            ref_model = make_ref()
+            ref = _runnable(ref_spec)
+            ref_model = ref.make_model()
         except Big2SmallError as exc:
             if get_task(task).needs_reference:
                 raise
             note = f"the original ({ref_spec}) was not measured: {exc}"
         else:
-            figures = original_figures(ref_model, task, ref_tokenizer or tokenizer, settings, use_cache=use_cache)
-            del ref_model, make_ref
+            figures = original_figures(ref_model, task, ref.tokenizer or tokenizer, settings, use_cache=use_cache)
+            del ref_model, ref
     compared_with = figures.reference if figures is not None and figures.reference else None
-    rows = evaluate(make_model(), task, tokenizer, reference=compared_with, settings=settings)
+    rows = evaluate(runnable.make_model(), task, tokenizer, reference=compared_with, settings=settings)
     return EvalReport(target, task, ref_spec, tuple(rows), figures.metrics if figures else None,
                       bool(figures and figures.cached), note)
 
 
-def _runnable(target: str) -> tuple[Callable[[], nn.Module], Any, str, str]:
+@dataclass
+class _Runnable:
+    """A model to evaluate, with what is known of it before it runs: its tokenizer, task name and
+    the spec of its source. `held`: the model, when it was loaded to learn these (a model spec);
+    make_model() hands it over (or builds it: an artifact is restored, a model that was let go is
+    loaded again), so that nothing else keeps it."""
+
+    build: Callable[[], nn.Module]
+    tokenizer: Any
+    task: str
+    source_spec: str
+    held: list[nn.Module]
+
+    def make_model(self) -> nn.Module:
+        return self.held.pop() if self.held else self.build()
+
+    def let_go(self) -> None:
+        """Drop the model held (while another is measured); make_model() builds it again."""
+        self.held.clear()
+
+
+def _runnable(target: str) -> _Runnable:
     """A model to evaluate: an artifact (checked now, restored tensor by tensor when its model is
-    asked for) or a model spec (loaded now). Returns (a maker of the model, tokenizer, task name,
-    the spec of its source)."""
+    asked for) or a model spec (loaded now, to learn its task and tokenizer)."""
     p = Path(target)
     if p.is_dir() and (p / MANIFEST).is_file():
         reader = ArtifactReader(p)
@@ -423,12 +445,11 @@ def _runnable(target: str) -> tuple[Callable[[], nn.Module], Any, str, str]:
         if source is None:
             raise Big2SmallError(f"{p}: this artifact has no source model record: nothing to run")
         task = get_task(source.task, source.architecture).name  # resolves earlier versions' names
-        return (lambda: restore(p)), load_tokenizer_from(source), task, source.name
+        return _Runnable(lambda: restore(p), load_tokenizer_from(source), task, source.name, [])
     loaded = load_model(target)
     if loaded.model is None:
         raise Big2SmallError(f"{target} is a bare state_dict: nothing to run (use verify for weight error)")
-    held = [loaded.model]
-    return held.pop, loaded.tokenizer, loaded.source.task, target
+    return _Runnable(lambda: load_model(target).model, loaded.tokenizer, loaded.source.task, target, [loaded.model])
 
 
 # --- fold ------------------------------------------------------------------------------------

@@ -7,19 +7,25 @@ cluster, without ever holding the model.
     encode      one unit of work (one tensor; the INR's tensors, which it fits jointly, as one) at a
                 time per worker: read the tensor (memory-mapped, from its shard), encode it, write
                 its stored form to its own file in the resume directory, drop it
-    assemble    the manifest from the units' records, then the artifact's tensor file, array by
-                array from the units' files (big2small.tensorfile), put in place in one step
+    assemble    the manifest from the units' records, then the artifact's tensor file, each array's
+                bytes copied from its unit's file as they lie there (big2small.tensorfile, in the
+                kernel: nothing is decoded or held), put in place in one step
                 (artifact.write_artifact, the writer save() uses too); the resume directory goes
 
 Resuming: the resume directory, `.NAME.resume` beside the artifact NAME, holds `run.json` (a
 fingerprint of the plan: recipe, every tensor's name, shape, dtype and config, the source, the
 library version) and one `unit-NNNNNN.safetensors` per unit done, written under a temporary name
 and renamed when complete, so that a kill never leaves a half unit under a unit's name. A unit
-file records the sha256 of each input tensor and of each stored array; a run of the same command
-(same fingerprint) reuses a unit only when its inputs hash the same and its arrays still match
-their hashes, and encodes it again otherwise. Encoding is deterministic (same seed per tensor), and
-the units are assembled in plan order whatever order they finished in, so a resumed run, a run on
-N workers and a run on Ray write the same bytes as one uninterrupted serial run. A run with another
+file records the sha256 of each input tensor (of its bytes as the checkpoint stores them) and of
+each stored array; a run of the same command (same fingerprint) reuses a unit only when its inputs
+hash the same and its arrays still match their hashes, and encodes it again otherwise. Unit files
+are not fsynced: a killed process leaves them in the page cache, and after a power cut a unit the
+disk did not get whole fails those hashes and is encoded again; so the units of a run that
+finishes are mostly never written to the disk at all (the resume directory goes first), and the
+artifact's data is written to it once. The artifact itself is fsynced before it is put in place.
+Encoding is deterministic (same seed per tensor), and the units are assembled in plan order
+whatever order they finished in, so a resumed run, a run on N workers and a run on Ray write the
+same bytes as one uninterrupted serial run. A run with another
 fingerprint discards the old resume data.
 
 Memory: a worker holds one unit's input (as stored, plus its float32 working copy) and its
@@ -43,7 +49,7 @@ from safetensors import SafetensorError, safe_open
 
 from big2small import atomic, tensorfile
 from big2small.artifact import (
-    DEFAULT_MAX_SHARD_BYTES, ArtifactInfo, ensure_writable, fsync, stored_form, tensor_sha256, write_artifact,
+    DEFAULT_MAX_SHARD_BYTES, ArtifactInfo, ensure_writable, stored_form, tensor_sha256, write_artifact,
 )
 from big2small.compress import (
     CompressedModel, check_size_target, count_parameters, encode_unit, encoding_units, plan_infos, resolve_device,
@@ -55,7 +61,7 @@ from big2small.generators import Encoded
 from big2small.manifest import FORMAT_VERSION, tensor_record
 from big2small.models.checkpoint import Checkpoint
 from big2small.progress import progress_bar
-from big2small.recipe import PlanEntry, Recipe
+from big2small.recipe import PlanEntry, Recipe, as_stored
 from big2small.transforms.records import TransformRecord
 from big2small.version import __version__
 
@@ -104,19 +110,18 @@ class UnitResult:
 def run_unit(job: UnitJob) -> UnitResult:
     """Encode `job`'s tensors into its unit file, or reuse the file an earlier run left when it is
     this unit's, from the same inputs (see the module docstring)."""
-    tensors = [load() for load in job.loads]
-    inputs = {e.name: tensor_sha256(t) for e, t in zip(job.entries, tensors)}
+    inputs = {e.name: tensor_sha256(as_stored(load)) for e, load in zip(job.entries, job.loads)}
     records = _reusable(job, inputs)
     if records is not None:
         return UnitResult(job.index, records, reused=True)
+    tensors = [load() for load in job.loads]
     encoded = encode_unit(job.entries, tensors, seed=job.seed, device=torch.device(job.device))
     del tensors
     arrays, records = stored_form((e.name, enc) for e, enc in zip(job.entries, encoded))
     tmp = job.path.with_name(f"{job.path.name}.tmp-{os.getpid()}")
     try:
         tensorfile.write_arrays(tmp, arrays, {UNIT_KEY: json.dumps({"records": records, "inputs": inputs})})
-        fsync(tmp)
-        os.replace(tmp, job.path)
+        os.replace(tmp, job.path)  # not fsynced: see the module docstring
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise Big2SmallError(_write_failure(job.path, exc, Path(job.directory))) from None
@@ -182,12 +187,13 @@ def compress_to_artifact(checkpoint: Checkpoint, recipe: Recipe, path: str | os.
     n_params = n_parameters if n_parameters is not None else count_parameters(entries)
     cm = CompressedModel(tensors, entries, recipe, checkpoint.source, aliases, n_params, list(transforms or []))
     check_size_target(cm)
-    unit_path = {a["key"]: unit_of[name].path for name, r in records.items() for a in r["stored"].values()}
-    try:
-        info = write_artifact(cm, records, lambda key: _read_array(unit_path[key], key), path, overwrite=overwrite,
-                              max_shard_bytes=max_shard_bytes)
+    try:  # each array's bytes are copied from its unit's file as they lie there
+        where = {key: array for job in jobs for key, array in tensorfile.arrays_in(job.path).items()}
+        info = write_artifact(cm, records, where.__getitem__, path, overwrite=overwrite, max_shard_bytes=max_shard_bytes)
     except OSError as exc:
         raise Big2SmallError(_write_failure(path, exc, work)) from None
+    except ValueError as exc:  # a unit file that changed under us since its unit was done
+        raise Big2SmallError(f"{work}: a unit file is not what was written ({exc}); run the same command again") from None
     shutil.rmtree(work, ignore_errors=True)
     return cm, info
 
@@ -211,14 +217,18 @@ def open_model(spec: str | os.PathLike, recipe: Recipe, *, progress: bool = True
     return in_memory(LoadedModel(model, loaded.source)), records, n_parameters
 
 
-def default_executor(checkpoint: Checkpoint, workers: int | None = None, ray: str | None = None) -> Executor:
+def default_executor(checkpoint: Checkpoint | None, workers: int | None = None, ray: str | None = None) -> Executor:
     """`workers` processes (None: all cores, or this process alone when the checkpoint has fewer
-    than POOL_MIN_WEIGHTS weights), or Ray at `ray` with that many CPUs when it starts one here."""
+    than POOL_MIN_WEIGHTS weights), or Ray at `ray` with that many CPUs when it starts one here.
+    The checkpoint is looked at only when neither `workers` nor `ray` is given: otherwise it may be
+    None, so that the executor can start before the model is opened (Executor.started)."""
     from big2small.executors import all_cores
 
     if workers is None:
-        small = sum(i.numel for i in checkpoint.infos) < POOL_MIN_WEIGHTS
-        workers = all_cores() if ray is not None or not small else 1
+        if ray is None and checkpoint is None:
+            raise TypeError("default_executor needs the checkpoint when neither workers nor ray is given")
+        small = ray is None and sum(i.numel for i in checkpoint.infos) < POOL_MIN_WEIGHTS
+        workers = 1 if small else all_cores()
     return Executor(workers=workers, ray=ray)
 
 
@@ -226,11 +236,6 @@ def _without_arrays(name: str, record: dict[str, Any]) -> Encoded:
     """A tensor's stored form from its manifest record, without its arrays."""
     r = tensor_record(record, f"unit record {name!r}")
     return Encoded(r.method, r.config, r.layout, r.dtype, {}, dict(r.bits), r.meta)
-
-
-def _read_array(path: Path, key: str) -> torch.Tensor:
-    with safe_open(str(path), "pt") as f:
-        return f.get_tensor(key)
 
 
 def _fingerprint(entries: list[PlanEntry], recipe: Recipe, checkpoint: Checkpoint) -> str:

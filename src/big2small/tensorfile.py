@@ -13,10 +13,12 @@ same bytes. Reading stays with safetensors (safe_open), which checks every offse
 from __future__ import annotations
 
 import json
+import os
 import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 
@@ -64,11 +66,45 @@ def header_bytes(specs: list[ArraySpec], metadata: dict[str, str] | None) -> byt
     return struct.pack("<Q", len(text)) + text
 
 
-def write(path: Path, specs: Iterable[ArraySpec], read: Callable[[str], torch.Tensor],
+@dataclass(frozen=True)
+class FileArray:
+    """An array's bytes where they already lie, in another safetensors file: write() copies them
+    from there (in the kernel where it can: os.copy_file_range) without reading them into memory."""
+
+    path: Path
+    offset: int  # bytes from the start of the file
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+
+def arrays_in(path: Path) -> dict[str, FileArray]:
+    """Where each array of the safetensors file `path` lies, from its header (ValueError for a file
+    whose header is not one, or whose arrays pass its end)."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+        if not 0 < n <= size - 8:
+            raise ValueError(f"{path}: not a safetensors file")
+        header = json.loads(f.read(n))
+    out = {}
+    for key, entry in header.items():
+        if key == "__metadata__":
+            continue
+        begin, end = entry["data_offsets"]
+        array = FileArray(path, 8 + n + begin, DTYPES_BY_NAME[entry["dtype"]], tuple(entry["shape"]))
+        if end - begin != ArraySpec(key, array.dtype, array.shape).nbytes or array.offset + end - begin > size:
+            raise ValueError(f"{path}: array {key} does not lie where its header says")
+        out[key] = array
+    return out
+
+
+def write(path: Path, specs: Iterable[ArraySpec], read: Callable[[str], torch.Tensor | FileArray],
           metadata: dict[str, str] | None = None) -> int:
     """Write the arrays `specs` names to `path`, reading each with `read(key)` only when its turn
-    comes; return the file's size in bytes. An array that is not what its spec says is an error
-    (ValueError): the header already promised its size."""
+    comes (a tensor, or a FileArray whose bytes are copied); return the file's size in bytes. An
+    array that is not what its spec says is an error (ValueError): the header already promised its
+    size."""
     specs = list(specs)
     with open(path, "wb") as f:
         f.write(header_bytes(specs, metadata))
@@ -77,10 +113,36 @@ def write(path: Path, specs: Iterable[ArraySpec], read: Callable[[str], torch.Te
             if t.dtype != spec.dtype or tuple(t.shape) != spec.shape:
                 raise ValueError(f"array {spec.key!r} is {t.dtype} {list(t.shape)}, "
                                  f"its spec {spec.dtype} {list(spec.shape)}")
-            if t.numel():
+            if isinstance(t, FileArray):
+                _copy(t, spec.nbytes, f)
+            elif t.numel():
                 f.write(memoryview(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()))
             del t  # before the next array is read: one at a time
         return f.tell()
+
+
+def _copy(array: FileArray, nbytes: int, f: BinaryIO) -> None:
+    """Append `nbytes` bytes of `array`'s file, from its offset, to the open file `f`."""
+    f.flush()
+    at = f.tell()
+    with open(array.path, "rb") as src:
+        done = 0
+        try:
+            while done < nbytes:
+                n = os.copy_file_range(src.fileno(), f.fileno(), nbytes - done, array.offset + done, at + done)
+                if n == 0:
+                    raise ValueError(f"{array.path} ends before its array's bytes do")
+                done += n
+        except (AttributeError, OSError):  # no copy_file_range here (not Linux, another file system)
+            src.seek(array.offset + done)
+            f.seek(at + done)
+            while done < nbytes:
+                chunk = src.read(min(nbytes - done, 1 << 24))
+                if not chunk:
+                    raise ValueError(f"{array.path} ends before its array's bytes do") from None
+                f.write(chunk)
+                done += len(chunk)
+    f.seek(at + nbytes)
 
 
 def write_arrays(path: Path, arrays: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> int:

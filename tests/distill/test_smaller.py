@@ -120,3 +120,39 @@ def test_the_artifact_restores_the_smaller_architecture_and_counts_bits_against_
 def test_a_model_without_a_stack_of_blocks_is_refused_in_one_line():
     with pytest.raises(Big2SmallError, match="layer dropping supports Hugging Face decoder and encoder transformers"):
         fewer_layers(MBConvNet(), 1, criterion="even", task="image-classifier", config=DistillConfig(steps=0, **TINY))
+
+
+def test_a_decompressed_layer_dropped_artifact_loads_with_from_pretrained_as_restore_gives_it(tmp_path):
+    """decompress writes the config of the model stored (its block count, and per-block lists such
+    as layer_types cut to the kept blocks), not the original's: from_pretrained of the directory
+    loads every weight and gives restore's outputs; so does export --to hf's directory."""
+    from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=4, num_attention_heads=4,
+                         num_key_value_heads=2, max_position_embeddings=64, use_sliding_window=True, sliding_window=3,
+                         max_window_layers=2)  # blocks 0, 1 full attention; 2, 3 sliding: the kept ones differ
+    Qwen2ForCausalLM(config).save_pretrained(tmp_path / "teacher")
+    loaded = b2s.load_model(tmp_path / "teacher")
+    student, record, _ = fewer_layers(loaded.model, 2, criterion="even", task="causal-lm",
+                                      config=DistillConfig(steps=0, **TINY), progress=False)
+    cm = compress(student, "uniform", bits=4, group_size=16, min_numel=0, source=loaded.source, transforms=[record],
+                  n_parameters=record.parameters_before, progress=False)
+    b2s.save(cm, tmp_path / "s.b2s")
+    b2s.decompress(tmp_path / "s.b2s", tmp_path / "dense", max_shard_bytes=10**9)
+
+    dense, info = AutoModelForCausalLM.from_pretrained(tmp_path / "dense", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert dense.config.num_hidden_layers == len(dense.model.layers) == 2 and record.kept == [0, 3]
+    assert dense.config.layer_types == [config.layer_types[i] for i in record.kept] == ["full_attention",
+                                                                                         "sliding_attention"]
+    from big2small.export import export
+
+    export(tmp_path / "s.b2s", "hf", tmp_path / "exported", dtype="float32")  # the same config, by restore
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "exported")
+    assert exported.config.layer_types == dense.config.layer_types
+    restored = b2s.restore(tmp_path / "s.b2s")
+    ids = torch.randint(0, 64, (2, 10), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(dense.eval()(ids).logits, restored.eval()(ids).logits, rtol=0, atol=1e-6)
+        torch.testing.assert_close(exported.eval()(ids).logits, restored(ids).logits, rtol=0, atol=1e-6)

@@ -5,6 +5,7 @@ answer without loading torch.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -96,7 +97,7 @@ def compress(
     import big2small as b2s
     from big2small.compress import count_parameters, plan_infos, resolve_device
     from big2small.reports import CompressReport, PlanReport
-    from big2small.streaming import compress_to_artifact, default_executor, open_model
+    from big2small.streaming import compress_to_artifact, default_executor, open_model, run_unit
 
     if output is not None:
         b2s.ensure_writable(output, overwrite=overwrite)
@@ -128,21 +129,27 @@ def compress(
         render.show_compress(out.console, report)
         out.json(report.to_dict())
         return
-    checkpoint, transforms, n_parameters = open_model(model, the_recipe)
-    if size_mb is not None:  # bits per weight of the original model's parameters
-        n = n_parameters if n_parameters is not None else sum(i.numel for i in checkpoint.infos if i.is_parameter)
-        the_recipe.target_bpw = size_mb * 8e6 / n
-    if dry_run:
-        entries = plan_infos(checkpoint.infos, the_recipe, n_parameters, model=checkpoint.probe_model(),
-                             source=checkpoint.source, progress=True)
-        plan = PlanReport.of(entries, the_recipe, n_parameters if n_parameters is not None else count_parameters(entries))
-        render.show_plan(out.console, plan)
-        out.json(plan.to_dict())
-        return
-    executor = default_executor(checkpoint, workers, ray)
-    cm, written = compress_to_artifact(checkpoint, the_recipe, output, overwrite=overwrite, device=device,
-                                       executor=executor, transforms=transforms, n_parameters=n_parameters,
-                                       max_shard_bytes=shard_bytes)
+    with contextlib.ExitStack() as stack:
+        # Workers or Ray asked for: the executor does not depend on the model, so its workers start
+        # up (importing PyTorch) while the model is opened and planned, not after.
+        early = None if dry_run or (workers is None and ray is None) else default_executor(None, workers, ray)
+        if early is not None:
+            early = stack.enter_context(early.started(run_unit))
+        checkpoint, transforms, n_parameters = open_model(model, the_recipe)
+        if size_mb is not None:  # bits per weight of the original model's parameters
+            n = n_parameters if n_parameters is not None else sum(i.numel for i in checkpoint.infos if i.is_parameter)
+            the_recipe.target_bpw = size_mb * 8e6 / n
+        if dry_run:
+            entries = plan_infos(checkpoint.infos, the_recipe, n_parameters, model=checkpoint.probe_model(),
+                                 source=checkpoint.source, progress=True)
+            plan = PlanReport.of(entries, the_recipe, n_parameters if n_parameters is not None else count_parameters(entries))
+            render.show_plan(out.console, plan)
+            out.json(plan.to_dict())
+            return
+        executor = early or stack.enter_context(default_executor(checkpoint, workers, ray).started(run_unit))
+        cm, written = compress_to_artifact(checkpoint, the_recipe, output, overwrite=overwrite, device=device,
+                                           executor=executor, transforms=transforms, n_parameters=n_parameters,
+                                           max_shard_bytes=shard_bytes)
     report = CompressReport.of(cm, written)
     render.show_compress(out.console, report)
     out.json(report.to_dict())

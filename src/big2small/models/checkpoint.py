@@ -67,12 +67,16 @@ class StoredTensor:
     dtype: torch.dtype | None = None
 
     def __call__(self) -> torch.Tensor:
+        t = self.as_stored()
+        return t if self.dtype is None or t.dtype == self.dtype else t.to(self.dtype)
+
+    def as_stored(self) -> torch.Tensor:
+        """The tensor in the file's dtype (recipe.as_stored): no copy beyond safetensors' own read."""
         try:
             with safe_open(self.path, "pt") as f:
-                t = f.get_tensor(self.key)
+                return f.get_tensor(self.key)
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
             raise Big2SmallError(f"{self.path}: cannot read tensor {self.key} ({_first_line(exc)})") from None
-        return t if self.dtype is None or t.dtype == self.dtype else t.to(self.dtype)
 
 
 def streamable(spec: str | Path) -> bool:

@@ -116,13 +116,45 @@ def _keep_blocks(model: nn.Module, keep: list[int]) -> None:
         raise Big2SmallError(f"kept layers must be distinct ascending indices below {len(blocks)}, got {keep}")
     setattr(parent, attr, nn.ModuleList([blocks[i] for i in keep]))
     config = model.config
-    config.num_hidden_layers = len(keep)
-    if isinstance(getattr(config, "layer_types", None), list) and len(config.layer_types) == len(blocks):
-        config.layer_types = [config.layer_types[i] for i in keep]
+    for key, value in kept_config_fields(lambda k: getattr(config, k, None), keep, len(blocks)).items():
+        setattr(config, key, value)
     for new_index, block in enumerate(getattr(parent, attr)):
         for module in block.modules():
             if hasattr(module, "layer_idx"):
                 module.layer_idx = new_index
+
+
+# Per-block lists of a transformers config (one entry per block, in order): what kind of attention
+# each block has (Gemma, Qwen: "full_attention", "sliding_attention"), whether it skips RoPE (SmolLM3).
+PER_LAYER_LISTS = ("layer_types", "no_rope_layers")
+
+
+def kept_config_fields(get: Callable[[str], Any], keep: list[int], n_blocks: int) -> dict[str, Any]:
+    """The config fields that change when only the blocks `keep` (ascending indices) of `n_blocks`
+    stay: the block count, and each per-block list cut to the kept blocks' entries. `get(key)`:
+    a field of the config (a transformers config's attribute, or config.json's value; None when it
+    has none). The one place that says how a config follows dropped blocks: for a model in memory
+    (_keep_blocks, and so restore and export --to hf) and for config.json (stored_config)."""
+    fields: dict[str, Any] = {"num_hidden_layers": len(keep)}
+    for key in PER_LAYER_LISTS:
+        values = get(key)
+        if isinstance(values, list) and len(values) == n_blocks:
+            fields[key] = [values[i] for i in keep]
+    return fields
+
+
+def stored_config(config: dict[str, Any], records: list[TransformRecord]) -> dict[str, Any]:
+    """The original's config.json (a dict) as the model an artifact stores has it, after the
+    blocks its LayerDropRecords dropped (a copy; unchanged without one)."""
+    config = dict(config)
+    for record in records:
+        if isinstance(record, LayerDropRecord):
+            n_blocks = config.get("num_hidden_layers")
+            if n_blocks != record.layers_before:
+                raise Big2SmallError(f"the artifact keeps {len(record.kept)} of {record.layers_before} layers; "
+                                     f"its source config.json has {n_blocks}")
+            config.update(kept_config_fields(config.get, record.kept, record.layers_before))
+    return config
 
 
 def restructure(model: nn.Module, records: list[TransformRecord]) -> nn.Module:
