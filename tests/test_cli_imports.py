@@ -25,6 +25,7 @@ def imported_modules(*args):
     (["compress"], 2),  # missing MODEL
     (["inspect", "a.b2s", "--tensors", "yes"], 2),  # unexpected argument
     (["compress", "m.safetensors", "--bpw", "3", "--ratio", "8", "-o", "x.b2s"], 2),  # our check, before the library
+    (["compress", "m.safetensors", "--bpw", "3", "--bpw-over", "all", "-o", "x.b2s"], 2),
 ])
 def test_help_and_argument_errors_import_neither_torch_nor_transformers(args, status):
     modules, result = imported_modules(*args)
