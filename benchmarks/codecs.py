@@ -190,9 +190,20 @@ def _measure_ours(ctx: Context, row: dict) -> BenchRow | None:
         print(f"[codecs] note: {row['label']!r} compresses another set of tensors than the baselines", flush=True)
     size = cm.size()
     decoded = cm.state_dict(names=ctx.names)
-    result = _row_result(ctx, row, decoded, size.bits_compressed, seconds, "")
+    result = _row_result(ctx, row, decoded, size.bits_compressed, seconds, _mix(cm) if p["method"] is None else "")
     result.bpw_all = size.bpw_all  # the artifact's own count (the same raw tensors as the scaffold's)
     return result
+
+
+def _mix(cm) -> str:
+    """What allocation gave the compressed tensors: 'trellis 2 bits x30, trellis 3 bits x150, ...'."""
+    from big2small.allocation.allocate import describe
+
+    counts: dict[str, int] = {}
+    for e in cm.plan:
+        if e.compressed:
+            counts[describe(e.config)] = counts.get(describe(e.config), 0) + 1
+    return "allocated: " + ", ".join(f"{k} x{n}" for k, n in sorted(counts.items()))
 
 
 def _llama_targets(ctx: Context) -> dict[str, str]:
