@@ -10,6 +10,9 @@ matches llama.cpp's token embedding kept at F16). Rows, near 2.25, 3.25 and 4.25
 compressed weight:
 - ours (the OURS list below, or --ours): `big2small.compress(loaded, method, **options)`; a method
   that is not registered (or an option it does not take) is skipped with a printed note;
+- ours: allocated: bit allocation (`compress(loaded, None, bpw=T, target_over="compressed")`: each
+  of these tensors gets trellis k=1..8 at L=10 by data-free output sensitivity) with T counted over
+  exactly these tensors, at each target T; its encode seconds include the allocation;
 - RTN: big2small's `uniform` (asymmetric; fp16 scale, integer zero-point per group), group 64 and 128;
 - HQQ 0.2.8 (optimize=True, group 128, fp16 scale and zero), SINQ 0.2.0 (group 128; see external.py);
 - llama.cpp: SmolLM2 (a llama architecture) through `llama_model_quantize` on its bundled GGUF,
@@ -20,7 +23,9 @@ tensor types), the task metric (SmolLM2 perplexity, MiniLM mean cosine vs fp32, 
 top-1 agreement with fp32), weight SQNR over all compressed tensors, encode seconds.
 
 Rows are cached in benchmarks/results/codecs/<model>.json, keyed by label: a re-run measures only
-rows that are new or whose settings changed, plus those named by --only; --fresh re-measures all.
+rows that are new or whose settings changed, plus those named by --only; --fresh re-measures all;
+--skip-new measures only the rows named by --only (e.g. one new row of a model whose other new
+rows would take hours).
 Writes <model>.md, <model>.json and the Pareto plot <model>.png.
 """
 
@@ -47,7 +52,7 @@ from big2small.models.tasks import evaluate, reference_outputs  # noqa: E402
 OUT = ROOT / "results" / "codecs"
 TARGETS = (2.25, 3.25, 4.25)  # bits per compressed weight
 
-# Our methods: (label, method name, options for big2small.compress). Add a row with one line, e.g.
+# Our methods: (label, method name or None, options for big2small.compress). Add a row with one line, e.g.
 #   ("trellis k=4", "trellis", {"bits": 4}),   ("hyper+rot 8b g64", "hyper", {"bits": 8, "group_size": 64, "rotate": True}),
 OURS: list[tuple[str, str, dict]] = [
     ("hyper 4b/pair g64", "hyper", {"bits": 4, "group_size": 64}),  # 2 bits/weight + fp16 scale/64 = 2.25
@@ -60,6 +65,9 @@ OURS: list[tuple[str, str, dict]] = [
     ("trellis 2b", "trellis", {"bits": 2}),
     ("trellis 3b", "trellis", {"bits": 3}),
     ("trellis 4b", "trellis", {"bits": 4}),
+    # Bit allocation (no method: each tensor gets trellis k=1..8 at L=10, chosen by data-free output
+    # sensitivity) with the target counted over exactly these tensors (target_over="compressed").
+    *[(f"allocated {t}", None, {"bpw": t, "target_over": "compressed"}) for t in TARGETS],
 ]
 
 PRIMARY = {"causal-lm": "perplexity", "encoder": "mean_cosine", "image-classifier": "top1_agreement"}
@@ -91,7 +99,8 @@ def sinq_rows() -> list[dict]:
 def ours_rows(extra: list[str]) -> list[dict]:
     from big2small.specs import parse_method_spec
 
-    rows = [_row(label, "ours: " + method, "b2s", {"method": method, "options": options}) for label, method, options in OURS]
+    rows = [_row(label, "ours: " + (method or "allocated"), "b2s", {"method": method, "options": options})
+            for label, method, options in OURS]
     for text in extra:  # "LABEL=METHOD:key=val,..."
         label, _, spec = text.partition("=")
         method, options = parse_method_spec(spec)
@@ -181,9 +190,20 @@ def _measure_ours(ctx: Context, row: dict) -> BenchRow | None:
         print(f"[codecs] note: {row['label']!r} compresses another set of tensors than the baselines", flush=True)
     size = cm.size()
     decoded = cm.state_dict(names=ctx.names)
-    result = _row_result(ctx, row, decoded, size.bits_compressed, seconds, "")
+    result = _row_result(ctx, row, decoded, size.bits_compressed, seconds, _mix(cm) if p["method"] is None else "")
     result.bpw_all = size.bpw_all  # the artifact's own count (the same raw tensors as the scaffold's)
     return result
+
+
+def _mix(cm) -> str:
+    """What allocation gave the compressed tensors: 'trellis 2 bits x30, trellis 3 bits x150, ...'."""
+    from big2small.allocation.allocate import describe
+
+    counts: dict[str, int] = {}
+    for e in cm.plan:
+        if e.compressed:
+            counts[describe(e.config)] = counts.get(describe(e.config), 0) + 1
+    return "allocated: " + ", ".join(f"{k} x{n}" for k, n in sorted(counts.items()))
 
 
 def _llama_targets(ctx: Context) -> dict[str, str]:
@@ -226,7 +246,7 @@ def _measure_llama(ctx: Context, row: dict) -> BenchRow:
 
 # --- the run -------------------------------------------------------------------------------------
 
-def run(model_name: str, extra_ours: list[str], only: list[str], fresh: bool) -> None:
+def run(model_name: str, extra_ours: list[str], only: list[str], fresh: bool, skip_new: bool = False) -> None:
     path = OUT / f"{model_name}.json"
     cache = json.loads(path.read_text()) if path.exists() and not fresh else {}
     cached = {e["label"]: e for e in cache.get("rows", [])}
@@ -241,6 +261,8 @@ def run(model_name: str, extra_ours: list[str], only: list[str], fresh: bool) ->
         if old and old["kind"] == row["kind"] and old["params"] == row["params"] and row["label"] not in only:
             entries.append(old)
             continue
+        if skip_new and row["label"] not in only:
+            continue  # not measured yet, and not asked for: left for a later run
         print(f"[codecs] {model_name}: measuring {row['label']}", flush=True)
         try:
             result = measure(ctx, row)
@@ -263,7 +285,7 @@ def _spec(row: dict) -> str:
     """The row in the text form the earlier benchmarks' JSON use ("hqq:bits=3,group_size=128")."""
     p = row["params"]
     if row["kind"] == "b2s":
-        return p["method"] + ":" + ",".join(f"{k}={v}" for k, v in p["options"].items())
+        return (p["method"] or "allocated") + ":" + ",".join(f"{k}={v}" for k, v in p["options"].items())
     return f"{row['kind']}:bits={p.get('bits')},group_size={p.get('group_size')}"
 
 
@@ -450,6 +472,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", action="append", default=[], help="re-measure this row label (repeatable)")
     parser.add_argument("--ours", action="append", default=[], help='an extra row "LABEL=METHOD:key=val,..."')
     parser.add_argument("--fresh", action="store_true", help="ignore the cached rows")
+    parser.add_argument("--skip-new", action="store_true",
+                        help="measure no row that is not cached yet, except those named by --only")
     parser.add_argument("--report", action="store_true", help="only rewrite the table and plot from the JSON")
     args = parser.parse_args(argv)
     for model_name in args.models:
@@ -457,7 +481,7 @@ def main(argv: list[str] | None = None) -> None:
             data = json.loads((OUT / f"{model_name}.json").read_text())
             write(model_name, data["task"], data["rows"])
         else:
-            run(model_name, args.ours, args.only, args.fresh)
+            run(model_name, args.ours, args.only, args.fresh, args.skip_new)
         print((OUT / f"{model_name}.md").read_text())
 
 

@@ -75,6 +75,13 @@ def test_bpw_target_met(state_file, tmp_path):
     assert json.loads(r.stdout[r.stdout.index("{"):])["size"]["bpw_all"] <= 3.2
 
 
+def test_bpw_over_compressed_targets_the_compressed_tensors_only(state_file, tmp_path):
+    r = run("compress", state_file, "--bpw", "3.2", "--bpw-over", "compressed", "-o", tmp_path / "a.b2s", "--json", "-")
+    assert r.returncode == 0, r.stderr
+    size = json.loads(r.stdout[r.stdout.index("{"):])["size"]
+    assert size["bpw_scope"] <= 3.2 < size["bpw_all"]  # the kept fp16 tensors are outside that budget
+
+
 def test_override_by_regex(state_file, tmp_path):
     r = run("compress", state_file, "--override", "encoder.*=lowrank:rank=8", "-o", tmp_path / "a.b2s", "--json", "-")
     assert r.returncode == 0, r.stderr
@@ -314,6 +321,9 @@ def test_size_options_are_checked_in_one_line(state_file, tmp_path):
     assert_one_line_error(run("compress", state_file, "--method", "uniform", "--bpw", "3", "--allocate", "best", "-o", out),
                           "allocate must be one of")
     assert_one_line_error(run("compress", state_file, "--bpw", "40", "-o", out), "the original takes 32.000")
+    assert_one_line_error(run("compress", state_file, "--bpw", "3", "--bpw-over", "all", "-o", out), "--bpw-over must be one of")
+    assert_one_line_error(run("compress", state_file, "--size-mb", "1", "--bpw-over", "compressed", "-o", out),
+                          "give --bpw with --bpw-over compressed")
     assert not out.exists()
 
 

@@ -26,6 +26,7 @@ def imported_modules(*args):
     (["inspect", "a.b2s", "--tensors", "yes"], 2),  # unexpected argument
     (["compress", "m.safetensors", "--bpw", "3", "--ratio", "8", "-o", "x.b2s"], 2),  # our check, before the library
     (["selfcompress", "--teacher", "t.safetensors"], 2),  # --teacher without --distill: our check
+    (["compress", "m.safetensors", "--bpw", "3", "--bpw-over", "all", "-o", "x.b2s"], 2),
 ])
 def test_help_and_argument_errors_import_neither_torch_nor_transformers(args, status):
     modules, result = imported_modules(*args)

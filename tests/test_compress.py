@@ -223,6 +223,31 @@ def test_no_method_with_a_target_mixes_trellis_widths_and_may_keep_tensors(small
     assert cm.size().bpw_all <= 6.0
 
 
+@pytest.mark.parametrize("method, allocate", [(None, "auto"), ("uniform", "auto"), ("uniform", "equal")])
+def test_a_target_over_the_compressed_tensors_counts_only_their_bits(method, allocate):
+    cm = b2s.compress(_Stack(), method, bpw=3.25, target_over="compressed", allocate=allocate, progress=False)
+    size = cm.size()
+    assert size.bpw_scope <= 3.25
+    if allocate != "equal":  # allocation fills it; equal shares land under it at the widths there are
+        assert size.bpw_scope >= 0.99 * 3.25
+    assert size.bits_compressed == sum(e.total_bits for e in cm.tensors.values() if e.compressed)
+
+
+def test_a_target_over_the_compressed_tensors_keeps_the_default_scope(small_net):
+    default = {e.name for e in b2s.compress(small_net, "uniform", progress=False).plan if e.compressed}
+    cm = b2s.compress(small_net, None, bpw=4.0, target_over="compressed", progress=False)
+    assert {e.name for e in cm.plan if e.compressed} == default  # no embedding brought in, none kept raw
+    assert {e.name for e in cm.plan if e.budgeted} == default
+    assert cm.size().bpw_scope <= 4.0 < cm.size().bpw_all  # the kept tensors (fp16) are outside the budget
+
+
+def test_a_target_over_the_compressed_tensors_names_their_feasible_range():
+    with pytest.raises(Big2SmallError, match=r"the compressed tensors take \d+\.\d+ bpw at the least"):
+        b2s.compress(_Stack(), None, bpw=0.5, target_over="compressed", progress=False)
+    with pytest.raises(Big2SmallError, match="target_over must be one of model, compressed"):
+        b2s.compress(_Stack(), None, bpw=3.0, target_over="all", progress=False)
+
+
 def test_impossible_targets_name_the_feasible_range():
     with pytest.raises(Big2SmallError, match=r"impossible.* takes \d+\.\d+ bpw at the least, and the original takes 32\.000"):
         b2s.compress(_Stack(), "uniform", bpw=0.5, progress=False)

@@ -74,7 +74,7 @@ def test_state_dict_kinds_inferred_from_rank_and_name():
 
 def test_recipe_round_trips_through_json():
     recipe = Recipe(default=UniformConfig(bits=3, group_size=64), overrides=[Override("x.*", None), Override("y", LowRankConfig(rank=4))],
-                    target_bpw=3.5, budget_fixed={"group_size": 64},
+                    target_bpw=3.5, target_over="compressed", budget_fixed={"group_size": 64},
                     transforms=[FoldConfig(sparsity=0.2), FoldConfig(sparsity=None, ratio=0.1, selection="l2")])
     assert Recipe.from_json(recipe.to_json()) == recipe
 

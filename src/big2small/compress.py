@@ -156,7 +156,7 @@ def auto_candidates() -> list[GeneratorConfig]:
 def make_recipe(method: str | None = None, *, bpw: float | None = None,
                 overrides: list[tuple[str, GeneratorConfig | None]] | None = None,
                 include_embeddings: bool = False, min_numel: int = 4096, raw_dtype: str = "float16",
-                seed: int = 0, allocate: str = "auto", **options: Any) -> Recipe:
+                seed: int = 0, allocate: str = "auto", target_over: str = "model", **options: Any) -> Recipe:
     """A recipe from a method name and its options, e.g. make_recipe("uniform", bits=3, group_size=64).
 
     With `bpw`, the options not given are chosen to fill that many bits per original weight.
@@ -166,18 +166,23 @@ def make_recipe(method: str | None = None, *, bpw: float | None = None,
         brings the embeddings and LM head into scope and may keep any tensor at `raw_dtype`.
         Other methods size every tensor equally. With `bpw` and no method, each tensor gets the best of the
         trellis codec's widths or is kept at 16 bits, embeddings included (`auto_candidates`).
+    target_over: what `bpw` counts: "model" (every stored bit over the original parameters) or
+        "compressed" (the compressed tensors' bits over their own weights: bpw_scope). With
+        "compressed", allocation keeps the recipe's scope (`include_embeddings` as given) and never
+        keeps a tensor uncompressed, so that the tensors it sizes are exactly the compressed ones.
     """
     if allocate not in ALLOCATE:
         raise Big2SmallError(f"allocate must be one of {', '.join(ALLOCATE)}, got {allocate!r}")
     default, allocation = None, None
+    whole = target_over == "model"  # a whole-model target: embeddings in scope, any tensor may stay raw
     if method is None and options:
         raise Big2SmallError(f"options {sorted(options)} need a method")
     if method is None and bpw is not None:
         if allocate == "equal":
             raise Big2SmallError("a size target without a method is filled by allocation: give a method for allocate='equal'")
         default = auto_candidates()[3]
-        allocation = AllocationConfig(objective=allocate, candidates=auto_candidates(), keep_candidate=True)
-        include_embeddings = True
+        allocation = AllocationConfig(objective=allocate, candidates=auto_candidates(), keep_candidate=whole)
+        include_embeddings = include_embeddings or whole
     elif method is not None:
         if method not in REGISTRY or REGISTRY[method].config_type.stores_dense:
             known = sorted(m for m, g in REGISTRY.items() if not g.config_type.stores_dense)
@@ -186,11 +191,12 @@ def make_recipe(method: str | None = None, *, bpw: float | None = None,
         if bpw is not None and allocate != "equal" and type(default).allocatable:
             # Every bit counts: embeddings and head are in scope, and any tensor may stay at 16
             # bits where that buys more than compressing it (decided by the allocation).
-            allocation = AllocationConfig(objective=allocate, keep_candidate=True)
-            include_embeddings = True
+            allocation = AllocationConfig(objective=allocate, keep_candidate=whole)
+            include_embeddings = include_embeddings or whole
     return Recipe(default=default, overrides=[Override(p, c) for p, c in (overrides or [])],
                   min_numel=min_numel, include_embeddings=include_embeddings, raw_dtype=raw_dtype,
-                  target_bpw=bpw, budget_fixed=dict(options), seed=seed, allocation=allocation)
+                  target_bpw=bpw, target_over=target_over, budget_fixed=dict(options), seed=seed,
+                  allocation=allocation)
 
 
 def plan_model(model: Any, recipe: Recipe, *, source: ModelSource | None = None,
@@ -364,9 +370,11 @@ def _check_distill(model: Any, task: Any, config: DistillConfig) -> None:
 def check_size_target(cm: CompressedModel) -> None:
     """Refuse a result that misses its recipe's size target. The sizing (_size_to_target) is exact
     by construction; this guards the promise made to the user."""
-    target = cm.recipe.target_bpw
-    if target is not None and cm.size().bpw_all > target + 1e-9:
-        raise Big2SmallError(f"internal: size target {target} bpw missed ({cm.size().bpw_all:.4f}); please report")
+    target, size = cm.recipe.target_bpw, cm.size()
+    reached = size.bpw_all if cm.recipe.target_over == "model" else size.bpw_scope
+    if target is not None and reached > target + 1e-9:
+        raise Big2SmallError(f"internal: size target {target} bpw ({cm.recipe.target_over}) missed ({reached:.4f}); "
+                             "please report")
 
 
 def encoding_units(entries: list[PlanEntry], done: set[str] = frozenset()) -> list[list[PlanEntry]]:
@@ -477,12 +485,12 @@ def _size_to_target(entries: list[PlanEntry], recipe: Recipe, n_params: int) -> 
     Tensors with a fixed config (raw, overrides) are charged first; what is left is shared out
     evenly per weight among the tensors that use the default method.
     """
-    sized, fixed_bits = _sized_entries(entries, recipe)
+    sized, fixed_bits, count = _sized_entries(entries, recipe, n_params)
     gen_cls = REGISTRY[recipe.default.method]
-    budget = recipe.target_bpw * n_params - fixed_bits
+    budget = recipe.target_bpw * count - fixed_bits
     n_sized = sum(e.numel for e in sized)
     beta = budget / n_sized
-    floor = fixed_bits / n_params
+    floor = fixed_bits / count
     if beta <= 0:
         raise Big2SmallError(
             f"target {recipe.target_bpw} bpw is impossible: the tensors kept uncompressed already take "
@@ -501,13 +509,21 @@ def _size_to_target(entries: list[PlanEntry], recipe: Recipe, n_params: int) -> 
         e.budgeted = True
 
 
-def _sized_entries(entries: list[PlanEntry], recipe: Recipe) -> tuple[list[PlanEntry], int]:
-    """The entries a size target sizes (those of the default method) and the bits every other
-    entry takes (charged first)."""
+def _sized_entries(entries: list[PlanEntry], recipe: Recipe, n_params: int) -> tuple[list[PlanEntry], int, int]:
+    """The entries a size target sizes (those of the default method), the bits the other entries
+    it counts take (charged first), and the weights it counts them over: with target_over="model",
+    every entry over `n_params`; with "compressed", the compressed entries over their own weights."""
     sized = [e for e in entries if e.compressed and e.config is recipe.default]
     if not sized:
         raise Big2SmallError("a size target needs a compression method for at least one tensor")
-    return sized, sum(_planned_bits(e) for e in entries if e not in sized)
+    counted = _counted(entries, recipe)
+    count = n_params if recipe.target_over == "model" else sum(e.numel for e in counted)
+    return sized, sum(_planned_bits(e) for e in counted if e not in sized), count
+
+
+def _counted(entries: list[PlanEntry], recipe: Recipe) -> list[PlanEntry]:
+    """The entries whose bits a size target counts (recipe.target_over)."""
+    return entries if recipe.target_over == "model" else [e for e in entries if e.compressed]
 
 
 def _allocate(entries: list[PlanEntry], loads: dict[str, Callable[[], torch.Tensor]], recipe: Recipe,
@@ -517,16 +533,17 @@ def _allocate(entries: list[PlanEntry], loads: dict[str, Callable[[], torch.Tens
     from big2small.allocation.allocate import Allotment, allocate, describe, smallest_bits
 
     task = _task_of(model, source)
-    sized, fixed_bits = _sized_entries(entries, recipe)
+    sized, fixed_bits, count = _sized_entries(entries, recipe, n_params)
     items = [Allotment(e.name, e.layout, loads[e.name]) for e in sized]
     kwargs = dict(method=recipe.default.method, fixed=dict(recipe.budget_fixed), raw_dtype=recipe.raw_dtype)
-    lowest = (fixed_bits + smallest_bits(items, recipe.allocation, **kwargs)) / n_params
-    original = sum(e.numel * e.dtype.itemsize * 8 for e in entries) / n_params
+    lowest = (fixed_bits + smallest_bits(items, recipe.allocation, **kwargs)) / count
+    original = sum(e.numel * e.dtype.itemsize * 8 for e in _counted(entries, recipe)) / count
+    what = "the model takes" if recipe.target_over == "model" else "the compressed tensors take"
     if not lowest <= recipe.target_bpw < original:
         raise Big2SmallError(
-            f"target {recipe.target_bpw:g} bpw is impossible: with this recipe the model takes {lowest:.3f} bpw "
+            f"target {recipe.target_bpw:g} bpw is impossible: with this recipe {what} {lowest:.3f} bpw "
             f"at the least, and the original takes {original:.3f} (give a target in between)")
-    budget = math.floor(recipe.target_bpw * n_params) - fixed_bits
+    budget = math.floor(recipe.target_bpw * count) - fixed_bits
     result = allocate(items, budget, recipe.allocation, model=model, task=task, seed=recipe.seed,
                       progress=progress, **kwargs)
     total = sum(result.costs.values()) or 1.0

@@ -27,6 +27,7 @@ from big2small.folding.config import FoldConfig
 from big2small.generators import GeneratorConfig, RawConfig
 from big2small.generators.raw import STORAGE_DTYPES
 from big2small.layout import MatrixLayout
+from big2small.specs import TARGET_OVER
 
 # Layer kinds whose `weight` the storage codecs understand. Subclasses count (EfficientNet's
 # Conv2dStaticSamePadding is a Conv2d); transformers' Conv1D, which stores [in, out], is matched by
@@ -73,6 +74,9 @@ class Recipe(Config):
     raw_dtype: how uncompressed floating tensors are stored ("float16", "float32", "bfloat16", "same").
     target_bpw: if set, method options left open are chosen so that the whole artifact takes at most
         this many bits per original parameter (every stored bit counted).
+    target_over: what target_bpw counts: "model" (every stored bit over the original model's
+        parameters) or "compressed" (the compressed tensors' stored bits over their own element
+        count, the artifact's bpw_scope; tensors kept uncompressed are outside the budget).
     transforms: structural transforms applied in order before anything is stored (JSON:
         {"transform": "fold", ...}); the rest of the recipe applies to the transformed model, and
         bits per weight count against the original model's parameters.
@@ -87,6 +91,7 @@ class Recipe(Config):
     include_embeddings: bool = False
     raw_dtype: str = "float16"
     target_bpw: float | None = None
+    target_over: str = "model"
     budget_fixed: dict[str, Any] = field(default_factory=dict)  # default's options the user pinned
     seed: int = 0
     transforms: list[FoldConfig] = field(default_factory=list)
@@ -99,6 +104,8 @@ class Recipe(Config):
         RawConfig(dtype=self.raw_dtype).validate()
         if self.target_bpw is not None and not (math.isfinite(self.target_bpw) and self.target_bpw > 0):
             raise Big2SmallError(f"target bits per weight must be a positive number, got {self.target_bpw}")
+        if self.target_over not in TARGET_OVER:
+            raise Big2SmallError(f"target_over must be one of {', '.join(TARGET_OVER)}, got {self.target_over!r}")
 
 
 @dataclass

@@ -6,6 +6,10 @@ from typing import Any
 
 from big2small.errors import Big2SmallError
 
+# What a size target counts (Recipe.target_over, --bpw-over): every stored bit over the model's
+# parameters, or the compressed tensors' bits over their own weights.
+TARGET_OVER = ("model", "compressed")
+
 
 def parse_value(text: str) -> Any:
     low = text.lower()

@@ -56,3 +56,11 @@ def test_same_seed_same_sensitivities_and_the_model_is_left_as_it_was():
     assert a == b
     assert all(p.grad is None and torch.equal(p, before[n]) for n, p in model.named_parameters())
     assert not model.training
+
+
+def test_the_caller_s_no_grad_mode_changes_nothing():
+    model = tiny_llama()
+    free = output_sensitivity(model, get_task("causal-lm"), NAMES, count=2, length=8, seed=3)
+    with torch.no_grad():
+        inside = output_sensitivity(model, get_task("causal-lm"), NAMES, count=2, length=8, seed=3)
+    assert inside == free and all(v > 0 for v in inside.values())

@@ -41,7 +41,8 @@ def output_sensitivity(model: nn.Module, task: Task, names: list[str], *, count:
         unique = list({id(p): p for p in targets.values()}.values())
         squared = {id(p): torch.zeros((), dtype=torch.float64) for p in unique}
         outputs = 0
-        with progress_bar("sensitivity", total=len(inputs), enabled=progress) as advance:
+        # The gradients are the measurement, whatever grad mode the caller runs in.
+        with progress_bar("sensitivity", total=len(inputs), enabled=progress) as advance, torch.enable_grad():
             for example in inputs:
                 for p in unique:
                     p.grad = None

@@ -49,6 +49,7 @@ def compress(
     bpw: Optional[float] = typer.Option(None, help="Target bits per weight for the whole model, every stored bit counted; filled to within 1% under where the method's sizes can be mixed."),
     ratio: Optional[float] = typer.Option(None, help="Target compression ratio against fp32 (same as --bpw 32/RATIO)."),
     size_mb: Optional[float] = typer.Option(None, "--size-mb", help="Target size of the stored weights in MB (10^6 bytes; the manifest adds a few KB), instead of --bpw."),
+    bpw_over: Optional[str] = typer.Option(None, "--bpw-over", help="What --bpw/--ratio counts: model (default: every stored bit over the original parameters) or compressed (the compressed tensors' bits over their own weights, bpw_scope; the other tensors are kept as they would be without a target)."),
     allocate: str = typer.Option("auto", help="With a size target: how bits are shared among tensors: auto (by output error where the model has a data-free probe, else by weight error), output, weights, or equal (the same share for every tensor)."),
     bits: Optional[float] = typer.Option(None, help="Bits per compressed weight, for every method (uniform, channel_int: the code width; hyper: index width bits x dim; lowrank, inr: the budget per weight); scales and headers add a little. A method's own knobs: -O KEY=VALUE."),
     group_size: Optional[int] = typer.Option(None, help="uniform, hyper: weights per group (0 = per channel)."),
@@ -86,6 +87,7 @@ def compress(
     _require_output(output, dry_run)
     shard_bytes = options.byte_size(max_shard_size)
     bpw = options.target_bpw(bpw, ratio, size_mb)
+    bpw_over = options.target_over(bpw_over, size_mb)
     distill_config = options.distill_config(distill, samples=distill_samples, seed=distill_seed, seq_len=distill_seq_len,
                                             max_seconds=distill_seconds, source=distill_source,
                                             weight_loss=distill_weight_loss,
@@ -108,10 +110,12 @@ def compress(
         the_recipe = options.recipe_from_file(recipe)
         if bpw is not None:
             the_recipe.target_bpw = bpw
+        if bpw_over is not None:
+            the_recipe.target_over = bpw_over
     else:
         the_recipe = options.recipe_from_options(
             method, bpw=bpw, bits=bits, override=override, option=option, include_embeddings=include_embeddings,
-            min_numel=min_numel, raw_dtype=raw_dtype, seed=seed, allocate=allocate,
+            min_numel=min_numel, raw_dtype=raw_dtype, seed=seed, allocate=allocate, target_over=bpw_over or "model",
             method_options={"group_size": group_size, "symmetric": symmetric, "rank": rank,
                             "energy": energy, "sparsity": sparsity})
     out = render.Output(json_out)

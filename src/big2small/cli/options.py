@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from big2small.errors import Big2SmallError
-from big2small.specs import parse_method_spec, parse_value
+from big2small.specs import TARGET_OVER, parse_method_spec, parse_value
 
 if TYPE_CHECKING:
     from big2small.recipe import Recipe
@@ -28,6 +28,15 @@ def target_bpw(bpw: float | None, ratio: float | None, size_mb: float | None = N
     if not ratio > 1:
         raise Big2SmallError(f"--ratio must be > 1 (compression against fp32), got {ratio}")
     return 32.0 / ratio
+
+
+def target_over(over: str | None, size_mb: float | None) -> str | None:
+    """--bpw-over: what the size target counts (None: the recipe's own choice, else "model")."""
+    if over is not None and over not in TARGET_OVER:
+        raise Big2SmallError(f"--bpw-over must be one of {', '.join(TARGET_OVER)}, got {over!r}")
+    if over == "compressed" and size_mb is not None:
+        raise Big2SmallError("--size-mb is the whole artifact's size: give --bpw with --bpw-over compressed")
+    return over
 
 
 def extra_options(items: list[str]) -> dict[str, Any]:
