@@ -191,7 +191,6 @@ def run_model(name: str) -> None:
 
 def run_qat(name: str) -> None:
     """Compressed, compressed + scales distilled (synthetic inputs; real text as the upper bound)."""
-    from big2small.distill.qat import distill_codecs
 
     plan = QAT_PLANS[name]
     session = Session(name, plan, f"qat-{name}.json", ("codec", "source"))
@@ -219,15 +218,24 @@ def run_qat(name: str) -> None:
             if (label, source) in done:
                 continue
             config, inputs, input_seconds = session.inputs(source)
-            tensors, report = distill_codecs(teacher, teacher, plain.tensors, plain.aliases, task=task, tokenizer=tok,
-                                             config=config, inputs=inputs)
-            distilled = copy.copy(plain)
-            distilled.tensors = tensors
-            if distilled.size().bits_total != plain.size().bits_total:
-                raise SystemExit(f"{label}: distillation changed the stored bits")
+            distilled, report = distilled_copy(teacher, plain, task, tok, config, inputs, label)
             record({"codec": label, "source": source, "size": size, "encode_seconds": encode_seconds,
                     "input_seconds": input_seconds, "distill": report.to_dict(), "metrics": measure(distilled),
                     "data_free": source != "real"})
+
+
+def distilled_copy(teacher, plain, task: str, tokenizer, config: DistillConfig, inputs, label: str):
+    """`plain` (a CompressedModel of `teacher`) with its codecs distilled from the teacher on
+    `inputs`, and the report; stops the benchmark if the stored bits changed."""
+    from big2small.distill.qat import distill_codecs
+
+    tensors, report = distill_codecs(teacher, teacher, plain.tensors, plain.aliases, task=task, tokenizer=tokenizer,
+                                     config=config, inputs=inputs)
+    distilled = copy.copy(plain)
+    distilled.tensors = tensors
+    if distilled.size().bits_total != plain.size().bits_total:
+        raise SystemExit(f"{label}: distillation changed the stored bits")
+    return distilled, report
 
 
 def run_layers(name: str) -> None:

@@ -28,8 +28,7 @@ import time
 import torch
 
 import big2small as b2s
-from big2small.distill.qat import distill_codecs
-from distill import OUT, Session
+from distill import OUT, Session, distilled_copy
 
 # The INR's fit and distillation budgets, sized for a shared 2-core CPU at one thread.
 # fashion-resnet-e1: the zoo's Fashion-MNIST ResNet (models.zoo.fashion) trained for 1 epoch instead
@@ -119,12 +118,7 @@ def run_inr(session: Session, label: str, options: dict, distill: bool = True) -
             continue
         config, inputs, input_seconds = session.inputs(plan["source"])
         config = dataclasses.replace(config, weight_loss=weight_loss)
-        tensors, report = distill_codecs(teacher, teacher, plain.tensors, plain.aliases, task=task, tokenizer=tok,
-                                         config=config, inputs=inputs)
-        distilled = copy.copy(plain)
-        distilled.tensors = tensors
-        if distilled.size().bits_total != plain.size().bits_total:
-            raise SystemExit(f"{session.name}: distillation changed the stored bits")
+        distilled, report = distilled_copy(teacher, plain, task, tok, config, inputs, session.name)
         record({"row": distilled_row, "weight_loss": weight_loss, "inr": options, "size": _size(distilled),
                 "fit_seconds": fit_seconds, "input_seconds": input_seconds, "distill": report.to_dict(),
                 "metrics": measure(session, distilled), "data_free": True})
