@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from big2small.generators import GeneratorConfig, decode, generator_for
+from big2small.generators.trellis_codes import SHIPPED_STATE_BITS, is_shipped
 
 OUT = Path(__file__).resolve().parent / "results" / "rd"
 RATES = (2, 3, 4)
@@ -32,7 +33,7 @@ def rows_for(rate: int) -> list[tuple[str, dict]]:
         ("uniform RTN g64", {"method": "uniform", "bits": rate, "group_size": 64}),
         ("hyper (2-D codebook) g128", {"method": "hyper", "bits": 2 * rate, "group_size": 128}),
         *[(f"trellis L={L}", {"method": "trellis", "bits": rate, "state_bits": L, "rotate": "none"})
-          for L in (8, 10, 12, 14)],
+          for L in SHIPPED_STATE_BITS if is_shipped(rate, L)],
     ]
 
 
