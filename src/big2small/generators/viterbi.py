@@ -9,8 +9,8 @@ shortest path: cost D_t(s) = min over predecessors p of D_{t-1}(p) + (x_t - valu
 
 Work is T * 2^L additions and comparisons per sequence, whatever k. On the CPU a compiled numba
 kernel runs it on blocks of up to 64 sequences side by side (SIMD across sequences, one block per
-thread); elsewhere (CUDA) the same recursion runs in vectorised torch over all sequences at once. Both search exactly; where two paths
-tie they may pick different ones (same cost).
+thread); elsewhere (CUDA) the same recursion runs in vectorised torch over all sequences at once.
+Both search exactly; where two paths tie they may pick different ones (same cost).
 """
 
 from __future__ import annotations
