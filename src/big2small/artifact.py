@@ -52,7 +52,7 @@ from big2small.manifest import check_tensor_files
 from big2small.manifest import parse as parse_manifest
 from big2small.models.loaders import source_files
 from big2small.models.source import ModelSource
-from big2small.transforms.layers import stored_config
+from big2small.models.hf_config import stored_config
 from big2small.transforms.records import TransformRecord
 from big2small.specs import byte_size
 from big2small.version import __version__
@@ -606,7 +606,19 @@ def _write_shards(specs: list[tensorfile.ArraySpec], read: Callable[[str], torch
     """Hugging Face's sharded layout in `directory`: the tensors `specs` names, each read by
     `read(name)` in its turn, a new file when the next tensor would pass `max_bytes`; the index
     maps each tensor to its file. The source's files go beside them, its config.json as the stored
-    model has it (`transforms`: blocks dropped, transforms.layers.stored_config)."""
+    model has it (`transforms`: blocks dropped, units folded: models.hf_config), decided before any
+    tensor is written so that a config that cannot describe the stored shapes fails at once."""
+    files_dir = getattr(source, "files_dir", None)
+    files = source_files(files_dir) if files_dir is not None and Path(files_dir).is_dir() else []
+    stored = None
+    config_file = next((f for f in files if f.relative_to(files_dir).as_posix() == "config.json"), None)
+    if config_file is not None and transforms:
+        try:
+            original = json.loads(config_file.read_text())
+        except ValueError as exc:
+            raise Big2SmallError(f"the artifact's source config.json is not JSON ({exc})") from None
+        stored = stored_config(original, transforms, {spec.key: tuple(spec.shape) for spec in specs})
+        stored = None if stored == original else stored
     shards = tensorfile.shards(specs, max_bytes)
     names = [DENSE_WEIGHTS] if len(shards) == 1 else tensorfile.shard_names("model", len(shards))
     for name, shard in zip(names, shards):
@@ -615,21 +627,13 @@ def _write_shards(specs: list[tensorfile.ArraySpec], read: Callable[[str], torch
         index = {"metadata": {"total_size": sum(spec.nbytes for spec in specs), **metadata},
                  "weight_map": {spec.key: name for name, shard in zip(names, shards) for spec in shard}}
         (directory / DENSE_INDEX).write_text(json.dumps(index, indent=2) + "\n")
-    files_dir = getattr(source, "files_dir", None)
-    for f in source_files(files_dir) if files_dir is not None and Path(files_dir).is_dir() else []:
+    for f in files:
         target = directory / f.relative_to(files_dir)
         if target.name not in (DENSE_WEIGHTS, DENSE_INDEX):
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(f, target)
-    config = directory / "config.json"
-    if config.is_file() and transforms:
-        try:
-            original = json.loads(config.read_text())
-        except ValueError as exc:
-            raise Big2SmallError(f"the artifact's source config.json is not JSON ({exc})") from None
-        stored = stored_config(original, transforms)
-        if stored != original:
-            config.write_text(json.dumps(stored, indent=2, sort_keys=True) + "\n")
+    if stored is not None:
+        (directory / "config.json").write_text(json.dumps(stored, indent=2, sort_keys=True) + "\n")
 
 
 def _first_line(exc: BaseException) -> str:

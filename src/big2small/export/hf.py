@@ -3,7 +3,6 @@ directory (`save_pretrained`'s layout) that `AutoModel*.from_pretrained` reloads
 
 from __future__ import annotations
 
-import re
 import shutil
 from pathlib import Path
 
@@ -14,11 +13,8 @@ from big2small.compress import CompressedModel
 from big2small.generators.raw import STORAGE_DTYPES
 from big2small.errors import Big2SmallError
 from big2small.export.records import ExportedTensor, requantisation_error
-from big2small.models.loaders import hf_class
+from big2small.models.hf_config import check_described, folded_fields
 from big2small.restore import restore
-
-# MLP widths of the architectures whose config has one intermediate_size (LLaMA-style, BERT-style).
-_MLP_WIDTH = re.compile(r".*layers?\.\d+\.(mlp\.gate_proj|mlp\.up_proj|intermediate\.dense)\.weight")
 
 
 def restored_model(cm: CompressedModel) -> nn.Module:
@@ -28,21 +24,10 @@ def restored_model(cm: CompressedModel) -> nn.Module:
         raise Big2SmallError("this export needs a Hugging Face model (the artifact holds "
                              f"{'no source record' if cm.source is None else 'a ' + cm.source.kind})")
     model = restore(cm)
-    state = model.state_dict()
-    widths = {t.shape[0] for name, t in state.items() if _MLP_WIDTH.fullmatch(name)}
-    if len(widths) > 1:
-        raise Big2SmallError(f"this folded model has MLP widths {sorted(widths)} that differ per layer; transformers' "
-                             "config holds one intermediate_size, so it cannot be exported as a Hugging Face model "
-                             "(GGUF can: --to gguf)")
-    if widths and hasattr(model.config, "intermediate_size"):
-        model.config.intermediate_size = widths.pop()
-    with torch.device("meta"):
-        fresh = hf_class(type(model).__name__)(model.config).state_dict()
-    for name, t in state.items():
-        if name in fresh and fresh[name].shape != t.shape:
-            raise Big2SmallError(f"this folded model's {name} is {list(t.shape)}, which its config cannot describe "
-                                 f"({list(fresh[name].shape)}): folded attention heads differ per layer, so it cannot "
-                                 "be exported as a Hugging Face model")
+    shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    for key, value in folded_fields(model.config.to_dict(), shapes).items():
+        setattr(model.config, key, value)
+    check_described(model.config, type(model).__name__, shapes)
     return model
 
 

@@ -134,27 +134,13 @@ def kept_config_fields(get: Callable[[str], Any], keep: list[int], n_blocks: int
     stay: the block count, and each per-block list cut to the kept blocks' entries. `get(key)`:
     a field of the config (a transformers config's attribute, or config.json's value; None when it
     has none). The one place that says how a config follows dropped blocks: for a model in memory
-    (_keep_blocks, and so restore and export --to hf) and for config.json (stored_config)."""
+    (_keep_blocks, and so restore and export --to hf) and for config.json (models.hf_config)."""
     fields: dict[str, Any] = {"num_hidden_layers": len(keep)}
     for key in PER_LAYER_LISTS:
         values = get(key)
         if isinstance(values, list) and len(values) == n_blocks:
             fields[key] = [values[i] for i in keep]
     return fields
-
-
-def stored_config(config: dict[str, Any], records: list[TransformRecord]) -> dict[str, Any]:
-    """The original's config.json (a dict) as the model an artifact stores has it, after the
-    blocks its LayerDropRecords dropped (a copy; unchanged without one)."""
-    config = dict(config)
-    for record in records:
-        if isinstance(record, LayerDropRecord):
-            n_blocks = config.get("num_hidden_layers")
-            if n_blocks != record.layers_before:
-                raise Big2SmallError(f"the artifact keeps {len(record.kept)} of {record.layers_before} layers; "
-                                     f"its source config.json has {n_blocks}")
-            config.update(kept_config_fields(config.get, record.kept, record.layers_before))
-    return config
 
 
 def restructure(model: nn.Module, records: list[TransformRecord]) -> nn.Module:
