@@ -346,7 +346,7 @@ def main() -> None:
         model = WORK / f"llama-{list(sizes)[0]}"
         n_params, _ = make_checkpoint(model, list(sizes.values())[0])
         throughput_rows(model, n_params, result)
-        finish(result)
+        finish(result, end_key="throughput_load_average_at_end")  # the header's loads stay the full run's
         return
     result = {"load_average_at_start": os.getloadavg(), "cpus": os.cpu_count(), "memory": [], "throughput": []}
     for label, layers in sizes.items():
@@ -389,8 +389,8 @@ def warm_skeleton_cache(model: Path) -> None:
     subprocess.run([sys.executable, "-c", code, str(model)], check=True)
 
 
-def finish(result: dict) -> None:
-    result["load_average_at_end"] = os.getloadavg()
+def finish(result: dict, end_key: str = "load_average_at_end") -> None:
+    result[end_key] = os.getloadavg()
     (OUT / "scale.json").write_text(json.dumps(result, indent=1) + "\n")
     (OUT / "scale.md").write_text(table(result))
     (OUT / "partial.json").unlink(missing_ok=True)
@@ -416,7 +416,7 @@ def table(r: dict) -> str:
               "CPU seconds: of the command's own process (the driver: start-up, opening the model, planning, "
               "assembling the artifact; with 1 worker, the encoding too) and of its worker processes (Ray's "
               "daemons included), sampled every 0.1 s. The driver's share of the CPU is the part of the work "
-              "that more workers do not speed up.", "",
+              f"that more workers do not speed up.{_loaded_note(r)}", "",
               "| executor | wall | weights/s | vs 1 worker | driver CPU | workers CPU | peak RSS (tree) | load avg (1 min, before-after) |",
               "|---|---:|---:|---:|---:|---:|---:|---:|"]
     base = r["throughput"][0]["weights_per_s"]
@@ -444,7 +444,7 @@ def table(r: dict) -> str:
               "shared storage at least as fast. These leave out the driver's serial parts: the plan's pass over the "
               "checkpoint and the assembly of the artifact, which read the checkpoint and write the artifact once "
               "each (minutes for a 70 B model at disk speed), so the many-core figures are lower bounds. "
-              "No GPU was available to measure.", "",
+              f"No GPU was available to measure.{_loaded_note(r)}", "",
               "| model | 1 worker | 2 workers (measured rate) | 16 cores (est.) | Ray, 8 nodes x 16 cores (est.) |",
               "|---|---:|---:|---:|---:|"]
     rate1, rate2 = base, r["throughput"][1]["weights_per_s"]
@@ -453,6 +453,18 @@ def table(r: dict) -> str:
         lines.append(f"| {label} | {_h(n / rate1)} | {_h(n / rate2)} | {_h(n / (rate1 * 16 * eff))} | "
                      f"{_h(n / (rate1 * 128 * eff))} |")
     return "\n".join(lines) + "\n"
+
+
+def _loaded_note(r: dict) -> str:
+    """A warning, where the throughput rows ran with more runnable jobs than cores: their wall
+    times (and the rates and estimates made from them) are upper bounds that say nothing about
+    speed-up; their CPU seconds still do (inflated somewhat by the contention)."""
+    loads = [x for t in r["throughput"] for x in (t.get("load_average_before", t["load_average"])[0], t["load_average"][0])]
+    if max(loads) <= r["cpus"]:
+        return ""
+    return (f" **Measured on a loaded machine (1-minute load average up to {max(loads):.1f} on {r['cpus']} cores): "
+            "the wall times, rates and anything derived from them are upper bounds and say nothing about "
+            "speed-up; compare the CPU seconds.**")
 
 
 def _load(row: dict) -> str:
