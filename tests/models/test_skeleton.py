@@ -64,3 +64,11 @@ def test_a_cached_open_imports_neither_transformers_nor_numba(tmp_path):
             for _ in range(2)]
     assert runs[0][0] == runs[1][0] and runs[0][1] == "True"  # the first run built the skeleton
     assert runs[1][1:] == ["False", "False"]
+
+
+def test_an_unwritable_cache_only_costs_time(tmp_path, monkeypatch):
+    path = _gpt2_dir(tmp_path)
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    monkeypatch.setenv("BIG2SMALL_CACHE", str(blocker / "cache"))  # cannot be created: a file is in the way
+    assert sk.describe_hf_dir(path) == sk._build(path)

@@ -56,7 +56,10 @@ def describe_hf_dir(path: Path) -> Skeleton:
         config_bytes = (path / CONFIG_FILE).read_bytes()
     except OSError as exc:
         raise Big2SmallError(f"{path}: unreadable {CONFIG_FILE} ({exc.strerror or exc})") from None
-    entry = cache_dir() / "skeletons" / f"{_key(config_bytes)}.json"
+    try:
+        entry = cache_dir() / "skeletons" / f"{_key(config_bytes)}.json"
+    except OSError:  # no cache folder can be made (a read-only home): build it every time
+        return _build(path)
     cached = _read(entry)
     if cached is not None:
         return cached
