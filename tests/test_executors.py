@@ -48,7 +48,7 @@ def test_ray_on_this_machine_writes_the_serial_bytes(tmp_path):
 
 @pytest.mark.slow
 def test_a_started_pool_runs_every_job_once_on_its_worker_processes():
-    with Executor(workers=2).started(os.getpid) as running:
+    with Executor(workers=2).started("big2small.executors") as running:
         assert running._started is not None  # started before any job was given
         pids = list(running.run(_pid_and_job, list(range(6))))
     assert sorted(job for _, job in pids) == list(range(6))

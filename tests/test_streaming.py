@@ -189,7 +189,8 @@ def test_a_killed_command_rerun_gives_the_bytes_of_an_uninterrupted_run(tmp_path
 
 
 def test_files_stream_and_a_small_model_stays_in_the_process_by_default(state_file):
-    from big2small.streaming import POOL_MIN_WEIGHTS, default_executor, open_model
+    from big2small.executors import POOL_MIN_WEIGHTS, default_executor
+    from big2small.streaming import open_model
 
     checkpoint, transforms, n_parameters = open_model(state_file, b2s.make_recipe("uniform", **RECIPE))
     assert checkpoint.streamed and transforms == [] and n_parameters is None

@@ -18,14 +18,22 @@ def packed_nbytes(count: int, bits: int) -> int:
 
 
 def pack(values: torch.Tensor, bits: int) -> torch.Tensor:
-    """Pack non-negative integers < 2**bits into a flat uint8 tensor (LSB-first)."""
+    """Pack non-negative integers < 2**bits (any integer dtype; uint8 codes are packed without
+    widening them to int64 at widths 1, 2, 4 and 8) into a flat uint8 tensor (LSB-first)."""
     if not 1 <= bits <= MAX_BITS:
         raise ValueError(f"bit width must be in 1..{MAX_BITS}, got {bits}")
-    flat = values.reshape(-1).to(torch.int64)
-    if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= (1 << bits)):
-        raise ValueError(f"values do not fit in {bits} bits")
+    flat = values.reshape(-1)
+    if flat.is_floating_point() or flat.is_complex() or flat.dtype == torch.bool:
+        flat = flat.to(torch.int64)
+    if flat.numel():
+        lo, hi = (int(v) for v in torch.aminmax(flat))
+        if lo < 0 or hi >= (1 << bits):
+            raise ValueError(f"values do not fit in {bits} bits")
     if bits == 8:
         return flat.to(torch.uint8)
+    if 8 % bits == 0:
+        return _pack_within_bytes(flat.to(torch.uint8), bits)
+    flat = flat.to(torch.int64)
     if bits < 8:
         return _pack_blocks(flat, bits)
     shifts = torch.arange(bits, device=flat.device, dtype=torch.int64)
@@ -56,6 +64,21 @@ def unpack(packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
     byte = start >> 3
     word = data[byte] | (data[byte + 1] << 8) | (data[byte + 2] << 16) | (data[byte + 3] << 24)
     return (word >> (start & 7)) & ((1 << bits) - 1)
+
+
+def _pack_within_bytes(flat: torch.Tensor, bits: int) -> torch.Tensor:
+    """Widths 1, 2 and 4, whose values never straddle a byte: 8 / B values per byte, value j of a
+    byte at bits [jB, (j + 1)B), OR-ed together in uint8 (a byte per value of memory traffic)."""
+    per = 8 // bits
+    count = flat.numel()
+    pad = (-count) % per
+    if pad:
+        flat = torch.cat([flat, flat.new_zeros(pad)])
+    lanes = flat.reshape(-1, per)
+    out = lanes[:, 0].clone()
+    for j in range(1, per):
+        out |= lanes[:, j] << (bits * j)
+    return out
 
 
 # Eight values of B < 8 bits fill exactly B bytes: one int64 word per block of eight, with no

@@ -6,23 +6,35 @@ order: the caller puts them in order). A job's error (Big2SmallError included) i
 caller, and the jobs not yet started are cancelled.
 
 Workers run PyTorch with one thread each: N processes of N threads would fight over the cores, and
-a forked process inherits a thread pool it cannot use; the pool therefore spawns its workers.
+a process forked from one whose PyTorch has run a parallel operation inherits a thread pool it
+cannot use. The pool therefore forks its workers from a fork server (multiprocessing's
+"forkserver"): a fresh process that imports the job function's module (PyTorch and big2small, about
+3 s of CPU) once and runs nothing, so that each worker starts with those imports done instead of
+paying them again (spawn, where there is no fork server).
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field, replace
-from multiprocessing import get_context
-from typing import Any, TypeVar
+from multiprocessing import get_all_start_methods, get_context
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from big2small.errors import Big2SmallError
 
+if TYPE_CHECKING:
+    from big2small.models.checkpoint import Checkpoint
+
 J = TypeVar("J")
 R = TypeVar("R")
+
+# A pool's workers take seconds to start (the fork server imports PyTorch); under this many weights
+# to encode, one process is done sooner, so the default executor stays in this process.
+POOL_MIN_WEIGHTS = 1 << 24
 
 
 def all_cores() -> int:
@@ -31,6 +43,20 @@ def all_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
+
+
+def default_executor(checkpoint: Checkpoint | None, workers: int | None = None, ray: str | None = None) -> Executor:
+    """`workers` processes (None: all cores, or this process alone when the checkpoint has fewer
+    than POOL_MIN_WEIGHTS weights), or Ray at `ray` with that many CPUs when it starts one here.
+    The checkpoint is looked at only when neither `workers` nor `ray` is given: otherwise it may be
+    None, so that the executor can start before the model is opened, or PyTorch imported
+    (Executor.started)."""
+    if workers is None:
+        if ray is None and checkpoint is None:
+            raise TypeError("default_executor needs the checkpoint when neither workers nor ray is given")
+        small = ray is None and sum(i.numel for i in checkpoint.infos) < POOL_MIN_WEIGHTS
+        workers = 1 if small else all_cores()
+    return Executor(workers=workers, ray=ray)
 
 
 @dataclass(frozen=True)
@@ -54,11 +80,12 @@ class Executor:
         return "this process" if self.workers == 1 else f"{self.workers} worker processes"
 
     @contextlib.contextmanager
-    def started(self, fn: Callable[[J], R] | None = None) -> Iterator[Executor]:
+    def started(self, module: str | None = None) -> Iterator[Executor]:
         """This executor with its workers starting now, for the runs made inside the block: the
-        pool's processes (or Ray and its workers) start up, each importing `fn`'s module, while
-        the caller does its own work (opening and planning a model), instead of after it. The
-        pool or Ray session goes at the end of the block."""
+        pool's processes (or Ray and its workers) start up, each importing `module` (the job
+        function's, e.g. "big2small.streaming"), while the caller does its own work (importing
+        PyTorch, opening and planning a model), instead of after it. The pool or Ray session goes
+        at the end of the block."""
         if self._started is not None:
             yield self
         elif self.ray is not None:
@@ -68,9 +95,9 @@ class Executor:
                 _init_ray(ray, self.ray, self.workers)
             try:
                 remote = ray.remote(num_cpus=1, max_retries=0)(_call_single_threaded)
-                if fn is not None:
+                if module is not None:
                     for _ in range(self.workers):
-                        remote.remote(_touch, fn)
+                        remote.remote(_import, module)
                 yield replace(self, _started=remote)
             finally:
                 if started:
@@ -78,10 +105,10 @@ class Executor:
         elif self.workers == 1:
             yield self
         else:
-            with ProcessPoolExecutor(max_workers=self.workers, mp_context=get_context("spawn"),
+            with ProcessPoolExecutor(max_workers=self.workers, mp_context=_worker_context(module),
                                      initializer=single_threaded) as pool:
                 for _ in range(self.workers):  # each submit starts a process while none is idle
-                    pool.submit(_touch, fn)
+                    pool.submit(_import, module)
                 try:
                     yield replace(self, _started=pool)
                 finally:
@@ -91,7 +118,7 @@ class Executor:
         """fn(job) for every job, yielded as each finishes."""
         if self._started is None and (self.ray is not None or (self.workers > 1 and len(jobs) > 1)):
             workers = self.workers if self.ray is not None else min(self.workers, len(jobs))  # no idle processes
-            with replace(self, workers=workers).started() as running:
+            with replace(self, workers=workers).started(fn.__module__) as running:
                 yield from running.run(fn, jobs)
         elif self.ray is not None:
             yield from _run_ray(self._started, jobs, fn)
@@ -100,6 +127,17 @@ class Executor:
                 yield fn(job)
         else:
             yield from _run_pool(self._started, fn, jobs)
+
+
+def _worker_context(module: str | None):
+    """How the pool starts its workers (see the module docstring): forked from a fork server that
+    has imported `module`, or spawned where there is no fork server."""
+    if "forkserver" not in get_all_start_methods():
+        return get_context("spawn")
+    context = get_context("forkserver")
+    if module is not None:  # read when the fork server starts (once per process: later pools share it)
+        context.set_forkserver_preload([module])
+    return context
 
 
 def single_threaded() -> None:
@@ -114,8 +152,10 @@ def _call_single_threaded(fn: Callable[[J], R], job: J) -> R:
     return fn(job)
 
 
-def _touch(fn: Callable | None) -> None:
-    """A warm-up job: unpickling `fn` has imported its module in the worker."""
+def _import(module: str | None) -> None:
+    """A warm-up job: import `module` in the worker (a no-op where the fork server has)."""
+    if module is not None:
+        importlib.import_module(module)
 
 
 def _run_pool(pool: ProcessPoolExecutor, fn: Callable[[J], R], jobs: list[J]) -> Iterator[R]:

@@ -23,7 +23,6 @@ from torch import nn
 
 from big2small.errors import Big2SmallError
 from big2small.generators import Encoded, decode
-from big2small.onthefly import decode_in_forward
 from big2small.transforms import reshape_to
 from big2small.transforms.layers import restructure
 from big2small.transforms.records import TransformRecord
@@ -66,6 +65,8 @@ def fill(model: nn.Module, records: Mapping[str, Encoded], read: Callable[[str],
     for alias, target in aliases.items():  # a tied name the model holds as a tensor of its own
         if alias in slots and target in slots and target not in later and id(_current(slots, alias)) not in placed:
             _place(slots, alias, _current(slots, target).detach().clone(), placed)
+    if decoded_later:  # imported here: onthefly brings the compiled kernels (numba), which a dense fill never needs
+        from big2small.onthefly import decode_in_forward
     for name in decoded_later:
         decode_in_forward(model, name, read(name), unpack=unpack, fused=fused)
     left = [name for name in slots if name not in later and _current(slots, name).is_meta]

@@ -25,6 +25,7 @@ from big2small.errors import Big2SmallError
 from big2small.dtypes import STORED_DTYPES, dtype_name
 from big2small.folding.config import FoldConfig
 from big2small.generators import GeneratorConfig, RawConfig
+from big2small.generators.base import finite_range
 from big2small.generators.raw import STORAGE_DTYPES
 from big2small.layout import MatrixLayout
 from big2small.specs import TARGET_OVER
@@ -283,12 +284,12 @@ def _check_storable(name: str, t: torch.Tensor) -> float:
     if dtype_name(t.dtype) not in STORED_DTYPES:
         raise Big2SmallError(f"{name}: {dtype_name(t.dtype)} tensors are not supported "
                              f"(supported: {', '.join(STORED_DTYPES)})")
-    if not t.is_floating_point() or t.numel() == 0:
+    if not t.is_floating_point():
         return 0.0
-    lo, hi = (float(v) for v in torch.aminmax(t))
-    if not (math.isfinite(lo) and math.isfinite(hi)):
+    bounds = finite_range(t)
+    if bounds is None:
         raise Big2SmallError(f"{name}: NaN or Inf values; refusing to store them")
-    return max(-lo, hi)
+    return max(-bounds[0], bounds[1])
 
 
 def _decide(info: TensorInfo, recipe: Recipe) -> tuple[GeneratorConfig | None, str]:

@@ -65,9 +65,6 @@ from big2small.recipe import PlanEntry, Recipe, as_stored
 from big2small.transforms.records import TransformRecord
 from big2small.version import __version__
 
-# A pool's workers take seconds to start (each imports PyTorch); under this many weights to encode,
-# one process is done sooner, so the default executor stays in this process.
-POOL_MIN_WEIGHTS = 1 << 24
 UNIT_KEY = "big2small.unit"  # a unit file's metadata: its records and its inputs' sha256
 RUN_FILE = "run.json"
 
@@ -215,21 +212,6 @@ def open_model(spec: str | os.PathLike, recipe: Recipe, *, progress: bool = True
     model, records, n_parameters = apply_transforms(loaded.weights, recipe.transforms, source=loaded.source,
                                                     progress=progress)
     return in_memory(LoadedModel(model, loaded.source)), records, n_parameters
-
-
-def default_executor(checkpoint: Checkpoint | None, workers: int | None = None, ray: str | None = None) -> Executor:
-    """`workers` processes (None: all cores, or this process alone when the checkpoint has fewer
-    than POOL_MIN_WEIGHTS weights), or Ray at `ray` with that many CPUs when it starts one here.
-    The checkpoint is looked at only when neither `workers` nor `ray` is given: otherwise it may be
-    None, so that the executor can start before the model is opened (Executor.started)."""
-    from big2small.executors import all_cores
-
-    if workers is None:
-        if ray is None and checkpoint is None:
-            raise TypeError("default_executor needs the checkpoint when neither workers nor ray is given")
-        small = ray is None and sum(i.numel for i in checkpoint.infos) < POOL_MIN_WEIGHTS
-        workers = 1 if small else all_cores()
-    return Executor(workers=workers, ray=ray)
 
 
 def _without_arrays(name: str, record: dict[str, Any]) -> Encoded:

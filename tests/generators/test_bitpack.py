@@ -68,3 +68,24 @@ def test_unpack_rejects_wrong_stream_length():
     packed = bitpack.pack(torch.tensor([1, 2, 3]), 5)  # 15 bits -> 2 bytes
     with pytest.raises(ValueError):
         bitpack.unpack(packed, 5, 4)  # 20 bits would need 3 bytes
+
+
+def _reference_pack(values: list[int], bits: int) -> list[int]:
+    """The layout written out bit by bit: value k's bit i is stream bit k * bits + i."""
+    out = [0] * ((len(values) * bits + 7) // 8)
+    for k, v in enumerate(values):
+        for i in range(bits):
+            if v >> i & 1:
+                t = k * bits + i
+                out[t // 8] |= 1 << (t % 8)
+    return out
+
+
+@pytest.mark.parametrize("bits", range(1, bitpack.MAX_BITS + 1))
+def test_pack_is_the_bit_by_bit_layout_for_every_width_and_integer_dtype(bits):
+    for count in (0, 1, 7, 8, 9, 203):
+        values = _random_values(bits, count, seed=count)
+        expected = _reference_pack(values.tolist(), bits)
+        dtypes = [torch.int64, torch.int32] + ([torch.uint8] if bits <= 8 else [])
+        for dtype in dtypes:
+            assert bitpack.pack(values.to(dtype), bits).tolist() == expected, (count, dtype)

@@ -169,3 +169,27 @@ def test_for_budget_refuses_impossible_budget():
 def test_invalid_config_is_refused(kwargs):
     with pytest.raises(Big2SmallError):
         generator_for(UniformConfig(**kwargs))
+
+
+@pytest.mark.parametrize("cfg", [UniformConfig(bits=4, group_size=64), UniformConfig(bits=3, group_size=48, symmetric=True),
+                                 UniformConfig(bits=2, group_size=0)])
+def test_codes_are_round_to_nearest_at_the_stored_scales(cfg):
+    """Each code is round(w / s) + z clamped to the code range, s the group's stored fp16 scale and z
+    its stored zero-point (half the range when symmetric): the encoder's in-place arithmetic against
+    the formula written out."""
+    from big2small import bitpack
+    from big2small.generators.grouping import grouped, grouping, ungrouped
+
+    w = randn(37, 160, seed=5)
+    enc, _ = round_trip(w, cfg)
+    layout = MatrixLayout(tuple(w.shape))
+    gp = grouping(layout, cfg.group_size)
+    s = enc.tensors["scales"].float().unsqueeze(1)
+    if cfg.symmetric:
+        half = 1 << (cfg.bits - 1)
+        q = torch.clamp(torch.round(grouped(w, gp) / s), -half, half - 1) + half
+    else:
+        z = bitpack.unpack(enc.tensors["zeros"], cfg.bits, gp.n_groups).float().unsqueeze(1)
+        q = torch.clamp(torch.round(grouped(w, gp) / s) + z, 0, (1 << cfg.bits) - 1)
+    expected = ungrouped(q, gp, layout).reshape(-1).long()
+    assert torch.equal(bitpack.unpack(enc.tensors["codes"], cfg.bits, w.numel()), expected)

@@ -15,6 +15,8 @@ import typer
 from big2small.cli import options, render
 from big2small.errors import Big2SmallError
 
+STREAMING = "big2small.streaming"  # the module of the job the workers run (streaming.run_unit)
+
 BOS_HELP = "Perplexity: start token prepended to each window, ID or none (default: the model's own, from its tokenizer and config)."
 MODEL_HELP = "A bundled name (smollm2, minilm, efficientnet-lite0, fashion-resnet), an HF model dir, a .gguf or a .safetensors file."
 
@@ -94,69 +96,71 @@ def compress(
                                             lr=distill_lr if distill_lr is not None else options.codec_lr(method))
     if distill_config is not None and (ray is not None or workers is not None):
         raise Big2SmallError("--distill encodes in this process: leave out --workers and --ray")
-    if method is None and bpw is None and size_mb is None:
-        method = "uniform"
-    import big2small as b2s
-    from big2small.compress import count_parameters, plan_infos, resolve_device
-    from big2small.reports import CompressReport, PlanReport
-    from big2small.streaming import compress_to_artifact, default_executor, open_model, run_unit
+    from big2small.executors import default_executor  # no PyTorch: the workers start before this process imports it
 
-    if output is not None:
-        b2s.ensure_writable(output, overwrite=overwrite)
-    resolve_device(device)  # a device this machine lacks is refused before the model loads
-    if size_mb is not None:
-        bpw = 1.0  # a stand-in that makes the recipe size itself; the model's count sets it below
-    if recipe is not None:
-        the_recipe = options.recipe_from_file(recipe)
-        if bpw is not None:
-            the_recipe.target_bpw = bpw
-        if bpw_over is not None:
-            the_recipe.target_over = bpw_over
-    else:
-        the_recipe = options.recipe_from_options(
-            method, bpw=bpw, bits=bits, override=override, option=option, include_embeddings=include_embeddings,
-            min_numel=min_numel, raw_dtype=raw_dtype, seed=seed, allocate=allocate, target_over=bpw_over or "model",
-            method_options={"group_size": group_size, "symmetric": symmetric, "rank": rank,
-                            "energy": energy, "sparsity": sparsity})
-    out = render.Output(json_out)
-    render.notes.print(f"loading {model} ...")
-    if distill_config is not None and not dry_run:
-        loaded = b2s.load_model(model)
+    # Workers or Ray asked for: the executor does not depend on the model, so its workers start up
+    # (the fork server, or Ray's workers, importing PyTorch and big2small) now, while this process
+    # imports them, opens the model and plans it, not after.
+    early = None if dry_run or (workers is None and ray is None) else default_executor(None, workers, ray)
+    with early.started(STREAMING) if early is not None else contextlib.nullcontext() as early:
+        if method is None and bpw is None and size_mb is None:
+            method = "uniform"
+        import big2small as b2s
+        from big2small.compress import count_parameters, plan_infos, resolve_device
+        from big2small.reports import CompressReport, PlanReport
+        from big2small.streaming import compress_to_artifact, open_model
+
+        if output is not None:
+            b2s.ensure_writable(output, overwrite=overwrite)
+        resolve_device(device)  # a device this machine lacks is refused before the model loads
         if size_mb is not None:
-            from big2small.recipe import describe_module_tensors
-            if loaded.model is None:
-                raise Big2SmallError(f"{model} is a bare state_dict: distillation needs the model's structure")
-            the_recipe.target_bpw = size_mb * 8e6 / sum(i.numel for i in describe_module_tensors(loaded.model)
-                                                         if i.is_parameter)
-        cm = b2s.compress(loaded, the_recipe, device=device, distill=distill_config)
-        report = CompressReport.of(cm, b2s.save(cm, output, overwrite=overwrite))
+            bpw = 1.0  # a stand-in that makes the recipe size itself; the model's count sets it below
+        if recipe is not None:
+            the_recipe = options.recipe_from_file(recipe)
+            if bpw is not None:
+                the_recipe.target_bpw = bpw
+            if bpw_over is not None:
+                the_recipe.target_over = bpw_over
+        else:
+            the_recipe = options.recipe_from_options(
+                method, bpw=bpw, bits=bits, override=override, option=option, include_embeddings=include_embeddings,
+                min_numel=min_numel, raw_dtype=raw_dtype, seed=seed, allocate=allocate, target_over=bpw_over or "model",
+                method_options={"group_size": group_size, "symmetric": symmetric, "rank": rank,
+                                "energy": energy, "sparsity": sparsity})
+        out = render.Output(json_out)
+        render.notes.print(f"loading {model} ...")
+        if distill_config is not None and not dry_run:
+            loaded = b2s.load_model(model)
+            if size_mb is not None:
+                from big2small.recipe import describe_module_tensors
+                if loaded.model is None:
+                    raise Big2SmallError(f"{model} is a bare state_dict: distillation needs the model's structure")
+                the_recipe.target_bpw = size_mb * 8e6 / sum(i.numel for i in describe_module_tensors(loaded.model)
+                                                             if i.is_parameter)
+            cm = b2s.compress(loaded, the_recipe, device=device, distill=distill_config)
+            report = CompressReport.of(cm, b2s.save(cm, output, overwrite=overwrite))
+            render.show_compress(out.console, report)
+            out.json(report.to_dict())
+            return
+        with contextlib.ExitStack() as stack:
+            checkpoint, transforms, n_parameters = open_model(model, the_recipe)
+            if size_mb is not None:  # bits per weight of the original model's parameters
+                n = n_parameters if n_parameters is not None else sum(i.numel for i in checkpoint.infos if i.is_parameter)
+                the_recipe.target_bpw = size_mb * 8e6 / n
+            if dry_run:
+                entries = plan_infos(checkpoint.infos, the_recipe, n_parameters, model=checkpoint.probe_model(),
+                                     source=checkpoint.source, progress=True)
+                plan = PlanReport.of(entries, the_recipe, n_parameters if n_parameters is not None else count_parameters(entries))
+                render.show_plan(out.console, plan)
+                out.json(plan.to_dict())
+                return
+            executor = early or stack.enter_context(default_executor(checkpoint, workers, ray).started(STREAMING))
+            cm, written = compress_to_artifact(checkpoint, the_recipe, output, overwrite=overwrite, device=device,
+                                               executor=executor, transforms=transforms, n_parameters=n_parameters,
+                                               max_shard_bytes=shard_bytes)
+        report = CompressReport.of(cm, written)
         render.show_compress(out.console, report)
         out.json(report.to_dict())
-        return
-    with contextlib.ExitStack() as stack:
-        # Workers or Ray asked for: the executor does not depend on the model, so its workers start
-        # up (importing PyTorch) while the model is opened and planned, not after.
-        early = None if dry_run or (workers is None and ray is None) else default_executor(None, workers, ray)
-        if early is not None:
-            early = stack.enter_context(early.started(run_unit))
-        checkpoint, transforms, n_parameters = open_model(model, the_recipe)
-        if size_mb is not None:  # bits per weight of the original model's parameters
-            n = n_parameters if n_parameters is not None else sum(i.numel for i in checkpoint.infos if i.is_parameter)
-            the_recipe.target_bpw = size_mb * 8e6 / n
-        if dry_run:
-            entries = plan_infos(checkpoint.infos, the_recipe, n_parameters, model=checkpoint.probe_model(),
-                                 source=checkpoint.source, progress=True)
-            plan = PlanReport.of(entries, the_recipe, n_parameters if n_parameters is not None else count_parameters(entries))
-            render.show_plan(out.console, plan)
-            out.json(plan.to_dict())
-            return
-        executor = early or stack.enter_context(default_executor(checkpoint, workers, ray).started(run_unit))
-        cm, written = compress_to_artifact(checkpoint, the_recipe, output, overwrite=overwrite, device=device,
-                                           executor=executor, transforms=transforms, n_parameters=n_parameters,
-                                           max_shard_bytes=shard_bytes)
-    report = CompressReport.of(cm, written)
-    render.show_compress(out.console, report)
-    out.json(report.to_dict())
 
 
 def decompress(

@@ -69,7 +69,7 @@ class UniformGenerator(rotation.RotatingGenerator):
         s = scale16.float().unsqueeze(1)  # encode with the scale the decoder will see
         zero = None if cfg.symmetric else torch.clamp(torch.round(-lo / s.squeeze(1)), 0, levels)
         q = _codes(groups, s, zero, cfg)
-        codes = ungrouped(q, gp, layout).reshape(-1).to(torch.int64)
+        codes = ungrouped(q, gp, layout).reshape(-1).to(torch.uint8)  # codes < 2^8: a byte each until packed
         tensors = {"codes": bitpack.pack(codes, cfg.bits), "scales": scale16}
         bits = {"codes": codes.numel() * cfg.bits, "scales": 16 * gp.n_groups, "header": HEADER_BITS}
         if zero is not None:
@@ -100,7 +100,7 @@ class UniformGenerator(rotation.RotatingGenerator):
         scales = scales.to(torch.float16)
         zero = None if cfg.symmetric else _offset(enc, gp).squeeze(1)
         q = _codes(grouped(matrix, gp), scales.float().unsqueeze(1), zero, cfg)
-        codes = ungrouped(q, gp, enc.layout).reshape(-1).to(torch.int64)
+        codes = ungrouped(q, gp, enc.layout).reshape(-1).to(torch.uint8)
         return replace(enc, tensors={**enc.tensors, "codes": bitpack.pack(codes, cfg.bits), "scales": scales},
                        bits=dict(enc.bits), meta=dict(enc.meta))
 
@@ -142,7 +142,13 @@ def _codes(groups: torch.Tensor, s: torch.Tensor, zero: torch.Tensor | None, cfg
     """The codes (as floats, [n_groups, group_len]) of grouped weights with scales s [n_groups, 1]
     and zero-points [n_groups] (None: symmetric); with `straight_through`, differentiable in s."""
     x = groups / s
-    r = round_st(x) if straight_through else torch.round(x)
+    if not straight_through:  # the same operations in place on x: no temporaries the size of the matrix
+        x.round_()
+        if cfg.symmetric:
+            half = 1 << (cfg.bits - 1)
+            return x.clamp_(-half, half - 1).add_(half)
+        return x.add_(zero.unsqueeze(1)).clamp_(0, (1 << cfg.bits) - 1)
+    r = round_st(x)
     if cfg.symmetric:
         half = 1 << (cfg.bits - 1)
         return torch.clamp(r, -half, half - 1) + half

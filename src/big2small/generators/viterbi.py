@@ -8,20 +8,14 @@ differ in the k bits about to leave the register), so the best code sequence for
 shortest path: cost D_t(s) = min over predecessors p of D_{t-1}(p) + (x_t - values[s])^2.
 
 Work is T * 2^L additions and comparisons per sequence, whatever k. On the CPU a compiled numba
-kernel runs it on blocks of up to 64 sequences side by side (SIMD across sequences, one block per
-thread); elsewhere (CUDA) the same recursion runs in vectorised torch over all sequences at once.
+kernel (viterbi_cpu, imported on first use) runs it on blocks of up to 64 sequences side by side
+(SIMD across sequences, one block per thread); elsewhere (CUDA) the same recursion runs in vectorised torch over all sequences at once.
 Both search exactly; where two paths tie they may pick different ones (same cost).
 """
 
 from __future__ import annotations
 
 import torch
-
-try:  # numba compiles the CPU kernel; without it, the torch recursion runs on the CPU as well
-    import numba
-    import numpy as np
-except ImportError:  # pragma: no cover - numba is a dependency; this keeps the module importable
-    numba = None
 
 # Rows per torch chunk are bounded so that the back-pointer table stays under this many bytes.
 TORCH_BACKPOINTER_BYTES = 256 << 20
@@ -62,12 +56,24 @@ def search(x: torch.Tensor, values: torch.Tensor, k: int) -> torch.Tensor:
     x = x.float()
     if x.shape[1] == 0 or x.shape[0] == 0:
         return torch.zeros(x.shape, dtype=torch.uint8, device=x.device)
-    if x.device.type == "cpu" and numba is not None:
-        codes = np.empty(tuple(x.shape), np.uint8)
+    kernel = _cpu_kernel() if x.device.type == "cpu" else None
+    if kernel is not None:
+        codes = torch.empty(tuple(x.shape), dtype=torch.uint8)
         lanes = cpu_lanes(x.shape[0], x.shape[1], state_bits - k)
-        _search_cpu(x.contiguous().numpy(), values.float().contiguous().numpy(), k, state_bits, codes, lanes)
-        return torch.from_numpy(codes)
+        kernel(x.contiguous().numpy(), values.float().contiguous().numpy(), k, state_bits, codes.numpy(), lanes)
+        return codes
     return _search_torch(x, values.float().to(x.device), k, state_bits)
+
+
+def _cpu_kernel():
+    """The compiled CPU search (big2small.generators.viterbi_cpu), imported on first use: numba
+    takes about a second to import, which a process that never searches a trellis (a pool worker
+    encoding uniform codes) should not pay. None without numba: the torch recursion runs instead."""
+    try:
+        from big2small.generators.viterbi_cpu import search_cpu
+    except ImportError:  # pragma: no cover - numba is a dependency
+        return None
+    return search_cpu
 
 
 def _search_torch(x: torch.Tensor, values: torch.Tensor, k: int, state_bits: int) -> torch.Tensor:
@@ -98,82 +104,3 @@ def _search_torch_chunk(x: torch.Tensor, values: torch.Tensor, k: int, state_bit
         state = back[t].gather(1, low.unsqueeze(1)).squeeze(1).long() * n_keep + low
     codes[:, 0] = state & (n_branch - 1)
     return codes
-
-
-if numba is not None:
-
-    @numba.njit(parallel=True, fastmath=True, boundscheck=False, cache=True)
-    def _search_cpu(x, values, k, state_bits, codes, lanes):  # pragma: no cover - compiled; tested through search()
-        rows, length = x.shape
-        n_blocks = (rows + lanes - 1) // lanes
-        for block in numba.prange(n_blocks):
-            first = block * lanes
-            xb = np.zeros((length, lanes), np.float32)  # the block's rows side by side (padding rows are 0)
-            for lane in range(min(lanes, rows - first)):
-                for t in range(length):
-                    xb[t, lane] = x[first + lane, t]
-            back = np.empty((length, 1 << (state_bits - k), lanes), np.uint8)
-            cost = _forward(xb, values, k, state_bits, back)
-            for lane in range(min(lanes, rows - first)):
-                _trace_back(cost, back, k, state_bits, lane, codes[first + lane])
-
-    @numba.njit(fastmath=True, boundscheck=False, cache=True)
-    def _forward(xb, values, k, state_bits, back):  # pragma: no cover - compiled
-        """The recursion for `lanes` sequences at once: cost[s, lane]. Every inner loop runs over the
-        lanes through a row view of a 2-D array, which LLVM turns into SIMD (flat index arithmetic
-        or a trip count it can fully unroll leaves it scalar). The running arg-min is kept as
-        float32 so that its select uses the comparison's own mask width; a uint8 select does not
-        vectorise."""
-        length, lanes = xb.shape
-        n_states, n_branch = 1 << state_bits, 1 << k
-        n_keep = n_states >> k
-        cost = np.full((n_states, lanes), np.inf, np.float32)
-        nxt = np.empty((n_states, lanes), np.float32)
-        best = np.empty(lanes, np.float32)
-        arg = np.empty(lanes, np.float32)
-        for c in range(n_branch):  # from the all-zero start state
-            row, x0 = cost[c], xb[0]
-            for lane in range(lanes):
-                e = x0[lane] - values[c]
-                row[lane] = e * e
-        for t in range(1, length):
-            xt, bt = xb[t], back[t]
-            for r in range(n_keep):
-                # Predecessors of the states with low part r are hi * 2^(L-k) + r: a min over hi.
-                row = cost[r]
-                for lane in range(lanes):
-                    best[lane] = row[lane]
-                    arg[lane] = 0.0
-                for hi in range(1, n_branch):
-                    row = cost[hi * n_keep + r]
-                    f_hi = np.float32(hi)
-                    for lane in range(lanes):
-                        c, b = row[lane], best[lane]
-                        smaller = c < b  # strict: the first minimum wins, as in the torch recursion
-                        best[lane] = c if smaller else b
-                        arg[lane] = f_hi if smaller else arg[lane]
-                out = bt[r]
-                for lane in range(lanes):
-                    out[lane] = np.uint8(arg[lane])
-                for c in range(n_branch):
-                    s = r * n_branch + c
-                    v, row = values[s], nxt[s]
-                    for lane in range(lanes):
-                        e = xt[lane] - v
-                        row[lane] = best[lane] + e * e
-            cost, nxt = nxt, cost
-        return cost
-
-    @numba.njit(fastmath=True, boundscheck=False, cache=True)
-    def _trace_back(cost, back, k, state_bits, lane, codes_row):  # pragma: no cover - compiled
-        n_states, n_branch = 1 << state_bits, 1 << k
-        n_keep = n_states >> k
-        state = 0
-        for s in range(1, n_states):
-            if cost[s, lane] < cost[state, lane]:
-                state = s
-        for t in range(codes_row.shape[0] - 1, 0, -1):
-            codes_row[t] = state & (n_branch - 1)
-            low = state >> k
-            state = back[t, low, lane] * n_keep + low
-        codes_row[0] = state & (n_branch - 1)

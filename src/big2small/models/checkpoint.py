@@ -142,17 +142,17 @@ def read_header(path: Path) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
 
 
 def _hf_dir(path: Path, name: str) -> Checkpoint:
-    """An HF directory: the skeleton on the meta device, each of its tensors found in a shard."""
-    from big2small.models.loaders import hf_class, hf_config
+    """An HF directory: its skeleton's tensors (models.skeleton: cached, or built on the meta
+    device), each found in a shard."""
+    from big2small.models.skeleton import describe_hf_dir
     from big2small.models.tasks import task_of_architecture
 
-    config, arch = hf_config(path)
-    with torch.device("meta"):
-        skeleton = hf_class(arch)(config)
+    skeleton = describe_hf_dir(path)
+    arch = skeleton.architecture
     where = _weight_map(path)
     headers: dict[str, dict[str, tuple[torch.dtype, tuple[int, ...]]]] = {}
     infos = []
-    for info in describe_module_tensors(skeleton):
+    for info in skeleton.tensors:
         key = next((n for n in [info.name, *info.aliases] if n in where), None)
         if key is None:
             raise Big2SmallError(f"{path}: the weights lack {info.name}, which {arch} has")
@@ -166,7 +166,7 @@ def _hf_dir(path: Path, name: str) -> Checkpoint:
             raise Big2SmallError(f"{path}: {key} is {list(shape)} in {shard}, the model's config says {list(info.shape)}")
         dtype = torch.float32 if stored_dtype.is_floating_point else stored_dtype
         infos.append(TensorInfo(info.name, shape, dtype, StoredTensor(str(path / shard), key, dtype), info.kind,
-                                info.is_parameter, info.aliases))
+                                info.is_parameter, list(info.aliases)))
     source = ModelSource("hf", name, task_of_architecture(arch), architecture=arch, files_dir=path)
     return Checkpoint(infos, source, streamed=True)
 
