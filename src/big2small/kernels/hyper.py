@@ -33,9 +33,9 @@ from big2small.kernels.lanes import (LANES, add_scaled, as_numpy, lane_codes, la
 
 
 # Inputs with more rows than this decode W once and multiply densely (see big2small.compact); on a
-# [1536, 576] layer, one thread (shared machine, so roughly): fused 1.0 / 2.0 / 3.5 ms at 1 / 2 / 4
-# rows against 2.6 / 3.0 / 2.8 ms for decode plus product.
-FUSED_MAX_ROWS = 2
+# [1536, 576] layer, one thread, CPU time on a loaded machine: fused (tables) 0.37 / 0.45 / 0.68 /
+# 0.84 ms at 1 / 2 / 3 / 4 rows against 1.03 / 0.88 / 0.95 / 1.05 ms for decode plus product.
+FUSED_MAX_ROWS = 4
 UNITS_PER_PASS = 4  # vector positions the product reads per pass over a block of rows
 
 
