@@ -1,7 +1,9 @@
 """Inference benchmark: SmolLM2-135M at batch 1 with compact weights resident.
 
 Two measurements, each interleaved (every repeat runs every variant once, in turn; the median of
-the repeats is reported) because the machine is shared and its load drifts:
+the repeats is reported) because the machine is shared and its load drifts; each is reported in
+wall-clock and in CPU seconds of the measuring process (time.process_time), the figure that
+compares rows under load:
 
 1. Decode throughput, over every compressed Linear weight of each artifact: a plain memory copy of
    the dense fp32 weights (torch copy_ into a buffer), the codec's own decode (what
