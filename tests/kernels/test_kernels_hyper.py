@@ -24,3 +24,31 @@ def test_ring_codes_have_no_kernel():
     enc = generator_for(GeneratorConfig.from_dict({"method": "hyper", "bits": 8, "codebook": "winding", "rings": 1})).encode(
         __import__("torch").randn(8, 64))
     assert kernel_for(enc) is None
+
+
+@pytest.mark.parametrize("by_table", [True, False])
+@pytest.mark.parametrize("options, shape, batch", [
+    ({"bits": 8}, (1, 45), 1),                                  # one row; columns not a multiple of the pair
+    ({"bits": 8, "group_size": 6}, (70, 7), 3),                  # segments not a multiple of the units per pass
+    ({"bits": 5, "dim": 3, "group_size": 0}, (65, 130), 2),      # rows past one block, odd vector size
+    ({"bits": 4, "dim": 1, "group_size": 256}, (9, 100), 1),     # groups span rows
+    ({"bits": 8}, (17, 45), 0),                                  # no input rows
+])
+def test_product_by_table_or_by_decode_equals_the_dense_product(monkeypatch, options, shape, batch, by_table):
+    """Both ways the product can take (table lookups, or decode then a dense product) give x W^T."""
+    from big2small.kernels import hyper
+
+    monkeypatch.setattr(hyper, "by_table", lambda enc: by_table)
+    check_kernels({"method": "hyper", "scale_grid": [1.0], **options}, shape, batch=batch)
+
+
+def test_tables_are_used_where_they_pay():
+    """The default 8-bit pairs use tables on a layer of a few hundred rows; 16-bit codebooks do not."""
+    import torch
+    from big2small.kernels import hyper
+
+    def enc(bits, dim, rows):
+        return generator_for(GeneratorConfig.from_dict({"method": "hyper", "bits": bits, "dim": dim, "scale_grid": [1.0]})).encode(
+            torch.randn(rows, 64))
+
+    assert hyper.by_table(enc(8, 2, 192)) and not hyper.by_table(enc(16, 4, 192))

@@ -2,15 +2,23 @@
 y = x W^T without materialising W, and W itself (the decode for larger batches), for codebooks
 without rings.
 
-Each index picks one codeword of `dim` values from the fp32 codebook (a few KB, in L1); per
-block of LANES rows and per segment (a group's run of vectors), the product sums codeword . x
-for all LANES rows, then multiplies each row's sum by its group's scale once. The codebook reads
-are gathers, which this CPU runs one lane at a time, so hyper's product is slower per weight
-than uniform's. Columns are padded to whole vectors as the codec pads them (x is read as zero
-there). Blocks run in parallel (numba prange).
+Each index picks one codeword of `dim` values from the fp32 codebook. The product is a table
+lookup (LUT-GEMV): for each vector position p along the rows, table[i] = codeword_i . x_p (x_p the
+p-th `dim` input values; one SIMD pass over the codebook, shared by every row), then each row adds
+table[its index] and, at the end of a segment (a group's run of vectors), multiplies its sum by
+the group's scale once. A weight vector thus costs one table read and one add; four positions are
+read per pass over a block of LANES rows, so each row's running sum is loaded and stored once per
+four lookups (segments are padded to whole multiples of UNITS_PER_PASS units; padding adds zero).
+Building a table costs 2^bits x dim multiply-adds per position, so for codebooks too large for
+the layer (`by_table`) the product decodes W and multiplies densely instead. The decode writes
+W^T, codeword value times scale, LANES rows at a time. Columns are padded to whole vectors as the
+codec pads them (x is read as zero there). The table reads and the decode's codebook reads are
+loads one lane at a time (the compiler does not emit gathers for this CPU).
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import numba
 import numpy as np
@@ -25,9 +33,10 @@ from big2small.kernels.lanes import (LANES, add_scaled, as_numpy, lane_codes, la
 
 
 # Inputs with more rows than this decode W once and multiply densely (see big2small.compact); on a
-# [1536, 576] layer, one thread (shared machine, so roughly): fused 1.0 / 2.0 / 3.5 ms at 1 / 2 / 4
-# rows against 2.6 / 3.0 / 2.8 ms for decode plus product.
-FUSED_MAX_ROWS = 2
+# [1536, 576] layer, one thread, CPU time on a loaded machine: fused (tables) 0.37 / 0.45 / 0.68 /
+# 0.84 ms at 1 / 2 / 3 / 4 rows against 1.03 / 0.88 / 0.95 / 1.05 ms for decode plus product.
+FUSED_MAX_ROWS = 4
+UNITS_PER_PASS = 4  # vector positions the product reads per pass over a block of rows
 
 
 def supports(enc: Encoded) -> bool:
@@ -40,34 +49,52 @@ def _segments(enc: Encoded):
     gp = grouping(playout, cfg.group_size)
     # Vectors per row, grouped as the codec groups weights: group_len / dim vectors per group.
     seg = segments(gp, playout.cols // cfg.dim, max(cfg.bits, 5))  # one index per unit, never nibbles
-    if gp.rows_per_group_row == 1:
-        seg = type(seg)(seg.n_seg, gp.group_len // cfg.dim, seg.row_len, seg.per_byte)
-    return playout, gp, seg
+    seg_len = gp.group_len // cfg.dim if gp.rows_per_group_row == 1 else seg.seg_len
+    return playout, gp, dataclasses.replace(seg, seg_len=seg_len, unit_multiple=UNITS_PER_PASS)
 
 
 def resident(enc: Encoded) -> dict[str, torch.Tensor]:
-    """Indices in lanes (one per byte, or per 16-bit word above 8 bits), fp32 scales per segment in
-    lanes, and the fp32 codebook."""
+    """Indices in lanes (one per byte, or per 16-bit word above 8 bits; pass-major), fp32 scales per
+    segment in lanes, and the fp32 codebook transposed ([dim, 2^bits])."""
     cfg = enc.config
     playout, gp, seg = _segments(enc)
     n_vectors = playout.numel // cfg.dim
     codes = enc.tensors["codes"] if cfg.bits == 8 else bitpack.unpack(enc.tensors["codes"], cfg.bits, n_vectors)
-    return {"lane_codes": lane_codes(codes.reshape(playout.rows, -1), seg, max(cfg.bits, 5)),
+    units = lane_codes(codes.reshape(playout.rows, -1), seg, max(cfg.bits, 5))
+    # Pass-major: the UNITS_PER_PASS units of every block that one pass reads are adjacent, so the
+    # kernels read the codes as one forward stream.
+    nb = n_blocks(playout.rows)
+    units = units.reshape(nb, -1, UNITS_PER_PASS, LANES).transpose(0, 1).reshape(-1, LANES).contiguous()
+    return {"lane_codes": units,
             "lane_scales": lane_segment_values(enc.tensors["scales"], gp, playout.rows),
-            "codebook": codebook_of(enc).float().contiguous()}
+            "codebook_t": codebook_of(enc).float().T.contiguous()}
 
 
 def arrays(tensors: dict[str, torch.Tensor], enc: Encoded) -> tuple:
     """The kernels' arguments: numpy views of the resident `tensors` (valid while they live) and integers."""
     _, _, seg = _segments(enc)
-    return (as_numpy(tensors["lane_codes"]), as_numpy(tensors["lane_scales"]), as_numpy(tensors["codebook"].reshape(-1)),
+    return (as_numpy(tensors["lane_codes"]), as_numpy(tensors["lane_scales"]), as_numpy(tensors["codebook_t"]),
             enc.config.dim, seg.n_seg, seg.seg_len, seg.units_per_seg)
+
+
+def _chunks(rows: int) -> int:
+    """Runs of blocks for the kernels: one per numba thread (at most one per block)."""
+    return min(numba.get_num_threads(), n_blocks(rows))
+
+
+def by_table(enc: Encoded) -> bool:
+    """Whether the product builds tables: one costs 2^bits x dim multiply-adds (8 per SIMD
+    instruction) per vector position and saves about one operation per row, so it pays while
+    2^bits x dim / 8 is at most the rows (in whole blocks). Else decode, then a dense product."""
+    return (1 << enc.config.bits) * enc.config.dim <= 8 * n_blocks(enc.layout.rows) * LANES
 
 
 def matmul(tensors: dict[str, torch.Tensor], enc: Encoded, x: torch.Tensor, prepared: tuple | None = None) -> torch.Tensor:
     """x [B, cols] -> x W^T [B, rows] fp32 (W in the codec's coded, i.e. rotated, domain)."""
+    if not by_table(enc):
+        return x.float() @ decode_matrix(tensors, enc, prepared).T
     xs, y = product_output(x, enc.layout.rows)
-    _product(*(prepared or arrays(tensors, enc)), xs, y)
+    _product(*(prepared or arrays(tensors, enc)), _chunks(enc.layout.rows), xs, y)
     return torch.from_numpy(y)[:, : enc.layout.rows]
 
 
@@ -76,60 +103,71 @@ def decode_matrix(tensors: dict[str, torch.Tensor], enc: Encoded, prepared: tupl
     [cols, rows] matrix, so that x @ W.T reads it in order."""
     playout = padded_layout(enc.layout, enc.config.dim)
     out = np.empty((playout.cols, n_blocks(enc.layout.rows) * LANES), np.float32)
-    _decode_t(*(prepared or arrays(tensors, enc)), out)
+    _decode_t(*(prepared or arrays(tensors, enc)), _chunks(enc.layout.rows), out)
     return torch.from_numpy(out)[: enc.layout.cols, : enc.layout.rows].T
 
 
 @numba.njit(parallel=True, fastmath=True, cache=True, boundscheck=False)
-def _product(codes, scales, codebook, dim, n_seg, seg_len, units_per_seg, x, y):  # pragma: no cover
-    n_units = n_seg * units_per_seg
+def _product(codes, scales, codebook_t, dim, n_seg, seg_len, units_per_seg, n_chunks, x, y):  # pragma: no cover
+    """y = x W^T by table lookups (the module docstring). The blocks of rows are split into
+    `n_chunks` runs, one per thread; each builds its own tables."""
+    n_codes = codebook_t.shape[1]
     cols = x.shape[1]
-    for blk in numba.prange(y.shape[1] // LANES):
-        acc = np.empty(LANES, np.float32)
-        total = np.empty(LANES, np.float32)
+    nb = y.shape[1] // LANES
+    for chunk in numba.prange(n_chunks):
+        b0 = chunk * nb // n_chunks
+        b1 = (chunk + 1) * nb // n_chunks
+        tables = np.empty((UNITS_PER_PASS, n_codes), np.float32)
+        acc = np.empty((b1 - b0, LANES), np.float32)
+        total = np.zeros((b1 - b0, LANES), np.float32)
         for b in range(x.shape[0]):
             total[:] = 0
             for j in range(n_seg):
                 acc[:] = 0
-                for u in range(units_per_seg):
-                    unit = codes[blk * n_units + j * units_per_seg + u]
-                    c = (j * seg_len + u) * dim
-                    if dim == 2 and c + 1 < cols:
-                        x0 = x[b, c]
-                        x1 = x[b, c + 1]
-                        for lane in range(LANES):
-                            i = np.int64(unit[lane]) * 2
-                            acc[lane] += codebook[i] * x0 + codebook[i + 1] * x1
-                    else:
-                        for d in range(min(dim, cols - c)):
+                for u0 in range(0, units_per_seg, UNITS_PER_PASS):
+                    for p in range(UNITS_PER_PASS):
+                        t = tables[p]
+                        c = (j * seg_len + u0 + p) * dim
+                        valid = max(0, min(dim, cols - c)) if u0 + p < seg_len else 0  # padding: all zero
+                        xd = x[b, c] if valid > 0 else np.float32(0)
+                        cb = codebook_t[0]
+                        for i in range(n_codes):
+                            t[i] = cb[i] * xd
+                        for d in range(1, valid):
                             xd = x[b, c + d]
-                            for lane in range(LANES):
-                                acc[lane] += codebook[np.int64(unit[lane]) * dim + d] * xd
-                add_scaled(total, scales[blk * n_seg + j], acc)
-            store_block(y, b, blk, total)
+                            cb = codebook_t[d]
+                            for i in range(n_codes):
+                                t[i] += cb[i] * xd
+                    t0, t1, t2, t3 = tables[0], tables[1], tables[2], tables[3]
+                    first = (j * units_per_seg + u0) * nb  # pass-major: this pass's units of every block
+                    for blk in range(b0, b1):
+                        u = first + blk * UNITS_PER_PASS
+                        c0, c1, c2, c3 = codes[u], codes[u + 1], codes[u + 2], codes[u + 3]
+                        a = acc[blk - b0]
+                        for lane in range(LANES):
+                            a[lane] += (t0[c0[lane]] + t1[c1[lane]]) + (t2[c2[lane]] + t3[c3[lane]])
+                for blk in range(b0, b1):
+                    add_scaled(total[blk - b0], scales[blk * n_seg + j], acc[blk - b0])
+            for blk in range(b0, b1):
+                store_block(y, b, blk, total[blk - b0])
 
 
 @numba.njit(parallel=True, fastmath=True, cache=True, boundscheck=False)
-def _decode_t(codes, scales, codebook, dim, n_seg, seg_len, units_per_seg, out):  # pragma: no cover
-    """W^T [padded cols, n_blocks * LANES]: each output row is written LANES entries at a time."""
-    n_units = n_seg * units_per_seg
-    for blk in numba.prange(out.shape[1] // LANES):
+def _decode_t(codes, scales, codebook_t, dim, n_seg, seg_len, units_per_seg, n_chunks, out):  # pragma: no cover
+    """W^T [padded cols, n_blocks * LANES]: pass by pass, each output row written LANES entries at a
+    time, block after block (in order); `n_chunks` runs of blocks, one per thread."""
+    nb = out.shape[1] // LANES
+    for chunk in numba.prange(n_chunks):
         for j in range(n_seg):
-            s = scales[blk * n_seg + j]
-            for u in range(units_per_seg):
-                unit = codes[blk * n_units + j * units_per_seg + u]
-                c = (j * seg_len + u) * dim
-                if dim == 2 and c + 1 < out.shape[0]:  # the default: both rows of W^T in one pass
-                    w0 = out[c, blk * LANES:(blk + 1) * LANES]
-                    w1 = out[c + 1, blk * LANES:(blk + 1) * LANES]
-                    for lane in range(LANES):
-                        i = np.int64(unit[lane]) * 2
-                        w0[lane] = codebook[i] * s[lane]
-                        w1[lane] = codebook[i + 1] * s[lane]
-                    continue
-                for d in range(dim):
-                    if c + d >= out.shape[0]:
-                        break
-                    w = out[c + d, blk * LANES:(blk + 1) * LANES]
-                    for lane in range(LANES):
-                        w[lane] = codebook[np.int64(unit[lane]) * dim + d] * s[lane]
+            for u0 in range(0, min(seg_len, units_per_seg), UNITS_PER_PASS):
+                first = (j * units_per_seg + u0) * nb
+                for blk in range(chunk * nb // n_chunks, (chunk + 1) * nb // n_chunks):
+                    s = scales[blk * n_seg + j]
+                    for p in range(min(UNITS_PER_PASS, seg_len - u0)):  # not the padding units
+                        unit = codes[first + blk * UNITS_PER_PASS + p]
+                        c = (j * seg_len + u0 + p) * dim
+                        for d in range(max(0, min(dim, out.shape[0] - c))):
+                            cb = codebook_t[d]
+                            w = out[c + d, blk * LANES:(blk + 1) * LANES]
+                            for lane in range(LANES):
+                                w[lane] = cb[unit[lane]] * s[lane]

@@ -33,16 +33,18 @@ LANES = 64  # rows per block: 8 AVX2 vectors of fp32, enough to hide the unpacki
 @dataclass(frozen=True)
 class Segments:
     """How each row's `row_len` codes are cut into `n_seg` segments of `seg_len` codes (the last
-    may be shorter), each stored as `units_per_seg` units of `per_byte` codes."""
+    may be shorter), each stored as `units_per_seg` units of `per_byte` codes, rounded up to a
+    multiple of `unit_multiple` units (a kernel that reads several units per pass)."""
 
     n_seg: int
     seg_len: int
     row_len: int
     per_byte: int
+    unit_multiple: int = 1
 
     @property
     def units_per_seg(self) -> int:
-        return math.ceil(self.seg_len / self.per_byte)
+        return math.ceil(self.seg_len / self.per_byte / self.unit_multiple) * self.unit_multiple
 
     @property
     def n_units(self) -> int:
