@@ -23,7 +23,7 @@ image_size) to fit the CPU budget; the network is convolutional, so the weights 
 
 Writes benchmarks/results/distill/cnn-<model>.json (rows kept: an interrupted run resumes), cnn.md and
 cnn.png.
-Run: `OMP_NUM_THREADS=1 nice python benchmarks/distill_cnn.py [--sparsities 0.3,0.2,0.1] [--mismatch] [--replot]`; runs with
+Run: `OMP_NUM_THREADS=1 nice python benchmarks/distill_cnn.py [--sparsities 0.3,0.2,0.1] [--variant NAME | --mismatch] [--replot]`; runs with
 different --sparsities may share the rows file at once (once the first has made the synthetic images).
 """
 
@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import time
 
@@ -49,7 +50,10 @@ PLAN = {"sparsities": [0.3, 0.2, 0.1], "fold": {"repair": "ar", "n_init": 3}, "e
         # The inputs (synthetic and real alike): samples at image_size x image_size, the last
         # held_out kept aside to measure the distillation loss before and after.
         "distill": {"samples": 72, "held_out": 8, "image_size": 96, "inversion_steps": 80, "steps": 150,
-                    "batch_size": 8, "lr": 1e-4, "max_seconds": 300.0}}
+                    "batch_size": 8, "lr": 1e-4, "max_seconds": 300.0},
+        # Extra rows, each run alone (--variant NAME): distillation on the synthetic images with these
+        # settings changed (the rows fold-ar+distill-synthetic/NAME).
+        "variants": {"lr1e-5": {"lr": 1e-5}}}
 SOURCES = {"synthetic": "synthetic (BN inversion)", "real": "real crops (*data*)"}
 REPAIRS = ("bn", "distill")
 FILE = f"cnn-{NAME}.json"
@@ -90,7 +94,7 @@ def recalibrated(model: torch.nn.Module, images: torch.Tensor, config: DistillCo
     return model.eval(), time.perf_counter() - start
 
 
-def run(sparsities: list[float]) -> None:
+def run(sparsities: list[float], variant: str | None = None) -> None:
     torch.manual_seed(0)
     session = SharedSession(NAME, PLAN, FILE, ("method", "sparsity_target"))
     teacher, record, measure, done = session.teacher, session.record, session.measure, session.is_done
@@ -111,28 +115,30 @@ def run(sparsities: list[float]) -> None:
         recalibrate_batchnorm(model, get_task(session.task).calibration_batches())
         record({"method": "original+bn-fold-data", "sparsity_target": 0.0, "sparsity": 0.0,
                 "repair_seconds": time.perf_counter() - start, "metrics": measure(model.eval()), "data_free": False})
+    # (method, repair, source, config) of each row after the fold
+    repairs = [(f"fold-ar+{r}-{s}", r, s, config) for s in SOURCES for r in REPAIRS] if variant is None else \
+        [(f"fold-ar+distill-synthetic/{variant}", "distill", "synthetic",
+          dataclasses.replace(config, **PLAN["variants"][variant]))]
     for sparsity in sparsities:
-        methods = ["fold-ar"] + [f"fold-ar+{r}-{s}" for s in SOURCES for r in REPAIRS]
+        methods = ["fold-ar"] + [m for m, *_ in repairs]
         if all(done(m, sparsity) for m in methods):
             continue
         folded = fold(teacher, FoldConfig(sparsity=sparsity, seed=0, **PLAN["fold"]), progress=True)
         base = {"sparsity_target": sparsity, "sparsity": folded.sparsity, "fold_seconds": folded.seconds}
         if not done("fold-ar", sparsity):
             record({"method": "fold-ar", **base, "metrics": measure(folded.model), "data_free": True})
-        for source in SOURCES:
-            for repair in REPAIRS:
-                method = f"fold-ar+{repair}-{source}"
-                if done(method, sparsity):
-                    continue
-                if repair == "bn":
-                    student, seconds = recalibrated(folded.model, images[source][IMAGES], config)
-                    extra = {"repair_seconds": seconds}
-                else:
-                    student = copy.deepcopy(folded.model)
-                    report = distill(teacher, student, images[source], loss_for(session.task), config, progress=True)
-                    extra = {"repair_seconds": report.seconds, "distill": report.to_dict()}
-                record({"method": method, **base, **extra, "metrics": measure(student), "data_free": source != "real"})
-                del student
+        for method, repair, source, row_config in repairs:
+            if done(method, sparsity):
+                continue
+            if repair == "bn":
+                student, seconds = recalibrated(folded.model, images[source][IMAGES], row_config)
+                extra = {"repair_seconds": seconds}
+            else:
+                student = copy.deepcopy(folded.model)
+                report = distill(teacher, student, images[source], loss_for(session.task), row_config, progress=True)
+                extra = {"repair_seconds": report.seconds, "distill": report.to_dict()}
+            record({"method": method, **base, **extra, "metrics": measure(student), "data_free": source != "real"})
+            del student
 
 
 def mismatch() -> None:
@@ -161,7 +167,9 @@ def mismatch() -> None:
 LABELS = {"original": "original", "original+bn-fold-data": "original + BN re-estimated on the fold benchmark's "
           "fold-data inputs (256 real crops, 224 x 224) (*data*)", "fold-ar": "fold-ar"} | {
     f"{m}+{r}-{s}": f"{m} + {'BN re-estimated' if r == 'bn' else 'distilled'} on {SOURCES[s]}, {PLAN['distill']['image_size']} px"
-    for m in ("original", "fold-ar") for r in REPAIRS for s in SOURCES}
+    for m in ("original", "fold-ar") for r in REPAIRS for s in SOURCES} | {
+    f"fold-ar+distill-synthetic/{v}": f"fold-ar + distilled on {SOURCES['synthetic']}, {PLAN['distill']['image_size']} px, "
+    + ", ".join(f"{k} {x}" for k, x in settings.items()) for v, settings in PLAN["variants"].items()}
 
 
 def markdown(res: dict) -> str:
@@ -228,6 +236,7 @@ def main() -> None:
     parser.add_argument("--sparsities", default=",".join(map(str, PLAN["sparsities"])))
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a loaded 2-core CPU).")
     parser.add_argument("--replot", action="store_true", help="Only rebuild the table from the JSON file.")
+    parser.add_argument("--variant", choices=sorted(PLAN["variants"]), help="Only the rows of this distillation variant.")
     parser.add_argument("--mismatch", action="store_true", help="Only measure each image set's BatchNorm mismatch.")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -235,7 +244,7 @@ def main() -> None:
     if args.mismatch:
         mismatch()
     elif not args.replot:
-        run([float(s) for s in args.sparsities.split(",")])
+        run([float(s) for s in args.sparsities.split(",")], args.variant)
     res = json.loads((OUT / FILE).read_text())
     (OUT / "cnn.md").write_text(markdown(res))
     plot(res, OUT / "cnn.png")
