@@ -81,6 +81,20 @@ def test_batchnorm_recalibration_replaces_stale_statistics():
     assert not net.training and net[1].momentum == 0.1
 
 
+def test_batchnorm_recalibration_measures_the_eval_mode_forward_dropout_off_and_modes_restored():
+    # A dropout before the BatchNorm: the statistics must be those of the inputs it sees in eval mode
+    # (dropout off), not of dropout's rescaled, zeroed train-mode activations.
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(5, 3), nn.Dropout(0.5), nn.BatchNorm1d(3))
+    net.eval()[1].train()  # a mixed state, restored module by module afterwards
+    x = torch.randn(256, 5)
+    recalibrate_batchnorm(net, [x])
+    h = net[0](x).detach()
+    assert torch.allclose(net[2].running_mean, h.mean(0), atol=1e-5)
+    assert torch.allclose(net[2].running_var, h.var(0), atol=1e-4)
+    assert [m.training for m in net.modules()] == [False, False, True, False]
+
+
 def test_target_bits_keeps_the_best_epoch_within_the_size():
     torch.manual_seed(0)
     images, labels = digits()

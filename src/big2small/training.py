@@ -89,8 +89,10 @@ class Regulariser(Protocol):
 @torch.no_grad()
 def recalibrate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor]) -> int:
     """Reset every BatchNorm's running statistics and re-estimate them as a cumulative average
-    over `batches` (train mode, no gradients); the model's mode and momenta are restored. Returns
-    the number of BatchNorm layers recalibrated (0: nothing to do). Uses real inputs.
+    over `batches` (no gradients); the model's mode and momenta are restored. Returns the number of
+    BatchNorm layers recalibrated (0: nothing to do). Only the BatchNorm layers run in train mode:
+    dropout and stochastic depth (drop-connect) stay in eval mode, so the statistics are those of
+    the eval-mode forward they will normalise.
 
     Why: quantised weights jump between levels and channels die during self-compression, and
     folding merges channels, so the running averages no longer describe the layer's outputs (a
@@ -102,8 +104,10 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor]) -> 
     for m in norms:
         m.reset_running_stats()
         m.momentum = None
-    was_training = model.training
-    model.train()
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    for m in norms:
+        m.train()
     try:
         seen = 0
         for batch in batches:
@@ -114,7 +118,8 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor]) -> 
     finally:
         for m, momentum in zip(norms, momenta):
             m.momentum = momentum
-        model.train(was_training)
+        for m, mode in modes:
+            m.training = mode
     return len(norms)
 
 

@@ -37,6 +37,8 @@ DistillSeqLen = Annotated[int, typer.Option(help="--distill: tokens per syntheti
 DistillSeconds = Annotated[Optional[float], typer.Option(help="--distill: stop training after this many seconds (a time budget).")]
 DistillLr = Annotated[Optional[float], typer.Option(help="--distill: AdamW learning rate (default: fold and distill 5e-5 on the weights; compress 5e-3 on the scales' log-gains, 1e-4 on the INR's parameters).")]
 DistillSource = Annotated[str, typer.Option(help="--distill: where the inputs come from: auto (the model's own route), self, smollm2, random or inversion.")]
+DistillImageSize = Annotated[Optional[int], typer.Option(help="--distill, image classifiers: side of the synthetic images in pixels (default: the model's input size; smaller is much cheaper to invert).")]
+DistillInversionSteps = Annotated[Optional[int], typer.Option(help="--distill, image classifiers: Adam steps optimising each batch of synthetic images to match the BatchNorm statistics (default 200).")]
 
 
 def _require_output(output: Optional[Path], dry_run: bool) -> None:
@@ -329,6 +331,8 @@ def fold(
     distill_seconds: DistillSeconds = None,
     distill_lr: DistillLr = None,
     distill_source: DistillSource = "auto",
+    distill_image_size: DistillImageSize = None,
+    distill_inversion_steps: DistillInversionSteps = None,
     dry_run: bool = typer.Option(False, "--dry-run", help="List the groups and what would be folded, then stop."),
     max_shard_size: MaxShardSize = "5GB",
     overwrite: bool = typer.Option(False, help="Replace an existing output."),
@@ -352,6 +356,7 @@ def fold(
     config.validate()
     distill_config = options.distill_config(distill, samples=distill_samples, seed=distill_seed, seq_len=distill_seq_len,
                                             max_seconds=distill_seconds, source=distill_source,
+                                            image_size=distill_image_size, inversion_steps=distill_inversion_steps,
                                             lr=distill_lr if distill_lr is not None else options.WEIGHT_LR)
     recipe = options.then_recipe(then, raw_dtype)
     out = render.Output(json_out)
