@@ -47,13 +47,30 @@ def test_ray_on_this_machine_writes_the_serial_bytes(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_started_pool_runs_every_job_once_on_its_worker_processes():
+def test_a_started_pool_runs_every_job_once_on_its_numbered_worker_processes():
     with Executor(workers=2).started("big2small.executors") as running:
         assert running._started is not None  # started before any job was given
-        pids = list(running.run(_pid_and_job, list(range(6))))
-    assert sorted(job for _, job in pids) == list(range(6))
-    assert os.getpid() not in {pid for pid, _ in pids}
+        done = list(running.run(_pid_number_and_job, list(range(6))))
+    assert sorted(job for _, _, job in done) == list(range(6))
+    assert os.getpid() not in {pid for pid, _, _ in done}
+    number_of = {pid: number for pid, number, _ in done}
+    assert len(set(number_of.values())) == len(number_of) and set(number_of.values()) <= {0, 1}  # what picks a GPU
 
 
-def _pid_and_job(job):
-    return os.getpid(), job
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+def test_gpu_workers_each_take_their_own_gpu():
+    with Executor(workers=2, gpu=True).started("big2small.executors") as running:
+        done = list(running.run(_pid_and_gpu, list(range(8))))
+    gpu_of = dict(done)
+    assert len(gpu_of) == 2 and set(gpu_of.values()) == {0, 1}
+
+
+def _pid_number_and_job(job):
+    from big2small import executors
+
+    return os.getpid(), executors.WORKER_NUMBER, job
+
+
+def _pid_and_gpu(job):
+    return os.getpid(), torch.cuda.current_device()

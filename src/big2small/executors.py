@@ -45,29 +45,40 @@ def all_cores() -> int:
         return os.cpu_count() or 1
 
 
-def default_executor(checkpoint: Checkpoint | None, workers: int | None = None, ray: str | None = None) -> Executor:
-    """`workers` processes (None: all cores, or this process alone when the checkpoint has fewer
-    than POOL_MIN_WEIGHTS weights), or Ray at `ray` with that many CPUs when it starts one here.
-    The checkpoint is looked at only when neither `workers` nor `ray` is given: otherwise it may be
-    None, so that the executor can start before the model is opened, or PyTorch imported
-    (Executor.started)."""
+def default_executor(checkpoint: Checkpoint | None, workers: int | None = None, ray: str | None = None,
+                     gpu: bool = False) -> Executor:
+    """`workers` processes (None: all cores, or one per GPU with `gpu`, or this process alone when
+    the checkpoint has fewer than POOL_MIN_WEIGHTS weights), or Ray at `ray` with that many CPUs
+    when it starts one here. The checkpoint is looked at only when neither `workers` nor `ray` is
+    given: otherwise it may be None, so that the executor can start before the model is opened, or
+    PyTorch imported (Executor.started). gpu: the jobs encode on "cuda" (Executor.gpu)."""
     if workers is None:
         if ray is None and checkpoint is None:
             raise TypeError("default_executor needs the checkpoint when neither workers nor ray is given")
         small = ray is None and sum(i.numel for i in checkpoint.infos) < POOL_MIN_WEIGHTS
-        workers = 1 if small else all_cores()
-    return Executor(workers=workers, ray=ray)
+        workers = 1 if small else gpu_count() if gpu else all_cores()
+    return Executor(workers=workers, ray=ray, gpu=gpu)
+
+
+def gpu_count() -> int:
+    """The CUDA GPUs PyTorch sees on this host (at least 1: the caller asked for one)."""
+    import torch
+
+    return max(torch.cuda.device_count(), 1)
 
 
 @dataclass(frozen=True)
 class Executor:
     """How to run jobs. workers: processes on this machine (1: in this process); ray: None (no
     Ray), "local" (start Ray on this machine with `workers` CPUs) or a cluster's address
-    ("auto", "ray://host:10001", ...). `_started`: the pool or Ray session started() holds (not
-    part of the executor's identity)."""
+    ("auto", "ray://host:10001", ...). gpu: the jobs run on the device "cuda" (PyTorch's current
+    GPU), so several GPUs share the work: each pool worker makes GPU (its number mod the host's
+    GPUs) its current one, and each Ray task asks Ray for one GPU (Ray then shows it only that one).
+    `_started`: the pool or Ray session started() holds (not part of the executor's identity)."""
 
     workers: int = 1
     ray: str | None = None
+    gpu: bool = False
     _started: Any = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -94,7 +105,7 @@ class Executor:
             if started:
                 _init_ray(ray, self.ray, self.workers)
             try:
-                remote = ray.remote(num_cpus=1, max_retries=0)(_call_single_threaded)
+                remote = ray.remote(num_cpus=1, num_gpus=int(self.gpu), max_retries=0)(_call_single_threaded)
                 if module is not None:
                     for _ in range(self.workers):
                         remote.remote(_import, module)
@@ -105,8 +116,9 @@ class Executor:
         elif self.workers == 1:
             yield self
         else:
-            with ProcessPoolExecutor(max_workers=self.workers, mp_context=_worker_context(module),
-                                     initializer=single_threaded) as pool:
+            context = _worker_context(module)
+            with ProcessPoolExecutor(max_workers=self.workers, mp_context=context, initializer=_start_worker,
+                                     initargs=(context.Value("i", 0), self.gpu)) as pool:
                 for _ in range(self.workers):  # each submit starts a process while none is idle
                     pool.submit(_import, module)
                 try:
@@ -141,10 +153,28 @@ def _worker_context(module: str | None):
 
 
 def single_threaded() -> None:
-    """A worker's initialiser: one PyTorch thread (see the module docstring)."""
+    """One PyTorch thread for a worker (see the module docstring)."""
     import torch
 
     torch.set_num_threads(1)
+
+
+# A pool worker's number, 0..workers-1 in the order the workers started (None outside a pool).
+WORKER_NUMBER: int | None = None
+
+
+def _start_worker(counter, gpu: bool) -> None:
+    """A pool worker's initialiser: take the next number from the pool's `counter`; with `gpu`, make
+    GPU (number mod GPUs) the worker's current device, which the jobs' "cuda" then means; one thread."""
+    global WORKER_NUMBER
+    with counter.get_lock():
+        WORKER_NUMBER = counter.value
+        counter.value += 1
+    if gpu:
+        import torch
+
+        torch.cuda.set_device(WORKER_NUMBER % gpu_count())
+    single_threaded()
 
 
 def _call_single_threaded(fn: Callable[[J], R], job: J) -> R:

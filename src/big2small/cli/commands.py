@@ -103,7 +103,9 @@ def compress(
     # Workers or Ray asked for: the executor does not depend on the model, so its workers start up
     # (the fork server, or Ray's workers, importing PyTorch and big2small) now, while this process
     # imports them, opens the model and plans it, not after.
-    early = None if dry_run or (workers is None and ray is None) else default_executor(None, workers, ray)
+    # --device cuda (no index): the workers share this host's GPUs, or Ray's (Executor.gpu).
+    gpu = device is not None and device.strip().lower() == "cuda"
+    early = None if dry_run or (workers is None and ray is None) else default_executor(None, workers, ray, gpu)
     with early.started(STREAMING) if early is not None else contextlib.nullcontext() as early:
         if method is None and bpw is None and size_mb is None:
             method = "uniform"
@@ -156,7 +158,7 @@ def compress(
                 render.show_plan(out.console, plan)
                 out.json(plan.to_dict())
                 return
-            executor = early or stack.enter_context(default_executor(checkpoint, workers, ray).started(STREAMING))
+            executor = early or stack.enter_context(default_executor(checkpoint, workers, ray, gpu).started(STREAMING))
             cm, written = compress_to_artifact(checkpoint, the_recipe, output, overwrite=overwrite, device=device,
                                                executor=executor, transforms=transforms, n_parameters=n_parameters,
                                                max_shard_bytes=shard_bytes)
