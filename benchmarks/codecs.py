@@ -13,6 +13,12 @@ compressed weight:
 - ours: allocated: bit allocation (`compress(loaded, None, bpw=T, target_over="compressed")`: each
   of these tensors gets trellis k=1..8 at L=10 by data-free output sensitivity) with T counted over
   exactly these tensors, at each target T; its encode seconds include the allocation;
+- ours: allocated + distilled: the allocated rows at 3.25 and 4.25 (SmolLM2, MiniLM), then quantisation-aware
+  distillation of the trellis scales, codes kept (and in the "norms too" rows the norm gains and biases
+  stored raw), on the model's data-free synthetic inputs with benchmarks/distill.py --qat's budget: the
+  same stored bits as the one-shot row. Measured by `distill.py --qat` beside the one-shot rows, under
+  this protocol, and reused here (results/distill/qat-codecs-<model>.json); encode seconds include the
+  allocation and the distillation;
 - RTN: big2small's `uniform` (asymmetric; fp16 scale, integer zero-point per group), group 64 and 128;
 - HQQ 0.2.8 (optimize=True, group 128, fp16 scale and zero), SINQ 0.2.0 (group 128; see external.py);
 - llama.cpp: SmolLM2 (a llama architecture) through `llama_model_quantize` on its bundled GGUF,
@@ -45,6 +51,7 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
 from big2small.bench import BenchRow, _environment, measure_decoded  # noqa: E402
+from big2small.distill import DistillConfig  # noqa: E402
 from big2small.errors import Big2SmallError  # noqa: E402
 from big2small.evaluate.suite import EvalSettings  # noqa: E402
 from big2small.models.tasks import evaluate, reference_outputs  # noqa: E402
@@ -69,6 +76,13 @@ OURS: list[tuple[str, str, dict]] = [
     # sensitivity) with the target counted over exactly these tensors (target_over="compressed").
     *[(f"allocated {t}", None, {"bpw": t, "target_over": "compressed"}) for t in TARGETS],
 ]
+
+# Bit allocation as above, then quantisation-aware distillation of the trellis scales (codes kept, stored
+# bits unchanged) on the model's synthetic inputs with the budget of benchmarks/distill.py --qat, whose
+# run measures these rows beside their one-shot rows under this protocol (results/distill/qat-codecs-*.json,
+# reused here); a run here measures them itself, through compress(..., distill=DistillConfig(...)).
+DISTILLED_TARGETS = (3.25, 4.25)
+DISTILL_SOURCE = {"smollm2": "self", "minilm": "smollm2"}  # the data-free route of each model's --qat rows
 
 PRIMARY = {"causal-lm": "perplexity", "encoder": "mean_cosine", "image-classifier": "top1_agreement"}
 
@@ -96,11 +110,26 @@ def sinq_rows() -> list[dict]:
     return [_row(f"SINQ {b}b g128", "SINQ", "sinq", {"bits": b, "group_size": 128}) for b in (4, 3, 2)]
 
 
-def ours_rows(extra: list[str]) -> list[dict]:
+def distilled_rows(model_name: str) -> list[dict]:
+    """"allocated T + distilled" (the trellis scales trained) and "... + distilled, norms too" (and the
+    raw norm gains and biases) for the models benchmarks/distill.py --qat distils (none for the others)."""
+    from distill import VECTORS, qat_distill_settings
+
+    if model_name not in DISTILL_SOURCE:
+        return []
+    variants = {"": DISTILL_SOURCE[model_name], ", norms too": DISTILL_SOURCE[model_name] + VECTORS}
+    return [_row(f"allocated {t} + distilled{suffix}", "ours: allocated + distilled", "b2s",
+                 {"method": None, "options": {"bpw": t, "target_over": "compressed"},
+                  "distill": qat_distill_settings(model_name, source)})
+            for t in DISTILLED_TARGETS for suffix, source in variants.items()]
+
+
+def ours_rows(model_name: str, extra: list[str]) -> list[dict]:
     from big2small.specs import parse_method_spec
 
     rows = [_row(label, "ours: " + (method or "allocated"), "b2s", {"method": method, "options": options})
             for label, method, options in OURS]
+    rows += distilled_rows(model_name)
     for text in extra:  # "LABEL=METHOD:key=val,..."
         label, _, spec = text.partition("=")
         method, options = parse_method_spec(spec)
@@ -181,7 +210,8 @@ def _measure_ours(ctx: Context, row: dict) -> BenchRow | None:
     p = row["params"]
     try:
         t0 = time.perf_counter()
-        cm = b2s.compress(ctx.loaded, p["method"], progress=False, **p["options"])
+        distill = DistillConfig(**p["distill"]) if p.get("distill") else None
+        cm = b2s.compress(ctx.loaded, p["method"], progress=distill is not None, distill=distill, **p["options"])
         seconds = time.perf_counter() - t0
     except (Big2SmallError, TypeError, ValueError) as exc:
         print(f"[codecs] skipping {row['label']!r}: {p['method']} {p['options']} -> {exc}", flush=True)
@@ -250,7 +280,7 @@ def run(model_name: str, extra_ours: list[str], only: list[str], fresh: bool, sk
     path = OUT / f"{model_name}.json"
     cache = json.loads(path.read_text()) if path.exists() and not fresh else {}
     cached = {e["label"]: e for e in cache.get("rows", [])}
-    rows = ours_rows(extra_ours) + baseline_rows(model_name) + sinq_rows()
+    rows = ours_rows(model_name, extra_ours) + baseline_rows(model_name) + sinq_rows()
     ctx = Context(model_name)
     entries = [cached["fp32"] if "fp32" in cached and "fp32" not in only else fp32_entry(ctx)]
     if not fresh:
@@ -278,14 +308,18 @@ def run(model_name: str, extra_ours: list[str], only: list[str], fresh: bool, sk
     write(model_name, ctx.loaded.source.task, entries + [e for e in cached.values() if e["label"] not in done])
 
 
-EARLIER = ("results/{model}/bench.json", "results/hyper/{model}/bench.json")  # baselines.py, hyper.py
+# Rows measured by other benchmarks, reused when their fp32 figures and protocols are this run's.
+EARLIER = {"results/{model}/bench.json": "baselines.py", "results/hyper/{model}/bench.json": "hyper.py",
+           "results/distill/qat-codecs-{model}.json": "distill.py --qat"}
 
 
 def _spec(row: dict) -> str:
     """The row in the text form the earlier benchmarks' JSON use ("hqq:bits=3,group_size=128")."""
+    from distill import codecs_spec
+
     p = row["params"]
     if row["kind"] == "b2s":
-        return (p["method"] or "allocated") + ":" + ",".join(f"{k}={v}" for k, v in p["options"].items())
+        return codecs_spec({"method": p["method"], **p["options"]}, p.get("distill"))
     return f"{row['kind']}:bits={p.get('bits')},group_size={p.get('group_size')}"
 
 
@@ -301,7 +335,7 @@ def earlier_rows(model_name: str, rows: list[dict], fp32: dict) -> dict[str, dic
     """Rows measured already by baselines.py or hyper.py, reused only where that run's fp32 figures and
     protocols are exactly this run's (same tensors, same evaluation): label -> cache entry."""
     found: dict[str, dict] = {}
-    for pattern in EARLIER:
+    for pattern, script in EARLIER.items():
         path = ROOT / pattern.format(model=model_name)
         if not path.exists():
             continue
@@ -315,7 +349,7 @@ def earlier_rows(model_name: str, rows: list[dict], fp32: dict) -> dict[str, dic
             old = by_spec.get(_spec(row))
             if old is not None and row["label"] not in found:
                 result = {**old, "method": row["family"], "spec": row["label"],
-                          "note": (f"measured by benchmarks/{'hyper' if 'hyper' in pattern else 'baselines'}.py "
+                          "note": (f"measured by benchmarks/{script} "
                                    f"(same tensors and protocol; {old['spec']}) " + old["note"]).strip()}
                 found[row["label"]] = {**row, "result": result}
     return found
@@ -398,7 +432,8 @@ def markdown(model_name: str, entries: list[dict], primary: str, env: dict) -> s
         "(llama.cpp: the whole-file quantisation, 2 threads). The machine's 2 cores are shared with other "
         "jobs (load 7 to 14 while this table's new rows ran; rows reused from baselines.py and hyper.py "
         "were timed on a quieter machine): compare encode times loosely.",
-        "- data-free: no calibration data, no importance matrix, no fine-tuning.",
+        "- data-free: no calibration data, no importance matrix; no fine-tuning, except the \"allocated + distilled\" "
+        "rows, trained on the model's own synthetic inputs (SmolLM2: text it samples; MiniLM: text SmolLM2 samples).",
         f"- machine: {env.get('machine')}, {env.get('threads')} threads, torch {env.get('torch')}",
         f"- reproduce: `python benchmarks/codecs.py {model_name}` (cached rows are reused; `--only LABEL` re-measures one)",
     ]

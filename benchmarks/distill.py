@@ -18,7 +18,12 @@ Quantisation-aware distillation (`--qat`; big2small.distill.qat): each model is 
 3.3 bits per compressed weight (uniform 3-bit, and hyper with 6-bit indices on pairs, both with groups
 of 64; never 4-bit g32 symmetric, which would match the grid SmolLM2's GGUF weights came from) and
 measured as compressed, with the codec's scales distilled on synthetic inputs (the codes re-chosen,
-stored bits unchanged: checked per row), and, as the upper bound, distilled on real text.
+stored bits unchanged: checked per row), and, as the upper bound, distilled on real text. The
+allocated trellis at 3.25 and 4.25 bits per compressed weight (the codecs benchmark's "allocated T"
+rows; the encoding cached under the cache folder) is distilled the same way (codes kept), with the
+scales alone and with the raw norm gains and biases too, and measured under this benchmark's
+protocol and, in the same run, under benchmarks/codecs.py's (results/distill/qat-codecs-<model>.json,
+which codecs.py reuses).
 
 Distillation into fewer layers (`--layers`; big2small.distill.smaller): SmolLM2 30 -> 24 layers and
 MiniLM 6 -> 4, the blocks dropped evenly or by their influence on the residual stream (measured on
@@ -74,15 +79,22 @@ PLANS = {
 
 # Quantisation-aware distillation: the codecs at about 3.3 bits per compressed weight, the inputs
 # cached by the fold plans above (same samples, seed and sequence length), a step and time budget.
+# "allocated T": bit allocation at T bits per compressed weight (trellis widths per tensor, data-free
+# sensitivity; the codecs benchmark's rows of that name), whose trellis scales are trained with the
+# codes kept. The labels in "codecs_protocol" are also measured under the codecs benchmark's protocol
+# (CodecsProtocol below), in the same run, and written where benchmarks/codecs.py reuses them.
+ALLOCATED = {f"allocated {t}": {"method": None, "bpw": t, "target_over": "compressed"} for t in (3.25, 4.25)}
 QAT_PLANS = {
     "smollm2": {"codecs": {"uniform 3-bit g64": {"method": "uniform", "bits": 3, "group_size": 64},
-                           "hyper 6-bit pairs g64": {"method": "hyper", "bits": 6, "group_size": 64}},
+                           "hyper 6-bit pairs g64": {"method": "hyper", "bits": 6, "group_size": 64}, **ALLOCATED},
+                "codecs_protocol": list(ALLOCATED), "vectors_for": list(ALLOCATED),
                 "sources": ["self", "real"], "only_for": {"real": ["uniform 3-bit g64"]},
                 "eval": {"windows": 5},
                 "distill": {"steps": 40, "samples": 72, "held_out": 8, "batch_size": 4, "seq_len": 64, "lr": 5e-3,
                             "max_seconds": 420.0}},
-    "minilm": {"codecs": {"uniform 3-bit g64": {"method": "uniform", "bits": 3, "group_size": 64}},
-               "sources": ["smollm2", "real"], "only_for": {},
+    "minilm": {"codecs": {"uniform 3-bit g64": {"method": "uniform", "bits": 3, "group_size": 64}, **ALLOCATED},
+               "codecs_protocol": list(ALLOCATED), "vectors_for": list(ALLOCATED),
+               "sources": ["smollm2", "real"], "only_for": {"real": ["uniform 3-bit g64"]},
                "eval": {"documents": 100},
                "distill": {"steps": 100, "samples": 136, "held_out": 8, "batch_size": 8, "seq_len": 64, "lr": 5e-3,
                            "max_seconds": 300.0}},
@@ -189,13 +201,85 @@ def run_model(name: str) -> None:
             del student
 
 
+def codecs_spec(options: dict, distill: dict | None = None) -> str:
+    """A row's settings as text, the key by which benchmarks/codecs.py reuses rows measured elsewhere:
+    "allocated:bpw=3.25,target_over=compressed", then "+distill:k=v,..." (the DistillConfig's
+    settings that differ from its defaults) for a distilled row."""
+    method = options.get("method") or "allocated"
+    text = method + ":" + ",".join(f"{k}={v}" for k, v in options.items() if k != "method")
+    return text if distill is None else text + "+distill:" + ",".join(f"{k}={v}" for k, v in distill.items())
+
+
+# A --qat row whose source ends with this trains the raw norm gains and biases too (DistillConfig's
+# train_vectors), on the inputs of the source it names: for the codecs in a plan's "vectors_for".
+VECTORS = "+vectors"
+
+
+def qat_distill_settings(name: str, source: str) -> dict:
+    """The DistillConfig settings (as keyword arguments) of a model's --qat rows on `source`."""
+    base = source.removesuffix(VECTORS)
+    return {**QAT_PLANS[name]["distill"], "source": base, "seed": 0,
+            **({"train_vectors": True} if source.endswith(VECTORS) else {})}
+
+
+def source_label(source: str) -> str:
+    """A row's inputs in words, and whether the norms and biases were trained too."""
+    base = source.removesuffix(VECTORS)
+    return SOURCE_LABEL[base] + (", norm gains and biases trained too" if source != base else "")
+
+
+class CodecsProtocol:
+    """benchmarks/codecs.py's protocol (EvalSettings' defaults: SmolLM2 20 windows of 512 tokens,
+    MiniLM 300 documents; the compressed tensors decoded into the model, every other tensor as the
+    artifact stores it, in fp16), so that rows measured here sit in the codecs tables. Writes
+    OUT/qat-codecs-<model>.json in the format codecs.py reuses (rows keyed by codecs_spec; the fp32
+    row and protocols it compares with its own)."""
+
+    def __init__(self, session: Session):
+        from big2small.evaluate.suite import EvalSettings as Settings
+
+        self.session, self.path = session, OUT / f"qat-codecs-{session.name}.json"
+        self.settings = Settings(progress=False)
+        self.reference = reference_outputs(session.teacher, session.task, session.tok, self.settings)
+        self.data = json.loads(self.path.read_text()) if self.path.exists() else None
+        if self.data is None:
+            metrics = evaluate(session.teacher, session.task, session.tok, reference=self.reference, settings=self.settings)
+            self.data = {"model": session.name, "task": session.task, "machine": session.machine,
+                         "protocols": {m.metric: m.protocol for m in metrics},
+                         "rows": [{"method": "fp32", "spec": "original", "bpw_all": 32.0, "bpw_scope": 32.0,
+                                   "metrics": {m.metric: m.value for m in metrics}, "sqnr_db": None,
+                                   "compress_seconds": None, "note": "reference"}]}
+            self._write()
+
+    def has(self, spec: str) -> bool:
+        return any(r["spec"] == spec for r in self.data["rows"])
+
+    def record(self, cm, spec: str, family: str, seconds: float, note: str) -> None:
+        """Measure `cm` (a CompressedModel) under the codecs protocol and store it as row `spec`."""
+        from big2small.bench import measure_decoded
+
+        names = [n for n, e in cm.tensors.items() if e.compressed]
+        size = cm.size()
+        _, bpw_scope, metrics, sqnr = measure_decoded(self.session.loaded, cm, cm.state_dict(names=names),
+                                                      size.bits_compressed, self.reference, self.settings)
+        self.data["rows"].append({"method": family, "spec": spec, "bpw_all": size.bpw_all, "bpw_scope": bpw_scope,
+                                  "metrics": metrics, "sqnr_db": sqnr, "compress_seconds": seconds, "note": note})
+        self._write()
+        print(f"{self.session.name} {spec} (codecs protocol): {metrics}", flush=True)
+
+    def _write(self) -> None:
+        self.path.write_text(json.dumps(self.data, indent=1))
+
+
 def run_qat(name: str) -> None:
-    """Compressed, compressed + scales distilled (synthetic inputs; real text as the upper bound)."""
+    """Compressed, compressed + scales distilled (synthetic inputs; real text as the upper bound);
+    the plan's codecs_protocol rows also under the codecs benchmark's protocol."""
 
     plan = QAT_PLANS[name]
     session = Session(name, plan, f"qat-{name}.json", ("codec", "source"))
     loaded, teacher, task, tok, record, done = (session.loaded, session.teacher, session.task, session.tok,
                                                 session.record, session.done)
+    codecs = CodecsProtocol(session) if plan.get("codecs_protocol") else None
 
     def measure(cm) -> dict:
         return session.measure(cm.apply_to(copy.deepcopy(teacher)))
@@ -203,25 +287,60 @@ def run_qat(name: str) -> None:
     if ("original", "-") not in done:
         record({"codec": "original", "source": "-", "metrics": session.measure(teacher)})
     for label, options in plan["codecs"].items():
-        options = dict(options)
         sources = [s for s in plan["sources"] if label in plan["only_for"].get(s, [label])]
-        if all((label, s) in done for s in ["none"] + sources):
+        if label in plan.get("vectors_for", []):
+            sources += [s + VECTORS for s in sources if s != "real"]
+        both = label in plan.get("codecs_protocol", [])
+        specs = {s: codecs_spec(options, None if s == "none" else qat_distill_settings(name, s))
+                 for s in ["none"] + sources} if both else {}
+        if all((label, s) in done and (not both or codecs.has(specs[s])) for s in ["none"] + sources):
             continue
-        start = time.perf_counter()
-        plain = b2s.compress(loaded, options.pop("method"), progress=False, **options)
-        encode_seconds = time.perf_counter() - start
+        plain, encode_seconds = encoded(loaded, name, options)
         size = {"bpw_all": plain.size().bpw_all, "bpw_scope": plain.size().bpw_scope, "bits": plain.size().bits_total}
         if (label, "none") not in done:
             record({"codec": label, "source": "none", "size": size, "encode_seconds": encode_seconds,
                     "metrics": measure(plain)})
+        if both and not codecs.has(specs["none"]):
+            codecs.record(plain, specs["none"], "ours: allocated", encode_seconds,
+                          "one-shot: the encoding its distilled row starts from")
         for source in sources:
-            if (label, source) in done:
+            if (label, source) in done and (not both or codecs.has(specs[source])):
                 continue
-            config, inputs, input_seconds = session.inputs(source)
+            config, inputs, input_seconds = session.inputs(source.removesuffix(VECTORS))
+            config = dataclasses.replace(config, train_vectors=source.endswith(VECTORS))
             distilled, report = distilled_copy(teacher, plain, task, tok, config, inputs, label)
-            record({"codec": label, "source": source, "size": size, "encode_seconds": encode_seconds,
-                    "input_seconds": input_seconds, "distill": report.to_dict(), "metrics": measure(distilled),
-                    "data_free": source != "real"})
+            if (label, source) not in done:
+                record({"codec": label, "source": source, "size": size, "encode_seconds": encode_seconds,
+                        "input_seconds": input_seconds, "distill": report.to_dict(), "metrics": measure(distilled),
+                        "data_free": source != "real"})
+            if both and not codecs.has(specs[source]):
+                codecs.record(distilled, specs[source], "ours: allocated + distilled", encode_seconds + report.seconds,
+                              f"{report.trained} trained, {report.steps} steps "
+                              f"({report.stopped_by}) on {source_label(source)}, held-out loss "
+                              f"{report.held_out_before:.4g} -> {report.held_out_after:.4g}; stored bits as one-shot")
+
+
+def encoded(loaded: b2s.LoadedModel, name: str, options: dict) -> tuple[b2s.CompressedModel, float]:
+    """`loaded` compressed with `options` ({"method": ..., **its options}) and the seconds that took.
+    An allocation (no method: minutes per model) is cached as an artifact under the cache folder
+    (<cache>/qat-encoded/, keyed by model, settings and library version; the seconds in its
+    manifest's sidecar), so that a resumed run or another distillation of it does not encode again."""
+    from big2small.cache import cache_dir
+
+    kwargs = {k: v for k, v in options.items() if k != "method"}
+    key = f"{name}-{codecs_spec(options)}-{b2s.__version__}".replace(":", "_").replace(",", "_").replace("=", "")
+    path = cache_dir() / "qat-encoded" / f"{key}.b2s"
+    seconds_file = path.with_suffix(".seconds")
+    if options["method"] is None and seconds_file.exists():
+        return b2s.load(path), float(seconds_file.read_text())
+    start = time.perf_counter()
+    plain = b2s.compress(loaded, options["method"], progress=options["method"] is None, **kwargs)
+    seconds = time.perf_counter() - start
+    if options["method"] is None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        b2s.save(plain, path, overwrite=True)
+        seconds_file.write_text(f"{seconds:.3f}")  # written last: marks the entry complete
+    return plain, seconds
 
 
 def distilled_copy(teacher, plain, task: str, tokenizer, config: DistillConfig, inputs, label: str):
@@ -321,11 +440,16 @@ def qat_markdown(results: dict[str, dict]) -> str:
              "script's docstring). The scales of every compressed tensor are trained against the original, the",
              "codes re-chosen with them: stored bits identical with and without (checked). Rows marked *data* train",
              "on real text: the upper bound, not data-free. Wall times on a 2-core CPU shared with other sessions",
-             "(upper bounds); input time is 0 when the inputs came from the cache.", ""]
+             "(upper bounds); input time is 0 when the inputs came from the cache.", "",
+             "\"allocated T\": bit allocation at T bits per compressed weight (trellis widths at L=10 per tensor,",
+             "data-free sensitivity: the codecs benchmark's rows), its trellis scales trained with the codes kept",
+             "(\"norm gains and biases trained too\": and the raw 1-D tensors, in fp16 as stored). The same run",
+             "measured them under the codecs benchmark's protocol too (more perplexity windows / documents):",
+             "results/distill/qat-codecs-<model>.json, shown in results/codecs/<model>.md.", ""]
 
     def left(r: dict) -> list[str]:
         return [r["codec"], f"{r['size']['bpw_scope']:.3f}", f"{r['size']['bpw_all']:.3f}",
-                SOURCE_LABEL[r["source"]] if r.get("distill") else "- (compressed only)"]
+                source_label(r["source"]) if r.get("distill") else "- (compressed only)"]
 
     for res in results.values():
         lines += model_table(res, "codec", "", "AdamW on the scales' log-gains",

@@ -16,10 +16,11 @@ def test_compress_with_distill_keeps_every_stored_bit_and_records_the_training(p
     plain, trained, report = tmp_path / "plain.b2s", tmp_path / "trained.b2s", tmp_path / "c.json"
     assert run("compress", peaked_llama_dir, *common, "-o", plain, env=env).returncode == 0
     result = run("compress", peaked_llama_dir, *common, "--distill", "12", "--distill-samples", "24", "--distill-lr", "1e-2",
-                 "-o", trained, "--json", report, env=env)
+                 "--distill-vectors", "-o", trained, "--json", report, env=env)
     assert result.returncode == 0, result.stderr
     data = json.loads(report.read_text())
     assert data["distill"]["steps"] == 12 and data["distill"]["trained"].startswith("scales of")
+    assert "values of" in data["distill"]["trained"] and data["distill"]["config"]["train_vectors"]  # the norms' gains
     assert data["distill"]["held_out_after"] < data["distill"]["held_out_before"]
     assert "distilling" in result.stderr
     before, after = b2s.load(plain), b2s.load(trained)

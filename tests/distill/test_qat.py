@@ -113,6 +113,43 @@ def test_distill_codecs_refuses_tensors_with_nothing_to_train():
                        inputs=_text(teacher))
 
 
+def test_train_vectors_trains_the_raw_norm_gains_in_their_stored_dtype_with_the_same_bits():
+    teacher = peaked_llama()
+    cm = compress(teacher, "uniform", bits=2, group_size=32, min_numel=0, progress=False)
+    names = trainable(cm.tensors, cm.aliases, vectors=True)
+    vectors = [n for n in names if not cm.tensors[n].compressed]
+    assert vectors and all(len(cm.tensors[n].layout.shape) == 1 for n in vectors)
+    assert [n for n in names if cm.tensors[n].compressed] == trainable(cm.tensors, cm.aliases)  # scales as before
+    student, trained = student_of(teacher, cm.tensors, names)
+    inputs = _text(teacher)
+    with torch.no_grad():  # before training, the student is still the compressed model exactly
+        assert torch.equal(student(**inputs).logits, cm.apply_to(copy.deepcopy(teacher))(**inputs).logits)
+    report = distill(teacher, student, inputs, loss_for("causal-lm"), DistillConfig(steps=25, lr=1e-2, **TINY),
+                     progress=False)
+    assert report.held_out_after < report.held_out_before
+    for name in vectors:
+        again = trained[name].retrained()
+        old = cm.tensors[name]
+        assert again.total_bits == old.total_bits and again.tensors["values"].dtype == old.tensors["values"].dtype
+        with torch.no_grad():  # the artifact holds exactly what the trained student computed
+            assert torch.equal(decode(again), _weight_of(student, name))
+    assert any(not torch.equal(trained[n].retrained().tensors["values"], cm.tensors[n].tensors["values"]) for n in vectors)
+
+
+def test_compress_with_distill_and_train_vectors_keeps_every_tensors_bits(tmp_path, monkeypatch):
+    monkeypatch.setenv("BIG2SMALL_CACHE", str(tmp_path / "cache"))
+    teacher = peaked_llama()
+    options = dict(bits=2, group_size=32, min_numel=0, progress=False)
+    plain = compress(teacher, "uniform", **options)
+    cm = compress(teacher, "uniform", distill=DistillConfig(steps=10, lr=1e-2, train_vectors=True, **TINY), **options)
+    assert {n: e.total_bits for n, e in cm.tensors.items()} == {n: e.total_bits for n, e in plain.tensors.items()}
+    assert "scales of" in cm.transforms[-1].trained and "values of" in cm.transforms[-1].trained
+    changed = [n for n, e in cm.tensors.items() if not e.compressed and not torch.equal(e.tensors["values"], plain.tensors[n].tensors["values"])]
+    assert changed and all(len(cm.tensors[n].layout.shape) == 1 for n in changed)  # only vectors were trained
+    with pytest.raises(Big2SmallError, match="train_vectors must be true or false"):
+        DistillConfig(train_vectors="yes").validate()
+
+
 @pytest.mark.parametrize("config", [UniformConfig(bits=3, group_size=32), HyperConfig(bits=6, group_size=32)],
                          ids=lambda c: c.method)
 def test_scales_too_small_grow_back_when_trained_on_the_weight_error(config):

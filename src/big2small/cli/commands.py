@@ -79,6 +79,7 @@ def compress(
     distill_lr: DistillLr = None,
     distill_source: DistillSource = "auto",
     distill_weight_loss: float = typer.Option(0.0, help="--distill: add this times the mean relative squared weight error (||W - W0||^2 / ||W0||^2 per trained tensor) to the distillation loss."),
+    distill_vectors: bool = typer.Option(False, "--distill-vectors", help="--distill: also train the one-dimensional tensors stored raw (normalisation gains, biases), in their stored dtype: no bits added."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the pre-flight report and stop."),
     max_shard_size: MaxShardSize = "5GB",
     overwrite: bool = typer.Option(False, help="Replace an existing output."),
@@ -94,7 +95,7 @@ def compress(
     bpw_over = options.target_over(bpw_over, size_mb)
     distill_config = options.distill_config(distill, samples=distill_samples, seed=distill_seed, seq_len=distill_seq_len,
                                             max_seconds=distill_seconds, source=distill_source,
-                                            weight_loss=distill_weight_loss,
+                                            weight_loss=distill_weight_loss, train_vectors=distill_vectors,
                                             lr=distill_lr if distill_lr is not None else options.codec_lr(method))
     if distill_config is not None and (ray is not None or workers is not None):
         raise Big2SmallError("--distill encodes in this process: leave out --workers and --ray")

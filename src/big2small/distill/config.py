@@ -37,6 +37,8 @@ class DistillConfig(Config):
     image_size: side of the synthetic images (pixels; None: the task's example input's).
     weight_loss: compress --distill only: this times the mean relative squared weight error
         (||W - W0||^2 / ||W0||^2 per trained tensor) is added to the distillation loss (0: none).
+    train_vectors: compress --distill only: also train the one-dimensional floating tensors stored
+        raw (normalisation gains, biases), rounded to their storage dtype as stored: no bits added.
     """
 
     version: ClassVar[int] = 1
@@ -56,6 +58,7 @@ class DistillConfig(Config):
     inversion_lr: float = 0.1
     image_size: int | None = None
     weight_loss: float = 0.0
+    train_vectors: bool = False
 
     def validate(self) -> None:
         if self.steps < 0 or self.samples < 1 or self.held_out < 0 or self.held_out >= self.samples:
@@ -71,5 +74,7 @@ class DistillConfig(Config):
             raise Big2SmallError("greedy_tokens and inversion_steps must be >= 0, temperature and inversion_lr > 0")
         if not (isinstance(self.weight_loss, (int, float)) and 0 <= self.weight_loss < float("inf")):
             raise Big2SmallError(f"weight_loss must be a number >= 0, got {self.weight_loss!r}")
+        if not isinstance(self.train_vectors, bool):
+            raise Big2SmallError(f"train_vectors must be true or false, got {self.train_vectors!r}")
         if self.image_size is not None and self.image_size < 1:
             raise Big2SmallError(f"image_size must be >= 1, got {self.image_size}")

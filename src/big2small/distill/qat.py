@@ -13,6 +13,10 @@ optionally with the weight error as a regulariser (`DistillConfig.weight_loss`).
 tensor is stored with what was trained (`Generator.train_encode`): the same codec, config and stored
 bits, and what it decodes to is exactly what the trained student computed.
 
+With `DistillConfig.train_vectors`, the one-dimensional tensors stored raw (normalisation gains,
+biases) are trained too, by the same path: the raw codec trains its values, rounded to their storage
+dtype (generators.raw), so the stored bits stay the same.
+
 Tensors tied to another (an embedding shared with the LM head) are not trained.
 """
 
@@ -70,11 +74,17 @@ def nothing_to_train(methods: list[str]) -> Big2SmallError:
                           f"{', '.join(sorted(set(methods))) or 'none'}")
 
 
-def trainable(tensors: dict[str, Encoded], aliases: dict[str, str]) -> list[str]:
-    """The stored tensors distillation can train: a codec that trains their config, not tied."""
+def trainable(tensors: dict[str, Encoded], aliases: dict[str, str], *, vectors: bool = False) -> list[str]:
+    """The stored tensors distillation can train: a codec that trains their config, not tied; the
+    compressed tensors, and with `vectors` the one-dimensional floating tensors stored raw too
+    (normalisation gains, biases: DistillConfig.train_vectors)."""
     tied = set(aliases.values())
+
+    def wanted(enc: Encoded) -> bool:
+        return enc.compressed or (vectors and len(enc.layout.shape) == 1 and enc.dtype.is_floating_point)
+
     return [name for name, enc in tensors.items()
-            if enc.compressed and type(generator_for(enc.config)).trains(enc.config) and name not in tied]
+            if wanted(enc) and type(generator_for(enc.config)).trains(enc.config) and name not in tied]
 
 
 def student_of(model: nn.Module, tensors: dict[str, Encoded], names: list[str]) -> tuple[nn.Module, dict[str, TrainedCodec]]:
@@ -111,8 +121,8 @@ def distill_codecs(teacher: nn.Module, model: nn.Module, tensors: dict[str, Enco
     text, which is then not data-free), with `config.weight_loss` times the mean relative weight
     error added to the loss; returns the tensors stored with what was trained (the others
     unchanged) and what distillation did."""
-    names = trainable(tensors, aliases)
-    if not names:
+    names = trainable(tensors, aliases, vectors=config.train_vectors)
+    if not any(tensors[name].compressed for name in names):
         raise nothing_to_train([enc.method for enc in tensors.values() if enc.compressed])
     student, trained = student_of(model, tensors, names)
 

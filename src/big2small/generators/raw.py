@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from big2small.errors import Big2SmallError
 from big2small.generators.base import DTYPE_BITS, ArrayForm, Encoded, Generator, GeneratorConfig, register
+from big2small.generators.straight_through import straight_through
 from big2small.layout import MatrixLayout
 
 STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -46,6 +47,25 @@ class RawGenerator(Generator):
             method=self.config.method, config=self.config, layout=layout, dtype=weight.dtype,
             tensors={"values": stored}, bits={"values": stored.numel() * stored.element_size() * 8},
         )
+
+    # Quantisation-aware distillation (big2small.distill.qat) may also train tensors stored raw
+    # (DistillConfig.train_vectors: normalisation gains and biases): their values, rounded to the
+    # storage dtype on every forward pass with straight-through gradients, stored back in it.
+    trainable = "values"
+
+    def train_start(self, matrix: torch.Tensor, enc: Encoded) -> dict[str, torch.Tensor]:
+        """The stored values (fp32 matrix view): training starts from what the artifact holds."""
+        return {"raw": self.decode_matrix(enc).clone()}
+
+    def train_decode(self, matrix: torch.Tensor, enc: Encoded, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The values rounded to the storage dtype (fp32), gradients straight through."""
+        values = params["raw"]
+        return straight_through(values, values.detach().to(enc.tensors["values"].dtype).float())
+
+    def train_encode(self, matrix: torch.Tensor, enc: Encoded, params: dict[str, torch.Tensor]) -> Encoded:
+        """`enc` holding the trained values in its storage dtype: the same bits."""
+        stored = enc.layout.from_matrix(params["raw"].detach()).to(enc.tensors["values"].dtype).contiguous()
+        return replace(enc, tensors={"values": stored})
 
     def encode_matrix(self, matrix, layout, *, seed):  # pragma: no cover - encode is overridden
         raise NotImplementedError
