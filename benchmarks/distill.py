@@ -60,11 +60,13 @@ METRIC = {"causal-lm": "perplexity", "encoder": "mean_cosine"}
 # original and the folded rows are re-measured under it, so every row of a table is comparable).
 PLANS = {
     "minilm": {"sparsities": [0.2, 0.3], "fold": {"norm_repair": "lsq", "repair": "naive", "n_init": 3},
+               "calibrated": {"selection": "activation", "norm_repair": "sequential", "repair": "naive"},
                "sources": ["smollm2", "random", "real"], "only_at": {"random": [0.2], "real": [0.2]},
                "eval": {"documents": 100},
                "distill": {"steps": 150, "samples": 136, "held_out": 8, "batch_size": 8, "seq_len": 64, "lr": 1e-4,
                            "max_seconds": 360.0}},
     "smollm2": {"sparsities": [0.1, 0.2, 0.3], "fold": {"repair": "naive", "n_init": 3},
+                "calibrated": {"selection": "activation", "norm_repair": "sequential", "repair": "naive"},
                 "sources": ["self", "real"], "only_at": {"real": [0.2]},
                 "eval": {"windows": 5},
                 "distill": {"steps": 60, "samples": 72, "held_out": 8, "batch_size": 4, "seq_len": 64, "lr": 5e-5,
@@ -167,6 +169,8 @@ def run_model(name: str) -> None:
     if ("original", 0.0) not in done:
         record({"method": "original", "sparsity_target": 0.0, "sparsity": 0.0, "metrics": measure(teacher)})
     for sparsity in plan["sparsities"]:
+        run_calibrated(session, sparsity)
+    for sparsity in plan["sparsities"]:
         # Some sources only at the targets listed in only_at (the rows are slow).
         sources = [s for s in plan["sources"] if sparsity in plan["only_at"].get(s, [sparsity])]
         methods = ["fold"] + [f"fold+distill-{s}" for s in sources]
@@ -187,6 +191,31 @@ def run_model(name: str) -> None:
                     "fold_seconds": folded.seconds, "input_seconds": input_seconds, "distill": report.to_dict(),
                     "metrics": measure(student), "data_free": source != "real"})
             del student
+
+
+def run_calibrated(session: Session, sparsity: float) -> None:
+    """The calibrated fold (activation-aware selection and sequential refit on the teacher's own
+    synthetic inputs, folding/reconstruct.py; data-free), then distilled on the same inputs: rows
+    "calibrated" and "calibrated+distill-<source>". The fold sees the training inputs only, never
+    the held-out ones."""
+    plan, source = session.plan, session.plan["sources"][0]  # the model's own synthetic route
+    methods = ["calibrated", f"calibrated+distill-{source}"]
+    if all((m, sparsity) in session.done for m in methods):
+        return
+    config, inputs, input_seconds = session.inputs(source)
+    calibration = {k: v[:config.samples - config.held_out] for k, v in inputs.items()}
+    folded = fold(session.teacher, FoldConfig(sparsity=sparsity, seed=0, **plan["calibrated"]), calibration=calibration,
+                  progress=True)
+    if (methods[0], sparsity) not in session.done:
+        session.record({"method": methods[0], "sparsity_target": sparsity, "sparsity": folded.sparsity,
+                        "fold_seconds": folded.seconds, "input_seconds": input_seconds,
+                        "metrics": session.measure(folded.model), "data_free": True})
+    if (methods[1], sparsity) not in session.done:
+        student = folded.model
+        report = distill(session.teacher, student, inputs, loss_for(session.task), config, progress=True)
+        session.record({"method": methods[1], "sparsity_target": sparsity, "sparsity": folded.sparsity,
+                        "fold_seconds": folded.seconds, "input_seconds": input_seconds, "distill": report.to_dict(),
+                        "metrics": session.measure(student), "data_free": True})
 
 
 def run_qat(name: str) -> None:
@@ -371,17 +400,21 @@ def markdown(results: dict[str, dict]) -> str:
         extra = "lee50_pearson" if res["task"] == "encoder" else None
         original = next(r for r in rows if r["method"] == "original")
         fold_settings = " Fold: " + ", ".join(f"{k}={v}" for k, v in res["plan"]["fold"].items()) + "."
+        if res["plan"].get("calibrated"):
+            fold_settings += (" Calibrated fold (on the distillation's training inputs): "
+                              + ", ".join(f"{k}={v}" for k, v in res["plan"]["calibrated"].items()) + ".")
         lines += section(name, res, original, metric, extra, fold_settings, "AdamW")
         header = ["target", "params removed", "method", "inputs"] + quality_header(metric, extra) + \
                  ["held-out loss before -> after", "steps", "fold (s)", "inputs (s)", "distill (s)"]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        order = ["fold"] + [f"fold+distill-{s}" for s in SOURCE_LABEL]  # no distillation, synthetic routes, real text
+        # no distillation, synthetic routes, real text; the calibrated fold last
+        order = [f"{v}{s}" for v in ("fold", "calibrated") for s in [""] + [f"+distill-{s}" for s in SOURCE_LABEL]]
         for r in sorted(rows, key=lambda r: (r["sparsity_target"], order.index(r["method"]) if r["method"] in order else -1)):
             if r["method"] == "original":
                 continue
             d = r.get("distill")
-            source = r["method"].removeprefix("fold+distill-") if d else None
-            cells = [f"{r['sparsity_target']:.0%}", f"{r['sparsity']:.1%}", "fold" if not d else "fold + distill",
+            variant, _, source = r["method"].partition("+distill-")
+            cells = [f"{r['sparsity_target']:.0%}", f"{r['sparsity']:.1%}", variant + (" + distill" if d else ""),
                      SOURCE_LABEL[source] if d else "-"] + quality_cells(r, original, metric, extra)
             cells += [f"{d['held_out_before']:.4g} -> {d['held_out_after']:.4g}" if d else "-",
                       f"{d['steps']} ({d['stopped_by']})" if d else "-", f"{r['fold_seconds']:.0f}",
@@ -395,12 +428,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(PLANS))
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a loaded 2-core CPU).")
+    parser.add_argument("--sparsities", default=None, help="Only these targets of the fold plans (e.g. 0.2,0.3).")
     parser.add_argument("--replot", action="store_true", help="Only rebuild the table from the JSON files.")
     parser.add_argument("--qat", action="store_true", help="Run the quantisation-aware distillation rows instead.")
     parser.add_argument("--layers", action="store_true", help="Run the fewer-layers rows instead.")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     OUT.mkdir(parents=True, exist_ok=True)
+    if args.sparsities:
+        for plan in PLANS.values():
+            plan["sparsities"] = [s for s in plan["sparsities"] if s in {float(x) for x in args.sparsities.split(",")}]
     for name in args.models.split(",") if not args.replot else []:
         run_qat(name) if args.qat else run_layers(name) if args.layers else run_model(name)
     results = {name: json.loads((OUT / f"{name}.json").read_text()) for name in PLANS if (OUT / f"{name}.json").exists()}
