@@ -10,6 +10,9 @@ benchmarks/results/fold/fold.md), then measured:
 - distilled on real text, as the upper bound of what the inputs could give (NOT data-free): 128-token
   windows of the second half of the Wikipedia extract, disjoint from the perplexity windows (its
   first 20 x 512 tokens) and from MiniLM's evaluation documents (lee_background).
+- calibrated (rows "calibrated", "calibrated + distill"): folded with activation-aware selection and
+  the sequential refit on the model's own synthetic inputs (folding/reconstruct.py; data-free: the
+  distillation's training inputs, never its held-out ones), then distilled on the same inputs.
 Every distillation run has the same budget (steps, batch, sequence length, learning rate: in the
 table and the JSON) and is seeded; metrics are the fold benchmark's (SmolLM2 perplexity, 20
 windows of 512 tokens; MiniLM mean cosine to the original on 300 documents and Lee-50 Pearson).
@@ -28,7 +31,7 @@ on synthetic inputs (weights trained, the fold plans' budgets).
 Writes benchmarks/results/distill/{<model>.json, distill.md, qat-<model>.json, qat.md,
 layers-<model>.json, layers.md}; rows already in a JSON are kept, so an interrupted run resumes. Wall times were measured on a 2-core CPU shared with other
 work: they are upper bounds of what the machine alone would take.
-Run: `nice python benchmarks/distill.py [--models minilm,smollm2] [--qat | --layers] [--replot]`.
+Run: `nice python benchmarks/distill.py [--models minilm,smollm2] [--sparsities 0.2,0.3] [--qat | --layers] [--replot]`.
 """
 
 from __future__ import annotations
