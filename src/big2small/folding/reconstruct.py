@@ -39,7 +39,7 @@ BATCH = 8  # sequences per block forward
 
 # fold_group(group, k, scores) narrows the student's group to k units (scores: per unit, None
 # unless selection is "activation") and returns the kept-unit mask when it pruned, None when it merged.
-FoldGroup = Callable[[CouplingGroup, int, "torch.Tensor | None"], "torch.Tensor | None"]
+FoldOne = Callable[[CouplingGroup, int, "torch.Tensor | None"], "torch.Tensor | None"]
 
 
 class _Stop(Exception):
@@ -110,7 +110,7 @@ def unit_scores(consumer: nn.Linear, inputs: torch.Tensor, n: int) -> torch.Tens
 
 @torch.no_grad()
 def sequential_fold(teacher: nn.Module, student: nn.Module, groups: list[CouplingGroup], keep: dict[str, int],
-                    inputs: dict[str, torch.Tensor], fold_group: FoldGroup, *, scores: bool, refit: bool,
+                    inputs: dict[str, torch.Tensor], fold_group: FoldOne, *, scores: bool, refit: bool,
                     progress: bool = True) -> None:
     """Fold `student` (a copy of `teacher`, changed in place) block by block on `inputs` (the
     teacher's synthetic inputs: {"input_ids", "attention_mask"}, [N, T]); module docstring."""
