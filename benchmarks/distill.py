@@ -10,6 +10,9 @@ benchmarks/results/fold/fold.md), then measured:
 - distilled on real text, as the upper bound of what the inputs could give (NOT data-free): 128-token
   windows of the second half of the Wikipedia extract, disjoint from the perplexity windows (its
   first 20 x 512 tokens) and from MiniLM's evaluation documents (lee_background).
+- calibrated (rows "calibrated", "calibrated + distill"): folded with activation-aware selection and
+  the sequential refit on the model's own synthetic inputs (folding/reconstruct.py; data-free: the
+  distillation's training inputs, never its held-out ones), then distilled on the same inputs.
 Every distillation run has the same budget (steps, batch, sequence length, learning rate: in the
 table and the JSON) and is seeded; metrics are the fold benchmark's (SmolLM2 perplexity, 20
 windows of 512 tokens; MiniLM mean cosine to the original on 300 documents and Lee-50 Pearson).
@@ -33,7 +36,7 @@ on synthetic inputs (weights trained, the fold plans' budgets).
 Writes benchmarks/results/distill/{<model>.json, distill.md, qat-<model>.json, qat.md,
 layers-<model>.json, layers.md}; rows already in a JSON are kept, so an interrupted run resumes. Wall times were measured on a 2-core CPU shared with other
 work: they are upper bounds of what the machine alone would take.
-Run: `nice python benchmarks/distill.py [--models minilm,smollm2] [--qat | --layers] [--replot]`.
+Run: `nice python benchmarks/distill.py [--models minilm,smollm2] [--sparsities 0.2,0.3] [--qat | --layers] [--replot]`.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ from big2small.folding import FoldConfig, fold
 from big2small.models.tasks import evaluate, get_task, reference_outputs
 
 OUT = Path(__file__).resolve().parent / "results" / "distill"
+ONLY: set[float] = set()  # --sparsities: run only these targets of the fold plans (empty: all)
 METRIC = {"causal-lm": "perplexity", "encoder": "mean_cosine"}
 # Budgets sized for a 2-core CPU shared with three other sessions (load 9-12): one thread (faster
 # than two under that contention), 64-token sequences, a step and a time budget per run, and a
@@ -65,11 +69,15 @@ METRIC = {"causal-lm": "perplexity", "encoder": "mean_cosine"}
 # original and the folded rows are re-measured under it, so every row of a table is comparable).
 PLANS = {
     "minilm": {"sparsities": [0.2, 0.3], "fold": {"norm_repair": "lsq", "repair": "naive", "n_init": 3},
+               "calibrated": {"selection": "activation", "norm_repair": "sequential", "repair": "naive"},
+               "calibrated_sparsities": [0.1, 0.2, 0.3],
                "sources": ["smollm2", "random", "real"], "only_at": {"random": [0.2], "real": [0.2]},
                "eval": {"documents": 100},
                "distill": {"steps": 150, "samples": 136, "held_out": 8, "batch_size": 8, "seq_len": 64, "lr": 1e-4,
                            "max_seconds": 360.0}},
     "smollm2": {"sparsities": [0.1, 0.2, 0.3], "fold": {"repair": "naive", "n_init": 3},
+                "calibrated": {"selection": "activation", "norm_repair": "sequential", "repair": "naive"},
+                "calibrated_sparsities": [0.1, 0.2, 0.3],
                 "sources": ["self", "real"], "only_at": {"real": [0.2]},
                 "eval": {"windows": 5},
                 "distill": {"steps": 60, "samples": 72, "held_out": 8, "batch_size": 4, "seq_len": 64, "lr": 5e-5,
@@ -178,7 +186,10 @@ def run_model(name: str) -> None:
     teacher, task, measure, record, done = session.teacher, session.task, session.measure, session.record, session.done
     if ("original", 0.0) not in done:
         record({"method": "original", "sparsity_target": 0.0, "sparsity": 0.0, "metrics": measure(teacher)})
-    for sparsity in plan["sparsities"]:
+    for sparsity in plan.get("calibrated_sparsities", []):
+        if not ONLY or sparsity in ONLY:
+            run_calibrated(session, sparsity)
+    for sparsity in [s for s in plan["sparsities"] if not ONLY or s in ONLY]:
         # Some sources only at the targets listed in only_at (the rows are slow).
         sources = [s for s in plan["sources"] if sparsity in plan["only_at"].get(s, [sparsity])]
         methods = ["fold"] + [f"fold+distill-{s}" for s in sources]
@@ -269,6 +280,31 @@ class CodecsProtocol:
 
     def _write(self) -> None:
         self.path.write_text(json.dumps(self.data, indent=1))
+
+
+def run_calibrated(session: Session, sparsity: float) -> None:
+    """The calibrated fold (activation-aware selection and sequential refit on the teacher's own
+    synthetic inputs, folding/reconstruct.py; data-free), then distilled on the same inputs: rows
+    "calibrated" and "calibrated+distill-<source>". The fold sees the training inputs only, never
+    the held-out ones."""
+    plan, source = session.plan, session.plan["sources"][0]  # the model's own synthetic route
+    methods = ["calibrated", f"calibrated+distill-{source}"]
+    if all((m, sparsity) in session.done for m in methods):
+        return
+    config, inputs, input_seconds = session.inputs(source)
+    calibration = {k: v[:config.samples - config.held_out] for k, v in inputs.items()}
+    folded = fold(session.teacher, FoldConfig(sparsity=sparsity, seed=0, **plan["calibrated"]), calibration=calibration,
+                  progress=True)
+    if (methods[0], sparsity) not in session.done:
+        session.record({"method": methods[0], "sparsity_target": sparsity, "sparsity": folded.sparsity,
+                        "fold_seconds": folded.seconds, "input_seconds": input_seconds,
+                        "metrics": session.measure(folded.model), "data_free": True})
+    if (methods[1], sparsity) not in session.done:
+        student = folded.model
+        report = distill(session.teacher, student, inputs, loss_for(session.task), config, progress=True)
+        session.record({"method": methods[1], "sparsity_target": sparsity, "sparsity": folded.sparsity,
+                        "fold_seconds": folded.seconds, "input_seconds": input_seconds, "distill": report.to_dict(),
+                        "metrics": session.measure(student), "data_free": True})
 
 
 def run_qat(name: str) -> None:
@@ -489,23 +525,29 @@ def markdown(results: dict[str, dict]) -> str:
              "docstring). Rows marked *data* train on real text: the upper bound, not data-free. Wall times on a",
              "2-core CPU shared with other work (upper bounds); input time is 0 when the inputs came from the cache.",
              "The held-out loss is measured on held-out inputs of the row's own source, so it compares before and",
-             "after within a row, not across rows.", ""]
+             "after within a row, not across rows. Calibrated rows: activation-aware selection and the sequential",
+             "refit on the model's own synthetic inputs (docs/folding.md#sequential-reconstruction; data-free); their",
+             "fold time includes the passes over those inputs.", ""]
     for name, res in results.items():
         metric, rows = METRIC[res["task"]], res["rows"]
         extra = "lee50_pearson" if res["task"] == "encoder" else None
         original = next(r for r in rows if r["method"] == "original")
         fold_settings = " Fold: " + ", ".join(f"{k}={v}" for k, v in res["plan"]["fold"].items()) + "."
+        if res["plan"].get("calibrated"):
+            fold_settings += (" Calibrated fold (on the distillation's training inputs): "
+                              + ", ".join(f"{k}={v}" for k, v in res["plan"]["calibrated"].items()) + ".")
         lines += section(name, res, original, metric, extra, fold_settings, "AdamW")
         header = ["target", "params removed", "method", "inputs"] + quality_header(metric, extra) + \
                  ["held-out loss before -> after", "steps", "fold (s)", "inputs (s)", "distill (s)"]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        order = ["fold"] + [f"fold+distill-{s}" for s in SOURCE_LABEL]  # no distillation, synthetic routes, real text
+        # no distillation, synthetic routes, real text; the calibrated fold last
+        order = [f"{v}{s}" for v in ("fold", "calibrated") for s in [""] + [f"+distill-{s}" for s in SOURCE_LABEL]]
         for r in sorted(rows, key=lambda r: (r["sparsity_target"], order.index(r["method"]) if r["method"] in order else -1)):
             if r["method"] == "original":
                 continue
             d = r.get("distill")
-            source = r["method"].removeprefix("fold+distill-") if d else None
-            cells = [f"{r['sparsity_target']:.0%}", f"{r['sparsity']:.1%}", "fold" if not d else "fold + distill",
+            variant, _, source = r["method"].partition("+distill-")
+            cells = [f"{r['sparsity_target']:.0%}", f"{r['sparsity']:.1%}", variant + (" + distill" if d else ""),
                      SOURCE_LABEL[source] if d else "-"] + quality_cells(r, original, metric, extra)
             cells += [f"{d['held_out_before']:.4g} -> {d['held_out_after']:.4g}" if d else "-",
                       f"{d['steps']} ({d['stopped_by']})" if d else "-", f"{r['fold_seconds']:.0f}",
@@ -519,12 +561,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(PLANS))
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a loaded 2-core CPU).")
+    parser.add_argument("--sparsities", default=None, help="Only these targets of the fold plans (e.g. 0.2,0.3).")
     parser.add_argument("--replot", action="store_true", help="Only rebuild the table from the JSON files.")
     parser.add_argument("--qat", action="store_true", help="Run the quantisation-aware distillation rows instead.")
     parser.add_argument("--layers", action="store_true", help="Run the fewer-layers rows instead.")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     OUT.mkdir(parents=True, exist_ok=True)
+    if args.sparsities:  # the plans (recorded in the JSON) stay whole; only these targets run
+        ONLY.update(float(x) for x in args.sparsities.split(","))
     for name in args.models.split(",") if not args.replot else []:
         run_qat(name) if args.qat else run_layers(name) if args.layers else run_model(name)
     results = {name: json.loads((OUT / f"{name}.json").read_text()) for name in PLANS if (OUT / f"{name}.json").exists()}

@@ -127,3 +127,16 @@ def test_a_distill_source_that_cannot_apply_is_refused_before_folding(llama_dir,
     result = run("fold", llama_dir, "--distill", "5", "--distill-source", "inversion", "-o", tmp_path / "x.b2s")
     assert_one_line_error(result, "does not apply to a causal-lm model (it reads tokens, not images); use self or random")
     assert "folding" not in result.stderr and not (tmp_path / "x.b2s").exists()
+
+
+def test_activation_selection_and_sequential_repair_run_from_the_cli(llama_dir, tmp_path):
+    env = {"BIG2SMALL_CACHE": str(tmp_path / "cache")}
+    report = tmp_path / "fold.json"
+    result = run("fold", llama_dir, "--sparsity", "0.2", "--prune", "activation", "--norm-repair", "sequential",
+                 "--distill-source", "random", "--distill-samples", "16", "--distill-seq-len", "16",
+                 "-o", tmp_path / "x.b2s", "--json", report, env=env)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(report.read_text())["fold"]
+    assert data["sparsity"] >= 0.2 and data["data_free"]
+    assert (data["config"]["selection"], data["config"]["norm_repair"]) == ("activation", "sequential")
+    assert "reconstructing blocks" in result.stderr  # progress on stderr

@@ -317,12 +317,12 @@ def fold(
     ratio: Optional[float] = typer.Option(None, help="Fold ratio r of every group instead (k = floor(n (1 - r)) units kept)."),
     allocation: str = typer.Option("cost", help="cost (units removed where merging loses least, per parameter saved) or uniform (one ratio for every group)."),
     repair: str = typer.Option("ar", help="ar (data-free variance repair), naive (none) or data (BatchNorm statistics re-estimated on real inputs; not data-free)."),
-    prune: Optional[str] = typer.Option(None, help="l1 or l2: structured magnitude pruning of the same groups instead of folding (the baseline)."),
+    prune: Optional[str] = typer.Option(None, help="l1 or l2: structured magnitude pruning of the same groups instead of folding (the baseline); activation (transformers): keep the units that write the most into the residual stream on the model's synthetic inputs."),
     group_ratio: list[str] = typer.Option([], "--group-ratio", help="PATTERN=R: fold ratio of the groups whose name matches (repeatable)."),
     skip: list[str] = typer.Option([], "--skip", help="PATTERN: never fold matching groups (repeatable)."),
     mlp: bool = typer.Option(True, "--mlp/--no-mlp", help="Transformers: fold MLP units."),
     attention: bool = typer.Option(True, "--attention/--no-attention", help="Transformers: fold attention heads."),
-    norm_repair: str = typer.Option("none", help="Groups without BatchNorm (transformer MLPs): none, lsq (refit the output by least squares on synthetic inputs; data-free) or scale_rows (AR factor on merged rows)."),
+    norm_repair: str = typer.Option("none", help="Groups without BatchNorm (transformer MLPs): none, lsq (refit the output by least squares on synthetic inputs; data-free), scale_rows (AR factor on merged rows) or sequential (refit each folded MLP/attention output block by block on the model's own hidden states for its synthetic inputs, the --distill-samples/-seq-len/-source ones; data-free)."),
     multiple_of: int = typer.Option(1, help="Keep a multiple of this many units per group."),
     seed: int = typer.Option(0, help="k-means seed."),
     then: Optional[str] = typer.Option(None, "--then", help="METHOD:k=v,...: compress the folded tensors too, e.g. uniform:bits=4,group_size=128."),
@@ -357,10 +357,12 @@ def fold(
                         ratios=ratios, skip=list(skip), selection=prune or "fold", repair=repair, norm_repair=norm_repair,
                         fold_mlp=mlp, fold_attention=attention, multiple_of=multiple_of, seed=seed)
     config.validate()
-    distill_config = options.distill_config(distill, samples=distill_samples, seed=distill_seed, seq_len=distill_seq_len,
-                                            max_seconds=distill_seconds, source=distill_source,
-                                            image_size=distill_image_size, inversion_steps=distill_inversion_steps,
-                                            lr=distill_lr if distill_lr is not None else options.WEIGHT_LR)
+    # The synthetic inputs serve distillation and the calibrated selection / repair (config.needs_calibration).
+    inputs_config = options.distill_config(distill, samples=distill_samples, seed=distill_seed, seq_len=distill_seq_len,
+                                           max_seconds=distill_seconds, source=distill_source, always=config.needs_calibration,
+                                           image_size=distill_image_size, inversion_steps=distill_inversion_steps,
+                                           lr=distill_lr if distill_lr is not None else options.WEIGHT_LR)
+    distill_config = inputs_config if distill else None
     recipe = options.then_recipe(then, raw_dtype)
     out = render.Output(json_out)
     render.notes.print(f"loading {model} ...")
@@ -374,10 +376,16 @@ def fold(
         return
     task = get_task(loaded.source.task, loaded.source.architecture)
     data = task.calibration_batches() if repair == "data" else None
-    if distill_config is not None:  # refuse a source that cannot apply before folding, not after
-        from big2small.distill import distill_student, resolve_source
-        resolve_source(loaded.model, task.name, distill_config.source)
-    result = fold_model(loaded.model, config, data=data, example_input=task.example_input(loaded.model))
+    calibration = None
+    if inputs_config is not None:  # refuse a source that cannot apply before folding, not after
+        from big2small.distill import distill_student, resolve_source, synthetic_inputs
+        resolve_source(loaded.model, task.name, inputs_config.source)
+        if config.needs_calibration:  # all but the inputs distillation holds out
+            inputs = synthetic_inputs(loaded.model, task.name, loaded.tokenizer, inputs_config,
+                                      example_input=task.example_input(loaded.model))
+            calibration = {k: v[:inputs_config.samples - inputs_config.held_out] for k, v in inputs.items()}
+    result = fold_model(loaded.model, config, data=data, example_input=task.example_input(loaded.model),
+                        calibration=calibration)
     distilled = None
     if distill_config is not None:
         distilled = distill_student(loaded.model, result.model, task=task.name, tokenizer=loaded.tokenizer,

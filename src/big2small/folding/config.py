@@ -10,10 +10,10 @@ from typing import ClassVar
 from big2small.config import TransformConfig
 from big2small.errors import Big2SmallError
 
-SELECTIONS = ("fold", "l1", "l2")
+SELECTIONS = ("fold", "l1", "l2", "activation")
 REPAIRS = ("ar", "naive", "data")
 SCALINGS = ("robust", "none")
-NORM_REPAIRS = ("none", "scale_rows", "lsq")
+NORM_REPAIRS = ("none", "scale_rows", "lsq", "sequential")
 
 
 @dataclass
@@ -28,14 +28,18 @@ class FoldConfig(TransformConfig):
     ratios: group-name regex -> r, overriding the above for matching groups (first match wins).
     skip: group-name regexes never folded.
     selection: "fold" (k-means, merge) or "l1"/"l2" (structured magnitude pruning of the same
-        groups: the baseline).
+        groups: the baseline), or "activation" (transformers: pruning that keeps the units writing
+        the most into the residual stream on the teacher's synthetic inputs, folding/reconstruct.py).
     repair: "ar" (data-free variance repair, BatchNorm fused first), "naive" (none) or "data"
         (BatchNorm statistics re-estimated on real inputs: not data-free).
     feature_scaling: "robust" (per-feature median/IQR) or "none"; None picks robust for "ar".
     norm_repair: for groups without BatchNorm (transformer MLPs): "scale_rows" multiplies each
         merged producer row by the AR factor from that matrix's own row cosines (docs/folding.md#repair-without-batchnorm);
         "lsq" refits the merged MLP's output columns by least squares on synthetic inputs drawn
-        through the preceding norm's own weights (our design; data-free; see folding/lsq_repair.py).
+        through the preceding norm's own weights (our design; data-free; see folding/lsq_repair.py);
+        "sequential" refits every folded group's consumer (MLP output, attention output) block by
+        block on the teacher's own hidden states for its synthetic inputs (folding/reconstruct.py).
+        "activation" and "sequential" need those inputs (fold(..., calibration=)).
     ar_features: which unscaled, BatchNorm-fused features give Fold-AR's mean cosine per cluster:
         "producers" (the rows that make each channel: the quantity the variance argument needs) or
         "all" (producers and consumer columns: the clustering features; docs/folding.md#fold-ar).
@@ -87,6 +91,11 @@ class FoldConfig(TransformConfig):
                 re.compile(pattern)
             except re.error as exc:
                 raise Big2SmallError(f"bad group pattern {pattern!r}: {exc}") from None
+
+    @property
+    def needs_calibration(self) -> bool:
+        """Whether folding runs the model on the teacher's synthetic inputs (folding/reconstruct.py)."""
+        return self.selection == "activation" or self.norm_repair == "sequential"
 
     @property
     def scaling(self) -> str:

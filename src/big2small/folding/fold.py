@@ -30,6 +30,7 @@ from big2small.folding.allocation import widths
 from big2small.folding.config import FoldConfig
 from big2small.folding.kmeans import kmeans
 from big2small.folding.lsq_repair import mlp_hidden, refit_output, sample_count, synthetic_inputs
+from big2small.folding.reconstruct import sequential_fold
 from big2small.progress import progress_bar
 from big2small.training import recalibrate_batchnorm
 from big2small.transforms import CouplingGroup, Member, apply, find_groups, named_tensor, select
@@ -80,10 +81,13 @@ class FoldResult:
 
 
 def fold(model: nn.Module, config: FoldConfig | None = None, *, data: Iterable[torch.Tensor] | None = None,
-         example_input: Any = None, progress: bool = True) -> FoldResult:
+         example_input: Any = None, calibration: dict[str, torch.Tensor] | None = None,
+         progress: bool = True) -> FoldResult:
     """Fold (or prune) a copy of `model`; the input model is left untouched.
 
     data: input batches for repair="data" (BatchNorm statistics re-estimated on them).
+    calibration: the teacher's synthetic inputs ({"input_ids", "attention_mask"} [N, T], e.g.
+        big2small.distill.synthetic_inputs) for selection "activation" and norm_repair "sequential".
     example_input: one input (tensor or dict of tensors) to count MACs before and after.
     Raises Big2SmallError when nothing can be folded, the target cannot be met, or options clash.
     """
@@ -91,6 +95,10 @@ def fold(model: nn.Module, config: FoldConfig | None = None, *, data: Iterable[t
     config.validate()
     if config.repair == "data" and data is None:
         raise Big2SmallError("repair 'data' re-estimates BatchNorm statistics: it needs input batches")
+    if config.needs_calibration and calibration is None:
+        raise Big2SmallError("selection 'activation' and norm_repair 'sequential' run the model on its synthetic "
+                             "inputs: use `big2small fold`, or pass fold(..., calibration=synthetic inputs)")
+    teacher = model
     start = time.perf_counter()
     model = copy.deepcopy(model).eval()
     _check_finite(model)
@@ -116,15 +124,19 @@ def fold(model: nn.Module, config: FoldConfig | None = None, *, data: Iterable[t
         for g in groups:
             if keep[g.name] < g.size:
                 _fuse_batchnorm(modules, g)
-    results = []
-    with progress_bar("folding" if config.selection == "fold" else f"pruning ({config.selection})",
-                      total=len(groups), enabled=progress) as advance:
-        for g in groups:
-            n, k = g.size, keep[g.name]
-            if k < n:
-                _fold_group(model, modules, g, k, config)
-            results.append(GroupResult(g.name, g.kind, n, k))
-            advance(1)
+    results = [GroupResult(g.name, g.kind, g.size, keep[g.name]) for g in groups]
+    if config.needs_calibration:
+        sequential_fold(teacher, model, groups, keep, calibration,
+                        lambda g, k, scores: _fold_group(model, modules, g, k, config, scores),
+                        scores=config.selection == "activation", refit=config.norm_repair == "sequential",
+                        progress=progress)
+    else:
+        with progress_bar("folding" if config.selection == "fold" else f"pruning ({config.selection})",
+                          total=len(groups), enabled=progress) as advance:
+            for g in groups:
+                if keep[g.name] < g.size:
+                    _fold_group(model, modules, g, keep[g.name], config)
+                advance(1)
     if config.repair == "data":
         if recalibrate_batchnorm(model, data) == 0:
             raise Big2SmallError("repair 'data' re-estimates BatchNorm statistics, and this model has none")
@@ -198,15 +210,22 @@ def _largest_units(modules: dict[str, nn.Module], group: CouplingGroup, k: int, 
     """keep [n] (bool): the k units whose producer weights have the largest L1 or L2 norm (pruning)."""
     p = 1 if config.selection == "l1" else 2
     weights = [m for m in group.producers() if m.param.endswith(".weight") and m.param.rpartition(".")[0] not in group.norms]
-    score = sum(unit_rows(named_tensor(modules, m.param), m, group.size).norm(p=p, dim=1) for m in weights)
-    keep = torch.zeros(group.size, dtype=torch.bool, device=score.device)
+    return _top_units(sum(unit_rows(named_tensor(modules, m.param), m, group.size).norm(p=p, dim=1) for m in weights), k)
+
+
+def _top_units(score: torch.Tensor, k: int) -> torch.Tensor:
+    """keep [n] (bool): the k units with the largest scores."""
+    keep = torch.zeros(score.numel(), dtype=torch.bool, device=score.device)
     keep[torch.topk(score, k).indices] = True
     return keep
 
 
 @torch.no_grad()
-def _fold_group(model: nn.Module, modules: dict[str, nn.Module], group: CouplingGroup, k: int, config: FoldConfig) -> None:
-    """Merge (folding) or select (pruning) the group's units down to k, with the configured repairs."""
+def _fold_group(model: nn.Module, modules: dict[str, nn.Module], group: CouplingGroup, k: int, config: FoldConfig,
+                scores: torch.Tensor | None = None) -> torch.Tensor | None:
+    """Merge (folding) or select (pruning) the group's units down to k, with the configured repairs;
+    returns the kept-unit mask when it pruned, None when it merged. `scores`: per unit, for
+    selection "activation" (the k largest are kept)."""
     refit = None
     if config.norm_repair == "lsq" and group.mlp_module is not None:
         # Applies to pruning too: it refits the output from whichever units are kept.
@@ -214,13 +233,16 @@ def _fold_group(model: nn.Module, modules: dict[str, nn.Module], group: Coupling
         consumer = modules[group.consumers()[0].param.rpartition(".")[0]]
         x = x.to(consumer.weight.device, consumer.weight.dtype)
         refit = (x, consumer, consumer(mlp_hidden(modules[group.mlp_module], x)))
+    kept = None
     if config.selection == "fold":
         _merge(model, modules, group, k, config)
     else:
-        select(model, group, _largest_units(modules, group, k, config))
+        kept = _top_units(scores, k) if config.selection == "activation" else _largest_units(modules, group, k, config)
+        select(model, group, kept)
     if refit is not None:
         x, consumer, target = refit
         refit_output(consumer, mlp_hidden(modules[group.mlp_module], x), target)
+    return kept
 
 
 def _merge(model: nn.Module, modules: dict[str, nn.Module], group: CouplingGroup, k: int, config: FoldConfig) -> None:

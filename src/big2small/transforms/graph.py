@@ -109,6 +109,9 @@ class CouplingGroup:
     reason: why the group cannot be narrowed, or None.
     input_norm, mlp_module: transformer MLPs: the norm whose output the MLP reads, and the module
         that computes its hidden units.
+    block, residual: transformers: the block (decoder/encoder layer) holding the group, and the
+        module whose first input is the residual stream the consumer's output is added to
+        (folding/reconstruct.py).
     trace: for traced models, where the channels flow (None for transformer builders).
     """
 
@@ -123,6 +126,8 @@ class CouplingGroup:
     reason: str | None = None
     input_norm: str | None = None
     mlp_module: str | None = None
+    block: str | None = None
+    residual: str | None = None
     trace: Trace | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -528,7 +533,7 @@ def transformer_groups(model: nn.Module, *, gqa_mode: str = "kv", mlp: bool = Tr
     config = model.config
     named = dict(model.named_modules())
     groups, refused = [], {}
-    layers = [(n, m) for n, m in named.items() if _is_llama_layer(m) or _is_bert_layer(m)]
+    layers = [(n, named[n]) for n in transformer_blocks(model)]
     if not layers:
         return CouplingReport([], {type(model).__name__: f"no folding builder for model_type {config.model_type!r}"})
     refused["residual stream"] = "not folded: the embeddings, every norm and the LM head share it (docs/folding.md#transformers)"
@@ -536,6 +541,8 @@ def transformer_groups(model: nn.Module, *, gqa_mode: str = "kv", mlp: bool = Tr
         if _is_llama_layer(layer):
             mlp_names = (f"{prefix}.mlp.gate_proj", f"{prefix}.mlp.up_proj"), f"{prefix}.mlp.down_proj"
             norm, hidden = f"{prefix}.post_attention_layernorm", f"{prefix}.mlp"
+            # pre-norm: each sub-block's norm reads the residual stream its output is added to
+            residuals = f"{prefix}.input_layernorm", norm
             attn = layer.self_attn
             q, k, v, o = (f"{prefix}.self_attn.{p}" for p in ("q_proj", "k_proj", "v_proj", "o_proj"))
             head_dim = attn.head_dim
@@ -543,6 +550,8 @@ def transformer_groups(model: nn.Module, *, gqa_mode: str = "kv", mlp: bool = Tr
         else:
             mlp_names = (f"{prefix}.intermediate.dense",), f"{prefix}.output.dense"
             norm, hidden = f"{prefix}.attention.output.LayerNorm", f"{prefix}.intermediate"
+            # post-norm: the residual is the sub-block's own input (added before its LayerNorm)
+            residuals = f"{prefix}.attention.self", f"{prefix}.intermediate"
             q, k, v = (f"{prefix}.attention.self.{p}" for p in ("query", "key", "value"))
             o = f"{prefix}.attention.output.dense"
             head_dim = layer.attention.self.attention_head_size
@@ -553,13 +562,19 @@ def transformer_groups(model: nn.Module, *, gqa_mode: str = "kv", mlp: bool = Tr
             members = [m for p in producers for m in _linear_producer(named, p)]
             members.append(Member(f"{consumer}.weight", 1, "consumer"))
             groups.append(CouplingGroup(f"{prefix}.mlp", width, members, "mlp", list(producers), input_norm=norm,
-                                        mlp_module=hidden))
+                                        mlp_module=hidden, block=prefix, residual=residuals[1]))
         if attention:
             g = named[q].out_features // (kv_heads * head_dim)
             members = _linear_producer(named, q, g * head_dim) + _linear_producer(named, k, head_dim)
             members += _linear_producer(named, v, head_dim) + [Member(f"{o}.weight", 1, "consumer", block=g * head_dim)]
-            groups.append(CouplingGroup(f"{prefix}.attention", kv_heads, members, "heads", [q, k, v]))
+            groups.append(CouplingGroup(f"{prefix}.attention", kv_heads, members, "heads", [q, k, v], block=prefix,
+                                        residual=residuals[0]))
     return CouplingReport(groups, refused)
+
+
+def transformer_blocks(model: nn.Module) -> list[str]:
+    """The names of a Hugging Face model's LLaMA-style or BERT-style blocks, in forward order."""
+    return [n for n, m in model.named_modules() if _is_llama_layer(m) or _is_bert_layer(m)]
 
 
 def _linear_producer(named: dict[str, nn.Module], name: str, block: int = 1) -> list[Member]:
