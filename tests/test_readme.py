@@ -79,7 +79,7 @@ _INR_STEPS = (["-O", "steps=2"], "an INR fits 2000 steps per tile by default (mi
 FAST_OPTIONS = {
     "big2small compress my-model/ --method inr --bpw 4.5 -O residual_bits=3 -o inr-residual.b2s": _INR_STEPS,
     "big2small compress my-model/ --method inr --ratio 8 -O max_seconds=600 --seed 1 -o inr-ratio8.b2s": _INR_STEPS,
-    "big2small fold smollm2 --sparsity 0.2 --distill 60 --distill-samples 72 --distill-seconds 600 -o smollm2-fold-distilled.b2s":
+    "big2small fold smollm2 --sparsity 0.2 --prune activation --norm-repair sequential --distill 60 --distill-samples 72 --distill-seconds 600 -o smollm2-fold-distilled.b2s":
         (["--distill", "3", "--distill-samples", "12"], "sampling 72 sequences and 60 training steps take minutes on a "
                                                          "CPU; 3 steps on 12 sequences run the same code"),
     "big2small compress smollm2 --bits 3 --group-size 64 --distill 20 --distill-samples 72 --distill-seq-len 64 --distill-seconds 300 -o smollm2-3bit-qat.b2s":
