@@ -27,7 +27,7 @@ def restored_model(cm: CompressedModel) -> nn.Module:
     shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     for key, value in folded_fields(model.config.to_dict(), shapes).items():
         setattr(model.config, key, value)
-    check_described(model.config, type(model).__name__, shapes)
+    check_described(model.config, type(model), shapes)
     return model
 
 

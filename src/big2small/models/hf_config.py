@@ -60,15 +60,13 @@ def folded_fields(config: dict[str, Any], shapes: Shapes) -> dict[str, Any]:
     return fields
 
 
-def check_described(config: Any, architecture: str, shapes: Shapes) -> None:
-    """Refuse `shapes` that a model of `architecture` built from `config` (a transformers config)
-    would not have: such a directory would fail in from_pretrained."""
+def check_described(config: Any, model_class: type, shapes: Shapes) -> None:
+    """Refuse `shapes` that a `model_class` (a transformers model class) built from `config` (its
+    config) would not have: such a directory would fail in from_pretrained."""
     import torch
 
-    from big2small.models.loaders import hf_class
-
     with torch.device("meta"):
-        fresh = hf_class(architecture)(config).state_dict()
+        fresh = model_class(config).state_dict()
     for name, shape in shapes.items():
         if name in fresh and tuple(fresh[name].shape) != tuple(shape):
             raise Big2SmallError(f"this folded model's {name} is {list(shape)}, which its config cannot describe "
@@ -94,5 +92,5 @@ def stored_config(config: dict[str, Any], records: list[TransformRecord], shapes
             from big2small.models.loaders import hf_class
 
             cls = hf_class(architectures[0])
-            check_described(cls.config_class.from_dict(config), architectures[0], shapes)
+            check_described(cls.config_class.from_dict(config), cls, shapes)
     return config
