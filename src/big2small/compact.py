@@ -28,6 +28,7 @@ from torch import nn
 from big2small.errors import Big2SmallError
 from big2small.generators import Encoded, generator_for
 from big2small.generators import rotation
+from big2small.kernels.lanes import Prepared
 from big2small.kernels.rotation import rotate_rows
 
 _STORED = "stored_"
@@ -54,7 +55,7 @@ class CompactLinear(nn.Module):
         for name, tensor in resident.items():
             self.register_buffer(_STORED + name, tensor, persistent=False)  # moved by .to(), not in state_dict
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
-        self._prepared: tuple[dict[str, torch.Tensor], tuple] | None = None  # (resident arrays, kernel arguments)
+        self._prepared: tuple[dict[str, torch.Tensor], Prepared, torch.Tensor | None] | None = None
         self.register_state_dict_post_hook(_dense_weight_in_state_dict)
         self.register_load_state_dict_pre_hook(refuse_load)
 
@@ -68,7 +69,7 @@ class CompactLinear(nn.Module):
         layout, stored = self.template.layout, self.stored()
         device = next(iter(stored.values())).device
         if device.type == "cpu":
-            tensors, prepared = self._kernel_arguments()
+            tensors, prepared, _ = self._kernel_arguments()
         else:  # the kernels read CPU memory
             tensors = {name: t.cpu() for name, t in stored.items()}
             prepared = self.kernel.arrays(tensors, self.template)
@@ -79,32 +80,34 @@ class CompactLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
-        if rows.device.type != "cpu":
+        if not rows.is_cpu:
             bias = None if self.bias is None else self.bias.to(rows.dtype)
             y = nn.functional.linear(rows, self.weight.to(rows.dtype), bias)
-        else:
-            y = self._coded_product(rows.float())  # a fresh fp32 array: the bias goes in in place
-            if self.bias is not None:
-                y += self.bias
-            y = y.to(x.dtype)
-        return y.reshape(*x.shape[:-1], self.out_features)
-
-    def _coded_product(self, rows: torch.Tensor) -> torch.Tensor:
-        tensors, prepared = self._kernel_arguments()
+            return y.reshape(*x.shape[:-1], self.out_features)
+        # The batch-1 path of generation: every operation here costs about a microsecond per call.
+        tensors, prepared, bias = self._prepared or self._kernel_arguments()
         if self.rotated_cols:
             rows = rotate_rows(rows, self.seed, 0, inverse=False)
         if rows.shape[0] <= self.kernel.FUSED_MAX_ROWS:
             y = self.kernel.matmul(tensors, self.template, rows, prepared)
         else:
-            y = rows @ self.kernel.decode_matrix(tensors, self.template, prepared).T  # W^T, stored in order
-        return rotate_rows(y, self.seed, 1, inverse=True) if self.rotated_rows else y
+            y = rows.float() @ self.kernel.decode_matrix(tensors, self.template, prepared).T  # W^T, stored in order
+        if self.rotated_rows:
+            y = rotate_rows(y, self.seed, 1, inverse=True)
+        if bias is not None:
+            y += bias  # y is a fresh fp32 array
+        if y.dtype is not x.dtype:
+            y = y.to(x.dtype)
+        return y.reshape(*x.shape[:-1], self.out_features)
 
-    def _kernel_arguments(self) -> tuple[dict[str, torch.Tensor], tuple]:
-        """The resident arrays and the kernels' arguments, prepared once (again after .to() moves
-        the buffers: `_apply` forgets them); the per-token path then costs no Python lookups."""
+    def _kernel_arguments(self) -> tuple[dict[str, torch.Tensor], Prepared, torch.Tensor | None]:
+        """The resident arrays, the kernels' arguments and the bias, prepared at the first call
+        (again after .to() moves the buffers: `_apply` forgets them; the kernels' serial or
+        parallel builds are chosen then, by numba's thread count); the per-token path then costs
+        no Python lookups."""
         if self._prepared is None:
             tensors = self.stored()
-            self._prepared = (tensors, self.kernel.arrays(tensors, self.template))
+            self._prepared = (tensors, self.kernel.arrays(tensors, self.template), self.bias)
         return self._prepared
 
     def _apply(self, fn, *args, **kwargs):

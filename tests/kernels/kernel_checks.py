@@ -10,8 +10,9 @@ from big2small.kernels import kernel_for
 
 
 def check_kernels(options: dict, shape: tuple[int, int], seed: int = 0, batch: int = 3) -> None:
-    """Encode a random [rows, cols] matrix with `options`, then: the kernel's decode_matrix is the
-    codec's decode_matrix bit for bit, and its matmul is x @ W^T within float tolerance."""
+    """Encode a random [rows, cols] matrix with `options`, then, with the kernels' serial build (one
+    thread) and their parallel build (two threads) alike: the kernel's decode_matrix is the codec's
+    decode_matrix bit for bit, and its matmul is x @ W^T within float tolerance."""
     gen = torch.Generator().manual_seed(seed)
     weight = torch.randn(shape, generator=gen) * torch.rand(shape[0], 1, generator=gen)  # rows of different scales
     codec = generator_for(GeneratorConfig.from_dict(options))
@@ -20,10 +21,13 @@ def check_kernels(options: dict, shape: tuple[int, int], seed: int = 0, batch: i
     assert kernel is not None
     tensors = kernel.resident(enc)
     reference = codec.decode_matrix(enc)
-    assert torch.equal(kernel.decode_matrix(tensors, enc), reference)
     x = torch.randn(batch, shape[1], generator=gen)
     expected = x.double() @ reference.double().T
-    got = kernel.matmul(tensors, enc, x)
-    assert got.shape == (batch, shape[0]) and got.dtype == torch.float32
     scale = x.double().abs() @ reference.double().abs().T  # the size of the sum's terms bounds its rounding
-    assert torch.all((got.double() - expected).abs() <= 1e-5 * scale + 1e-6), (got - expected).abs().max()
+    builds = [kernel.arrays(tensors, enc, threads=threads) for threads in (1, 2)]
+    assert builds[0].product is not builds[1].product and builds[0].decode is not builds[1].decode
+    for prepared in [None, *builds]:  # None: matmul prepares its arguments itself
+        assert torch.equal(kernel.decode_matrix(tensors, enc, prepared), reference)
+        got = kernel.matmul(tensors, enc, x, prepared)
+        assert got.shape == (batch, shape[0]) and got.dtype == torch.float32
+        assert torch.all((got.double() - expected).abs() <= 1e-5 * scale + 1e-6), (got - expected).abs().max()

@@ -28,8 +28,8 @@ from big2small import bitpack
 from big2small.generators.base import Encoded
 from big2small.generators.grouping import grouping
 from big2small.generators.hyper import codebook_of, padded_layout
-from big2small.kernels.lanes import (LANES, add_scaled, as_numpy, lane_codes, lane_segment_values, n_blocks,
-                                     product_output, segments, store_block)
+from big2small.kernels.lanes import (LANES, Prepared, add_scaled, as_numpy, build, decode_t, lane_codes,
+                                     lane_segment_values, n_blocks, product, segments, store_block)
 
 
 # Inputs with more rows than this decode W once and multiply densely (see big2small.compact); on a
@@ -70,16 +70,17 @@ def resident(enc: Encoded) -> dict[str, torch.Tensor]:
             "codebook_t": codebook_of(enc).float().T.contiguous()}
 
 
-def arrays(tensors: dict[str, torch.Tensor], enc: Encoded) -> tuple:
-    """The kernels' arguments: numpy views of the resident `tensors` (valid while they live) and integers."""
+def arrays(tensors: dict[str, torch.Tensor], enc: Encoded, threads: int | None = None) -> Prepared:
+    """The kernels' arguments, prepared once (big2small.kernels.lanes.Prepared); `threads` picks
+    the serial or parallel builds (default: numba's current thread count)."""
     _, _, seg = _segments(enc)
-    return (as_numpy(tensors["lane_codes"]), as_numpy(tensors["lane_scales"]), as_numpy(tensors["codebook_t"]),
-            enc.config.dim, seg.n_seg, seg.seg_len, seg.units_per_seg)
-
-
-def _chunks(rows: int) -> int:
-    """Runs of blocks for the kernels: one per numba thread (at most one per block)."""
-    return min(numba.get_num_threads(), n_blocks(rows))
+    threads = threads or numba.get_num_threads()
+    nb = n_blocks(enc.layout.rows)
+    args = (as_numpy(tensors["lane_codes"]), as_numpy(tensors["lane_scales"]), as_numpy(tensors["codebook_t"]),
+            enc.config.dim, seg.n_seg, seg.seg_len, seg.units_per_seg, min(threads, nb))  # runs of blocks: one per thread
+    return Prepared(args, enc.layout.rows, nb * LANES,
+                    build(_product_serial, _product_parallel, threads), build(_decode_serial, _decode_parallel, threads),
+                    fused=by_table(enc))
 
 
 def by_table(enc: Encoded) -> bool:
@@ -89,85 +90,113 @@ def by_table(enc: Encoded) -> bool:
     return (1 << enc.config.bits) * enc.config.dim <= 8 * n_blocks(enc.layout.rows) * LANES
 
 
-def matmul(tensors: dict[str, torch.Tensor], enc: Encoded, x: torch.Tensor, prepared: tuple | None = None) -> torch.Tensor:
+def matmul(tensors: dict[str, torch.Tensor], enc: Encoded, x: torch.Tensor, prepared: Prepared | None = None) -> torch.Tensor:
     """x [B, cols] -> x W^T [B, rows] fp32 (W in the codec's coded, i.e. rotated, domain)."""
-    if not by_table(enc):
+    prepared = prepared or arrays(tensors, enc)
+    if not prepared.fused:
         return x.float() @ decode_matrix(tensors, enc, prepared).T
-    xs, y = product_output(x, enc.layout.rows)
-    _product(*(prepared or arrays(tensors, enc)), _chunks(enc.layout.rows), xs, y)
-    return torch.from_numpy(y)[:, : enc.layout.rows]
+    return product(prepared, x)
 
 
-def decode_matrix(tensors: dict[str, torch.Tensor], enc: Encoded, prepared: tuple | None = None) -> torch.Tensor:
+def decode_matrix(tensors: dict[str, torch.Tensor], enc: Encoded, prepared: Prepared | None = None) -> torch.Tensor:
     """W [rows, cols] fp32, as HyperGenerator.decode_matrix computes it; a transposed view of a
     [cols, rows] matrix, so that x @ W.T reads it in order."""
-    playout = padded_layout(enc.layout, enc.config.dim)
-    out = np.empty((playout.cols, n_blocks(enc.layout.rows) * LANES), np.float32)
-    _decode_t(*(prepared or arrays(tensors, enc)), _chunks(enc.layout.rows), out)
+    out = decode_t(prepared or arrays(tensors, enc), padded_layout(enc.layout, enc.config.dim).cols)
     return torch.from_numpy(out)[: enc.layout.cols, : enc.layout.rows].T
 
 
+@numba.njit(fastmath=True, cache=True, boundscheck=False)
+def _product_serial(codes, scales, codebook_t, dim, n_seg, seg_len, units_per_seg, n_chunks, x, y):  # pragma: no cover
+    """The `n_chunks` runs of blocks of rows in turn (one run at one thread)."""
+    nb = y.shape[1] // LANES
+    for chunk in range(n_chunks):
+        _product_blocks(codes, scales, codebook_t, dim, n_seg, seg_len, units_per_seg, x, y,
+                        chunk * nb // n_chunks, (chunk + 1) * nb // n_chunks)
+
+
 @numba.njit(parallel=True, fastmath=True, cache=True, boundscheck=False)
-def _product(codes, scales, codebook_t, dim, n_seg, seg_len, units_per_seg, n_chunks, x, y):  # pragma: no cover
-    """y = x W^T by table lookups (the module docstring). The blocks of rows are split into
-    `n_chunks` runs, one per thread; each builds its own tables."""
+def _product_parallel(codes, scales, codebook_t, dim, n_seg, seg_len, units_per_seg, n_chunks, x, y):  # pragma: no cover
+    """The `n_chunks` runs of blocks of rows, one per thread; each builds its own tables."""
+    nb = y.shape[1] // LANES
+    for chunk in numba.prange(n_chunks):
+        _product_blocks(codes, scales, codebook_t, dim, n_seg, seg_len, units_per_seg, x, y,
+                        chunk * nb // n_chunks, (chunk + 1) * nb // n_chunks)
+
+
+@numba.njit(fastmath=True, cache=True, boundscheck=False)
+def _product_blocks(codes, scales, codebook_t, dim, n_seg, seg_len, units_per_seg, x, y, b0, b1):  # pragma: no cover
+    """y = x W^T by table lookups (the module docstring), for the rows of blocks b0 .. b1 - 1."""
     n_codes = codebook_t.shape[1]
     cols = x.shape[1]
     nb = y.shape[1] // LANES
-    for chunk in numba.prange(n_chunks):
-        b0 = chunk * nb // n_chunks
-        b1 = (chunk + 1) * nb // n_chunks
-        tables = np.empty((UNITS_PER_PASS, n_codes), np.float32)
-        acc = np.empty((b1 - b0, LANES), np.float32)
-        total = np.zeros((b1 - b0, LANES), np.float32)
-        for b in range(x.shape[0]):
-            total[:] = 0
-            for j in range(n_seg):
-                acc[:] = 0
-                for u0 in range(0, units_per_seg, UNITS_PER_PASS):
-                    for p in range(UNITS_PER_PASS):
-                        t = tables[p]
-                        c = (j * seg_len + u0 + p) * dim
-                        valid = max(0, min(dim, cols - c)) if u0 + p < seg_len else 0  # padding: all zero
-                        xd = x[b, c] if valid > 0 else np.float32(0)
-                        cb = codebook_t[0]
+    tables = np.empty((UNITS_PER_PASS, n_codes), np.float32)
+    acc = np.empty((b1 - b0, LANES), np.float32)
+    total = np.zeros((b1 - b0, LANES), np.float32)
+    for b in range(x.shape[0]):
+        total[:] = 0
+        for j in range(n_seg):
+            acc[:] = 0
+            for u0 in range(0, units_per_seg, UNITS_PER_PASS):
+                for p in range(UNITS_PER_PASS):
+                    t = tables[p]
+                    c = (j * seg_len + u0 + p) * dim
+                    valid = max(0, min(dim, cols - c)) if u0 + p < seg_len else 0  # padding: all zero
+                    xd = x[b, c] if valid > 0 else np.float32(0)
+                    cb = codebook_t[0]
+                    for i in range(n_codes):
+                        t[i] = cb[i] * xd
+                    for d in range(1, valid):
+                        xd = x[b, c + d]
+                        cb = codebook_t[d]
                         for i in range(n_codes):
-                            t[i] = cb[i] * xd
-                        for d in range(1, valid):
-                            xd = x[b, c + d]
-                            cb = codebook_t[d]
-                            for i in range(n_codes):
-                                t[i] += cb[i] * xd
-                    t0, t1, t2, t3 = tables[0], tables[1], tables[2], tables[3]
-                    first = (j * units_per_seg + u0) * nb  # pass-major: this pass's units of every block
-                    for blk in range(b0, b1):
-                        u = first + blk * UNITS_PER_PASS
-                        c0, c1, c2, c3 = codes[u], codes[u + 1], codes[u + 2], codes[u + 3]
-                        a = acc[blk - b0]
-                        for lane in range(LANES):
-                            a[lane] += (t0[c0[lane]] + t1[c1[lane]]) + (t2[c2[lane]] + t3[c3[lane]])
+                            t[i] += cb[i] * xd
+                t0, t1, t2, t3 = tables[0], tables[1], tables[2], tables[3]
+                first = (j * units_per_seg + u0) * nb  # pass-major: this pass's units of every block
                 for blk in range(b0, b1):
-                    add_scaled(total[blk - b0], scales[blk * n_seg + j], acc[blk - b0])
+                    u = first + blk * UNITS_PER_PASS
+                    c0, c1, c2, c3 = codes[u], codes[u + 1], codes[u + 2], codes[u + 3]
+                    a = acc[blk - b0]
+                    for lane in range(LANES):
+                        a[lane] += (t0[c0[lane]] + t1[c1[lane]]) + (t2[c2[lane]] + t3[c3[lane]])
             for blk in range(b0, b1):
-                store_block(y, b, blk, total[blk - b0])
+                add_scaled(total[blk - b0], scales[blk * n_seg + j], acc[blk - b0])
+        for blk in range(b0, b1):
+            store_block(y, b, blk, total[blk - b0])
+
+
+@numba.njit(fastmath=True, cache=True, boundscheck=False)
+def _decode_serial(codes, scales, codebook_t, dim, n_seg, seg_len, units_per_seg, n_chunks, out):  # pragma: no cover
+    """The `n_chunks` runs of blocks of rows in turn (one run at one thread)."""
+    nb = out.shape[1] // LANES
+    for chunk in range(n_chunks):
+        _decode_blocks(codes, scales, codebook_t, dim, n_seg, seg_len, units_per_seg, out,
+                       chunk * nb // n_chunks, (chunk + 1) * nb // n_chunks)
 
 
 @numba.njit(parallel=True, fastmath=True, cache=True, boundscheck=False)
-def _decode_t(codes, scales, codebook_t, dim, n_seg, seg_len, units_per_seg, n_chunks, out):  # pragma: no cover
-    """W^T [padded cols, n_blocks * LANES]: pass by pass, each output row written LANES entries at a
-    time, block after block (in order); `n_chunks` runs of blocks, one per thread."""
+def _decode_parallel(codes, scales, codebook_t, dim, n_seg, seg_len, units_per_seg, n_chunks, out):  # pragma: no cover
+    """The `n_chunks` runs of blocks of rows, one per thread."""
     nb = out.shape[1] // LANES
     for chunk in numba.prange(n_chunks):
-        for j in range(n_seg):
-            for u0 in range(0, min(seg_len, units_per_seg), UNITS_PER_PASS):
-                first = (j * units_per_seg + u0) * nb
-                for blk in range(chunk * nb // n_chunks, (chunk + 1) * nb // n_chunks):
-                    s = scales[blk * n_seg + j]
-                    for p in range(min(UNITS_PER_PASS, seg_len - u0)):  # not the padding units
-                        unit = codes[first + blk * UNITS_PER_PASS + p]
-                        c = (j * seg_len + u0 + p) * dim
-                        for d in range(max(0, min(dim, out.shape[0] - c))):
-                            cb = codebook_t[d]
-                            w = out[c + d, blk * LANES:(blk + 1) * LANES]
-                            for lane in range(LANES):
-                                w[lane] = cb[unit[lane]] * s[lane]
+        _decode_blocks(codes, scales, codebook_t, dim, n_seg, seg_len, units_per_seg, out,
+                       chunk * nb // n_chunks, (chunk + 1) * nb // n_chunks)
+
+
+@numba.njit(fastmath=True, cache=True, boundscheck=False)
+def _decode_blocks(codes, scales, codebook_t, dim, n_seg, seg_len, units_per_seg, out, b0, b1):  # pragma: no cover
+    """W^T [padded cols, n_blocks * LANES] for the rows of blocks b0 .. b1 - 1: pass by pass, each
+    output row written LANES entries at a time, block after block (in order)."""
+    nb = out.shape[1] // LANES
+    for j in range(n_seg):
+        for u0 in range(0, min(seg_len, units_per_seg), UNITS_PER_PASS):
+            first = (j * units_per_seg + u0) * nb
+            for blk in range(b0, b1):
+                s = scales[blk * n_seg + j]
+                for p in range(min(UNITS_PER_PASS, seg_len - u0)):  # not the padding units
+                    unit = codes[first + blk * UNITS_PER_PASS + p]
+                    c = (j * seg_len + u0 + p) * dim
+                    for d in range(max(0, min(dim, out.shape[0] - c))):
+                        cb = codebook_t[d]
+                        w = out[c + d, blk * LANES:(blk + 1) * LANES]
+                        for lane in range(LANES):
+                            w[lane] = cb[unit[lane]] * s[lane]

@@ -19,6 +19,7 @@ Rows are padded to a whole number of blocks of LANES; outputs of padding rows ar
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numba
@@ -104,9 +105,50 @@ def as_numpy(t: torch.Tensor) -> np.ndarray:
     return array.view(np.uint16) if array.dtype == np.int16 else array
 
 
-def product_output(x: torch.Tensor, rows: int) -> tuple[np.ndarray, np.ndarray]:
-    """The kernels' product arguments: x [B, cols] as fp32 numpy, and an output [B, n_blocks * LANES]."""
-    return x.detach().float().contiguous().numpy(), np.empty((x.shape[0], n_blocks(rows) * LANES), np.float32)
+@dataclass(frozen=True)
+class Prepared:
+    """A layer's kernel arguments, prepared once (`arrays` of a kernel module), so that a call
+    costs a few microseconds of Python: `args`, numpy views of the resident arrays (valid while
+    they live) and integers; `rows` of the output and `width` = n_blocks(rows) * LANES, the rows
+    the kernels write; the compiled `product` and `decode` to call (`build`); `fused`: whether the
+    product reads the codes (hyper decodes, then multiplies densely, for codebooks too large for
+    the layer)."""
+
+    args: tuple
+    rows: int
+    width: int
+    product: Callable
+    decode: Callable
+    fused: bool = True
+
+
+def build(serial: Callable, parallel: Callable, threads: int | None = None) -> Callable:
+    """The build of a kernel to run at `threads` numba threads (default: numba's current count,
+    read when a layer's arguments are prepared): the serial one at one thread, since entering a
+    parallel region costs microseconds per call even then; else the parallel one."""
+    return serial if (threads or numba.get_num_threads()) == 1 else parallel
+
+
+def as_input(x: torch.Tensor) -> np.ndarray:
+    """x [B, cols] as the kernels' fp32 C-contiguous numpy input (no copy when it is one already)."""
+    if x.requires_grad:
+        x = x.detach()
+    return x.float().contiguous().numpy()
+
+
+def product(prepared: Prepared, x: torch.Tensor) -> torch.Tensor:
+    """x [B, cols] -> x W^T [B, rows] fp32 by `prepared.product` (a fresh output each call)."""
+    y = np.empty((x.shape[0], prepared.width), np.float32)
+    prepared.product(*prepared.args, as_input(x), y)
+    out = torch.from_numpy(y)
+    return out if prepared.width == prepared.rows else out[:, :prepared.rows]
+
+
+def decode_t(prepared: Prepared, cols: int) -> np.ndarray:
+    """W^T [cols, width] fp32 by `prepared.decode` (cols: the padded columns the decode writes)."""
+    out = np.empty((cols, prepared.width), np.float32)
+    prepared.decode(*prepared.args, out)
+    return out
 
 
 @numba.njit(inline="always", cache=True)
