@@ -187,6 +187,9 @@ def _decode_blocks(codes, scales, codebook_t, dim, n_seg, seg_len, units_per_seg
     """W^T [padded cols, n_blocks * LANES] for the rows of blocks b0 .. b1 - 1: pass by pass, each
     output row written LANES entries at a time, block after block (in order)."""
     nb = out.shape[1] // LANES
+    pairs = np.empty(codebook_t.shape[1] if dim == 2 else 0, np.complex64)  # codeword i as one 64-bit value
+    for i in range(pairs.shape[0]):
+        pairs[i] = codebook_t[0, i] + np.complex64(1j) * codebook_t[1, i]
     for j in range(n_seg):
         for u0 in range(0, min(seg_len, units_per_seg), UNITS_PER_PASS):
             first = (j * units_per_seg + u0) * nb
@@ -195,7 +198,16 @@ def _decode_blocks(codes, scales, codebook_t, dim, n_seg, seg_len, units_per_seg
                 for p in range(min(UNITS_PER_PASS, seg_len - u0)):  # not the padding units
                     unit = codes[first + blk * UNITS_PER_PASS + p]
                     c = (j * seg_len + u0 + p) * dim
-                    for d in range(max(0, min(dim, out.shape[0] - c))):
+                    valid = max(0, min(dim, out.shape[0] - c))  # a row's last segment may be shorter
+                    if valid == 2:  # pairs (the default): each index read once for both values
+                        w0 = out[c, blk * LANES:(blk + 1) * LANES]
+                        w1 = out[c + 1, blk * LANES:(blk + 1) * LANES]
+                        for lane in range(LANES):
+                            v = pairs[unit[lane]]
+                            w0[lane] = v.real * s[lane]
+                            w1[lane] = v.imag * s[lane]
+                        continue
+                    for d in range(valid):
                         cb = codebook_t[d]
                         w = out[c + d, blk * LANES:(blk + 1) * LANES]
                         for lane in range(LANES):
