@@ -9,8 +9,10 @@ compares rows under load:
    the dense fp32 weights (torch copy_ into a buffer), the codec's own decode (what
    `restore(on_the_fly=True)` runs at every forward), the compiled decode (big2small.kernels,
    fp32 matrix written), the fused product at batch 1 (y = W x from the codes; weights/s counts
-   the weights it multiplies) and the dense fp32 product x W^T at batch 1 in PyTorch. GB/s are of
-   dense fp32 (4 bytes per weight), produced or, for products, multiplied.
+   the weights it multiplies), the same through `CompactLinear.forward` (the kernel plus the
+   layer's per-call Python, what generation pays per layer and token) and the dense fp32 product
+   x W^T at batch 1 in PyTorch. The kernels' arguments are prepared once per layer, as the layer
+   does. GB/s are of dense fp32 (4 bytes per weight), produced or, for products, multiplied.
 2. Generation: a 128-token prompt (the Wikipedia extract), then 128 tokens generated greedily with
    the KV cache, each variant in a fresh process (its resident memory is that process's): dense
    fp32 PyTorch; today's on-the-fly restore (every weight decoded at every forward: only 8
@@ -47,6 +49,7 @@ from pathlib import Path
 import torch
 
 import big2small as b2s
+from big2small.compact import CompactLinear
 from big2small.generators import generator_for
 from big2small.kernels import kernel_for
 
@@ -103,6 +106,7 @@ def _seconds(fn) -> tuple[float, float]:
     return time.perf_counter() - start, time.process_time() - cpu
 
 
+@torch.no_grad()
 def decode_throughput(stem: str, repeats: int) -> dict:
     """Wall and CPU seconds (medians over interleaved repeats) of each way to produce or use every
     compressed Linear weight."""
@@ -113,16 +117,18 @@ def decode_throughput(stem: str, repeats: int) -> dict:
         if not enc.compressed or kernel is None or len(enc.layout.shape) != 2:
             continue
         codec = generator_for(enc.config)
-        tensors = kernel.resident(enc)  # what CompactLinear keeps: codes in lanes, fp32 scales
+        layer = CompactLinear(enc, kernel, None)  # what a fused restore holds: codes in lanes, fp32 scales
+        tensors, prepared, _ = layer._kernel_arguments()  # prepared once, as the layer does at its first call
         dense = codec.decode(enc, dtype=torch.float32)
         x = torch.randn(1, enc.layout.cols)
-        layers.append((codec, kernel, enc, tensors, dense, torch.empty_like(dense), x))
+        layers.append((codec, kernel, enc, tensors, dense, torch.empty_like(dense), x, prepared, layer))
     n_weights = sum(layer[4].numel() for layer in layers)
     variants = {
         "memory copy of the dense fp32 weights": lambda L: L[5].copy_(L[4]),
         "codec's own decode (on-the-fly restore today)": lambda L: L[0].decode(L[2]),
-        "compiled decode (big2small.kernels)": lambda L: L[1].decode_matrix(L[3], L[2]),
-        "fused product, batch 1 (CompactLinear)": lambda L: L[1].matmul(L[3], L[2], L[6]),
+        "compiled decode (big2small.kernels)": lambda L: L[1].decode_matrix(L[3], L[2], L[7]),
+        "fused product, batch 1 (kernel)": lambda L: L[1].matmul(L[3], L[2], L[6], L[7]),
+        "CompactLinear forward, batch 1 (fused product and the layer's Python)": lambda L: L[8](L[6]),
         "dense fp32 product, batch 1 (PyTorch)": lambda L: L[6] @ L[4].T,
     }
     for fn in variants.values():  # warm-up: compilation, caches

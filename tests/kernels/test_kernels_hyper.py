@@ -52,3 +52,17 @@ def test_tables_are_used_where_they_pay():
             torch.randn(rows, 64))
 
     assert hyper.by_table(enc(8, 2, 192)) and not hyper.by_table(enc(16, 4, 192))
+
+
+def test_one_thread_runs_the_serial_build():
+    """At one numba thread the kernels run their serial build (no parallel-region launch per call),
+    at two the parallel one; check_kernels tests both against the codec."""
+    import torch
+    from big2small.kernels import hyper
+
+    enc = generator_for(GeneratorConfig.from_dict({"method": "hyper", "bits": 8})).encode(torch.randn(130, 64))
+    tensors = hyper.resident(enc)
+    serial, parallel = (hyper.arrays(tensors, enc, threads=t) for t in (1, 2))
+    assert (serial.product, serial.decode) == (hyper._product_serial, hyper._decode_serial)
+    assert (parallel.product, parallel.decode) == (hyper._product_parallel, hyper._decode_parallel)
+    assert serial.args[-1] == 1 and parallel.args[-1] == 2  # runs of blocks: one per thread

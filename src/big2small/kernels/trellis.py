@@ -22,7 +22,7 @@ from big2small.generators.base import Encoded
 from big2small.generators.grouping import grouped, ungrouped
 from big2small.generators.trellis import decode_states, trellis_grouping
 from big2small.generators.trellis_codes import state_values
-from big2small.kernels.lanes import (LANES, Prepared, add_scaled, as_numpy, build, decode_t, lane_codes, lane_rows,
+from big2small.kernels.lanes import (LANES, Prepared, add_scaled, as_numpy, decode_t, lane_codes, lane_rows,
                                      lane_segment_values, n_blocks, product, segments, store_block, x_at)
 
 # Inputs with more rows than this decode W once and multiply densely (see big2small.compact); on a
@@ -54,15 +54,15 @@ def resident(enc: Encoded) -> dict[str, torch.Tensor]:
 
 
 def arrays(tensors: dict[str, torch.Tensor], enc: Encoded, threads: int | None = None) -> Prepared:
-    """The kernels' arguments, prepared once (big2small.kernels.lanes.Prepared); `threads` picks
-    the serial or parallel builds (default: numba's current thread count)."""
+    """The kernels' arguments, prepared once (big2small.kernels.lanes.Prepared)."""
     cfg, layout = enc.config, enc.layout
     seg = segments(trellis_grouping(cfg, layout), layout.cols, cfg.bits)
     args = (as_numpy(tensors["lane_codes"]), as_numpy(tensors["lane_scales"]), as_numpy(tensors["lane_start"]),
             as_numpy(tensors["state_table"]), cfg.bits, (1 << cfg.state_bits) - 1,
             seg.n_seg, seg.seg_len, seg.row_len, seg.per_byte, seg.units_per_seg)
-    return Prepared(args, layout.rows, n_blocks(layout.rows) * LANES, build(_product_serial, _product_parallel, threads),
-                    build(_decode_serial, _decode_parallel, threads))
+    # One build, parallel at any thread count: a serial build of the same loops was slower here
+    # (big2small.kernels.lanes.build; docs/inference.md). `threads` is accepted for the common API.
+    return Prepared(args, layout.rows, n_blocks(layout.rows) * LANES, _product, _decode_t)
 
 
 def matmul(tensors: dict[str, torch.Tensor], enc: Encoded, x: torch.Tensor, prepared: Prepared | None = None) -> torch.Tensor:
@@ -84,23 +84,10 @@ def _code(unit, lane, p, per_byte):  # pragma: no cover - compiled
     return (v >> 4 if p == 1 else v & 15) if per_byte == 2 else v
 
 
-@numba.njit(fastmath=True, cache=True, boundscheck=False)
-def _product_serial(codes, scales, start, table, k, mask, n_seg, seg_len, row_len, per_byte, units_per_seg, x, y):  # pragma: no cover
-    _product_blocks(codes, scales, start, table, k, mask, n_seg, seg_len, row_len, per_byte, units_per_seg, x, y, 0, y.shape[1] // LANES)
-
-
 @numba.njit(parallel=True, fastmath=True, cache=True, boundscheck=False)
-def _product_parallel(codes, scales, start, table, k, mask, n_seg, seg_len, row_len, per_byte, units_per_seg, x, y):  # pragma: no cover
-    """One block of rows per iteration, the iterations spread over numba's threads."""
-    for blk in numba.prange(y.shape[1] // LANES):
-        _product_blocks(codes, scales, start, table, k, mask, n_seg, seg_len, row_len, per_byte, units_per_seg, x, y, blk, blk + 1)
-
-
-@numba.njit(fastmath=True, cache=True, boundscheck=False)
-def _product_blocks(codes, scales, start, table, k, mask, n_seg, seg_len, row_len, per_byte, units_per_seg, x, y, b0, b1):  # pragma: no cover
-    """The rows of blocks b0 .. b1 - 1."""
+def _product(codes, scales, start, table, k, mask, n_seg, seg_len, row_len, per_byte, units_per_seg, x, y):  # pragma: no cover
     n_units = n_seg * units_per_seg
-    for blk in range(b0, b1):
+    for blk in numba.prange(y.shape[1] // LANES):
         acc = np.empty(LANES, np.float32)
         total = np.empty(LANES, np.float32)
         state = np.empty(LANES, np.int64)
@@ -138,24 +125,11 @@ def _product_blocks(codes, scales, start, table, k, mask, n_seg, seg_len, row_le
             store_block(y, b, blk, total)
 
 
-@numba.njit(fastmath=True, cache=True, boundscheck=False)
-def _decode_serial(codes, scales, start, table, k, mask, n_seg, seg_len, row_len, per_byte, units_per_seg, out):  # pragma: no cover
-    _decode_blocks(codes, scales, start, table, k, mask, n_seg, seg_len, row_len, per_byte, units_per_seg, out, 0, out.shape[1] // LANES)
-
-
 @numba.njit(parallel=True, fastmath=True, cache=True, boundscheck=False)
-def _decode_parallel(codes, scales, start, table, k, mask, n_seg, seg_len, row_len, per_byte, units_per_seg, out):  # pragma: no cover
-    """One block of rows per iteration, the iterations spread over numba's threads."""
-    for blk in numba.prange(out.shape[1] // LANES):
-        _decode_blocks(codes, scales, start, table, k, mask, n_seg, seg_len, row_len, per_byte, units_per_seg, out, blk, blk + 1)
-
-
-@numba.njit(fastmath=True, cache=True, boundscheck=False)
-def _decode_blocks(codes, scales, start, table, k, mask, n_seg, seg_len, row_len, per_byte, units_per_seg, out, b0, b1):  # pragma: no cover
-    """W^T [cols, n_blocks * LANES]: each output row is written LANES entries at a time, for the
-    rows of blocks b0 .. b1 - 1."""
+def _decode_t(codes, scales, start, table, k, mask, n_seg, seg_len, row_len, per_byte, units_per_seg, out):  # pragma: no cover
+    """W^T [cols, n_blocks * LANES]: each output row is written LANES entries at a time."""
     n_units = n_seg * units_per_seg
-    for blk in range(b0, b1):
+    for blk in numba.prange(out.shape[1] // LANES):
         state = np.empty(LANES, np.int64)
         first = start[blk]
         for j in range(n_seg):
