@@ -13,8 +13,10 @@ stored arrays. One module per codec; each has the same functions:
 - decode_matrix(resident, enc, prepared=None): W [rows, cols] fp32, bit for bit the codec's
   `decode_matrix` (a transposed view of W^T, which a dense product reads in order);
 
-and `arrays(resident, enc)`, their arguments prepared once (`prepared`: a layer calling them many
-times skips some microseconds of Python per call).
+and `arrays(resident, enc, threads=None)`, their arguments prepared once (a
+`big2small.kernels.lanes.Prepared`, passed back as `prepared`: a layer calling them once per token
+skips tens of microseconds of Python per call), with the compiled builds to run: serial at one
+numba thread, parallel otherwise (`lanes.build`; trellis has only its parallel build).
 
 W is the matrix the codes describe: in the rotated domain when the codec rotates (the caller
 rotates x, big2small.compact). Each kernel is tested against its codec's own decode.
