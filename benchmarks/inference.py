@@ -262,8 +262,8 @@ def markdown(results: dict) -> str:
         lines += ["Greedy tokens of the fused restore against today's on-the-fly restore of the same artifact "
                   f"(first {NEW_ON_THE_FLY}): " + "; ".join(f"{k}: {'same' if v else 'DIFFERENT'}" for k, v in agree.items()) + ".", ""]
     for key, when in (("decode", "measured again, after the generation runs, with the code of this commit"),
-                      ("decode_earlier", "the first run's, before the generation runs: hyper's compiled decode "
-                                         "then read 8-bit indices bit by bit")):
+                      ("decode_earlier", "the full run's, before its generation runs, with the kernels of "
+                                         "that run (docs/inference.md says what changed since)")):
         if key not in results:
             continue
         d_protocol = p.get(key, p)

@@ -54,14 +54,16 @@ def resident(enc: Encoded) -> dict[str, torch.Tensor]:
 
 
 def arrays(tensors: dict[str, torch.Tensor], enc: Encoded, threads: int | None = None) -> Prepared:
-    """The kernels' arguments, prepared once (big2small.kernels.lanes.Prepared)."""
+    """The kernels' arguments, prepared once (big2small.kernels.lanes.Prepared); `threads` (default:
+    numba's current count) sets the runs of blocks."""
     cfg, layout = enc.config, enc.layout
     seg = segments(trellis_grouping(cfg, layout), layout.cols, cfg.bits)
     args = (as_numpy(tensors["lane_codes"]), as_numpy(tensors["lane_scales"]), as_numpy(tensors["lane_start"]),
             as_numpy(tensors["state_table"]), cfg.bits, (1 << cfg.state_bits) - 1,
-            seg.n_seg, seg.seg_len, seg.row_len, seg.per_byte, seg.units_per_seg)
+            seg.n_seg, seg.seg_len, seg.row_len, seg.per_byte, seg.units_per_seg,
+            min(threads or numba.get_num_threads(), n_blocks(layout.rows)))  # runs of blocks: one per thread
     # One build, parallel at any thread count: a serial build of the same loops was slower here
-    # (big2small.kernels.lanes.build; docs/inference.md). `threads` is accepted for the common API.
+    # (big2small.kernels.lanes.build; docs/inference.md).
     return Prepared(args, layout.rows, n_blocks(layout.rows) * LANES, _product, _decode_t)
 
 
@@ -85,67 +87,77 @@ def _code(unit, lane, p, per_byte):  # pragma: no cover - compiled
 
 
 @numba.njit(parallel=True, fastmath=True, cache=True, boundscheck=False)
-def _product(codes, scales, start, table, k, mask, n_seg, seg_len, row_len, per_byte, units_per_seg, x, y):  # pragma: no cover
+def _product(codes, scales, start, table, k, mask, n_seg, seg_len, row_len, per_byte, units_per_seg, n_chunks, x, y):  # pragma: no cover
     n_units = n_seg * units_per_seg
-    for blk in numba.prange(y.shape[1] // LANES):
-        acc = np.empty(LANES, np.float32)
-        total = np.empty(LANES, np.float32)
-        state = np.empty(LANES, np.int64)
-        middle = np.empty(LANES, np.int64)  # the register after a unit's first code
-        first = start[blk]
-        for b in range(x.shape[0]):
-            total[:] = 0
-            for j in range(n_seg):
-                c0 = j * seg_len
-                c1 = min(c0 + seg_len, row_len)
-                acc[:] = 0
-                for lane in range(LANES):
-                    state[lane] = first[lane]
-                for u in range(units_per_seg):
-                    unit = codes[blk * n_units + j * units_per_seg + u]
-                    c = c0 + u * per_byte
-                    x0 = x_at(x, b, c, c1)
-                    # The registers advance in one loop (integer SIMD) and the table is read in
-                    # another (one lane at a time): together they would not vectorise at all.
-                    if per_byte == 2:
-                        x1 = x_at(x, b, c + 1, c1)
-                        for lane in range(LANES):
-                            v = np.int64(unit[lane])
-                            s0 = ((state[lane] << k) | (v & 15)) & mask
-                            middle[lane] = s0
-                            state[lane] = ((s0 << k) | (v >> 4)) & mask
-                        for lane in range(LANES):
-                            acc[lane] += table[middle[lane]] * x0 + table[state[lane]] * x1
-                    else:
-                        for lane in range(LANES):
-                            state[lane] = ((state[lane] << k) | np.int64(unit[lane])) & mask
-                        for lane in range(LANES):
-                            acc[lane] += table[state[lane]] * x0
-                add_scaled(total, scales[blk * n_seg + j], acc)
-            store_block(y, b, blk, total)
+    nb = y.shape[1] // LANES
+    for chunk in numba.prange(n_chunks):  # runs of blocks, one per thread
+        for blk in range(chunk * nb // n_chunks, (chunk + 1) * nb // n_chunks):
+            acc = np.empty(LANES, np.float32)
+            total = np.empty(LANES, np.float32)
+            state = np.empty(LANES, np.int64)
+            middle = np.empty(LANES, np.int64)  # the register after a unit's first code
+            first = start[blk]
+            for b in range(x.shape[0]):
+                total[:] = 0
+                for j in range(n_seg):
+                    c0 = j * seg_len
+                    c1 = min(c0 + seg_len, row_len)
+                    acc[:] = 0
+                    for lane in range(LANES):
+                        state[lane] = first[lane]
+                    for u in range(units_per_seg):
+                        unit = codes[blk * n_units + j * units_per_seg + u]
+                        c = c0 + u * per_byte
+                        x0 = x_at(x, b, c, c1)
+                        # The registers advance in one loop (integer SIMD) and the table is read in
+                        # another (one lane at a time): together they would not vectorise at all.
+                        if per_byte == 2:
+                            x1 = x_at(x, b, c + 1, c1)
+                            for lane in range(LANES):
+                                v = np.int64(unit[lane])
+                                s0 = ((state[lane] << k) | (v & 15)) & mask
+                                middle[lane] = s0
+                                state[lane] = ((s0 << k) | (v >> 4)) & mask
+                            for lane in range(LANES):
+                                acc[lane] += table[middle[lane]] * x0 + table[state[lane]] * x1
+                        else:
+                            for lane in range(LANES):
+                                state[lane] = ((state[lane] << k) | np.int64(unit[lane])) & mask
+                            for lane in range(LANES):
+                                acc[lane] += table[state[lane]] * x0
+                    add_scaled(total, scales[blk * n_seg + j], acc)
+                store_block(y, b, blk, total)
 
 
 @numba.njit(parallel=True, fastmath=True, cache=True, boundscheck=False)
-def _decode_t(codes, scales, start, table, k, mask, n_seg, seg_len, row_len, per_byte, units_per_seg, out):  # pragma: no cover
-    """W^T [cols, n_blocks * LANES]: each output row is written LANES entries at a time."""
+def _decode_t(codes, scales, start, table, k, mask, n_seg, seg_len, row_len, per_byte, units_per_seg, n_chunks, out):  # pragma: no cover
+    """W^T [cols, n_blocks * LANES], written row after row in order: the registers of every block of
+    a run advance together, column by column, so each output row is written LANES entries per
+    block, block after block (not one block's stripe down all rows: a new page per entry run).
+    `n_chunks` runs of blocks, one per thread."""
     n_units = n_seg * units_per_seg
-    for blk in numba.prange(out.shape[1] // LANES):
-        state = np.empty(LANES, np.int64)
-        first = start[blk]
+    nb = out.shape[1] // LANES
+    for chunk in numba.prange(n_chunks):
+        b0 = chunk * nb // n_chunks
+        b1 = (chunk + 1) * nb // n_chunks
+        state = np.empty((b1 - b0, LANES), np.int64)
         for j in range(n_seg):
             c0 = j * seg_len
             c1 = min(c0 + seg_len, row_len)
-            s = scales[blk * n_seg + j]
-            for lane in range(LANES):
-                state[lane] = first[lane]
+            for blk in range(b0, b1):
+                first, st = start[blk], state[blk - b0]
+                for lane in range(LANES):
+                    st[lane] = first[lane]
             for u in range(units_per_seg):
-                unit = codes[blk * n_units + j * units_per_seg + u]
                 for p in range(per_byte):
                     c = c0 + u * per_byte + p
                     if c >= c1:
                         break
-                    w = out[c, blk * LANES:(blk + 1) * LANES]
-                    for lane in range(LANES):  # registers (integer SIMD), then table reads, as in _product
-                        state[lane] = ((state[lane] << k) | _code(unit, lane, p, per_byte)) & mask
-                    for lane in range(LANES):
-                        w[lane] = table[state[lane]] * s[lane]
+                    for blk in range(b0, b1):
+                        unit = codes[blk * n_units + j * units_per_seg + u]
+                        st, s = state[blk - b0], scales[blk * n_seg + j]
+                        w = out[c, blk * LANES:(blk + 1) * LANES]
+                        for lane in range(LANES):  # registers (integer SIMD), then table reads, as in _product
+                            st[lane] = ((st[lane] << k) | _code(unit, lane, p, per_byte)) & mask
+                        for lane in range(LANES):
+                            w[lane] = table[st[lane]] * s[lane]
