@@ -143,6 +143,11 @@ def _product_blocks(codes, scales, codebook_t, dim, n_seg, seg_len, units_per_se
                     valid = max(0, min(dim, cols - c)) if u0 + p < seg_len else 0  # padding: all zero
                     xd = x[b, c] if valid > 0 else np.float32(0)
                     cb = codebook_t[0]
+                    if valid == 2:  # pairs (the default): the table in one pass
+                        x1, cb1 = x[b, c + 1], codebook_t[1]
+                        for i in range(n_codes):
+                            t[i] = cb[i] * xd + cb1[i] * x1
+                        continue
                     for i in range(n_codes):
                         t[i] = cb[i] * xd
                     for d in range(1, valid):
