@@ -11,7 +11,9 @@ read per pass over a block of LANES rows, so each row's running sum is loaded an
 four lookups (segments are padded to whole multiples of UNITS_PER_PASS units; padding adds zero).
 Building a table costs 2^bits x dim multiply-adds per position, so for codebooks too large for
 the layer (`by_table`) the product decodes W and multiplies densely instead. The decode writes
-W^T, codeword value times scale, LANES rows at a time. Columns are padded to whole vectors as the
+W^T, codeword value times scale, LANES rows at a time; for pairs (dim 2) each index is read once
+and its codeword as one 64-bit value (complex64), both values written. Each kernel has a serial
+and a parallel build over the same compiled body (big2small.kernels.lanes.build). Columns are padded to whole vectors as the
 codec pads them (x is read as zero there). The table reads and the decode's codebook reads are
 loads one lane at a time (the compiler does not emit gathers for this CPU).
 """

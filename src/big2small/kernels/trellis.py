@@ -8,7 +8,9 @@ state_t = ((state_t-1 << k) | code_t) mod 2^L from state 0, weight_t = s_g * tab
 the 2^L-entry table (1-16 KB) stays in L1. LANES rows advance their registers together; a row
 inside a group that spans several rows starts from the register its group's previous row left,
 computed once when the layer is built (`lane_start`). The table reads are gathers, which this CPU
-runs one lane at a time. Blocks run in parallel (numba prange).
+runs one lane at a time. Runs of blocks run in parallel (numba prange, one run per thread); the
+decode advances the registers of a run's blocks together, column by column, so that W^T is
+written row after row in order.
 """
 
 from __future__ import annotations
