@@ -23,9 +23,11 @@ the fp32 network trained for --epochs on the real images is the teacher; for eac
 self-compression run (from the teacher at b0 = 8, STEPS Adam steps, the distillation loss against
 the teacher's logits) on (a) the real training images and (b) synthetic images only (--samples
 images inverted from the teacher's BatchNorm statistics, --inversion-steps each). Same loss, same
-steps, same seed: only the images differ. Writes fashion-datafree.{md,json} and
-tradeoff-fashion-datafree.png.
-Run: `python benchmarks/selfcompress.py --datafree 250 --epochs 2 --gammas 0.5,2.0 --samples 1024 --inversion-steps 150`.
+steps, same seed: only the images differ. `--augment-shift S` (S >= 0; with `--augment-flip`):
+both rows train on random variants of each batch (translated by up to S pixels, mirrored
+left-right), with the teacher's logits recomputed on them (big2small.distill.augment). Writes
+fashion-datafree.{md,json} and tradeoff-fashion-datafree.png.
+Run: `python benchmarks/selfcompress.py --datafree 250 --epochs 2 --gammas 0.5,2.0 --samples 1024 --inversion-steps 150 --augment-shift 2 --augment-flip`.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ import big2small as b2s
 from big2small.selfcompress.export import state_dict_bits
 from big2small.evaluate.data import FashionSplits, fashion_mnist_splits
 from big2small.distill import DistillConfig
+from big2small.distill.augment import AugmentConfig
 from big2small.selfcompress.quantizer import SelfCompressConfig
 from big2small.selfcompress.sweep import SweepPoint, TrainingSet, run_recipe, synthetic_set, train_fp32, train_selfcompressed
 from big2small.evaluate.classification import accuracy
@@ -154,12 +157,14 @@ def datafree_rows(args) -> dict:
     """The data-free comparison (module docstring); saved to fashion-datafree.json after every row."""
     data_file = OUT / "fashion-datafree.json"
     start = time.perf_counter()
+    augment = augment_config(args)  # refused before any training
     data = fashion_mnist_splits()
     teacher, teacher_point = train_fp32(data, TrainConfig(epochs=args.epochs, seed=0))
     saved = {"command": " ".join(sys.argv), "args": vars(args), "teacher": teacher_point.to_dict(), "rows": []}
     distill = DistillConfig(samples=args.samples, held_out=args.held_out, seed=0, inversion_steps=args.inversion_steps)
-    sets = {"synthetic": synthetic_set(teacher, distill),
-            "real": TrainingSet.distilled(teacher, data.train[0], data.val[0], "real images, distillation loss")}
+    sets = {"synthetic": synthetic_set(teacher, distill, augment=augment),
+            "real": TrainingSet.distilled(teacher, data.train[0], data.val[0], "real images, distillation loss",
+                                          augment=augment)}
     saved["inputs_seconds"] = {k: v.seconds for k, v in sets.items()}
     schedule = TrainConfig(steps=args.datafree, quantizer_lr=args.quantizer_lr, seed=0)
     for gamma in [float(g) for g in args.gammas.split(",")]:
@@ -173,15 +178,32 @@ def datafree_rows(args) -> dict:
     return saved
 
 
+def augment_config(args) -> AugmentConfig | None:
+    """The augmentation both data-free rows train with (None: none); `args` as parsed or saved."""
+    args = vars(args) if isinstance(args, argparse.Namespace) else args
+    shift, flip = args.get("augment_shift"), bool(args.get("augment_flip"))
+    if shift is None and not flip:
+        return None
+    config = AugmentConfig(flip=flip, max_shift=shift or 0)
+    config.validate()
+    return config
+
+
 def datafree_markdown(saved: dict) -> str:
     args, teacher = saved["args"], SweepPoint.from_dict(saved["teacher"])
+    augment = augment_config(args)
+    options = (f" --augment-shift {augment.max_shift}" + (" --augment-flip" if augment.flip else "")) if augment else ""
+    augmented = (f" Both rows train on random variants of each batch (translated by up to {augment.max_shift} "
+                 "pixels on each axis, edges replicated" + (", mirrored left-right with probability 1/2" if augment.flip
+                                                           else "") +
+                 "), the teacher's logits recomputed on each variant (`big2small.distill.augment`).") if augment else ""
     rows = [({k: v for k, v in r.items() if k != "images"}, r["images"]) for r in saved["rows"]]
     lines = [
         "# Data-free self-compression on Fashion-MNIST",
         "",
         f"Command: `python benchmarks/selfcompress.py --datafree {args['datafree']} --epochs {args['epochs']} "
         f"--gammas {args['gammas']} --samples {args['samples']} --inversion-steps {args['inversion_steps']} "
-        f"--quantizer-lr {args['quantizer_lr']}` ({saved['seconds'] / 60:.0f} min in all on this machine's CPU, one "
+        f"--quantizer-lr {args['quantizer_lr']}{options}` ({saved['seconds'] / 60:.0f} min in all on this machine's CPU, one "
         "thread, shared with other jobs: times are upper bounds).",
         "",
         f"Teacher (the user's trained model): `FashionCNN` trained {args['epochs']} epochs on the 55,000 real "
@@ -192,7 +214,8 @@ def datafree_markdown(saved: dict) -> str:
         "gamma differ only in the images: the 55,000 real training images (no labels used: the fair upper "
         f"bound of the same loss) or {args['samples'] - args['held_out']} synthetic images inverted from the "
         f"teacher's BatchNorm statistics ({args['inversion_steps']} Adam steps each; {args['held_out']} more held "
-        "out to validate). Test accuracy: the 10,000 real test images, on the network reloaded from its artifact.",
+        f"out to validate).{augmented} Test accuracy: the 10,000 real test images, on the network reloaded from its "
+        "artifact.",
         "",
         f"Making the inputs: synthetic images {saved['inputs_seconds']['synthetic']:.0f} s (inversion and teacher "
         f"logits, once for every gamma); teacher logits on the real images {saved['inputs_seconds']['real']:.0f} s.",
@@ -259,6 +282,10 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=1024, help="--datafree: synthetic images made (held out included).")
     parser.add_argument("--held-out", type=int, default=64, help="--datafree: synthetic images kept to validate.")
     parser.add_argument("--inversion-steps", type=int, default=150, help="--datafree: Adam steps of BatchNorm inversion.")
+    parser.add_argument("--augment-shift", type=int, default=None, metavar="PIXELS",
+                        help="--datafree: train both rows on batches translated by up to PIXELS (teacher logits recomputed).")
+    parser.add_argument("--augment-flip", action="store_true",
+                        help="--datafree: train both rows on batches mirrored left-right at random (teacher logits recomputed).")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     if args.datafree is not None:
