@@ -46,7 +46,9 @@ from big2small.evaluate.data import FashionSplits, fashion_mnist_splits
 from big2small.distill import DistillConfig
 from big2small.distill.augment import AugmentConfig
 from big2small.selfcompress.quantizer import SelfCompressConfig
-from big2small.selfcompress.sweep import SweepPoint, TrainingSet, run_recipe, synthetic_set, train_fp32, train_selfcompressed
+from big2small.distill.synthetic import making_seconds
+from big2small.models.tasks import get_task
+from big2small.selfcompress.sweep import TASK, SweepPoint, TrainingSet, run_recipe, synthetic_set, train_fp32, train_selfcompressed
 from big2small.evaluate.classification import accuracy
 from big2small.training import TrainConfig
 
@@ -166,6 +168,9 @@ def datafree_rows(args) -> dict:
             "real": TrainingSet.distilled(teacher, data.train[0], data.val[0], "real images, distillation loss",
                                           augment=augment)}
     saved["inputs_seconds"] = {k: v.seconds for k, v in sets.items()}
+    # what inverting took when the images were made (this run, or an earlier one that cached them)
+    saved["inversion_seconds"] = making_seconds(teacher, TASK, None, distill,
+                                                example_input=get_task(TASK).example_input(teacher))
     schedule = TrainConfig(steps=args.datafree, quantizer_lr=args.quantizer_lr, seed=0)
     for gamma in [float(g) for g in args.gammas.split(",")]:
         for kind in ("real", "synthetic"):
@@ -217,8 +222,11 @@ def datafree_markdown(saved: dict) -> str:
         f"out to validate).{augmented} Test accuracy: the 10,000 real test images, on the network reloaded from its "
         "artifact.",
         "",
-        f"Making the inputs: synthetic images {saved['inputs_seconds']['synthetic']:.0f} s (inversion and teacher "
-        f"logits, once for every gamma); teacher logits on the real images {saved['inputs_seconds']['real']:.0f} s.",
+        f"Making the inputs: synthetic images {saved['inputs_seconds']['synthetic']:.0f} s in this run (inversion, or "
+        "reading them back from the on-disk cache, and teacher logits, once for every gamma)"
+        + (f"; inverting the {args['samples']} images took {saved['inversion_seconds']:.0f} s in the run that made "
+           "them" if saved.get("inversion_seconds") is not None else "")
+        + f"; teacher logits on the real images {saved['inputs_seconds']['real']:.0f} s.",
         "",
         "| gamma | images | test accuracy | synthetic - real | bits left (vs fp32) | Q (bits per weight) | weights left | stored | training wall time |",
         "|---|---|---|---|---|---|---|---|---|",
