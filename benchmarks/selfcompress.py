@@ -23,10 +23,12 @@ the fp32 network trained for --epochs on the real images is the teacher; for eac
 self-compression run (from the teacher at b0 = 8, STEPS Adam steps, the distillation loss against
 the teacher's logits) on (a) the real training images and (b) synthetic images only (--samples
 images inverted from the teacher's BatchNorm statistics, --inversion-steps each). Same loss, same
-steps, same seed: only the images differ. `--augment-shift S` (S >= 0; with `--augment-flip`):
+steps, same seed: only the images differ. `--lr` sets the weights' learning rate of both rows.
+`--augment-shift S` (S >= 0; with `--augment-flip`):
 both rows train on random variants of each batch (translated by up to S pixels, mirrored
 left-right), with the teacher's logits recomputed on them (big2small.distill.augment). Writes
-fashion-datafree.{md,json} and tradeoff-fashion-datafree.png.
+fashion-datafree.{md,json} and tradeoff-fashion-datafree.png (with `--tag T`:
+fashion-datafree-T.* and tradeoff-fashion-datafree-T.png, a variant kept beside the main table).
 Run: `python benchmarks/selfcompress.py --datafree 250 --epochs 2 --gammas 0.5,2.0 --samples 1024 --inversion-steps 150 --augment-shift 2 --augment-flip`.
 """
 
@@ -156,8 +158,8 @@ def plot(points: list[SweepPoint], uniform: list[dict], path: Path) -> None:
 
 
 def datafree_rows(args) -> dict:
-    """The data-free comparison (module docstring); saved to fashion-datafree.json after every row."""
-    data_file = OUT / "fashion-datafree.json"
+    """The data-free comparison (module docstring); saved to its JSON (datafree_stem) after every row."""
+    data_file = OUT / f"{datafree_stem(args)}.json"
     start = time.perf_counter()
     augment = augment_config(args)  # refused before any training
     data = fashion_mnist_splits()
@@ -171,16 +173,21 @@ def datafree_rows(args) -> dict:
     # what inverting took when the images were made (this run, or an earlier one that cached them)
     saved["inversion_seconds"] = making_seconds(teacher, TASK, None, distill,
                                                 example_input=get_task(TASK).example_input(teacher))
-    schedule = TrainConfig(steps=args.datafree, quantizer_lr=args.quantizer_lr, seed=0)
+    schedule = TrainConfig(steps=args.datafree, lr=args.lr, quantizer_lr=args.quantizer_lr, seed=0)
     for gamma in [float(g) for g in args.gammas.split(",")]:
         for kind in ("real", "synthetic"):
             _, point = train_selfcompressed(sets[kind], data.test, TrainConfig(**{**schedule.__dict__, "gamma": gamma}),
                                             SelfCompressConfig(init_bits=8.0), init=teacher,
-                                            out=OUT / "artifacts" / "fashion-datafree" / f"{kind}-gamma-{gamma:g}.b2s")
+                                            out=OUT / "artifacts" / datafree_stem(args) / f"{kind}-gamma-{gamma:g}.b2s")
             saved["rows"].append({"images": kind, **point.to_dict()})
             saved["seconds"] = time.perf_counter() - start
             data_file.write_text(json.dumps(saved, indent=1))
     return saved
+
+
+def datafree_stem(args) -> str:
+    """fashion-datafree, or fashion-datafree-<tag> with --tag."""
+    return "fashion-datafree" + (f"-{args.tag}" if args.tag else "")
 
 
 def augment_config(args) -> AugmentConfig | None:
@@ -197,6 +204,8 @@ def augment_config(args) -> AugmentConfig | None:
 def datafree_markdown(saved: dict) -> str:
     args, teacher = saved["args"], SweepPoint.from_dict(saved["teacher"])
     augment = augment_config(args)
+    lr = f" --lr {args['lr']:g}" if args.get("lr") not in (None, 1e-3) else ""
+    lr += f" --tag {args['tag']}" if args.get("tag") else ""
     options = (f" --augment-shift {augment.max_shift}" + (" --augment-flip" if augment.flip else "")) if augment else ""
     augmented = (f" Both rows train on random variants of each batch (translated by up to {augment.max_shift} "
                  "pixels on each axis, edges replicated" + (", mirrored left-right with probability 1/2" if augment.flip
@@ -208,13 +217,13 @@ def datafree_markdown(saved: dict) -> str:
         "",
         f"Command: `python benchmarks/selfcompress.py --datafree {args['datafree']} --epochs {args['epochs']} "
         f"--gammas {args['gammas']} --samples {args['samples']} --inversion-steps {args['inversion_steps']} "
-        f"--quantizer-lr {args['quantizer_lr']}{options}` ({saved['seconds'] / 60:.0f} min in all on this machine's CPU, one "
+        f"--quantizer-lr {args['quantizer_lr']}{lr}{options}` ({saved['seconds'] / 60:.0f} min in all on this machine's CPU, one "
         "thread, shared with other jobs: times are upper bounds).",
         "",
         f"Teacher (the user's trained model): `FashionCNN` trained {args['epochs']} epochs on the 55,000 real "
         f"training images, {100 * teacher.test_accuracy:.2f}% test accuracy, {teacher.train_seconds:.0f} s. "
         f"Each self-compressing network starts from it at b0 = 8 and trains {args['datafree']} Adam steps "
-        f"(batch 256, lr 1e-3, quantizer lr {args['quantizer_lr']}) with the distillation loss "
+        f"(batch 256, lr {args.get('lr') or 1e-3:g}, quantizer lr {args['quantizer_lr']}) with the distillation loss "
         "(KL(teacher || student) of the class distributions) plus gamma times the size loss; the two rows of a "
         "gamma differ only in the images: the 55,000 real training images (no labels used: the fair upper "
         f"bound of the same loss) or {args['samples'] - args['held_out']} synthetic images inverted from the "
@@ -290,6 +299,8 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=1024, help="--datafree: synthetic images made (held out included).")
     parser.add_argument("--held-out", type=int, default=64, help="--datafree: synthetic images kept to validate.")
     parser.add_argument("--inversion-steps", type=int, default=150, help="--datafree: Adam steps of BatchNorm inversion.")
+    parser.add_argument("--lr", type=float, default=1e-3, help="--datafree: Adam learning rate of the weights (both rows).")
+    parser.add_argument("--tag", default="", help="--datafree: write fashion-datafree-TAG.* (a variant beside the main table).")
     parser.add_argument("--augment-shift", type=int, default=None, metavar="PIXELS",
                         help="--datafree: train both rows on batches translated by up to PIXELS (teacher logits recomputed).")
     parser.add_argument("--augment-flip", action="store_true",
@@ -297,10 +308,11 @@ def main() -> None:
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     if args.datafree is not None:
-        saved = json.loads((OUT / "fashion-datafree.json").read_text()) if args.replot else datafree_rows(args)
-        (OUT / "fashion-datafree.md").write_text(datafree_markdown(saved))
-        datafree_plot(saved, OUT / "tradeoff-fashion-datafree.png")
-        print((OUT / "fashion-datafree.md").read_text())
+        stem = datafree_stem(args)
+        saved = json.loads((OUT / f"{stem}.json").read_text()) if args.replot else datafree_rows(args)
+        (OUT / f"{stem}.md").write_text(datafree_markdown(saved))
+        datafree_plot(saved, OUT / f"tradeoff-{stem}.png")
+        print((OUT / f"{stem}.md").read_text())
         return
     # From scratch: fashion.*; fine-tuning the fp32 reference (--init fp32): fashion-finetune.*
     stem = "fashion" if args.init == "scratch" else "fashion-finetune"
