@@ -29,7 +29,8 @@ both rows train on random variants of each batch (translated by up to S pixels, 
 left-right), with the teacher's logits recomputed on them (big2small.distill.augment). Writes
 fashion-datafree.{md,json} and tradeoff-fashion-datafree.png (with `--tag T`:
 fashion-datafree-T.* and tradeoff-fashion-datafree-T.png, a variant kept beside the main table).
-Run: `python benchmarks/selfcompress.py --datafree 250 --epochs 2 --gammas 0.5,2.0 --samples 1024 --inversion-steps 150 --augment-shift 2 --augment-flip`.
+Run: `python benchmarks/selfcompress.py --datafree 250 --epochs 2 --gammas 0.5,2.0 --samples 1024 --inversion-steps 150
+--quantizer-lr 0.01 --lr 0.0001 --augment-shift 2 --augment-flip`.
 """
 
 from __future__ import annotations
@@ -308,6 +309,10 @@ def main() -> None:
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     if args.datafree is not None:
+        try:
+            augment_config(args)
+        except b2s.Big2SmallError as exc:
+            parser.error(str(exc))
         stem = datafree_stem(args)
         saved = json.loads((OUT / f"{stem}.json").read_text()) if args.replot else datafree_rows(args)
         (OUT / f"{stem}.md").write_text(datafree_markdown(saved))
