@@ -23,9 +23,14 @@ the fp32 network trained for --epochs on the real images is the teacher; for eac
 self-compression run (from the teacher at b0 = 8, STEPS Adam steps, the distillation loss against
 the teacher's logits) on (a) the real training images and (b) synthetic images only (--samples
 images inverted from the teacher's BatchNorm statistics, --inversion-steps each). Same loss, same
-steps, same seed: only the images differ. Writes fashion-datafree.{md,json} and
-tradeoff-fashion-datafree.png.
-Run: `python benchmarks/selfcompress.py --datafree 250 --epochs 2 --gammas 0.5,2.0 --samples 1024 --inversion-steps 150`.
+steps, same seed: only the images differ. `--lr` sets the weights' learning rate of both rows.
+`--augment-shift S` (S >= 0; with `--augment-flip`):
+both rows train on random variants of each batch (translated by up to S pixels, mirrored
+left-right), with the teacher's logits recomputed on them (big2small.distill.augment). Writes
+fashion-datafree.{md,json} and tradeoff-fashion-datafree.png (with `--tag T`:
+fashion-datafree-T.* and tradeoff-fashion-datafree-T.png, a variant kept beside the main table).
+Run: `python benchmarks/selfcompress.py --datafree 250 --epochs 2 --gammas 0.5,2.0 --samples 1024 --inversion-steps 150
+--quantizer-lr 0.01 --lr 0.0001 --augment-shift 2 --augment-flip`.
 """
 
 from __future__ import annotations
@@ -42,8 +47,11 @@ import big2small as b2s
 from big2small.selfcompress.export import state_dict_bits
 from big2small.evaluate.data import FashionSplits, fashion_mnist_splits
 from big2small.distill import DistillConfig
+from big2small.distill.augment import AugmentConfig
 from big2small.selfcompress.quantizer import SelfCompressConfig
-from big2small.selfcompress.sweep import SweepPoint, TrainingSet, run_recipe, synthetic_set, train_fp32, train_selfcompressed
+from big2small.distill.synthetic import making_seconds
+from big2small.models.tasks import get_task
+from big2small.selfcompress.sweep import TASK, SweepPoint, TrainingSet, run_recipe, synthetic_set, train_fp32, train_selfcompressed
 from big2small.evaluate.classification import accuracy
 from big2small.training import TrainConfig
 
@@ -151,51 +159,84 @@ def plot(points: list[SweepPoint], uniform: list[dict], path: Path) -> None:
 
 
 def datafree_rows(args) -> dict:
-    """The data-free comparison (module docstring); saved to fashion-datafree.json after every row."""
-    data_file = OUT / "fashion-datafree.json"
+    """The data-free comparison (module docstring); saved to its JSON (datafree_stem) after every row."""
+    data_file = OUT / f"{datafree_stem(args)}.json"
     start = time.perf_counter()
+    augment = augment_config(args)  # refused before any training
     data = fashion_mnist_splits()
     teacher, teacher_point = train_fp32(data, TrainConfig(epochs=args.epochs, seed=0))
     saved = {"command": " ".join(sys.argv), "args": vars(args), "teacher": teacher_point.to_dict(), "rows": []}
     distill = DistillConfig(samples=args.samples, held_out=args.held_out, seed=0, inversion_steps=args.inversion_steps)
-    sets = {"synthetic": synthetic_set(teacher, distill),
-            "real": TrainingSet.distilled(teacher, data.train[0], data.val[0], "real images, distillation loss")}
+    sets = {"synthetic": synthetic_set(teacher, distill, augment=augment),
+            "real": TrainingSet.distilled(teacher, data.train[0], data.val[0], "real images, distillation loss",
+                                          augment=augment)}
     saved["inputs_seconds"] = {k: v.seconds for k, v in sets.items()}
-    schedule = TrainConfig(steps=args.datafree, quantizer_lr=args.quantizer_lr, seed=0)
+    # what inverting took when the images were made (this run, or an earlier one that cached them)
+    saved["inversion_seconds"] = making_seconds(teacher, TASK, None, distill,
+                                                example_input=get_task(TASK).example_input(teacher))
+    schedule = TrainConfig(steps=args.datafree, lr=args.lr, quantizer_lr=args.quantizer_lr, seed=0)
     for gamma in [float(g) for g in args.gammas.split(",")]:
         for kind in ("real", "synthetic"):
             _, point = train_selfcompressed(sets[kind], data.test, TrainConfig(**{**schedule.__dict__, "gamma": gamma}),
                                             SelfCompressConfig(init_bits=8.0), init=teacher,
-                                            out=OUT / "artifacts" / "fashion-datafree" / f"{kind}-gamma-{gamma:g}.b2s")
+                                            out=OUT / "artifacts" / datafree_stem(args) / f"{kind}-gamma-{gamma:g}.b2s")
             saved["rows"].append({"images": kind, **point.to_dict()})
             saved["seconds"] = time.perf_counter() - start
             data_file.write_text(json.dumps(saved, indent=1))
     return saved
 
 
+def datafree_stem(args) -> str:
+    """fashion-datafree, or fashion-datafree-<tag> with --tag."""
+    return "fashion-datafree" + (f"-{args.tag}" if args.tag else "")
+
+
+def augment_config(args) -> AugmentConfig | None:
+    """The augmentation both data-free rows train with (None: none); `args` as parsed or saved."""
+    args = vars(args) if isinstance(args, argparse.Namespace) else args
+    shift, flip = args.get("augment_shift"), bool(args.get("augment_flip"))
+    if shift is None and not flip:
+        return None
+    config = AugmentConfig(flip=flip, max_shift=shift or 0)
+    config.validate()
+    return config
+
+
 def datafree_markdown(saved: dict) -> str:
     args, teacher = saved["args"], SweepPoint.from_dict(saved["teacher"])
+    augment = augment_config(args)
+    lr = f" --lr {args['lr']:g}" if args.get("lr") not in (None, 1e-3) else ""
+    lr += f" --tag {args['tag']}" if args.get("tag") else ""
+    options = (f" --augment-shift {augment.max_shift}" + (" --augment-flip" if augment.flip else "")) if augment else ""
+    augmented = (f" Both rows train on random variants of each batch (translated by up to {augment.max_shift} "
+                 "pixels on each axis, edges replicated" + (", mirrored left-right with probability 1/2" if augment.flip
+                                                           else "") +
+                 "), the teacher's logits recomputed on each variant (`big2small.distill.augment`).") if augment else ""
     rows = [({k: v for k, v in r.items() if k != "images"}, r["images"]) for r in saved["rows"]]
     lines = [
         "# Data-free self-compression on Fashion-MNIST",
         "",
         f"Command: `python benchmarks/selfcompress.py --datafree {args['datafree']} --epochs {args['epochs']} "
         f"--gammas {args['gammas']} --samples {args['samples']} --inversion-steps {args['inversion_steps']} "
-        f"--quantizer-lr {args['quantizer_lr']}` ({saved['seconds'] / 60:.0f} min in all on this machine's CPU, one "
+        f"--quantizer-lr {args['quantizer_lr']}{lr}{options}` ({saved['seconds'] / 60:.0f} min in all on this machine's CPU, one "
         "thread, shared with other jobs: times are upper bounds).",
         "",
         f"Teacher (the user's trained model): `FashionCNN` trained {args['epochs']} epochs on the 55,000 real "
         f"training images, {100 * teacher.test_accuracy:.2f}% test accuracy, {teacher.train_seconds:.0f} s. "
         f"Each self-compressing network starts from it at b0 = 8 and trains {args['datafree']} Adam steps "
-        f"(batch 256, lr 1e-3, quantizer lr {args['quantizer_lr']}) with the distillation loss "
+        f"(batch 256, lr {args.get('lr') or 1e-3:g}, quantizer lr {args['quantizer_lr']}) with the distillation loss "
         "(KL(teacher || student) of the class distributions) plus gamma times the size loss; the two rows of a "
         "gamma differ only in the images: the 55,000 real training images (no labels used: the fair upper "
         f"bound of the same loss) or {args['samples'] - args['held_out']} synthetic images inverted from the "
         f"teacher's BatchNorm statistics ({args['inversion_steps']} Adam steps each; {args['held_out']} more held "
-        "out to validate). Test accuracy: the 10,000 real test images, on the network reloaded from its artifact.",
+        f"out to validate).{augmented} Test accuracy: the 10,000 real test images, on the network reloaded from its "
+        "artifact.",
         "",
-        f"Making the inputs: synthetic images {saved['inputs_seconds']['synthetic']:.0f} s (inversion and teacher "
-        f"logits, once for every gamma); teacher logits on the real images {saved['inputs_seconds']['real']:.0f} s.",
+        f"Making the inputs: synthetic images {saved['inputs_seconds']['synthetic']:.0f} s in this run (inversion, or "
+        "reading them back from the on-disk cache, and teacher logits, once for every gamma)"
+        + (f"; inverting the {args['samples']} images took {saved['inversion_seconds']:.0f} s in the run that made "
+           "them" if saved.get("inversion_seconds") is not None else "")
+        + f"; teacher logits on the real images {saved['inputs_seconds']['real']:.0f} s.",
         "",
         "| gamma | images | test accuracy | synthetic - real | bits left (vs fp32) | Q (bits per weight) | weights left | stored | training wall time |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -259,13 +300,24 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=1024, help="--datafree: synthetic images made (held out included).")
     parser.add_argument("--held-out", type=int, default=64, help="--datafree: synthetic images kept to validate.")
     parser.add_argument("--inversion-steps", type=int, default=150, help="--datafree: Adam steps of BatchNorm inversion.")
+    parser.add_argument("--lr", type=float, default=1e-3, help="--datafree: Adam learning rate of the weights (both rows).")
+    parser.add_argument("--tag", default="", help="--datafree: write fashion-datafree-TAG.* (a variant beside the main table).")
+    parser.add_argument("--augment-shift", type=int, default=None, metavar="PIXELS",
+                        help="--datafree: train both rows on batches translated by up to PIXELS (teacher logits recomputed).")
+    parser.add_argument("--augment-flip", action="store_true",
+                        help="--datafree: train both rows on batches mirrored left-right at random (teacher logits recomputed).")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     if args.datafree is not None:
-        saved = json.loads((OUT / "fashion-datafree.json").read_text()) if args.replot else datafree_rows(args)
-        (OUT / "fashion-datafree.md").write_text(datafree_markdown(saved))
-        datafree_plot(saved, OUT / "tradeoff-fashion-datafree.png")
-        print((OUT / "fashion-datafree.md").read_text())
+        try:
+            augment_config(args)
+        except b2s.Big2SmallError as exc:
+            parser.error(str(exc))
+        stem = datafree_stem(args)
+        saved = json.loads((OUT / f"{stem}.json").read_text()) if args.replot else datafree_rows(args)
+        (OUT / f"{stem}.md").write_text(datafree_markdown(saved))
+        datafree_plot(saved, OUT / f"tradeoff-{stem}.png")
+        print((OUT / f"{stem}.md").read_text())
         return
     # From scratch: fashion.*; fine-tuning the fp32 reference (--init fp32): fashion-finetune.*
     stem = "fashion" if args.init == "scratch" else "fashion-finetune"

@@ -119,3 +119,20 @@ def test_batchnorm_recalibration_refuses_no_batches_and_skips_models_without_bat
 def test_a_regulariser_needs_a_prepared_model():
     with pytest.raises(Big2SmallError, match="not prepared"):
         SizePenalty(_digits_net())
+
+
+def test_a_batch_transform_decides_what_every_step_trains_on():
+    """The targets are all class 0, the transform swaps them for class 3: the model learns 3."""
+    torch.manual_seed(0)
+    images = torch.randn(64, 1, 4, 4)
+    seen = []
+
+    def to_class_3(x, y):
+        seen.append(len(x))
+        return x, torch.full_like(y, 3)
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 5))
+    train(model, images, torch.zeros(64, dtype=torch.long), TrainConfig(epochs=10, batch_size=16, lr=0.1),
+          val=(images, torch.full((64,), 3)), progress=False, batch_transform=to_class_3)
+    assert seen == [16] * 40  # every batch of every epoch, once
+    assert accuracy(model, images, torch.full((64,), 3)).top1 == 1.0

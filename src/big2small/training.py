@@ -131,13 +131,18 @@ def sample_batches(images: torch.Tensor, *, batches: int = 20, batch_size: int =
 
 
 TaskLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (model outputs, targets) -> scalar loss
+# (batch images, batch targets) -> what the step trains on instead (e.g. augmented images with the
+# teacher's logits on them: big2small.distill.augment.teacher_targets)
+BatchTransform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 def train(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, config: TrainConfig, *,
           val: tuple[torch.Tensor, torch.Tensor], regulariser: Regulariser | None = None, progress: bool = True,
-          description: str = "training", loss: TaskLoss = F.cross_entropy) -> list[EpochLog]:
+          description: str = "training", loss: TaskLoss = F.cross_entropy,
+          batch_transform: BatchTransform | None = None) -> list[EpochLog]:
     """Train `model` on `images` with `loss`(outputs, targets of the batch) (default: cross-entropy
-    against class labels), plus gamma * regulariser.loss() when a regulariser is given; after each
+    against class labels), plus gamma * regulariser.loss() when a regulariser is given; each batch
+    passes through `batch_transform` first when one is given (augmentation); after each
     epoch, re-estimate BatchNorm statistics on `images` (with a regulariser, whose quantised weights
     jump between levels) and measure top-1 accuracy on `val` (images, labels). Returns the epoch logs."""
     config.validate()
@@ -164,7 +169,10 @@ def train(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, config:
             done = min(steps, total_steps - (epoch - 1) * steps)
             for i in range(done):
                 idx = order[i * config.batch_size:(i + 1) * config.batch_size]
-                loss = task_loss(model(images[idx]), targets[idx])
+                x, y = images[idx], targets[idx]
+                if batch_transform is not None:
+                    x, y = batch_transform(x, y)
+                loss = task_loss(model(x), y)
                 if regulariser is not None and config.gamma > 0:
                     loss = loss + config.gamma * regulariser.loss()
                 optimizer.zero_grad(set_to_none=True)

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from big2small.distill import DistillConfig, distill_student, resolve_source, synthetic_inputs
+from big2small.distill.synthetic import making_seconds
 from big2small.errors import Big2SmallError
 from big2small.folding import FoldConfig, fold
 from helpers import peaked_llama
@@ -16,7 +17,10 @@ def _own_cache(tmp_path, monkeypatch):
 def test_text_inputs_are_cached_on_disk_and_read_back_equal(tmp_path, monkeypatch):
     model = peaked_llama()
     config = DistillConfig(samples=6, held_out=2, seq_len=12, seed=4)
+    assert making_seconds(model, "causal-lm", None, config) is None  # not made yet
     first = synthetic_inputs(model, "causal-lm", None, config, progress=False)
+    made = making_seconds(model, "causal-lm", None, config)
+    assert made is not None and made > 0  # what making them took, kept for the runs that read them back
     files = sorted(p.suffix for p in (tmp_path / "cache" / "synthetic").iterdir())
     assert files == [".json", ".safetensors"]
     import big2small.distill.synthetic as synthetic
@@ -28,6 +32,7 @@ def test_text_inputs_are_cached_on_disk_and_read_back_equal(tmp_path, monkeypatc
     again = synthetic_inputs(model, "causal-lm", None, config, progress=False)
     assert sorted(first) == sorted(again) == ["attention_mask", "input_ids"]
     assert all(torch.equal(first[k], again[k]) for k in first)
+    assert making_seconds(model, "causal-lm", None, config) == made
     with pytest.raises(AssertionError, match="made again"):  # another seed is another entry
         synthetic_inputs(model, "causal-lm", None, DistillConfig(samples=6, held_out=2, seq_len=12, seed=5), progress=False)
 

@@ -7,6 +7,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from big2small.distill import DistillConfig
+from big2small.distill.augment import AugmentConfig
 from big2small.evaluate import data as data_module
 from big2small.evaluate.classification import logits_of
 from big2small.errors import Big2SmallError
@@ -140,3 +141,27 @@ def test_data_free_training_needs_held_out_images_to_validate(teacher, no_datase
         sweep.synthetic_set(teacher, DistillConfig(samples=8, held_out=0), progress=False)
     with pytest.raises(Big2SmallError, match="needs at least 2 samples"):  # before the teacher is trained
         sweep.run_recipe([0.5], TrainConfig(epochs=1), init="fp32", distill=DistillConfig(samples=1, held_out=0))
+
+
+def test_augmented_training_recomputes_the_teachers_logits_on_the_variants(teacher, no_dataset, monkeypatch):
+    augment = AugmentConfig(flip=True, max_shift=2)
+    training = sweep.synthetic_set(teacher, TINY, progress=False, augment=augment)
+    assert training.inputs == "synthetic images (inversion), augmented (flip true, shift 2 px)"
+    batches = []
+    real_train = sweep.train
+
+    def recording_train(*args, batch_transform=None, **kwargs):
+        def spy(x, y):
+            out = batch_transform(x, y)
+            batches.append((x, *out))
+            return out
+        return real_train(*args, batch_transform=spy, **kwargs)
+
+    monkeypatch.setattr(sweep, "train", recording_train)
+    test = (torch.randn(16, 1, 28, 28), torch.randint(10, (16,)))
+    _, point = sweep.train_selfcompressed(training, test, TrainConfig(steps=8, batch_size=8, gamma=0.5),
+                                          SelfCompressConfig(init_bits=8.0), init=teacher, progress=False)
+    assert len(batches) == 8 and point.inputs == training.inputs
+    assert any(not torch.equal(x, variant) for x, variant, _ in batches)  # the student saw variants
+    for _, variant, logits in batches:
+        assert torch.allclose(logits, logits_of(teacher, variant), atol=1e-5)  # the teacher's, on the variant

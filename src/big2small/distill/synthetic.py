@@ -79,6 +79,31 @@ def synthetic_inputs(model: nn.Module, task: str, tokenizer: Any, config: Distil
     """`config.samples` synthetic inputs for the teacher `model` of `task`, from the cache when
     made before: {"input_ids", "attention_mask"} int64 [N, seq_len] for text, {"images"} float32
     [N, C, H, W] for images. `example_input` (images: one batch, for the shape) comes from the task."""
+    source, shape, settings, directory, key = _entry(model, task, tokenizer, config, example_input)
+    if use_cache:
+        found = _read(directory, key)
+        if found is not None:
+            return found
+    start = time.perf_counter()
+    inputs = _make(model, task, tokenizer, config, source, shape, progress)
+    _write(directory, key, inputs, {**settings, "seconds": time.perf_counter() - start})
+    return inputs
+
+
+def making_seconds(model: nn.Module, task: str, tokenizer: Any, config: DistillConfig, *,
+                   example_input: Any = None) -> float | None:
+    """Wall time (seconds) the cached inputs of these arguments (as for synthetic_inputs) took to
+    make when they were made, or None when they are not in the cache: what a run that read them
+    back saved."""
+    *_, directory, key = _entry(model, task, tokenizer, config, example_input)
+    try:
+        return float(json.loads((directory / f"{key}.json").read_text())["seconds"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _entry(model: nn.Module, task: str, tokenizer: Any, config: DistillConfig, example_input: Any):
+    """(source, shape, settings, cache directory, cache key) of the inputs synthetic_inputs makes."""
     config.validate()
     source = resolve_source(model, task, config.source)
     shape = None
@@ -91,16 +116,7 @@ def synthetic_inputs(model: nn.Module, task: str, tokenizer: Any, config: Distil
     settings = _settings(config, task, source, shape)
     from big2small.models.originals import content_digest  # imported here: it loads the evaluators
 
-    key = content_digest(model, tokenizer, settings)
-    directory = cache_dir() / "synthetic"
-    if use_cache:
-        found = _read(directory, key)
-        if found is not None:
-            return found
-    start = time.perf_counter()
-    inputs = _make(model, task, tokenizer, config, source, shape, progress)
-    _write(directory, key, inputs, {**settings, "seconds": time.perf_counter() - start})
-    return inputs
+    return source, shape, settings, cache_dir() / "synthetic", content_digest(model, tokenizer, settings)
 
 
 def _make(model: nn.Module, task: str, tokenizer: Any, config: DistillConfig, source: str,

@@ -26,6 +26,7 @@ from torch import nn
 
 from big2small.artifact import DEFAULT_MAX_SHARD_SIZE, save
 from big2small.errors import Big2SmallError
+from big2small.distill.augment import AugmentConfig, teacher_targets
 from big2small.distill.config import DistillConfig
 from big2small.distill.loss import logit_kl
 from big2small.evaluate.classification import accuracy, logits_of
@@ -45,7 +46,9 @@ class TrainingSet:
     """What a network is trained on: `images` with `targets` for `loss`(outputs, targets), and
     `val` (images, labels) for the per-epoch validation accuracy. `inputs` names the data source
     (recorded in each SweepPoint); `seconds`: time spent making the inputs (synthesis, teacher
-    logits), not counting training."""
+    logits), not counting training. `augment` (with its `teacher`): every training batch is a random
+    variant of its images with the teacher's logits on it as targets (distill.augment, draws seeded
+    by the run's seed); None: the batches as they are."""
 
     images: torch.Tensor
     targets: torch.Tensor
@@ -53,6 +56,8 @@ class TrainingSet:
     loss: TaskLoss
     inputs: str
     seconds: float = 0.0
+    augment: AugmentConfig | None = None
+    teacher: nn.Module | None = None
 
     @classmethod
     def labelled(cls, data: FashionSplits) -> "TrainingSet":
@@ -61,15 +66,19 @@ class TrainingSet:
 
     @classmethod
     def distilled(cls, teacher: nn.Module, images: torch.Tensor, val_images: torch.Tensor, inputs: str,
-                  seconds: float = 0.0) -> "TrainingSet":
+                  seconds: float = 0.0, augment: AugmentConfig | None = None) -> "TrainingSet":
         """`images` with the teacher's logits as targets and the distillation loss (KL(teacher ||
         student) of the class distributions, in nats per image); validation: agreement with the
-        teacher's top-1 on `val_images`."""
+        teacher's top-1 on `val_images`. `augment`: train on random variants of the images, the
+        teacher's logits recomputed on each (the class docstring)."""
         start = time.perf_counter()
         targets = logits_of(teacher, images)
         val_labels = logits_of(teacher, val_images).argmax(1)
+        if augment is not None:
+            augment.validate()
+            inputs += f", augmented (flip {str(augment.flip).lower()}, shift {augment.max_shift} px)"
         return cls(images, targets, (val_images, val_labels), distillation_loss, inputs,
-                   seconds + time.perf_counter() - start)
+                   seconds + time.perf_counter() - start, augment, teacher if augment is not None else None)
 
 
 def distillation_loss(outputs: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
@@ -90,11 +99,12 @@ def datafree_source(teacher: nn.Module, config: DistillConfig) -> str:
 
 
 def synthetic_set(teacher: nn.Module, config: DistillConfig, *, use_cache: bool = True,
-                  progress: bool = True) -> TrainingSet:
+                  progress: bool = True, augment: AugmentConfig | None = None) -> TrainingSet:
     """Data-free training set: `config.samples` images synthesised from the teacher (source
     "auto": inversion of its BatchNorm statistics; "random": Gaussian images), read from the cache
     when made before; the last `config.held_out` of them validate (agreement with the teacher).
-    A teacher without BatchNorm is refused in one line naming the source that applies."""
+    A teacher without BatchNorm is refused in one line naming the source that applies. `augment`:
+    see TrainingSet."""
     from big2small.distill.synthetic import synthetic_inputs
     from big2small.models.tasks import get_task
 
@@ -104,7 +114,7 @@ def synthetic_set(teacher: nn.Module, config: DistillConfig, *, use_cache: bool 
                               use_cache=use_cache, progress=progress)["images"]
     train_n = len(images) - config.held_out
     return TrainingSet.distilled(teacher, images[:train_n], images[train_n:], f"synthetic images ({source})",
-                                 time.perf_counter() - start)
+                                 time.perf_counter() - start, augment)
 
 
 @dataclass
@@ -161,9 +171,12 @@ def train_selfcompressed(training: TrainingSet, test: tuple[torch.Tensor, torch.
     model = copy.deepcopy(init) if init is not None else fashion_cnn()
     prepare(model, config or SelfCompressConfig())
     penalty = SizePenalty(model)
+    transform = teacher_targets(training.teacher, training.augment, train_config.seed) \
+        if training.augment is not None else None
     start = time.perf_counter()
     history = train(model, training.images, training.targets, train_config, val=training.val, regulariser=penalty,
-                    progress=progress, description=f"gamma {train_config.gamma:g}", loss=training.loss)
+                    progress=progress, description=f"gamma {train_config.gamma:g}", loss=training.loss,
+                    batch_transform=transform)
     seconds = time.perf_counter() - start
     result = convert(model, raw_dtype=raw_dtype, source=fashion_cnn_source())
     if out is not None:
