@@ -12,16 +12,19 @@ sampled every 0.1 s.
     memory      1 worker (in the process), two checkpoint sizes
     throughput  the smaller checkpoint on 1 worker and on 2 worker processes, each PyTorch on one
                 thread (OMP_NUM_THREADS=1 for the single worker, as the pool's workers have),
-                and on Ray started on this machine with 2 CPUs
+                and on Ray started on this machine with 2 CPUs; for two codecs: uniform (the
+                command above: cheap per weight, so the driver's fixed costs weigh) and hyper
+                (`--method hyper --bits 4 --group-size 64`: encoding dominates)
     resume      a small Llama-shaped checkpoint: the command killed (SIGKILL) once a random number
                 of its units is on disk, run again, its bytes compared with an uninterrupted
                 run's (20 trials)
 
 Writes benchmarks/results/scale/scale.md and scale.json. Run: `nice python benchmarks/scale.py`
 (about 20 minutes on 2 busy cores; --quick: small checkpoints only, to try it out).
-`--throughput-only` measures the three throughput rows again and keeps the other rows of
-scale.json: about a minute on an idle 2-core machine once the checkpoint is in /tmp (writing it
-takes a minute or two more). Before the timed runs the checkpoint is opened once, untimed, so that
+`--throughput-only` measures the throughput rows again and keeps the other rows of scale.json:
+about a minute for the uniform rows on an idle 2-core machine once the checkpoint is in /tmp
+(writing it takes a minute or two more), about 12 minutes more for the hyper rows (`--codecs
+uniform` leaves them out). Before the timed runs the checkpoint is opened once, untimed, so that
 each run finds its skeleton's description cached (big2small.models.skeleton), as every run after
 the first on a config does.
 
@@ -55,6 +58,8 @@ OUT = Path(__file__).resolve().parent / "results" / "scale"
 WORK = Path("/tmp/big2small-scale")
 SHARD_BYTES = 500_000_000
 COMMAND = ["--bits", "4", "--group-size", "64"]
+# The throughput rows' codecs: the command's options after the checkpoint and output.
+CODECS = {"uniform": COMMAND, "hyper": ["--method", "hyper", *COMMAND]}
 
 
 def llama_tensors(layers: int, hidden: int = 2048, mlp: int = 5632, vocab: int = 32000, heads: int = 32,
@@ -140,10 +145,10 @@ def _tree_rss(pid: int, cpu: dict[int, float] | None = None) -> int:
 
 
 def run(model: Path, out: Path, extra: list[str], env: dict[str, str] | None = None,
-        kill_at_units: int | None = None) -> dict:
-    """The compress command on `model`: wall seconds and peak memory; with `kill_at_units`, killed
-    (SIGKILL) as soon as that many units are on disk in its resume directory."""
-    cmd = [sys.executable, "-m", "big2small.cli", "compress", str(model), "-o", str(out), "--overwrite", *COMMAND, *extra]
+        kill_at_units: int | None = None, command: list[str] = COMMAND) -> dict:
+    """The compress command (options `command`) on `model`: wall seconds and peak memory; with
+    `kill_at_units`, killed (SIGKILL) as soon as that many units are on disk in its resume directory."""
+    cmd = [sys.executable, "-m", "big2small.cli", "compress", str(model), "-o", str(out), "--overwrite", *command, *extra]
     return measure(cmd, env, resume=out.with_name(f".{out.name}.resume"), kill_at_units=kill_at_units)
 
 
@@ -309,11 +314,16 @@ def main() -> None:
     parser.add_argument("--sizes", default=None, help="with --readers: which checkpoints, e.g. 0.6B,1.1B")
     parser.add_argument("--throughput-only", action="store_true",
                         help="measure the throughput rows again (on an idle machine), keeping scale.json's memory and resume rows")
+    parser.add_argument("--codecs", default=",".join(CODECS),
+                        help=f"the throughput rows' codecs, of {', '.join(CODECS)} (uniform comes first: the estimates use it)")
     parser.add_argument("--work", type=Path, default=WORK, help="where checkpoints and outputs go")
     parser.add_argument("--compare-src", type=Path, default=None,
                         help="with --readers: also restore the first size with the big2small at this src/ directory")
     args = parser.parse_args()
     WORK = args.work
+    codecs = args.codecs.split(",")
+    if codecs[0] != "uniform" or not set(codecs) <= set(CODECS):
+        parser.error(f"--codecs: uniform first, then any of {', '.join(CODECS)}; got {args.codecs}")
     WORK.mkdir(parents=True, exist_ok=True)
     OUT.mkdir(parents=True, exist_ok=True)
     if args.readers and args.table_only:
@@ -345,7 +355,7 @@ def main() -> None:
         result["throughput_load_average_at_start"] = os.getloadavg()
         model = WORK / f"llama-{list(sizes)[0]}"
         n_params, _ = make_checkpoint(model, list(sizes.values())[0])
-        throughput_rows(model, n_params, result)
+        throughput_rows(model, n_params, result, codecs)
         finish(result, end_key="throughput_load_average_at_end")  # the header's loads stay the full run's
         return
     result = {"load_average_at_start": os.getloadavg(), "cpus": os.cpu_count(), "memory": [], "throughput": []}
@@ -358,27 +368,34 @@ def main() -> None:
         result["memory"].append(row)
         print(json.dumps(row), flush=True)
         (OUT / "partial.json").write_text(json.dumps(result, indent=1))
-    result["throughput"] = throughput_rows(WORK / f"llama-{list(sizes)[0]}", result["memory"][0]["n_parameters"], result)
+    result["throughput"] = throughput_rows(WORK / f"llama-{list(sizes)[0]}", result["memory"][0]["n_parameters"], result,
+                                           codecs)
     result["resume"] = resume_trials(args.trials)
     finish(result)
 
 
-def throughput_rows(small: Path, n_small: int, result: dict) -> list[dict]:
-    """End-to-end compress of one checkpoint at 1 worker, 2 worker processes and Ray on this machine.
-    The checkpoint is opened once first, untimed, so that every timed run finds its skeleton's
-    description in the cache (big2small.models.skeleton), as any run after the first does."""
+EXECUTORS = [("1 worker (1 thread)", ["--workers", "1"], {"OMP_NUM_THREADS": "1"}),
+             ("2 worker processes", ["--workers", "2"], None),
+             ("Ray, local, 2 CPUs", ["--workers", "2", "--ray", "local"], None)]
+
+
+def throughput_rows(small: Path, n_small: int, result: dict, codecs: list[str]) -> list[dict]:
+    """End-to-end compress of one checkpoint with each codec at 1 worker, 2 worker processes and
+    Ray on this machine. The checkpoint is opened once first, untimed, so that every timed run
+    finds its skeleton's description in the cache (big2small.models.skeleton), as any run after
+    the first does."""
     warm_skeleton_cache(small)
     result["throughput"] = []
-    for label, extra, env in [("1 worker (1 thread)", ["--workers", "1"], {"OMP_NUM_THREADS": "1"}),
-                              ("2 worker processes", ["--workers", "2"], None),
-                              ("Ray, local, 2 CPUs", ["--workers", "2", "--ray", "local"], None)]:
-        load_before = os.getloadavg()
-        row = run(small, WORK / "out.b2s", extra, env=env)
-        row.update(executor=label, n_parameters=n_small, weights_per_s=n_small / row["wall_s"],
-                   load_average_before=load_before, load_average=os.getloadavg())
-        result["throughput"].append(row)
-        print(json.dumps(row), flush=True)
-        (OUT / "partial.json").write_text(json.dumps(result, indent=1))
+    for codec in codecs:
+        for label, extra, env in EXECUTORS:
+            load_before = os.getloadavg()
+            row = run(small, WORK / "out.b2s", extra, env=env, command=CODECS[codec])
+            row.update(codec=codec, command=" ".join(CODECS[codec]), executor=label, n_parameters=n_small,
+                       weights_per_s=n_small / row["wall_s"], load_average_before=load_before,
+                       load_average=os.getloadavg())
+            result["throughput"].append(row)
+            print(json.dumps(row), flush=True)
+            (OUT / "partial.json").write_text(json.dumps(result, indent=1))
     return result["throughput"]
 
 
@@ -412,20 +429,42 @@ def table(r: dict) -> str:
                      f"{m['n_parameters'] * 4 / gb:.2f} GB | {m['largest_tensor_bytes'] / gb:.3f} GB | "
                      f"{m['peak_tree_rss_bytes'] / gb:.2f} GB | {m['target_bytes'] / gb:.2f} GB | {m['wall_s']:.0f} s | "
                      f"{m['load_average'][0]:.1f} |")
-    lines += ["", f"## Throughput ({r['throughput'][0]['n_parameters'] / 1e9:.2f} B parameters, end to end)", "",
+    rows = r["throughput"]
+    lines += ["", f"## Throughput ({rows[0]['n_parameters'] / 1e9:.2f} B parameters, end to end)", "",
+              "Two codecs on the same checkpoint: uniform (`" + " ".join(CODECS["uniform"]) + "`), cheap per weight, "
+              "and hyper (`" + " ".join(CODECS["hyper"]) + "`), whose encoding costs far more per weight. "
               "CPU seconds: of the command's own process (the driver: start-up, opening the model, planning, "
               "assembling the artifact; with 1 worker, the encoding too) and of its worker processes (Ray's "
               "daemons included), sampled every 0.1 s. The driver's share of the CPU is the part of the work "
               f"that more workers do not speed up.{_loaded_note(r)}", "",
-              "| executor | wall | weights/s | vs 1 worker | driver CPU | workers CPU | peak RSS (tree) | load avg (1 min, before-after) |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    base = r["throughput"][0]["weights_per_s"]
-    for t in r["throughput"]:
+              "| codec | executor | wall | weights/s | vs 1 worker | driver CPU | workers CPU | peak RSS (tree) | load avg (1 min, before-after) |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for t in rows:
+        base = _row(rows, _codec(t), "1 worker")["weights_per_s"]
         cpu = (f"{t['driver_cpu_s']:.1f} s | {t['workers_cpu_s']:.1f} s" if "driver_cpu_s" in t
                else "not measured | not measured")
-        lines.append(f"| {t['executor']} | {t['wall_s']:.0f} s | {t['weights_per_s'] / 1e6:.2f} M | "
+        lines.append(f"| {_codec(t)} | {t['executor']} | {t['wall_s']:.0f} s | {t['weights_per_s'] / 1e6:.2f} M | "
                      f"{t['weights_per_s'] / base:.2f}x | {cpu} | {t['peak_tree_rss_bytes'] / gb:.2f} GB | "
                      f"{_load(t)} |")
+    lines += ["", "Against the targets (2 workers at least 1.8x 1 worker; Ray on this machine within 15% of the "
+              "pool's time), per codec:", ""]
+    for codec in dict.fromkeys(_codec(t) for t in rows):
+        if any(_row(rows, codec, k) is None for k in ("1 worker", "2 worker", "Ray")):
+            lines.append(f"- {codec}: not every executor's row was measured.")
+            continue
+        one, two, ray = (_row(rows, codec, k) for k in ("1 worker", "2 worker", "Ray"))
+        speedup, behind = one["wall_s"] / two["wall_s"], ray["wall_s"] / two["wall_s"] - 1
+        fixed = (f"; the driver's CPU with 2 workers is {two['driver_cpu_s']:.1f} s, "
+                 f"{two['driver_cpu_s'] / (two['driver_cpu_s'] + two['workers_cpu_s']):.0%} of the run's CPU "
+                 f"(read as serial, with the workers' CPU split over 2 cores and nothing overlapping: "
+                 f"{one['driver_cpu_s'] / (two['driver_cpu_s'] + two['workers_cpu_s'] / 2):.2f}x), "
+                 f"and Ray's processes use {ray['workers_cpu_s'] - two['workers_cpu_s']:+.1f} s of CPU against the pool's workers"
+                 if "driver_cpu_s" in two and "driver_cpu_s" in ray else "")
+        loaded = max(x for t in (one, two, ray) for x in (t.get("load_average_before", t["load_average"])[0],
+                                                          t["load_average"][0])) > r["cpus"]
+        verdict = ((lambda ok: "not a verdict: loaded machine") if loaded else (lambda ok: "met" if ok else "missed"))
+        lines.append(f"- {codec}: 2 workers {speedup:.2f}x 1 worker ({verdict(speedup >= 1.8)}); "
+                     f"Ray {behind:+.0%} against the pool ({verdict(behind <= 0.15)}){fixed}.")
     res = r["resume"]
     trials = res["trials"]
     killed = [t for t in trials if t["killed"]]
@@ -438,21 +477,31 @@ def table(r: dict) -> str:
     for t in trials:
         lines.append(f"| {t['trial']} | {t['units_on_disk']} | {t['killed']} | {t['rerun_s']:.1f} s | {t['same_bytes']} |")
     lines += ["", "## Estimated wall time for larger models (an estimate, not a measurement)", "",
-              "Extrapolated linearly from the measured end-to-end rates above (the work per weight is the same; "
+              "Extrapolated linearly from the measured end-to-end rates of the uniform rows above (the work per weight is the same; "
               "start-up is a few seconds). N cores: the 1-worker rate times N times the 2-worker scaling "
               "efficiency measured here; a Ray cluster of N nodes of C cores: the same per core, reading from "
-              "shared storage at least as fast. These leave out the driver's serial parts: the plan's pass over the "
-              "checkpoint and the assembly of the artifact, which read the checkpoint and write the artifact once "
-              "each (minutes for a 70 B model at disk speed), so the many-core figures are lower bounds. "
+              "shared storage at least as fast. These leave out the driver's serial parts: the assembly of the artifact, which writes it once "
+              "(minutes for a 70 B model at disk speed), and the plan's reading of kept tensors stored in a wider "
+              "dtype than the raw one (bfloat16 embeddings kept as float16), so the many-core figures are lower bounds. "
               f"No GPU was available to measure.{_loaded_note(r)}", "",
               "| model | 1 worker | 2 workers (measured rate) | 16 cores (est.) | Ray, 8 nodes x 16 cores (est.) |",
               "|---|---:|---:|---:|---:|"]
-    rate1, rate2 = base, r["throughput"][1]["weights_per_s"]
+    rate1, rate2 = (_row(rows, "uniform", k)["weights_per_s"] for k in ("1 worker", "2 worker"))
     eff = rate2 / (2 * rate1)
     for label, n in (("8 B", 8e9), ("70 B", 70e9), ("405 B", 405e9)):
         lines.append(f"| {label} | {_h(n / rate1)} | {_h(n / rate2)} | {_h(n / (rate1 * 16 * eff))} | "
                      f"{_h(n / (rate1 * 128 * eff))} |")
     return "\n".join(lines) + "\n"
+
+
+def _codec(row: dict) -> str:
+    """A throughput row's codec (rows measured before there were several: uniform)."""
+    return row.get("codec", "uniform")
+
+
+def _row(rows: list[dict], codec: str, executor: str) -> dict | None:
+    """The throughput row of `codec` whose executor's label starts with `executor` (None: not measured)."""
+    return next((t for t in rows if _codec(t) == codec and t["executor"].startswith(executor)), None)
 
 
 def _loaded_note(r: dict) -> str:

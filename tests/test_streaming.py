@@ -243,3 +243,64 @@ def test_verify_streams_both_models_and_reports_what_the_whole_models_give(tmp_p
     report = b2s.verify_artifact(tmp_path / "a.b2s")
     assert report.outcome == "measured" and report.weight_error.table() == expected
     assert report.tensors_checked == len(cm.tensors) and most[0] == 1
+
+
+@pytest.mark.parametrize("name, value", [("layers.3.weight", float("nan")), ("norm.weight", float("inf"))])
+@pytest.mark.parametrize("workers", [1, 2])
+def test_nan_found_while_encoding_is_one_line_leaves_no_artifact_and_valid_resume_data(tmp_path, name, value, workers):
+    """The plan of a streamed run does not read the values (see the next test): a NaN or Inf in a
+    compressed tensor or a kept one is refused where the tensor is encoded, naming it; no artifact
+    appears; the units done so far are kept and valid, so that once the weights are fixed the run
+    writes the bytes of an uninterrupted one."""
+    from big2small.executors import Executor
+
+    recipe = b2s.make_recipe("uniform", **RECIPE)
+    state, model = _state(), tmp_path / "model.safetensors"
+    save_file(state, str(model))
+    compress_to_artifact(open_checkpoint(model), recipe, tmp_path / "clean.b2s", progress=False)
+    bad = dict(state)
+    bad[name] = state[name].clone()
+    bad[name].view(-1)[5] = value
+    save_file(bad, str(model))
+    out = tmp_path / "out.b2s"
+    with pytest.raises(Big2SmallError, match=f"{name}: .*NaN or Inf") as err:
+        compress_to_artifact(open_checkpoint(model), recipe, out, executor=Executor(workers=workers), progress=False)
+    assert "\n" not in str(err.value) and not out.exists()
+    save_file(state, str(model))
+    compress_to_artifact(open_checkpoint(model), recipe, out, executor=Executor(workers=workers), progress=False)
+    assert _bytes(out) == _bytes(tmp_path / "clean.b2s")
+
+
+def test_a_streamed_plan_reads_only_the_tensors_whose_storage_depends_on_their_values(tmp_path):
+    """Kept tensors stored in a wider dtype than the raw dtype (float32 or bfloat16 kept as float16)
+    are read for their range, and one beyond float16's is stored in float32; nothing else is read
+    before encoding. Allocation by error reads (and checks) every tensor anyway."""
+    from big2small.compress import plan_infos
+
+    g = torch.Generator().manual_seed(0)
+    state = {"a.weight": torch.randn(96, 128, generator=g).half(), "b.weight": torch.randn(96, 128, generator=g),
+             "norm16.weight": torch.ones(64).half(), "norm32.weight": torch.full((64,), 70000.0),
+             "normbf.weight": torch.ones(64).bfloat16()}
+    save_file(state, str(tmp_path / "model.safetensors"))
+    checkpoint = open_checkpoint(tmp_path / "model.safetensors")
+    read = []
+
+    class Counted:
+        def __init__(self, name, load):
+            self.name, self.load = name, load
+
+        def __call__(self):
+            return self.load()
+
+        def as_stored(self):
+            read.append(self.name)
+            return self.load.as_stored()
+
+    for info in checkpoint.infos:
+        info.load = Counted(info.name, info.load)
+    entries = {e.name: e for e in plan_infos(checkpoint.infos, b2s.make_recipe("uniform", **RECIPE), check_values=False)}
+    assert sorted(read) == ["norm32.weight", "normbf.weight"]
+    assert entries["norm32.weight"].config.dtype == "float32" and entries["normbf.weight"].config.dtype == "float16"
+    read.clear()
+    plan_infos(checkpoint.infos, b2s.make_recipe("uniform", **RECIPE))
+    assert sorted(read) == sorted(state)  # checked up front (the default, and --dry-run's)

@@ -264,15 +264,19 @@ def _plan(model: nn.Module | dict[str, torch.Tensor], recipe: Recipe, n_paramete
 
 def plan_infos(infos: list[TensorInfo], recipe: Recipe, n_parameters: int | None = None, *,
                model: nn.Module | Callable[[], nn.Module] | dict[str, torch.Tensor] | None = None,
-               source: ModelSource | None = None, progress: bool = False) -> list[PlanEntry]:
+               source: ModelSource | None = None, progress: bool = False,
+               check_values: bool = True) -> list[PlanEntry]:
     """The plan of the tensors `infos` describes, size target applied (the tensors are read one
     at a time for the planner's checks, and for allocation's error curves); a size target counts
-    against `n_parameters` (None: these tensors' parameters).
+    against `n_parameters` (None: these tensors' parameters). check_values=False: as for
+    recipe.plan (NaN and Inf left to encoding); allocation by error, which reads every tensor,
+    checks them all anyway.
 
     model, source: for allocation by output error, the model to probe (a module in memory, or a
     callable that loads it: a streamed checkpoint is loaded whole only if output error is asked
     for explicitly) and where it came from (its task)."""
-    entries = plan(infos, recipe)
+    entries = plan(infos, recipe, check_values=check_values or (recipe.target_bpw is not None
+                                                                and recipe.allocation is not None))
     if recipe.target_bpw is not None:
         n_params = n_parameters if n_parameters is not None else count_parameters(entries)
         if recipe.allocation is None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field, replace
@@ -119,11 +120,15 @@ class Executor:
             context = _worker_context(module)
             with ProcessPoolExecutor(max_workers=self.workers, mp_context=context, initializer=_start_worker,
                                      initargs=(context.Value("i", 0), self.gpu)) as pool:
-                for _ in range(self.workers):  # each submit starts a process while none is idle
-                    pool.submit(_import, module)
+                # Starting a process waits for the fork server to have imported `module` (seconds):
+                # a thread waits, so that the caller does its own work meanwhile.
+                starting = threading.Thread(target=_start_processes, args=(pool, module, self.workers),
+                                            name="big2small-pool-start", daemon=True)
+                starting.start()
                 try:
                     yield replace(self, _started=pool)
                 finally:
+                    starting.join()
                     pool.shutdown(wait=True, cancel_futures=True)
 
     def run(self, fn: Callable[[J], R], jobs: list[J]) -> Iterator[R]:
@@ -180,6 +185,14 @@ def _start_worker(counter, gpu: bool) -> None:
 def _call_single_threaded(fn: Callable[[J], R], job: J) -> R:
     single_threaded()
     return fn(job)
+
+
+def _start_processes(pool: ProcessPoolExecutor, module: str | None, workers: int) -> None:
+    """Start the pool's `workers` processes, each importing `module` (a warm-up job each: a submit
+    starts a process while none is idle). A pool that breaks meanwhile says so at the next submit."""
+    with contextlib.suppress(RuntimeError):  # shut down (the caller's block ended first) or broken
+        for _ in range(workers):
+            pool.submit(_import, module)
 
 
 def _import(module: str | None) -> None:

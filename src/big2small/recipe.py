@@ -153,10 +153,16 @@ class TensorInfo:
     kind: str
     is_parameter: bool
     aliases: list[str] = field(default_factory=list)
+    stored_dtype: torch.dtype | None = None  # the dtype its file stores, where `dtype` differs (load casts)
 
     @property
     def numel(self) -> int:
         return math.prod(self.shape)
+
+    @property
+    def dtype_as_stored(self) -> torch.dtype:
+        """The dtype of load_as_stored(), known without reading the values."""
+        return self.stored_dtype or self.dtype
 
     def load_as_stored(self) -> torch.Tensor:
         """Its values in the dtype they are stored in (see as_stored)."""
@@ -240,19 +246,27 @@ def state_dict_kind(name: str, shape: tuple[int, ...]) -> str:
     return "conv" if 3 <= len(shape) <= 5 else "other"
 
 
-def plan(infos: list[TensorInfo], recipe: Recipe) -> list[PlanEntry]:
+def plan(infos: list[TensorInfo], recipe: Recipe, *, check_values: bool = True) -> list[PlanEntry]:
     """Decide, for every tensor, the method (or raw storage) and the reason. Each tensor's values
     are loaded once, in turn, for the checks that need them (finite, within the raw dtype's range):
-    a checkpoint streams through, never held whole."""
+    a checkpoint streams through, never held whole.
+
+    check_values=False: only the tensors whose decision depends on their values are read (kept
+    ones stored in a dtype of a wider range than the raw dtype's, e.g. bfloat16 kept as float16);
+    NaN and Inf in the others are left to the caller, which checks them where it reads the tensors
+    to encode them (finite_absmax; streaming.run_unit does), so that a run on workers reads each
+    tensor once, there."""
     if sum(info.numel for info in infos) == 0:
         raise Big2SmallError("nothing to compress: the model has no tensors with any elements")
     raw = RawConfig(dtype=recipe.raw_dtype)
     entries = []
     for info in infos:
         floating = info.dtype.is_floating_point
-        t = info.load_as_stored()
-        absmax = _check_storable(info.name, t)
+        _check_dtype(info.name, info.dtype_as_stored)
         config, reason = _decide(info, recipe)
+        narrows = (config is None and floating and raw.dtype != "same"
+                   and torch.finfo(info.dtype_as_stored).max > torch.finfo(STORAGE_DTYPES[raw.dtype]).max)
+        absmax = finite_absmax(info.name, info.load_as_stored()) if check_values or narrows else 0.0
         encodes = config is not None and not isinstance(config, RawConfig)
         if encodes and not floating:
             raise Big2SmallError(f"{info.name}: cannot compress a {info.dtype} tensor")
@@ -265,7 +279,6 @@ def plan(infos: list[TensorInfo], recipe: Recipe) -> list[PlanEntry]:
             reason += f" (stored as float32: values beyond {raw.dtype}'s range)"
         else:
             config_raw = raw
-        del t
         entries.append(
             PlanEntry(
                 name=info.name, shape=tuple(info.shape), dtype=info.dtype, kind=info.kind,
@@ -276,14 +289,19 @@ def plan(infos: list[TensorInfo], recipe: Recipe) -> list[PlanEntry]:
     return entries
 
 
-def _check_storable(name: str, t: torch.Tensor) -> float:
-    """Refuse what no artifact can hold: dtypes it does not store, NaN or Inf values; return the
-    largest absolute value of a floating tensor (0 for others and empty ones), which says whether a
-    kept tensor fits a narrower dtype (fp16 ends at 65504). One pass over the values: min and max
-    (torch.aminmax) carry NaN and Inf along, and cost a tenth of an isfinite mask."""
-    if dtype_name(t.dtype) not in STORED_DTYPES:
-        raise Big2SmallError(f"{name}: {dtype_name(t.dtype)} tensors are not supported "
+def _check_dtype(name: str, dtype: torch.dtype) -> None:
+    """Refuse a dtype no artifact stores."""
+    if dtype_name(dtype) not in STORED_DTYPES:
+        raise Big2SmallError(f"{name}: {dtype_name(dtype)} tensors are not supported "
                              f"(supported: {', '.join(STORED_DTYPES)})")
+
+
+def finite_absmax(name: str, t: torch.Tensor) -> float:
+    """Refuse NaN or Inf values (the plan's check, or encoding's where the plan leaves it:
+    streaming.run_unit); return the largest absolute value of a floating tensor (0 for
+    others and empty ones), which says whether a kept tensor fits a narrower dtype (fp16 ends at
+    65504). One pass over the values: min and max (torch.aminmax) carry NaN and Inf along, and
+    cost a tenth of an isfinite mask."""
     if not t.is_floating_point():
         return 0.0
     bounds = finite_range(t)

@@ -1,9 +1,12 @@
 """Compressing a checkpoint tensor by tensor into an artifact, resumably, on every core or a Ray
 cluster, without ever holding the model.
 
-    plan        from the checkpoint's headers; each tensor is read once, in turn, for the
-                planner's checks (finite values, the raw dtype's range); a size target (--bpw)
-                works from shapes alone
+    plan        from the checkpoint's headers; a tensor is read only where the plan depends on
+                its values (a kept tensor whose values may not fit the raw dtype; all of them for
+                allocation by error, which reads them anyway); a size target without allocation
+                works from shapes alone. NaN and Inf are found where a worker reads the tensor
+                to encode it (run_unit, the planner's check): a one-line error naming the tensor,
+                no artifact, and the units done so far kept, valid, for a run on fixed weights
     encode      one unit of work (one tensor; the INR's tensors, which it fits jointly, as one) at a
                 time per worker: read the tensor (memory-mapped, from its shard), encode it, write
                 its stored form to its own file in the resume directory, drop it
@@ -61,7 +64,7 @@ from big2small.generators import Encoded
 from big2small.manifest import FORMAT_VERSION, tensor_record
 from big2small.models.checkpoint import Checkpoint
 from big2small.progress import progress_bar
-from big2small.recipe import PlanEntry, Recipe, as_stored
+from big2small.recipe import PlanEntry, Recipe, as_stored, finite_absmax
 from big2small.transforms.records import TransformRecord
 from big2small.version import __version__
 
@@ -107,7 +110,7 @@ class UnitResult:
 def run_unit(job: UnitJob) -> UnitResult:
     """Encode `job`'s tensors into its unit file, or reuse the file an earlier run left when it is
     this unit's, from the same inputs (see the module docstring)."""
-    inputs = {e.name: tensor_sha256(as_stored(load)) for e, load in zip(job.entries, job.loads)}
+    inputs = {e.name: _checked_sha256(e.name, as_stored(load)) for e, load in zip(job.entries, job.loads)}
     records = _reusable(job, inputs)
     if records is not None:
         return UnitResult(job.index, records, reused=True)
@@ -123,6 +126,13 @@ def run_unit(job: UnitJob) -> UnitResult:
         tmp.unlink(missing_ok=True)
         raise Big2SmallError(_write_failure(job.path, exc, Path(job.directory))) from None
     return UnitResult(job.index, records, reused=False)
+
+
+def _checked_sha256(name: str, t: torch.Tensor) -> str:
+    """The sha256 of an input tensor as stored, once its values pass the planner's check (NaN, Inf:
+    recipe.finite_absmax), which the plan of compress_to_artifact leaves to here."""
+    finite_absmax(name, t)
+    return tensor_sha256(t)
 
 
 def _reusable(job: UnitJob, inputs: dict[str, str]) -> dict[str, dict[str, Any]] | None:
@@ -166,7 +176,7 @@ def compress_to_artifact(checkpoint: Checkpoint, recipe: Recipe, path: str | os.
     path = ensure_writable(path, overwrite=overwrite)
     device = resolve_device(device)
     entries = plan_infos(checkpoint.infos, recipe, n_parameters, model=checkpoint.probe_model(),
-                         source=checkpoint.source, progress=progress)
+                         source=checkpoint.source, progress=progress, check_values=False)  # in run_unit
     work = _prepare_resume_dir(path, _fingerprint(entries, recipe, checkpoint))
     loads = {i.name: i.load for i in checkpoint.infos}
     jobs = [UnitJob(k, unit, [loads[e.name] for e in unit], recipe.seed, str(device), str(work))

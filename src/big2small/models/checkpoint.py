@@ -166,7 +166,7 @@ def _hf_dir(path: Path, name: str) -> Checkpoint:
             raise Big2SmallError(f"{path}: {key} is {list(shape)} in {shard}, the model's config says {list(info.shape)}")
         dtype = torch.float32 if stored_dtype.is_floating_point else stored_dtype
         infos.append(TensorInfo(info.name, shape, dtype, StoredTensor(str(path / shard), key, dtype), info.kind,
-                                info.is_parameter, list(info.aliases)))
+                                info.is_parameter, list(info.aliases), stored_dtype=stored_dtype))
     source = ModelSource("hf", name, task_of_architecture(arch), architecture=arch, files_dir=path)
     return Checkpoint(infos, source, streamed=True)
 
