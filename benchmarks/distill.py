@@ -529,7 +529,18 @@ def qat_markdown(results: dict[str, dict]) -> str:
         return (" Rows with their own budget: " + "; ".join(rows) + ". The steps column says what ended each run"
                 " (steps: the step budget; time: max_seconds).") if rows else ""
 
-    for res in results.values():
+    def in_plan_order(res: dict) -> dict:
+        """`res` with its rows by the plan's codecs, then compressed only, synthetic, real text, + vectors."""
+        codecs = list(res["plan"]["codecs"])
+
+        def key(r: dict) -> tuple[int, int]:
+            source = r["source"]
+            rank = 0 if source in ("-", "none") else 3 if source.endswith(VECTORS) else 2 if source == "real" else 1
+            return (codecs.index(r["codec"]) if r["codec"] in codecs else -1, rank)
+
+        return {**res, "rows": sorted(res["rows"], key=key)}
+
+    for res in map(in_plan_order, results.values()):
         lines += model_table(res, "codec", budgets(res), "AdamW on the scales' log-gains",
                              (["codec", "bpw (compressed tensors)", "bpw (whole model)", "distilled on"], left),
                              (DISTILL_HEADER + ["inputs (s)", "distill (s)"], lambda r: distill_cells(r, inputs=True)))
