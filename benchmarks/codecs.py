@@ -81,7 +81,6 @@ OURS: list[tuple[str, str, dict]] = [
 # bits unchanged) on the model's synthetic inputs with the budget of benchmarks/distill.py --qat, whose
 # run measures these rows beside their one-shot rows under this protocol (results/distill/qat-codecs-*.json,
 # reused here); a run here measures them itself, through compress(..., distill=DistillConfig(...)).
-DISTILLED_TARGETS = (3.25, 4.25)
 DISTILL_SOURCE = {"smollm2": "self", "minilm": "smollm2"}  # the data-free route of each model's --qat rows
 
 PRIMARY = {"causal-lm": "perplexity", "encoder": "mean_cosine", "image-classifier": "top1_agreement"}
@@ -113,15 +112,19 @@ def sinq_rows() -> list[dict]:
 def distilled_rows(model_name: str) -> list[dict]:
     """"allocated T + distilled" (the trellis scales trained) and "... + distilled, norms too" (and the
     raw norm gains and biases) for the models benchmarks/distill.py --qat distils (none for the others)."""
-    from distill import VECTORS, qat_distill_settings
+    from distill import QAT_PLANS, VECTORS, qat_distill_settings
 
     if model_name not in DISTILL_SOURCE:
         return []
-    variants = {"": DISTILL_SOURCE[model_name], ", norms too": DISTILL_SOURCE[model_name] + VECTORS}
-    return [_row(f"allocated {t} + distilled{suffix}", "ours: allocated + distilled", "b2s",
-                 {"method": None, "options": {"bpw": t, "target_over": "compressed"},
-                  "distill": qat_distill_settings(model_name, source)})
-            for t in DISTILLED_TARGETS for suffix, source in variants.items()]
+    plan, source = QAT_PLANS[model_name], DISTILL_SOURCE[model_name]
+    rows = []
+    for label in plan["codecs_protocol"]:  # the "allocated T" rows --qat measures under this protocol
+        options = {k: v for k, v in plan["codecs"][label].items() if k != "method"}
+        variants = {"": source, **({", norms too": source + VECTORS} if label in plan["vectors_for"] else {})}
+        rows += [_row(f"{label} + distilled{suffix}", "ours: allocated + distilled", "b2s",
+                      {"method": None, "options": options, "distill": qat_distill_settings(model_name, s, label)})
+                 for suffix, s in variants.items()]
+    return rows
 
 
 def ours_rows(model_name: str, extra: list[str]) -> list[dict]:
@@ -283,9 +286,10 @@ def run(model_name: str, extra_ours: list[str], only: list[str], fresh: bool, sk
     rows = ours_rows(model_name, extra_ours) + baseline_rows(model_name) + sinq_rows()
     ctx = Context(model_name)
     entries = [cached["fp32"] if "fp32" in cached and "fp32" not in only else fp32_entry(ctx)]
-    if not fresh:
+    if not fresh:  # an earlier benchmark's row with this run's settings replaces one cached with other settings
         for label, entry in earlier_rows(model_name, rows, entries[0]).items():
-            cached.setdefault(label, entry)
+            if label not in cached or cached[label]["params"] != entry["params"]:
+                cached[label] = entry
     for row in rows:
         old = cached.get(row["label"])
         if old and old["kind"] == row["kind"] and old["params"] == row["params"] and row["label"] not in only:

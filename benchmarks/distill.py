@@ -36,7 +36,8 @@ on synthetic inputs (weights trained, the fold plans' budgets).
 Writes benchmarks/results/distill/{<model>.json, distill.md, qat-<model>.json, qat.md,
 layers-<model>.json, layers.md}; rows already in a JSON are kept, so an interrupted run resumes. Wall times were measured on a 2-core CPU shared with other
 work: they are upper bounds of what the machine alone would take.
-Run: `nice python benchmarks/distill.py [--models minilm,smollm2] [--sparsities 0.2,0.3] [--qat | --layers] [--replot]`.
+Run: `nice python benchmarks/distill.py [--models minilm,smollm2] [--sparsities 0.2,0.3] [--qat [--codecs LABEL,...] | --layers]
+[--replot]`.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ from big2small.models.tasks import evaluate, get_task, reference_outputs
 
 OUT = Path(__file__).resolve().parent / "results" / "distill"
 ONLY: set[float] = set()  # --sparsities: run only these targets of the fold plans (empty: all)
+ONLY_CODECS: set[str] = set()  # --codecs: run only these codecs of the --qat plans (empty: all)
 METRIC = {"causal-lm": "perplexity", "encoder": "mean_cosine"}
 # Budgets sized for a 2-core CPU shared with three other sessions (load 9-12): one thread (faster
 # than two under that contention), 64-token sequences, a step and a time budget per run, and a
@@ -91,17 +93,25 @@ PLANS = {
 # sensitivity; the codecs benchmark's rows of that name), whose trellis scales are trained with the
 # codes kept. The labels in "codecs_protocol" are also measured under the codecs benchmark's protocol
 # (CodecsProtocol below), in the same run, and written where benchmarks/codecs.py reuses them.
-ALLOCATED = {f"allocated {t}": {"method": None, "bpw": t, "target_over": "compressed"} for t in (3.25, 4.25)}
+# "budget_for": the rows (codec label -> source -> DistillConfig settings) run with another budget than
+# the plan's, e.g. a step budget alone (max_seconds None) where the time budget, on a loaded machine,
+# decided how far a run got; a row measured under other settings than these is measured again.
+# SmolLM2's allocated 3.25 runs the plan's 40 steps; 2.25 runs 20 (what fitted the session that
+# measured it, on a CPU shared at load 6-8: about 65-100 s a step).
+ALLOCATED = {f"allocated {t}": {"method": None, "bpw": t, "target_over": "compressed"} for t in (2.25, 3.25, 4.25)}
+STEPS_ONLY = {"max_seconds": None}
 QAT_PLANS = {
     "smollm2": {"codecs": {"uniform 3-bit g64": {"method": "uniform", "bits": 3, "group_size": 64},
                            "hyper 6-bit pairs g64": {"method": "hyper", "bits": 6, "group_size": 64}, **ALLOCATED},
-                "codecs_protocol": list(ALLOCATED), "vectors_for": list(ALLOCATED),
+                "codecs_protocol": list(ALLOCATED), "vectors_for": ["allocated 3.25", "allocated 4.25"],
+                "budget_for": {"allocated 2.25": {"self": {**STEPS_ONLY, "steps": 20}}, "allocated 3.25": {"self": STEPS_ONLY}},
                 "sources": ["self", "real"], "only_for": {"real": ["uniform 3-bit g64"]},
                 "eval": {"windows": 5},
                 "distill": {"steps": 40, "samples": 72, "held_out": 8, "batch_size": 4, "seq_len": 64, "lr": 5e-3,
                             "max_seconds": 420.0}},
-    "minilm": {"codecs": {"uniform 3-bit g64": {"method": "uniform", "bits": 3, "group_size": 64}, **ALLOCATED},
-               "codecs_protocol": list(ALLOCATED), "vectors_for": list(ALLOCATED),
+    "minilm": {"codecs": {"uniform 3-bit g64": {"method": "uniform", "bits": 3, "group_size": 64},
+                          **{k: v for k, v in ALLOCATED.items() if k != "allocated 2.25"}},
+               "codecs_protocol": ["allocated 3.25", "allocated 4.25"], "vectors_for": ["allocated 3.25", "allocated 4.25"],
                "sources": ["smollm2", "real"], "only_for": {"real": ["uniform 3-bit g64"]},
                "eval": {"documents": 100},
                "distill": {"steps": 100, "samples": 136, "held_out": 8, "batch_size": 8, "seq_len": 64, "lr": 5e-3,
@@ -160,6 +170,11 @@ class Session:
                         f"{torch.__version__}; 2 cores shared with other sessions")
 
     def record(self, row: dict) -> None:
+        """Store `row` (replacing an earlier row of the same key: one measured with other settings),
+        beside the rows the file holds now (another run's, e.g. `--qat --codecs` of other codecs)."""
+        if self.path.exists():
+            self.rows = json.loads(self.path.read_text())["rows"]
+        self.rows = [r for r in self.rows if (r[self.key[0]], r[self.key[1]]) != (row[self.key[0]], row[self.key[1]])]
         self.rows.append(row)
         self.path.write_text(json.dumps({"model": self.name, "task": self.task, "plan": self.plan, "machine": self.machine,
                                          "rows": self.rows}, indent=1))
@@ -226,11 +241,23 @@ def codecs_spec(options: dict, distill: dict | None = None) -> str:
 VECTORS = "+vectors"
 
 
-def qat_distill_settings(name: str, source: str) -> dict:
-    """The DistillConfig settings (as keyword arguments) of a model's --qat rows on `source`."""
+def qat_budget(name: str, label: str, source: str) -> dict:
+    """The settings by which a model's --qat row (codec `label`, inputs `source`) differs from its
+    plan's distillation budget (the plan's "budget_for"; empty for most rows)."""
+    return QAT_PLANS[name].get("budget_for", {}).get(label, {}).get(source, {})
+
+
+def qat_distill_settings(name: str, source: str, label: str) -> dict:
+    """The DistillConfig settings (as keyword arguments) of a model's --qat row of codec `label` on `source`."""
     base = source.removesuffix(VECTORS)
     return {**QAT_PLANS[name]["distill"], "source": base, "seed": 0,
-            **({"train_vectors": True} if source.endswith(VECTORS) else {})}
+            **({"train_vectors": True} if source.endswith(VECTORS) else {}), **qat_budget(name, label, source)}
+
+
+def measured_as_planned(row: dict, budget: dict) -> bool:
+    """Whether a distilled --qat row was measured with the settings of `budget` (qat_budget's)."""
+    config = row["distill"]["config"] if budget else {}
+    return all(k in config and config[k] == v for k, v in budget.items())
 
 
 def source_label(source: str) -> str:
@@ -273,6 +300,7 @@ class CodecsProtocol:
         size = cm.size()
         _, bpw_scope, metrics, sqnr = measure_decoded(self.session.loaded, cm, cm.state_dict(names=names),
                                                       size.bits_compressed, self.reference, self.settings)
+        self.data = json.loads(self.path.read_text())  # the rows another run added meanwhile kept
         self.data["rows"].append({"method": family, "spec": spec, "bpw_all": size.bpw_all, "bpw_scope": bpw_scope,
                                   "metrics": metrics, "sqnr_db": sqnr, "compress_seconds": seconds, "note": note})
         self._write()
@@ -323,29 +351,33 @@ def run_qat(name: str) -> None:
     if ("original", "-") not in done:
         record({"codec": "original", "source": "-", "metrics": session.measure(teacher)})
     for label, options in plan["codecs"].items():
+        if ONLY_CODECS and label not in ONLY_CODECS:
+            continue
         sources = [s for s in plan["sources"] if label in plan["only_for"].get(s, [label])]
         if label in plan.get("vectors_for", []):
             sources += [s + VECTORS for s in sources if s != "real"]
         both = label in plan.get("codecs_protocol", [])
-        specs = {s: codecs_spec(options, None if s == "none" else qat_distill_settings(name, s))
+        specs = {s: codecs_spec(options, None if s == "none" else qat_distill_settings(name, s, label))
                  for s in ["none"] + sources} if both else {}
-        if all((label, s) in done and (not both or codecs.has(specs[s])) for s in ["none"] + sources):
+        current = {(r["codec"], r["source"]) for r in session.rows
+                   if r["source"] == "none" or measured_as_planned(r, qat_budget(name, r["codec"], r["source"]))}
+        if all((label, s) in current and (not both or codecs.has(specs[s])) for s in ["none"] + sources):
             continue
         plain, encode_seconds = encoded(loaded, name, options)
         size = {"bpw_all": plain.size().bpw_all, "bpw_scope": plain.size().bpw_scope, "bits": plain.size().bits_total}
-        if (label, "none") not in done:
+        if (label, "none") not in current:
             record({"codec": label, "source": "none", "size": size, "encode_seconds": encode_seconds,
                     "metrics": measure(plain)})
         if both and not codecs.has(specs["none"]):
             codecs.record(plain, specs["none"], "ours: allocated", encode_seconds,
                           "one-shot: the encoding its distilled row starts from")
         for source in sources:
-            if (label, source) in done and (not both or codecs.has(specs[source])):
+            if (label, source) in current and (not both or codecs.has(specs[source])):
                 continue
             config, inputs, input_seconds = session.inputs(source.removesuffix(VECTORS))
-            config = dataclasses.replace(config, train_vectors=source.endswith(VECTORS))
+            config = dataclasses.replace(config, train_vectors=source.endswith(VECTORS), **qat_budget(name, label, source))
             distilled, report = distilled_copy(teacher, plain, task, tok, config, inputs, label)
-            if (label, source) not in done:
+            if (label, source) not in current:
                 record({"codec": label, "source": source, "size": size, "encode_seconds": encode_seconds,
                         "input_seconds": input_seconds, "distill": report.to_dict(), "metrics": measure(distilled),
                         "data_free": source != "real"})
@@ -487,8 +519,29 @@ def qat_markdown(results: dict[str, dict]) -> str:
         return [r["codec"], f"{r['size']['bpw_scope']:.3f}", f"{r['size']['bpw_all']:.3f}",
                 source_label(r["source"]) if r.get("distill") else "- (compressed only)"]
 
-    for res in results.values():
-        lines += model_table(res, "codec", "", "AdamW on the scales' log-gains",
+    def budgets(res: dict) -> str:
+        """The rows run with another step or time budget than the plan's, in words (from their own config)."""
+        plan = res["plan"]["distill"]
+        rows = [f"{r['codec']} on {source_label(r['source'])}: steps {c['steps']}, max_seconds {c['max_seconds']}"
+                + (" (the steps alone end the run)" if c["max_seconds"] is None else "")
+                for r in res["rows"] if r.get("distill") for c in [r["distill"]["config"]]
+                if (c["steps"], c["max_seconds"]) != (plan["steps"], plan["max_seconds"])]
+        return (" Rows with their own budget: " + "; ".join(rows) + ". The steps column says what ended each run"
+                " (steps: the step budget; time: max_seconds).") if rows else ""
+
+    def in_plan_order(res: dict) -> dict:
+        """`res` with its rows by the plan's codecs, then compressed only, synthetic, real text, + vectors."""
+        codecs = list(res["plan"]["codecs"])
+
+        def key(r: dict) -> tuple[int, int]:
+            source = r["source"]
+            rank = 0 if source in ("-", "none") else 3 if source.endswith(VECTORS) else 2 if source == "real" else 1
+            return (codecs.index(r["codec"]) if r["codec"] in codecs else -1, rank)
+
+        return {**res, "rows": sorted(res["rows"], key=key)}
+
+    for res in map(in_plan_order, results.values()):
+        lines += model_table(res, "codec", budgets(res), "AdamW on the scales' log-gains",
                              (["codec", "bpw (compressed tensors)", "bpw (whole model)", "distilled on"], left),
                              (DISTILL_HEADER + ["inputs (s)", "distill (s)"], lambda r: distill_cells(r, inputs=True)))
     return "\n".join(lines)
@@ -562,6 +615,7 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(PLANS))
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a loaded 2-core CPU).")
     parser.add_argument("--sparsities", default=None, help="Only these targets of the fold plans (e.g. 0.2,0.3).")
+    parser.add_argument("--codecs", default=None, help="With --qat: only these codecs (labels, e.g. 'allocated 3.25').")
     parser.add_argument("--replot", action="store_true", help="Only rebuild the table from the JSON files.")
     parser.add_argument("--qat", action="store_true", help="Run the quantisation-aware distillation rows instead.")
     parser.add_argument("--layers", action="store_true", help="Run the fewer-layers rows instead.")
@@ -570,6 +624,8 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     if args.sparsities:  # the plans (recorded in the JSON) stay whole; only these targets run
         ONLY.update(float(x) for x in args.sparsities.split(","))
+    if args.codecs:  # the plans stay whole; only these codecs run
+        ONLY_CODECS.update(x.strip() for x in args.codecs.split(","))
     for name in args.models.split(",") if not args.replot else []:
         run_qat(name) if args.qat else run_layers(name) if args.layers else run_model(name)
     results = {name: json.loads((OUT / f"{name}.json").read_text()) for name in PLANS if (OUT / f"{name}.json").exists()}
