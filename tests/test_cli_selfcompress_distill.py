@@ -22,8 +22,10 @@ def teacher_file(tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--teacher", "{teacher}"], "--teacher, --distill-lr and --distill-seconds need --distill STEPS"),
+    (["--teacher", "{teacher}"], "--teacher, --distill-lr, --distill-seconds and --distill-shift need --distill STEPS"),
     (["--distill-seconds", "5"], "need --distill STEPS"),
+    (["--distill-shift", "2"], "need --distill STEPS"),
+    (["--distill", "5", "--distill-shift", "-1"], "--distill-shift must be >= 0 pixels, got -1"),
     (["--distill", "5", "--init", "scratch"], "--distill fine-tunes the teacher from 8 bits: leave out --init scratch"),
     (["--distill", "-1"], "--distill must be a number of steps >= 0"),
     (["--distill", "5", "--teacher", "{missing}"], "no such file"),
@@ -45,13 +47,14 @@ def test_bad_distill_options_are_refused_in_one_line(teacher_file, tmp_path, arg
 @pytest.mark.skipif(not FASHION.is_dir(), reason="Fashion-MNIST (Debian dataset-fashion-mnist) is not installed")
 def test_selfcompress_with_a_teacher_trains_on_synthetic_images_and_exports(teacher_file, tmp_path):
     result = run("selfcompress", "--distill", "6", "--teacher", teacher_file, "--distill-samples", "24", "--gamma", "0.5",
-                 "--batch-size", "8", "--quantizer-lr", "0.05", "--out-dir", tmp_path / "out", "--json", tmp_path / "r.json",
+                 "--distill-shift", "1", "--batch-size", "8", "--quantizer-lr", "0.05", "--out-dir", tmp_path / "out", "--json", tmp_path / "r.json",
                  env={"BIG2SMALL_CACHE": str(tmp_path / "cache")}, columns=200)
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "r.json").read_text())
     teacher, point = report["points"]
     assert teacher["gamma"] is None and teacher["inputs"] == "given teacher"
-    assert point["gamma"] == 0.5 and point["inputs"] == "synthetic images (inversion)"
+    assert point["gamma"] == 0.5 and point["inputs"] == "synthetic images (inversion), augmented (flip true, shift 1 px)"
+    assert report["augment"]["max_shift"] == 1 and report["augment"]["flip"] is True
     assert len(point["history"]) == 3  # 6 steps over 16 training images in batches of 8: three passes of 2 steps
     assert report["distill"]["steps"] == 6 and report["init"] == "fp32"
     assert "inverting BatchNorm statistics" in result.stderr and "gamma 0.5" in result.stderr

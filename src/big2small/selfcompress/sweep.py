@@ -198,7 +198,7 @@ def run_recipe(gammas: list[float], train_config: TrainConfig, *, out_dir: Path 
                init: str = "scratch", config: SelfCompressConfig | None = None, limit: int | None = None,
                progress: bool = True, max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
                distill: DistillConfig | None = None, teacher: nn.Module | None = None,
-               ) -> tuple[list[SweepPoint], FashionCNN | None]:
+               augment: AugmentConfig | None = None) -> tuple[list[SweepPoint], FashionCNN | None]:
     """The whole recipe: optionally the fp32 reference, then one self-compressed network per gamma
     (artifacts under `out_dir` as gamma-<g>.b2s). init: "scratch" (b0 = 2, exponents fitted to
     the initial weights) or "fp32" (fine-tune the fp32 reference from b0 = 8, near-lossless).
@@ -210,7 +210,8 @@ def run_recipe(gammas: list[float], train_config: TrainConfig, *, out_dir: Path 
     stay train_config's (DistillConfig.batch_size is the distillation loop's, not used here). The teacher is
     `teacher` (a trained FashionCNN: then no training image is read, only the test set for the
     reported accuracy) or, if None, the fp32 reference trained here on the real images (the
-    "user's model").
+    "user's model"). augment (with distill): every training batch is a random variant of the
+    synthetic images, the teacher's logits recomputed on it (distill.augment).
     Returns the points (the fp32 reference or the teacher first, if any) and that fp32 model."""
     if not gammas or any(g < 0 for g in gammas):
         raise Big2SmallError(f"gamma values must be >= 0, got {gammas}")
@@ -218,6 +219,10 @@ def run_recipe(gammas: list[float], train_config: TrainConfig, *, out_dir: Path 
         raise Big2SmallError(f"init must be 'scratch' or 'fp32', got {init!r}")
     if distill is not None and init != "fp32":
         raise Big2SmallError("data-free self-compression fine-tunes the teacher: it needs init 'fp32'")
+    if augment is not None and distill is None:
+        raise Big2SmallError("augmentation applies to data-free self-compression: it needs a distillation config")
+    if augment is not None:
+        augment.validate()
     if teacher is not None and distill is None:
         raise Big2SmallError("a given teacher is distilled on synthetic images: it needs a distillation config")
     if init == "fp32" and not fp32 and teacher is None:
@@ -244,7 +249,7 @@ def run_recipe(gammas: list[float], train_config: TrainConfig, *, out_dir: Path 
     if distill is None:
         training, schedule = TrainingSet.labelled(data), train_config
     else:
-        training = synthetic_set(reference, distill, progress=progress)
+        training = synthetic_set(reference, distill, progress=progress, augment=augment)
         schedule = distill_schedule(train_config, distill)
     for gamma in gammas:
         out = out_dir / f"gamma-{gamma:g}.b2s" if out_dir is not None else None
