@@ -40,7 +40,7 @@ DEFAULT_STATE_BITS = 12
 @dataclass
 class TrellisConfig(rotation.RotatableConfig):
     """bits: bits per weight, exactly (the code width k, 1-8). state_bits: the register length L
-    (2^L states; 8, 10 or 12, and 14 for 2-4 bits): quality grows and encoding time doubles with
+    (2^L states; 8, 10 or 12, 14 for 2-4 bits and 16 for 4 bits): quality grows and encoding time doubles with
     each bit. group_size:
     weights per fp16 scale along a row, 0 = one per row. rotate: none | input | both."""
 
