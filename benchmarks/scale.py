@@ -12,7 +12,10 @@ sampled every 0.1 s.
     memory      1 worker (in the process), two checkpoint sizes
     throughput  the smaller checkpoint on 1 worker and on 2 worker processes, each PyTorch on one
                 thread (OMP_NUM_THREADS=1 for the single worker, as the pool's workers have),
-                and on Ray started on this machine with 2 CPUs; for two codecs: uniform (the
+                on Ray started on this machine with 2 CPUs by the command (`--ray local`: Ray's
+                start-up is in the row), and on a Ray instance already running on this machine
+                (`ray start --head --num-cpus 2` before the timed run; `--ray auto`, the way a
+                cluster is used); for two codecs: uniform (the
                 command above: cheap per weight, so the driver's fixed costs weigh) and hyper
                 (`--method hyper --bits 4 --group-size 64`: encoding dominates)
     resume      a small Llama-shaped checkpoint: the command killed (SIGKILL) once a random number
@@ -24,7 +27,7 @@ Writes benchmarks/results/scale/scale.md and scale.json. Run: `nice python bench
 `--throughput-only` measures the throughput rows again and keeps the other rows of scale.json:
 about a minute for the uniform rows on an idle 2-core machine once the checkpoint is in /tmp
 (writing it takes a minute or two more), about 12 minutes more for the hyper rows (`--codecs
-uniform` leaves them out). Before the timed runs the checkpoint is opened once, untimed, so that
+uniform` measures the uniform rows alone and keeps scale.json's hyper rows). Before the timed runs the checkpoint is opened once, untimed, so that
 each run finds its skeleton's description cached (big2small.models.skeleton), as every run after
 the first on a config does.
 
@@ -40,6 +43,7 @@ checkpoints and artifacts go, default /tmp/big2small-scale).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import math
@@ -50,6 +54,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -125,12 +130,15 @@ def _flush(path: Path, shards: list[dict[str, torch.Tensor]], save_file) -> None
     shards[-1].clear()
 
 
-def _tree_rss(pid: int, cpu: dict[int, float] | None = None) -> int:
-    """Bytes resident in `pid` and all its descendants; with `cpu`, each one's CPU seconds so far
-    (user + system) are recorded in it by process id."""
-    total, stack = 0, [pid]
+def _tree_rss(pids: list[int], cpu: dict[int, float] | None = None) -> int:
+    """Bytes resident in `pids` and all their descendants (each counted once); with `cpu`, each
+    one's CPU seconds so far (user + system) are recorded in it by process id."""
+    total, stack, seen = 0, list(pids), set()
     while stack:
         p = stack.pop()
+        if p in seen:
+            continue
+        seen.add(p)
         try:
             status = Path(f"/proc/{p}/status").read_text()
             total += int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS"))) * 1024
@@ -145,23 +153,30 @@ def _tree_rss(pid: int, cpu: dict[int, float] | None = None) -> int:
 
 
 def run(model: Path, out: Path, extra: list[str], env: dict[str, str] | None = None,
-        kill_at_units: int | None = None, command: list[str] = COMMAND) -> dict:
+        kill_at_units: int | None = None, command: list[str] = COMMAND,
+        also: Callable[[], list[int]] | None = None) -> dict:
     """The compress command (options `command`) on `model`: wall seconds and peak memory; with
-    `kill_at_units`, killed (SIGKILL) as soon as that many units are on disk in its resume directory."""
+    `kill_at_units`, killed (SIGKILL) as soon as that many units are on disk in its resume directory;
+    `also`: see measure."""
     cmd = [sys.executable, "-m", "big2small.cli", "compress", str(model), "-o", str(out), "--overwrite", *command, *extra]
-    return measure(cmd, env, resume=out.with_name(f".{out.name}.resume"), kill_at_units=kill_at_units)
+    return measure(cmd, env, resume=out.with_name(f".{out.name}.resume"), kill_at_units=kill_at_units, also=also)
 
 
 def measure(cmd: list[str], env: dict[str, str] | None = None, *, resume: Path | None = None,
-            kill_at_units: int | None = None) -> dict:
+            kill_at_units: int | None = None, also: Callable[[], list[int]] | None = None) -> dict:
     """Run `cmd`: wall seconds, the peak resident memory of its process tree (bytes, sampled
     every 0.1 s) and the CPU seconds of the command's own process (the driver) and of its
     descendants (workers; as last sampled, so up to 0.1 s of each is missed); with
-    `kill_at_units`, killed (SIGKILL) once that many unit files are in `resume`."""
+    `kill_at_units`, killed (SIGKILL) once that many unit files are in `resume`. `also`: other
+    processes that work for the command (a running Ray instance's), counted with their descendants
+    in the memory and in the workers' CPU (only the CPU they use while the command runs)."""
+    roots = also or (lambda: [])
+    cpu: dict[int, float] = {}
+    _tree_rss(roots(), cpu)
+    before = dict(cpu)  # the running processes' CPU so far, not the command's
     start = time.monotonic()
     proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     peak = 0
-    cpu: dict[int, float] = {}
     killed = False
     while proc.poll() is None:
         if kill_at_units is not None:
@@ -171,7 +186,7 @@ def measure(cmd: list[str], env: dict[str, str] | None = None, *, resume: Path |
                 break
             time.sleep(0.002)
             continue
-        peak = max(peak, _tree_rss(proc.pid, cpu))
+        peak = max(peak, _tree_rss([proc.pid, *roots()], cpu))
         time.sleep(0.1)
     stderr = proc.communicate()[1].decode(errors="replace")
     wall = time.monotonic() - start
@@ -179,7 +194,7 @@ def measure(cmd: list[str], env: dict[str, str] | None = None, *, resume: Path |
         raise RuntimeError(f"{' '.join(cmd[2:4])} failed ({proc.returncode}): {stderr.strip().splitlines()[-1:]}")
     driver = cpu.pop(proc.pid, 0.0)
     return {"wall_s": wall, "peak_tree_rss_bytes": peak, "killed": killed and proc.returncode != 0,
-            "driver_cpu_s": driver, "workers_cpu_s": sum(cpu.values())}
+            "driver_cpu_s": driver, "workers_cpu_s": sum(t - before.get(p, 0.0) for p, t in cpu.items())}
 
 
 def artifact_digest(path: Path) -> str:
@@ -374,9 +389,15 @@ def main() -> None:
     finish(result)
 
 
+# The executor label of the row that joins a Ray instance already running on this machine, as a
+# cluster's users do (`ray start` happened before): the row without Ray's start-up.
+RAY_RUNNING = "Ray, already running (2 CPUs)"
+RAY_START = ["start", "--head", "--num-cpus", "2", "--include-dashboard=false", "--disable-usage-stats"]
+
 EXECUTORS = [("1 worker (1 thread)", ["--workers", "1"], {"OMP_NUM_THREADS": "1"}),
              ("2 worker processes", ["--workers", "2"], None),
-             ("Ray, local, 2 CPUs", ["--workers", "2", "--ray", "local"], None)]
+             ("Ray, local, 2 CPUs", ["--workers", "2", "--ray", "local"], None),
+             (RAY_RUNNING, ["--ray", "auto"], None)]
 
 
 def throughput_rows(small: Path, n_small: int, result: dict, codecs: list[str]) -> list[dict]:
@@ -385,18 +406,42 @@ def throughput_rows(small: Path, n_small: int, result: dict, codecs: list[str]) 
     finds its skeleton's description in the cache (big2small.models.skeleton), as any run after
     the first does."""
     warm_skeleton_cache(small)
-    result["throughput"] = []
+    # The other codecs' rows (of an earlier run) stay, in CODECS' order.
+    result["throughput"] = [t for t in result.get("throughput", []) if _codec(t) not in codecs]
     for codec in codecs:
         for label, extra, env in EXECUTORS:
-            load_before = os.getloadavg()
-            row = run(small, WORK / "out.b2s", extra, env=env, command=CODECS[codec])
+            with ray_running() if label == RAY_RUNNING else contextlib.nullcontext() as cluster:
+                load_before = os.getloadavg()
+                row = run(small, WORK / "out.b2s", extra, env=env, command=CODECS[codec], also=cluster)
             row.update(codec=codec, command=" ".join(CODECS[codec]), executor=label, n_parameters=n_small,
                        weights_per_s=n_small / row["wall_s"], load_average_before=load_before,
                        load_average=os.getloadavg())
             result["throughput"].append(row)
+            result["throughput"].sort(key=lambda t: list(CODECS).index(_codec(t)))  # stable: executors' order kept
             print(json.dumps(row), flush=True)
             (OUT / "partial.json").write_text(json.dumps(result, indent=1))
     return result["throughput"]
+
+
+@contextlib.contextmanager
+def ray_running() -> Iterator[Callable[[], list[int]]]:
+    """A Ray instance on this machine (`ray start --head`, untimed), stopped at the end of the block;
+    yields a function listing its processes (the daemons and the workers it starts), whose CPU the
+    row counts as its workers'. Waits a few seconds after the start, as a cluster would have been
+    up for a while (its idle workers started)."""
+    ray = Path(sys.executable).with_name("ray")
+    before = set(_pids())
+    subprocess.run([str(ray), *RAY_START], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    daemons = [p for p in _pids() if p not in before]
+    time.sleep(10)
+    try:
+        yield lambda: daemons
+    finally:
+        subprocess.run([str(ray), "stop"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _pids() -> list[int]:
+    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
 
 
 def warm_skeleton_cache(model: Path) -> None:
@@ -436,7 +481,11 @@ def table(r: dict) -> str:
               "CPU seconds: of the command's own process (the driver: start-up, opening the model, planning, "
               "assembling the artifact; with 1 worker, the encoding too) and of its worker processes (Ray's "
               "daemons included), sampled every 0.1 s. The driver's share of the CPU is the part of the work "
-              f"that more workers do not speed up.{_loaded_note(r)}", "",
+              "that more workers do not speed up. \"Ray, local\" starts Ray on this machine inside the command "
+              "(`--ray local`) and stops it at the end, so its start-up (its daemons, about 5 s) is in the row; "
+              f"\"{RAY_RUNNING}\" joins an instance started before (`ray {' '.join(RAY_START[:4])}`, untimed; the "
+              "command's `--ray auto`), as on a cluster: its CPU column counts that instance's processes while "
+              f"the command runs.{_loaded_note(r)}", "",
               "| codec | executor | wall | weights/s | vs 1 worker | driver CPU | workers CPU | peak RSS (tree) | load avg (1 min, before-after) |",
               "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for t in rows:
@@ -454,6 +503,7 @@ def table(r: dict) -> str:
             continue
         one, two, ray = (_row(rows, codec, k) for k in ("1 worker", "2 worker", "Ray"))
         speedup, behind = one["wall_s"] / two["wall_s"], ray["wall_s"] / two["wall_s"] - 1
+        running = _row(rows, codec, RAY_RUNNING)
         fixed = (f"; the driver's CPU with 2 workers is {two['driver_cpu_s']:.1f} s, "
                  f"{two['driver_cpu_s'] / (two['driver_cpu_s'] + two['workers_cpu_s']):.0%} of the run's CPU "
                  f"(read as serial, with the workers' CPU split over 2 cores and nothing overlapping: "
@@ -463,8 +513,12 @@ def table(r: dict) -> str:
         loaded = max(x for t in (one, two, ray) for x in (t.get("load_average_before", t["load_average"])[0],
                                                           t["load_average"][0])) > r["cpus"]
         verdict = ((lambda ok: "not a verdict: loaded machine") if loaded else (lambda ok: "met" if ok else "missed"))
+        joined = ("" if running is None else
+                  f"; Ray already running {running['wall_s'] / two['wall_s'] - 1:+.0%} against the pool "
+                  f"({verdict(running['wall_s'] / two['wall_s'] - 1 <= 0.15)})")
         lines.append(f"- {codec}: 2 workers {speedup:.2f}x 1 worker ({verdict(speedup >= 1.8)}); "
-                     f"Ray {behind:+.0%} against the pool ({verdict(behind <= 0.15)}){fixed}.")
+                     f"Ray started by the command {behind:+.0%} against the pool ({verdict(behind <= 0.15)})"
+                     f"{joined}{fixed}.")
     res = r["resume"]
     trials = res["trials"]
     killed = [t for t in trials if t["killed"]]
