@@ -44,7 +44,9 @@ from big2small.generators.trellis import decode_states, trellis_grouping
 from big2small.generators.trellis_codes import state_values
 from big2small.kernels.lanes import Prepared, as_numpy, build, product, segment_groups, segments
 
-# Inputs with more rows than this decode W once and multiply densely (see big2small.compact).
+# Inputs with more rows than this decode W once and multiply densely (see big2small.compact); on a
+# [1536, 576] layer, one thread, CPU time on the loaded machine: fused 0.28 / 0.55 / 0.81 / 1.08 ms
+# at 1 / 2 / 3 / 4 rows against 0.47 / 0.55 / 0.66 / 0.61 ms for decode plus product.
 FUSED_MAX_ROWS = 2
 ROWS = 8  # rows per block: eight independent table reads and running sums per input value
 # Fast-math flags but reassociation: with it, LLVM vectorises the chunk loop's sum (a version for
