@@ -16,7 +16,8 @@ k / 2 bytes on), each a shift and a mask, all eight independent.
 
 The product runs ROWS = 8 rows at a time, chunk by chunk of columns: the chunk's eight inputs are
 read once for the eight rows, whose 64 table reads and multiply-adds are independent (a running
-sum per row, in registers). Its float sums are not reassociated by the compiler (PRODUCT_MATH):
+sum per row, in registers); it asks for the next block's streams (LLVM's prefetch) while it runs
+this one. Its float sums are not reassociated by the compiler (PRODUCT_MATH):
 with reassociation LLVM vectorised the chunk loop into a slower form. The table (2^L fp32: 1 KB
 to 256 KB) stays in L1 or L2. Rows are padded to a multiple of ROWS (zero streams, zero scales;
 their outputs are dropped). The decode writes W row by row, in order, table[state] * scale as the
@@ -34,7 +35,7 @@ import numba
 import numpy as np
 import torch
 from llvmlite import ir
-from numba.core import types
+from numba.core import cgutils, types
 from numba.extending import intrinsic
 
 from big2small import bitpack
@@ -147,6 +148,25 @@ def _load64(typingctx, data, offset):
     return types.int64(data, offset), codegen
 
 
+@intrinsic
+def _prefetch(typingctx, data, offset):
+    """Ask for the cache line holding byte `offset` of uint8 array `data` into the caches (LLVM's
+    prefetch: a hint, which never faults)."""
+    if not (isinstance(data, types.Array) and data.dtype == types.uint8 and isinstance(offset, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        array = context.make_array(signature.args[0])(context, builder, args[0])
+        address = builder.gep(array.data, [args[1]])
+        i32 = ir.IntType(32)
+        prefetch = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [address.type, i32, i32, i32]),
+                                                  "llvm.prefetch.p0")
+        builder.call(prefetch, [address, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])  # read, keep, data
+        return context.get_dummy_value()
+
+    return types.void(data, offset), codegen
+
+
 @numba.njit(inline="always", cache=True)
 def _state(word, shift, mask):  # pragma: no cover - compiled
     """The L-bit state at bit `shift` of a loaded word (bit-reversed, as the resident table is
@@ -178,8 +198,12 @@ def _product_blocks(streams, scales, table, k, mask, n_seg, seg_len, row_len, se
     """y = x W^T for the rows of blocks b0 .. b1 - 1 (ROWS rows each): chunk by chunk of CHUNK
     columns, the chunk's inputs read once for the block's ROWS rows."""
     row_bytes = n_seg * seg_bytes
+    block_bytes = ROWS * row_bytes
     for blk in range(b0, b1):
         r0 = blk * ROWS
+        if blk + 1 < b1:  # the next block's streams, asked for while this one runs (short streams: the
+            for at in range(0, block_bytes, 64):  # CPU's own prefetchers do not catch them in time)
+                _prefetch(streams, (blk + 1) * block_bytes + at)
         for b in range(x.shape[0]):
             xb = x[b]
             t0 = t1 = t2 = t3 = t4 = t5 = t6 = t7 = np.float32(0)
