@@ -68,9 +68,10 @@ def _stream_bytes(k: int, state_bits: int, seg_len: int) -> int:
 
 
 def _bits(values: torch.Tensor, width: int) -> torch.Tensor:
-    """Integers [..., n] -> their `width` bits, highest first, [..., n * width] uint8."""
-    shifts = torch.arange(width - 1, -1, -1, dtype=torch.int64)
-    return ((values.long().unsqueeze(-1) >> shifts) & 1).to(torch.uint8).flatten(-2)
+    """Integers [..., n] -> their `width` bits, highest first, [..., n * width] uint8 (computed in
+    the integers' own dtype: uint8 codes cost one byte per bit)."""
+    shifts = torch.arange(width - 1, -1, -1, dtype=values.dtype)
+    return ((values.unsqueeze(-1) >> shifts) & 1).to(torch.uint8).flatten(-2)
 
 
 def resident(enc: Encoded) -> dict[str, torch.Tensor]:
@@ -93,7 +94,7 @@ def resident(enc: Encoded) -> dict[str, torch.Tensor]:
                       _bits(padded.reshape(rows, seg.n_seg, seg.seg_len), k)], dim=2)
     nbytes = _stream_bytes(k, L, seg.seg_len)
     bits = torch.nn.functional.pad(bits, (0, 8 * nbytes - bits.shape[2])).reshape(rows, seg.n_seg, nbytes, 8)
-    streams = (bits.to(torch.int32) << torch.arange(8, dtype=torch.int32)).sum(3).to(torch.uint8)
+    streams = (bits << torch.arange(8, dtype=torch.uint8)).sum(3, dtype=torch.uint8)  # distinct bits: no carry
     padded_rows = math.ceil(rows / ROWS) * ROWS
     streams = torch.nn.functional.pad(streams.reshape(rows, -1), (0, 0, 0, padded_rows - rows))
     scales = enc.tensors["scales"].float()[segment_groups(gp, rows)]
