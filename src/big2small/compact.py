@@ -91,7 +91,7 @@ class CompactLinear(nn.Module):
         if rows.shape[0] <= self.kernel.FUSED_MAX_ROWS:
             y = self.kernel.matmul(tensors, self.template, rows, prepared)
         else:
-            y = rows.float() @ self.kernel.decode_matrix(tensors, self.template, prepared).T  # W^T, stored in order
+            y = rows.float() @ self.kernel.decode_matrix(tensors, self.template, prepared).T  # W^T, a view
         if self.rotated_rows:
             y = rotate_rows(y, self.seed, 1, inverse=True)
         if bias is not None:
