@@ -27,8 +27,8 @@ Artifacts (default scope: the token embedding, tied to the LM head, stays fp16 i
 is restored to fp32 in PyTorch): uniform 4-bit group-32 symmetric, hyper 8-bit index per pair
 (about 4 bits per weight), trellis 4 bits per weight (state_bits 10, rotated inputs).
 
-Writes benchmarks/results/inference/{inference.json, inference.md}. Run: `python
-benchmarks/inference.py [--repeats N] [--threads N]`; `--decode-only` measures the decode
+Writes benchmarks/results/inference/{inference.json, inference.md} (with `--threads N` other than 1:
+inference-Nthreads.{json,md}). Run: `python benchmarks/inference.py [--repeats N] [--threads N]`; `--decode-only` measures the decode
 throughput again into the existing inference.json (needs `pip install big2small[export]` for llama.cpp);
 artifacts and GGUFs are kept in $BIG2SMALL_BENCH_DIR (default /tmp/big2small-inference-bench).
 """
@@ -286,7 +286,9 @@ def markdown(results: dict) -> str:
     lines += ["GB/s of fp32: 4 bytes per weight produced (copy, decodes) or multiplied (products). "
               "The memory copy reads and writes 4 bytes per weight. CPU seconds: time.process_time of the "
               "measuring process, the column that compares rows on a loaded machine.", "",
-              "Reproduce: `python benchmarks/inference.py` (writes this file and inference.json)."]
+              "Reproduce: `python benchmarks/inference.py"
+              + ("`" if p["threads"] == 1 else f" --threads {p['threads']}`")
+              + " (writes this file and its .json)."]
     return "\n".join(lines) + "\n"
 
 
@@ -306,10 +308,12 @@ def main() -> None:
         return
     torch.manual_seed(0)
     prepare()
+    # The 1-thread table is the one compared across sessions; other thread counts get their own.
+    stem = "inference" if args.threads == 1 else f"inference-{args.threads}threads"
     protocol = {"threads": args.threads, "machine": platform.processor() or platform.machine(),
                 "torch": torch.__version__, "numba": numba.__version__, "repeats": args.repeats}
     if args.decode_only:
-        results = json.loads((OUT / "inference.json").read_text())
+        results = json.loads((OUT / f"{stem}.json").read_text())
         results["protocol"]["decode"] = protocol
         results.setdefault("decode_earlier", results["decode"])  # kept: on a shared machine, runs differ
     else:
@@ -321,9 +325,9 @@ def main() -> None:
         results["same_tokens"] = {label: by_name[f"fused restore (CompactLinear): {label}"]["tokens"][:NEW_ON_THE_FLY]
                                   == by_name[f"on-the-fly restore (today): {label}"]["tokens"] for label, _ in ARTIFACTS.values()}
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "inference.json").write_text(json.dumps(results, indent=1))
-    (OUT / "inference.md").write_text(markdown(results))
-    print((OUT / "inference.md").read_text())
+    (OUT / f"{stem}.json").write_text(json.dumps(results, indent=1))
+    (OUT / f"{stem}.md").write_text(markdown(results))
+    print((OUT / f"{stem}.md").read_text())
 
 
 if __name__ == "__main__":
