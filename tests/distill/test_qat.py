@@ -170,6 +170,11 @@ def test_compress_with_distill_and_train_vectors_keeps_every_tensors_bits(tmp_pa
     assert "scales of" in cm.transforms[-1].trained and "values of" in cm.transforms[-1].trained
     changed = [n for n, e in cm.tensors.items() if not e.compressed and not torch.equal(e.tensors["values"], plain.tensors[n].tensors["values"])]
     assert changed and all(len(cm.tensors[n].layout.shape) == 1 for n in changed)  # only vectors were trained
+    # Their own learning rate (vector_lr), far below fp16's resolution here: they stay as stored, the scales train.
+    slow = compress(teacher, "uniform", distill=DistillConfig(steps=10, lr=1e-2, train_vectors=True, vector_lr=1e-9, **TINY),
+                    **options)
+    assert all(torch.equal(slow.tensors[n].tensors["values"], plain.tensors[n].tensors["values"]) for n in changed)
+    assert any(not torch.equal(e.tensors["scales"], plain.tensors[n].tensors["scales"]) for n, e in slow.tensors.items() if e.compressed)
     with pytest.raises(Big2SmallError, match="train_vectors must be true or false"):
         DistillConfig(train_vectors="yes").validate()
 

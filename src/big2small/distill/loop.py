@@ -1,7 +1,8 @@
 """The distillation loop: train a student to reproduce its teacher's outputs on synthetic inputs
 (docs/distillation.md#the-loop).
 
-AdamW on the student's trainable parameters, batches drawn in a seeded order from all but the
+AdamW on the student's trainable parameters (its learning rate on the config's schedule:
+`lr_factor`), batches drawn in a seeded order from all but the
 last `held_out` inputs, the task's loss (big2small.distill.loss) against the teacher's output
 computed on the fly; both models stay in eval mode (no dropout, BatchNorm statistics untouched:
 synthetic inputs must not overwrite them). It stops after `steps` steps or once `max_seconds` of
@@ -60,15 +61,29 @@ def mean_loss(teacher: nn.Module, student: nn.Module, inputs: dict[str, torch.Te
     return total / n
 
 
+def lr_factor(step: int, config: DistillConfig) -> float:
+    """The learning rate of step `step` (0-based) relative to config.lr: a linear warm-up over
+    config.warmup_steps steps, then 1 (schedule "constant") or half a cosine down to 0 at the last
+    of config.steps ("cosine")."""
+    if step < config.warmup_steps:
+        return (step + 1) / (config.warmup_steps + 1)
+    if config.schedule == "constant":
+        return 1.0
+    decay = max(1, config.steps - config.warmup_steps)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - config.warmup_steps) / decay)))
+
+
 def distill(teacher: nn.Module, student: nn.Module, inputs: dict[str, torch.Tensor], loss_fn: LossFn,
             config: DistillConfig, *, progress: bool = True,
-            regulariser: Callable[[], torch.Tensor] | None = None) -> DistillReport:
+            regulariser: Callable[[], torch.Tensor] | None = None,
+            groups: list[dict[str, Any]] | None = None) -> DistillReport:
     """Train `student` (in place) to match `teacher` on `inputs` (tensors with one leading axis of
     examples: {"input_ids", "attention_mask"} or {"images"}); the teacher is not changed.
 
     With `regulariser` (a scalar computed after the student's forward pass, e.g. its weight error:
     big2small.distill.qat), each step minimises loss + config.weight_loss * regulariser(); the
-    losses reported (training and held out) are the task's loss alone."""
+    losses reported (training and held out) are the task's loss alone. `groups`: AdamW's parameter
+    groups ({"params": [...], "lr": ...}; None: every trainable parameter of the student at config.lr)."""
     config.validate()
     if config.weight_loss and regulariser is None:
         raise Big2SmallError("weight_loss weighs a compressed student's weight error: only compress --distill has one")
@@ -88,7 +103,8 @@ def distill(teacher: nn.Module, student: nn.Module, inputs: dict[str, torch.Tens
     for p, _ in teacher_grads:
         p.requires_grad_(False)
     generator = torch.Generator().manual_seed(config.seed)
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(groups or params, lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, config))
     losses: list[float] = []
     stopped_by = "steps"
     try:
@@ -112,6 +128,7 @@ def distill(teacher: nn.Module, student: nn.Module, inputs: dict[str, torch.Tens
                 optimizer.zero_grad(set_to_none=True)
                 total.backward()
                 optimizer.step()
+                scheduler.step()
                 losses.append(float(loss.detach()))
                 advance(1)
         seconds = time.perf_counter() - start

@@ -140,12 +140,19 @@ def distill_codecs(teacher: nn.Module, model: nn.Module, tensors: dict[str, Enco
         return torch.stack([codec.weight_error() for codec in trained.values()]).mean()
 
     regulariser = weight_loss if config.weight_loss else None
+    groups = None
+    if config.vector_lr is not None:  # the raw vectors (train_vectors) at their own learning rate
+        vectors = [p for codec in trained.values() if not codec.enc.compressed for p in codec.params.values()]
+        own = {id(p) for p in vectors}
+        groups = [{"params": [p for p in student.parameters() if p.requires_grad and id(p) not in own]},
+                  *([{"params": vectors, "lr": config.vector_lr}] if vectors else [])]
     if inputs is None:
         report = distill_student(teacher, student, task=task, tokenizer=tokenizer, config=config,
                                  example_input=example_input, use_cache=use_cache, progress=progress,
-                                 regulariser=regulariser)
+                                 regulariser=regulariser, groups=groups)
     else:
-        report = distill(teacher, student, inputs, loss_for(task), config, progress=progress, regulariser=regulariser)
+        report = distill(teacher, student, inputs, loss_for(task), config, progress=progress, regulariser=regulariser,
+                         groups=groups)
     kinds: dict[str, int] = {}
     for codec in trained.values():
         kinds[codec.generator.trainable] = kinds.get(codec.generator.trainable, 0) + 1
