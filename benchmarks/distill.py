@@ -104,6 +104,7 @@ PLANS = {
 # too at their own learning rate, 1e-4 (an absolute step on values near 1; the scales' 5e-3 had made
 # that row worse than the scales alone).
 LONGER = {"steps": 150, "samples": 136, "schedule": "cosine", "warmup_steps": 10}
+MORE_DATA = {"steps": 120, "samples": 264, "schedule": "cosine", "warmup_steps": 10}
 ALLOCATED = {f"allocated {t}": {"method": None, "bpw": t, "target_over": "compressed"} for t in (2.25, 3.25, 4.25)}
 STEPS_ONLY = {"max_seconds": None}
 QAT_PLANS = {
@@ -111,7 +112,7 @@ QAT_PLANS = {
                            "hyper 6-bit pairs g64": {"method": "hyper", "bits": 6, "group_size": 64}, **ALLOCATED},
                 "codecs_protocol": list(ALLOCATED), "vectors_for": ["allocated 3.25", "allocated 4.25"],
                 "budget_for": {"allocated 2.25": {"self": {**STEPS_ONLY, "steps": 20}},
-                               "allocated 3.25": {"self": {**STEPS_ONLY, **LONGER},
+                               "allocated 3.25": {"self": {**STEPS_ONLY, **MORE_DATA},
                                                   "self+vectors": {**STEPS_ONLY, **LONGER, "vector_lr": 1e-4}}},
                 "sources": ["self", "real"], "only_for": {"real": ["uniform 3-bit g64"]},
                 "eval": {"windows": 5},
