@@ -36,7 +36,7 @@ on synthetic inputs (weights trained, the fold plans' budgets).
 Writes benchmarks/results/distill/{<model>.json, distill.md, qat-<model>.json, qat.md,
 layers-<model>.json, layers.md}; rows already in a JSON are kept, so an interrupted run resumes. Wall times were measured on a 2-core CPU shared with other
 work: they are upper bounds of what the machine alone would take.
-Run: `nice python benchmarks/distill.py [--models minilm,smollm2] [--sparsities 0.2,0.3] [--qat [--codecs LABEL,...] | --layers]
+Run: `nice python benchmarks/distill.py [--models minilm,smollm2] [--sparsities 0.2,0.3] [--qat [--codecs LABEL,...] [--sources SOURCE,...] | --layers]
 [--replot]`.
 """
 
@@ -64,6 +64,7 @@ from big2small.models.tasks import evaluate, get_task, reference_outputs
 OUT = Path(__file__).resolve().parent / "results" / "distill"
 ONLY: set[float] = set()  # --sparsities: run only these targets of the fold plans (empty: all)
 ONLY_CODECS: set[str] = set()  # --codecs: run only these codecs of the --qat plans (empty: all)
+ONLY_SOURCES: set[str] = set()  # --sources: run only these distilled rows of the --qat plans (empty: all)
 METRIC = {"causal-lm": "perplexity", "encoder": "mean_cosine"}
 # Budgets sized for a 2-core CPU shared with three other sessions (load 9-12): one thread (faster
 # than two under that contention), 64-token sequences, a step and a time budget per run, and a
@@ -96,15 +97,24 @@ PLANS = {
 # "budget_for": the rows (codec label -> source -> DistillConfig settings) run with another budget than
 # the plan's, e.g. a step budget alone (max_seconds None) where the time budget, on a loaded machine,
 # decided how far a run got; a row measured under other settings than these is measured again.
-# SmolLM2's allocated 3.25 runs the plan's 40 steps; 2.25 runs 20 (what fitted the session that
-# measured it, on a CPU shared at load 6-8: about 65-100 s a step).
+# SmolLM2's allocated 2.25 runs 20 steps (what fitted the session that measured it, on a CPU shared
+# at load 6-8: about 65-100 s a step); 3.25 runs what the trellis's cached table values
+# (Generator.train_cache: a step 2x faster) bought, the learning rate warmed up over 10 steps then
+# decayed on half a cosine: MORE_DATA, 120 steps on 256 training sequences (LONGER, 150 steps on 128,
+# overfitted them: training KL 0.15 against 0.27 held out; it gave 28.89, qat protocol); with the norm
+# gains and biases trained too, LONGER at their own learning rate, 1e-4 (an absolute step on values
+# near 1; the scales' 5e-3 had made that row worse than the scales alone).
+LONGER = {"steps": 150, "samples": 136, "schedule": "cosine", "warmup_steps": 10}
+MORE_DATA = {"steps": 120, "samples": 264, "schedule": "cosine", "warmup_steps": 10}
 ALLOCATED = {f"allocated {t}": {"method": None, "bpw": t, "target_over": "compressed"} for t in (2.25, 3.25, 4.25)}
 STEPS_ONLY = {"max_seconds": None}
 QAT_PLANS = {
     "smollm2": {"codecs": {"uniform 3-bit g64": {"method": "uniform", "bits": 3, "group_size": 64},
                            "hyper 6-bit pairs g64": {"method": "hyper", "bits": 6, "group_size": 64}, **ALLOCATED},
                 "codecs_protocol": list(ALLOCATED), "vectors_for": ["allocated 3.25", "allocated 4.25"],
-                "budget_for": {"allocated 2.25": {"self": {**STEPS_ONLY, "steps": 20}}, "allocated 3.25": {"self": STEPS_ONLY}},
+                "budget_for": {"allocated 2.25": {"self": {**STEPS_ONLY, "steps": 20}},
+                               "allocated 3.25": {"self": {**STEPS_ONLY, **MORE_DATA},
+                                                  "self+vectors": {**STEPS_ONLY, **LONGER, "vector_lr": 1e-4}}},
                 "sources": ["self", "real"], "only_for": {"real": ["uniform 3-bit g64"]},
                 "eval": {"windows": 5},
                 "distill": {"steps": 40, "samples": 72, "held_out": 8, "batch_size": 4, "seq_len": 64, "lr": 5e-3,
@@ -180,10 +190,12 @@ class Session:
                                          "rows": self.rows}, indent=1))
         print(f"{self.name} {row[self.key[0]]} {row[self.key[1]]}: {row['metrics']}", flush=True)
 
-    def inputs(self, source: str) -> tuple[DistillConfig, dict[str, torch.Tensor], float]:
-        """The plan's distillation config for `source`, its inputs (synthetic, or real text: the
-        upper bound) and the seconds they took (0 when cached)."""
-        config = DistillConfig(source="auto" if source == "real" else source, seed=0, **self.plan["distill"])
+    def inputs(self, source: str, budget: dict | None = None) -> tuple[DistillConfig, dict[str, torch.Tensor], float]:
+        """The plan's distillation config for `source` (with the settings of `budget` instead, e.g.
+        more samples), its inputs (synthetic, or real text: the upper bound) and the seconds they
+        took (0 when cached)."""
+        config = DistillConfig(source="auto" if source == "real" else source, seed=0,
+                               **{**self.plan["distill"], **(budget or {})})
         start = time.perf_counter()
         inputs = real_inputs(self.task, self.tok, self.teacher, config) if source == "real" else \
             synthetic_inputs(self.teacher, self.task, self.tok, config, progress=True,
@@ -372,10 +384,10 @@ def run_qat(name: str) -> None:
             codecs.record(plain, specs["none"], "ours: allocated", encode_seconds,
                           "one-shot: the encoding its distilled row starts from")
         for source in sources:
-            if (label, source) in current and (not both or codecs.has(specs[source])):
+            if (label, source) in current and (not both or codecs.has(specs[source])) or ONLY_SOURCES and source not in ONLY_SOURCES:
                 continue
-            config, inputs, input_seconds = session.inputs(source.removesuffix(VECTORS))
-            config = dataclasses.replace(config, train_vectors=source.endswith(VECTORS), **qat_budget(name, label, source))
+            config, inputs, input_seconds = session.inputs(source.removesuffix(VECTORS), qat_budget(name, label, source))
+            config = dataclasses.replace(config, train_vectors=source.endswith(VECTORS))
             distilled, report = distilled_copy(teacher, plain, task, tok, config, inputs, label)
             if (label, source) not in current:
                 record({"codec": label, "source": source, "size": size, "encode_seconds": encode_seconds,
@@ -521,11 +533,15 @@ def qat_markdown(results: dict[str, dict]) -> str:
 
     def budgets(res: dict) -> str:
         """The rows run with another step or time budget than the plan's, in words (from their own config)."""
-        plan = res["plan"]["distill"]
-        rows = [f"{r['codec']} on {source_label(r['source'])}: steps {c['steps']}, max_seconds {c['max_seconds']}"
+        plan, defaults = res["plan"]["distill"], DistillConfig().to_dict()
+
+        def own(c: dict) -> dict:  # a row's settings that differ from its plan's (or the defaults')
+            return {k: v for k, v in c.items() if k not in ("source", "seed", "train_vectors", "version")
+                    and v != plan.get(k, defaults.get(k))}
+
+        rows = [f"{r['codec']} on {source_label(r['source'])}: " + ", ".join(f"{k} {v}" for k, v in own(c).items())
                 + (" (the steps alone end the run)" if c["max_seconds"] is None else "")
-                for r in res["rows"] if r.get("distill") for c in [r["distill"]["config"]]
-                if (c["steps"], c["max_seconds"]) != (plan["steps"], plan["max_seconds"])]
+                for r in res["rows"] if r.get("distill") for c in [r["distill"]["config"]] if own(c)]
         return (" Rows with their own budget: " + "; ".join(rows) + ". The steps column says what ended each run"
                 " (steps: the step budget; time: max_seconds).") if rows else ""
 
@@ -616,6 +632,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a loaded 2-core CPU).")
     parser.add_argument("--sparsities", default=None, help="Only these targets of the fold plans (e.g. 0.2,0.3).")
     parser.add_argument("--codecs", default=None, help="With --qat: only these codecs (labels, e.g. 'allocated 3.25').")
+    parser.add_argument("--sources", default=None, help="With --qat: only these distilled rows (e.g. 'self,self+vectors').")
     parser.add_argument("--replot", action="store_true", help="Only rebuild the table from the JSON files.")
     parser.add_argument("--qat", action="store_true", help="Run the quantisation-aware distillation rows instead.")
     parser.add_argument("--layers", action="store_true", help="Run the fewer-layers rows instead.")
@@ -626,6 +643,8 @@ def main() -> None:
         ONLY.update(float(x) for x in args.sparsities.split(","))
     if args.codecs:  # the plans stay whole; only these codecs run
         ONLY_CODECS.update(x.strip() for x in args.codecs.split(","))
+    if args.sources:
+        ONLY_SOURCES.update(x.strip() for x in args.sources.split(","))
     for name in args.models.split(",") if not args.replot else []:
         run_qat(name) if args.qat else run_layers(name) if args.layers else run_model(name)
     results = {name: json.loads((OUT / f"{name}.json").read_text()) for name in PLANS if (OUT / f"{name}.json").exists()}

@@ -48,3 +48,23 @@ def test_the_sample_count_must_match_the_config():
     teacher = peaked_llama()
     with pytest.raises(Big2SmallError, match="got 16 inputs"):
         distill(teacher, copy.deepcopy(teacher), _text(teacher), loss_for("causal-lm"), DistillConfig(samples=20), progress=False)
+
+
+def test_the_teacher_runs_once_per_training_input_and_its_kept_outputs_train_the_same(monkeypatch):
+    from big2small.distill import loop
+
+    teacher = peaked_llama()
+    inputs = _text(teacher, n=20)
+    config = DistillConfig(steps=12, samples=20, held_out=4, batch_size=4, lr=1e-3)  # 3 passes over 16 inputs
+    student = fold(teacher, FoldConfig(sparsity=0.3, n_init=1), progress=False).model
+    kept, again = copy.deepcopy(student), copy.deepcopy(student)
+    calls = []
+    teacher.register_forward_hook(lambda module, args, output: calls.append(1))
+    cached = distill(teacher, kept, inputs, loss_for("causal-lm"), config, progress=False)
+    assert len(calls) == 16 // 4 + 2  # the first pass's 4 batches, then the held-out batch before and after
+    monkeypatch.setattr(loop, "TEACHER_CACHE_BYTES", 0)
+    calls.clear()
+    recomputed = distill(teacher, again, inputs, loss_for("causal-lm"), config, progress=False)
+    assert len(calls) == 12 + 2
+    assert cached.held_out_after == pytest.approx(recomputed.held_out_after, rel=1e-4)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(kept.parameters(), again.parameters()))

@@ -15,6 +15,7 @@ from big2small.errors import Big2SmallError
 # text; "smollm2": text sampled by SmolLM2, re-tokenised for the teacher; "random": uniform random
 # tokens; "inversion": images optimised to match the teacher's BatchNorm statistics.
 SOURCES = ("auto", "self", "smollm2", "random", "inversion")
+SCHEDULES = ("constant", "cosine")  # DistillConfig.schedule: the learning rate over the steps
 
 
 @dataclass
@@ -39,6 +40,11 @@ class DistillConfig(Config):
         (||W - W0||^2 / ||W0||^2 per trained tensor) is added to the distillation loss (0: none).
     train_vectors: compress --distill only: also train the one-dimensional floating tensors stored
         raw (normalisation gains, biases), rounded to their storage dtype as stored: no bits added.
+    vector_lr: with train_vectors, the AdamW learning rate of those raw vectors (an absolute step on
+        values near 1, where lr is a relative one on the scales: they need a smaller one; None: lr).
+    schedule: the learning rate over the steps: "constant" (lr throughout) or "cosine" (lr times
+        half a cosine, from 1 after the warm-up to 0 at the last of `steps`).
+    warmup_steps: the first this many steps ramp the learning rate linearly up to lr (0: none).
     """
 
     version: ClassVar[int] = 1
@@ -59,6 +65,9 @@ class DistillConfig(Config):
     image_size: int | None = None
     weight_loss: float = 0.0
     train_vectors: bool = False
+    vector_lr: float | None = None
+    schedule: str = "constant"
+    warmup_steps: int = 0
 
     def validate(self) -> None:
         if self.steps < 0 or self.samples < 1 or self.held_out < 0 or self.held_out >= self.samples:
@@ -76,5 +85,11 @@ class DistillConfig(Config):
             raise Big2SmallError(f"weight_loss must be a number >= 0, got {self.weight_loss!r}")
         if not isinstance(self.train_vectors, bool):
             raise Big2SmallError(f"train_vectors must be true or false, got {self.train_vectors!r}")
+        if self.vector_lr is not None and not self.vector_lr > 0:
+            raise Big2SmallError(f"vector_lr must be > 0 (or None: lr), got {self.vector_lr}")
+        if self.schedule not in SCHEDULES:
+            raise Big2SmallError(f"schedule must be one of {', '.join(SCHEDULES)}; got {self.schedule!r}")
+        if self.warmup_steps < 0:
+            raise Big2SmallError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         if self.image_size is not None and self.image_size < 1:
             raise Big2SmallError(f"image_size must be >= 1, got {self.image_size}")

@@ -20,14 +20,15 @@ from big2small.errors import Big2SmallError
 
 def distill_student(teacher: nn.Module, student: nn.Module, *, task: str, tokenizer: Any = None,
                     config: DistillConfig | None = None, example_input: Any = None, use_cache: bool = True,
-                    progress: bool = True, regulariser: Callable[[], torch.Tensor] | None = None) -> DistillReport:
+                    progress: bool = True, regulariser: Callable[[], torch.Tensor] | None = None,
+                    groups: list[dict[str, Any]] | None = None) -> DistillReport:
     """Train `student` in place to reproduce `teacher` (unchanged) on the teacher's synthetic
     inputs for `task` (a big2small.models.tasks name); returns what it did, with the loss on
-    held-out synthetic inputs before and after. `regulariser`: see distill.loop.distill."""
+    held-out synthetic inputs before and after. `regulariser`, `groups`: see distill.loop.distill."""
     config = config or DistillConfig()
     if teacher is student:
         raise Big2SmallError("the student must be a separate model from its teacher (e.g. a folded copy)")
     loss_fn = loss_for(task)
     inputs = synthetic_inputs(teacher, task, tokenizer, config, example_input=example_input, use_cache=use_cache,
                               progress=progress)
-    return distill(teacher, student, inputs, loss_fn, config, progress=progress, regulariser=regulariser)
+    return distill(teacher, student, inputs, loss_fn, config, progress=progress, regulariser=regulariser, groups=groups)

@@ -1,9 +1,10 @@
 """The distillation loop: train a student to reproduce its teacher's outputs on synthetic inputs
 (docs/distillation.md#the-loop).
 
-AdamW on the student's trainable parameters, batches drawn in a seeded order from all but the
+AdamW on the student's trainable parameters (its learning rate on the config's schedule:
+`lr_factor`), batches drawn in a seeded order from all but the
 last `held_out` inputs, the task's loss (big2small.distill.loss) against the teacher's output
-computed on the fly; both models stay in eval mode (no dropout, BatchNorm statistics untouched:
+(computed once per training input and kept when they fit in memory: TeacherTargets); both models stay in eval mode (no dropout, BatchNorm statistics untouched:
 synthetic inputs must not overwrite them). It stops after `steps` steps or once `max_seconds` of
 training have passed, whichever comes first, with a progress bar and its ETA. The held-out inputs
 measure the loss before and after: the report says whether distillation helped on inputs it never
@@ -43,6 +44,41 @@ def forward(model: nn.Module, batch: dict[str, torch.Tensor]) -> Any:
     return model(batch[IMAGES]) if IMAGES in batch else model(**batch)
 
 
+# The teacher's outputs on the training inputs are kept after their first computation when they all
+# fit in this many bytes (fp32; SmolLM2's logits on 128 sequences of 64 tokens: 1.6 GB), so that
+# later passes over the inputs skip the teacher's forward pass.
+TEACHER_CACHE_BYTES = 2 * 2**30
+
+
+class TeacherTargets:
+    """The teacher's output on each training input (by index), computed with the batch that first
+    needs it and kept when all of them fit in `limit` bytes: its main tensor (logits, or last hidden
+    state: a model output's first field, what every distillation loss reads), as the teacher computed
+    it in that batch. Otherwise (or if `limit` is 0) every batch is computed again."""
+
+    def __init__(self, teacher: nn.Module, n: int, limit: int):
+        self.teacher, self.n, self.limit = teacher, n, limit
+        self.values: torch.Tensor | None = None
+        self.known = torch.zeros(n, dtype=torch.bool)
+        self.enabled = limit > 0
+
+    @torch.no_grad()
+    def __call__(self, index: torch.Tensor, batch: dict[str, torch.Tensor]) -> Any:
+        if self.values is not None and bool(self.known[index].all()):
+            return self.values[index.to(self.values.device)]
+        output = forward(self.teacher, batch)
+        if self.enabled:
+            main = output if isinstance(output, torch.Tensor) else output[0]
+            if self.values is None:
+                if self.n * main[0].numel() * 4 > self.limit:
+                    self.enabled = False
+                    return output
+                self.values = torch.empty((self.n, *main.shape[1:]), dtype=torch.float32, device=main.device)
+            self.values[index.to(self.values.device)] = main.float()
+            self.known[index] = True
+        return output
+
+
 def _subset(inputs: dict[str, torch.Tensor], index: torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
     return {k: v[index].to(device) for k, v in inputs.items()}
 
@@ -60,15 +96,29 @@ def mean_loss(teacher: nn.Module, student: nn.Module, inputs: dict[str, torch.Te
     return total / n
 
 
+def lr_factor(step: int, config: DistillConfig) -> float:
+    """The learning rate of step `step` (0-based) relative to config.lr: a linear warm-up over
+    config.warmup_steps steps, then 1 (schedule "constant") or half a cosine down to 0 at the last
+    of config.steps ("cosine")."""
+    if step < config.warmup_steps:
+        return (step + 1) / (config.warmup_steps + 1)
+    if config.schedule == "constant":
+        return 1.0
+    decay = max(1, config.steps - config.warmup_steps)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - config.warmup_steps) / decay)))
+
+
 def distill(teacher: nn.Module, student: nn.Module, inputs: dict[str, torch.Tensor], loss_fn: LossFn,
             config: DistillConfig, *, progress: bool = True,
-            regulariser: Callable[[], torch.Tensor] | None = None) -> DistillReport:
+            regulariser: Callable[[], torch.Tensor] | None = None,
+            groups: list[dict[str, Any]] | None = None) -> DistillReport:
     """Train `student` (in place) to match `teacher` on `inputs` (tensors with one leading axis of
     examples: {"input_ids", "attention_mask"} or {"images"}); the teacher is not changed.
 
     With `regulariser` (a scalar computed after the student's forward pass, e.g. its weight error:
     big2small.distill.qat), each step minimises loss + config.weight_loss * regulariser(); the
-    losses reported (training and held out) are the task's loss alone."""
+    losses reported (training and held out) are the task's loss alone. `groups`: AdamW's parameter
+    groups ({"params": [...], "lr": ...}; None: every trainable parameter of the student at config.lr)."""
     config.validate()
     if config.weight_loss and regulariser is None:
         raise Big2SmallError("weight_loss weighs a compressed student's weight error: only compress --distill has one")
@@ -88,13 +138,15 @@ def distill(teacher: nn.Module, student: nn.Module, inputs: dict[str, torch.Tens
     for p, _ in teacher_grads:
         p.requires_grad_(False)
     generator = torch.Generator().manual_seed(config.seed)
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(groups or params, lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, config))
     losses: list[float] = []
     stopped_by = "steps"
     try:
         before = mean_loss(teacher, student, held_out, loss_fn, config.batch_size) if config.held_out else None
         start = time.perf_counter()
         order = torch.empty(0, dtype=torch.long)
+        targets = TeacherTargets(teacher, train_n, TEACHER_CACHE_BYTES)
         with progress_bar("distilling", config.steps, enabled=progress, unit="steps") as advance:
             for _ in range(config.steps):
                 if config.max_seconds is not None and time.perf_counter() - start >= config.max_seconds:
@@ -102,9 +154,9 @@ def distill(teacher: nn.Module, student: nn.Module, inputs: dict[str, torch.Tens
                     break
                 if len(order) < config.batch_size:  # a fresh seeded permutation per pass over the inputs
                     order = torch.cat([order, torch.randperm(train_n, generator=generator)])
-                batch, order = _subset(inputs, order[:config.batch_size], device), order[config.batch_size:]
-                with torch.no_grad():
-                    target = forward(teacher, batch)
+                index, order = order[:config.batch_size], order[config.batch_size:]
+                batch = _subset(inputs, index, device)
+                target = targets(index, batch)
                 loss = loss_fn(target, forward(student, batch), batch)
                 total = loss + config.weight_loss * regulariser() if config.weight_loss else loss
                 if not torch.isfinite(total):
@@ -112,6 +164,7 @@ def distill(teacher: nn.Module, student: nn.Module, inputs: dict[str, torch.Tens
                 optimizer.zero_grad(set_to_none=True)
                 total.backward()
                 optimizer.step()
+                scheduler.step()
                 losses.append(float(loss.detach()))
                 advance(1)
         seconds = time.perf_counter() - start

@@ -3,15 +3,18 @@ synthetic inputs (docs/distillation.md#quantisation-aware-distillation).
 
 After compress() has encoded a model, each tensor whose codec can be trained (`Generator.trains`)
 becomes, in a copy of the model, a function of what its codec trains (`Generator.train_start`):
-W = train_decode(the original weights, the record, the trained values), with every rounding to the
-stored form passing gradients straight through (LSQ, Esser et al. 2020). Uniform, hyper and
-trellis train their scales (s = s0 * exp(g), one gain g per group, so that the learning rate is
+W = train_weight(the original weights, the record, the trained values, and what training does not
+change, decoded once before the first step: `Generator.train_cache`), with every rounding to the
+stored form passing gradients straight through (LSQ, Esser et al. 2020). Uniform, hyper and trellis
+train their scales (s = s0 * exp(g), one gain g per group, so that the learning rate is
 relative; the codes re-chosen with them, trellis's kept); the INR trains its SIRENs' parameters,
 its mean and spread and its outlier values (generators.inr). Everything is trained by the
 distillation loop (big2small.distill.loop) against the original model on its synthetic inputs,
 optionally with the weight error as a regulariser (`DistillConfig.weight_loss`). At the end each
 tensor is stored with what was trained (`Generator.train_encode`): the same codec, config and stored
-bits, and what it decodes to is exactly what the trained student computed.
+bits, and what it decodes to is what the trained student computed: exactly, except for a rotated
+trellis, whose cached table values have the rotation undone before the scaling (up to fp32 rounding,
+a relative 1e-7; generators.trellis `train_weight`).
 
 With `DistillConfig.train_vectors`, the one-dimensional tensors stored raw (normalisation gains,
 biases) are trained too, by the same path: the raw codec trains its values, rounded to their storage
@@ -46,16 +49,23 @@ class TrainedCodec(nn.Module):
         self.generator, self.enc, self.dtype = generator_for(enc.config), enc, weight.dtype
         self.register_buffer("matrix", self.generator.codec_input(weight, enc))  # the original, in the codec's domain
         self.params = nn.ParameterDict({k: nn.Parameter(v) for k, v in self.generator.train_start(self.matrix, enc).items()})
+        self.cached = list(self.generator.train_cache(self.matrix, enc).items())  # what the steps share (Generator.train_cache)
+        for key, value in self.cached:
+            self.register_buffer(f"cache_{key}", value, persistent=False)
+        self.original: torch.Tensor | None = None  # the original's matrix view, for weight_error (made when first asked)
 
     def forward(self, _weight: torch.Tensor) -> torch.Tensor:
-        matrix = self.generator.train_decode(self.matrix, self.enc, dict(self.params))
+        cache = {key: getattr(self, f"cache_{key}") for key, _ in self.cached}
+        matrix = self.generator.train_weight(self.matrix, self.enc, dict(self.params), cache)
         self.last = matrix  # for weight_error: the weight loss reads what this step computed
-        return self.enc.layout.from_matrix(self.generator.weight_domain(matrix, self.enc)).to(self.dtype)
+        return self.enc.layout.from_matrix(matrix).to(self.dtype)
 
     def weight_error(self) -> torch.Tensor:
         """||W - W0||^2 / ||W0||^2 of the weight the last forward() computed, against the original
-        (in the codec's domain, whose transforms, rotations, keep the norm)."""
-        return (self.last - self.matrix).pow(2).sum() / self.matrix.pow(2).sum().clamp_min(1e-30)
+        (matrix views; the codec's domain has the same norms: its transforms, rotations, keep them)."""
+        if self.original is None:
+            self.original = self.generator.weight_domain(self.matrix, self.enc)
+        return (self.last - self.original).pow(2).sum() / self.matrix.pow(2).sum().clamp_min(1e-30)
 
     @torch.no_grad()
     def retrained(self) -> Encoded:
@@ -130,12 +140,19 @@ def distill_codecs(teacher: nn.Module, model: nn.Module, tensors: dict[str, Enco
         return torch.stack([codec.weight_error() for codec in trained.values()]).mean()
 
     regulariser = weight_loss if config.weight_loss else None
+    groups = None
+    if config.vector_lr is not None:  # the raw vectors (train_vectors) at their own learning rate
+        vectors = [p for codec in trained.values() if not codec.enc.compressed for p in codec.params.values()]
+        own = {id(p) for p in vectors}
+        groups = [{"params": [p for p in student.parameters() if p.requires_grad and id(p) not in own]},
+                  *([{"params": vectors, "lr": config.vector_lr}] if vectors else [])]
     if inputs is None:
         report = distill_student(teacher, student, task=task, tokenizer=tokenizer, config=config,
                                  example_input=example_input, use_cache=use_cache, progress=progress,
-                                 regulariser=regulariser)
+                                 regulariser=regulariser, groups=groups)
     else:
-        report = distill(teacher, student, inputs, loss_for(task), config, progress=progress, regulariser=regulariser)
+        report = distill(teacher, student, inputs, loss_for(task), config, progress=progress, regulariser=regulariser,
+                         groups=groups)
     kinds: dict[str, int] = {}
     for codec in trained.values():
         kinds[codec.generator.trainable] = kinds.get(codec.generator.trainable, 0) + 1

@@ -231,6 +231,18 @@ class Generator(ABC):
         differentiable in `params` (roundings to the stored form pass gradients straight through)."""
         return self.fake_quantize(matrix, enc, self._trained_scales(enc, params))
 
+    def train_cache(self, matrix: torch.Tensor, enc: Encoded) -> dict[str, torch.Tensor]:
+        """What `train_weight` reads of `enc` that training does not change, computed once before
+        the first step (fp32 tensors; none by default). `matrix`: codec_input's."""
+        return {}
+
+    def train_weight(self, matrix: torch.Tensor, enc: Encoded, params: dict[str, torch.Tensor],
+                     cache: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The weight's matrix view (fp32) that `enc` stored with `params` decodes to, differentiable
+        in `params`: weight_domain(train_decode(...)) by default; a codec may compute it from its
+        `train_cache` (trellis: its decoded table values, the rotation undone once)."""
+        return self.weight_domain(self.train_decode(matrix, enc, params), enc)
+
     def train_encode(self, matrix: torch.Tensor, enc: Encoded, params: dict[str, torch.Tensor]) -> Encoded:
         """`enc` stored with the trained `params`: the same config, layout and stored bits."""
         return self.requantize(matrix, enc, self._trained_scales(enc, params).detach())

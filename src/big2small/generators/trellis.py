@@ -27,7 +27,7 @@ from big2small import bitpack
 from big2small.errors import Big2SmallError
 from big2small.generators import rotation
 from big2small.generators.base import HEADER_BITS, ArrayForm, Encoded, byte_arrays, register
-from big2small.generators.grouping import grouped, grouping, ungrouped
+from big2small.generators.grouping import grouped, grouping, per_element, ungrouped
 from big2small.generators.trellis_codes import is_shipped, shipped_summary, state_values
 from big2small.generators.viterbi import decode_states, search
 from big2small.layout import MatrixLayout
@@ -101,12 +101,43 @@ class TrellisGenerator(rotation.RotatingGenerator):
     trainable = "scales"
 
     def fake_quantize(self, matrix: torch.Tensor, enc: Encoded, scales: torch.Tensor) -> torch.Tensor:
+        gp = trellis_grouping(enc.config, enc.layout)
+        return ungrouped(self._table_values(enc, scales.device) * scales.unsqueeze(1), gp, enc.layout)
+
+    def _table_values(self, enc: Encoded, device: torch.device) -> torch.Tensor:
+        """The code table's values at the decoded states, before the scale: [n_groups, group_len] fp32."""
         cfg: TrellisConfig = enc.config
         gp = trellis_grouping(cfg, enc.layout)
         codes = bitpack.unpack(enc.tensors["codes"], cfg.bits, enc.numel).reshape(enc.layout.rows, enc.layout.cols)
         states = decode_states(grouped(codes, gp), cfg.bits, cfg.state_bits)
-        values = state_values(cfg.bits, cfg.state_bits).to(scales.device)
-        return ungrouped(values[states] * scales.unsqueeze(1), gp, enc.layout)
+        return state_values(cfg.bits, cfg.state_bits).to(device)[states]
+
+    @staticmethod
+    def _rows_scaled(enc: Encoded) -> bool:
+        """Whether each scale multiplies whole rows and no rotation mixes rows: the rotation along
+        the rows then commutes with the scales (unrotate(s * U) = s * unrotate(U), per row)."""
+        return trellis_grouping(enc.config, enc.layout).groups_per_row == 1 and not rotation.rotated_dims(enc.config, enc.layout)[0]
+
+    def train_cache(self, matrix: torch.Tensor, enc: Encoded) -> dict[str, torch.Tensor]:
+        """The decoded table values (the codes are kept: only the scales train), decoded once: as a
+        [rows, cols] matrix with the rotation already undone when the scales commute with it
+        (_rows_scaled), else grouped ([n_groups, group_len]). Same memory as the weight, in fp32."""
+        values = self._table_values(enc, matrix.device)
+        if self._rows_scaled(enc):
+            return {"unit_weight": self.weight_domain(ungrouped(values, trellis_grouping(enc.config, enc.layout), enc.layout), enc)}
+        return {"unit": values}
+
+    def train_weight(self, matrix: torch.Tensor, enc: Encoded, params: dict[str, torch.Tensor],
+                     cache: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The trained scales times the cached table values: bit for bit decode's when nothing is
+        rotated; with the rotation undone before the scaling (_rows_scaled), equal to it up to fp32
+        rounding (a relative 1e-7: the products are rounded in another order), and the rotation's
+        cost (a Hadamard transform forwards and backwards per step) is gone."""
+        scales = self._trained_scales(enc, params)
+        gp = trellis_grouping(enc.config, enc.layout)
+        if "unit_weight" in cache:
+            return cache["unit_weight"] * per_element(scales, gp, enc.layout)
+        return self.weight_domain(ungrouped(cache["unit"] * scales.unsqueeze(1), gp, enc.layout), enc)
 
     def requantize(self, matrix: torch.Tensor, enc: Encoded, scales: torch.Tensor) -> Encoded:
         """The codes kept, the scales replaced (see trainable)."""
