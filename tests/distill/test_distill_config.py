@@ -5,7 +5,8 @@ from big2small.errors import Big2SmallError
 
 
 def test_round_trips_through_json():
-    config = DistillConfig(steps=7, samples=20, held_out=4, seed=3, source="random", max_seconds=2.5)
+    config = DistillConfig(steps=7, samples=20, held_out=4, seed=3, source="random", max_seconds=2.5,
+                           lr_schedule="cosine", hidden_weight=0.5)
     assert DistillConfig.from_json(config.to_json()) == config
 
 
@@ -15,6 +16,8 @@ def test_round_trips_through_json():
     ({"source": "web"}, "source must be one of"),
     ({"max_seconds": 0}, "max_seconds must be > 0"),
     ({"lr": "fast"}, "lr must be float"),
+    ({"lr_schedule": "step"}, "lr_schedule must be one of"),
+    ({"hidden_weight": -1.0}, "hidden_weight must be a number >= 0"),
 ])
 def test_refuses_bad_settings(data, needle):
     with pytest.raises(Big2SmallError, match=needle):

@@ -1,9 +1,11 @@
 import copy
+import dataclasses
 
 import pytest
 import torch
 
 from big2small.distill import DistillConfig, distill, loss_for
+from big2small.distill.loop import learning_rate_factor
 from big2small.distill.text import sample_text
 from big2small.errors import Big2SmallError
 from big2small.folding import FoldConfig, fold
@@ -34,6 +36,26 @@ def test_distilling_a_folded_student_lowers_the_held_out_loss_and_leaves_the_tea
     assert report.held_out_after < 0.5 * report.held_out_before
     assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in before.items())
     assert all(p.requires_grad for p in teacher.parameters())  # restored after the loop
+
+
+def test_the_hidden_state_loss_starts_at_zero_for_a_copy_and_repairs_a_folded_student():
+    teacher = peaked_llama()
+    inputs = _text(teacher, n=24)
+    config = DistillConfig(steps=20, samples=24, held_out=6, batch_size=6, lr=1e-4, hidden_weight=1.0, lr_schedule="cosine")
+    same = distill(teacher, copy.deepcopy(teacher), inputs, loss_for("causal-lm"), dataclasses.replace(config, steps=1),
+                   progress=False)
+    assert same.held_out_before == pytest.approx(0, abs=1e-6)
+    student = fold(teacher, FoldConfig(sparsity=0.3, n_init=1), progress=False).model
+    report = distill(teacher, student, inputs, loss_for("causal-lm"), config, progress=False)
+    assert report.held_out_after < 0.5 * report.held_out_before
+
+
+def test_the_cosine_schedule_falls_from_the_peak_to_zero_and_the_constant_one_stays():
+    cosine, constant = learning_rate_factor("cosine", 10), learning_rate_factor("constant", 10)
+    factors = [cosine(i) for i in range(11)]
+    assert factors[0] == 1 and factors[10] == pytest.approx(0, abs=1e-12) and factors[5] == pytest.approx(0.5)
+    assert all(a > b for a, b in zip(factors, factors[1:]))
+    assert {constant(i) for i in range(11)} == {1.0}
 
 
 def test_the_time_budget_stops_training():
