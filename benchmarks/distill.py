@@ -69,6 +69,9 @@ METRIC = {"causal-lm": "perplexity", "encoder": "mean_cosine"}
 # than two under that contention), 64-token sequences, a step and a time budget per run, and a
 # smaller evaluation protocol than the fold benchmark's (fewer perplexity windows / documents; the
 # original and the folded rows are re-measured under it, so every row of a table is comparable).
+# The repair rows' distillation (PLANS[...]["repair"]): a fixed step budget (no time budget, so that the
+# machine's load does not decide the result) and a cosine learning-rate schedule from a higher peak.
+REPAIR_BUDGET = {"max_seconds": None, "lr": 2e-4, "lr_schedule": "cosine"}
 PLANS = {
     "minilm": {"sparsities": [0.2, 0.3], "fold": {"norm_repair": "lsq", "repair": "naive", "n_init": 3},
                "calibrated": {"selection": "activation", "norm_repair": "sequential", "repair": "naive"},
@@ -76,14 +79,20 @@ PLANS = {
                "sources": ["smollm2", "random", "real"], "only_at": {"random": [0.2], "real": [0.2]},
                "eval": {"documents": 100},
                "distill": {"steps": 150, "samples": 136, "held_out": 8, "batch_size": 8, "seq_len": 64, "lr": 1e-4,
-                           "max_seconds": 360.0}},
+                           "max_seconds": 360.0},
+               "repair": {"sparsities": [0.2], "source": "smollm2", "inputs": {"samples": 520, "held_out": 8},
+                          "variants": {"output loss": {**REPAIR_BUDGET, "steps": 300},
+                                       "output + hidden states": {**REPAIR_BUDGET, "steps": 300, "hidden_weight": 1.0}}}},
     "smollm2": {"sparsities": [0.1, 0.2, 0.3], "fold": {"repair": "naive", "n_init": 3},
                 "calibrated": {"selection": "activation", "norm_repair": "sequential", "repair": "naive"},
                 "calibrated_sparsities": [0.1, 0.2, 0.3],
                 "sources": ["self", "real"], "only_at": {"real": [0.2]},
                 "eval": {"windows": 5},
                 "distill": {"steps": 60, "samples": 72, "held_out": 8, "batch_size": 4, "seq_len": 64, "lr": 5e-5,
-                            "max_seconds": 480.0}},
+                            "max_seconds": 480.0},
+                "repair": {"sparsities": [0.2], "source": "self", "inputs": {"samples": 264, "held_out": 8}, "calibration": 128,
+                           "variants": {"output + hidden states": {**REPAIR_BUDGET, "steps": 30, "lr": 2e-5,
+                                                                  "hidden_weight": 1.0}}}},
 }
 
 
@@ -180,10 +189,12 @@ class Session:
                                          "rows": self.rows}, indent=1))
         print(f"{self.name} {row[self.key[0]]} {row[self.key[1]]}: {row['metrics']}", flush=True)
 
-    def inputs(self, source: str) -> tuple[DistillConfig, dict[str, torch.Tensor], float]:
-        """The plan's distillation config for `source`, its inputs (synthetic, or real text: the
-        upper bound) and the seconds they took (0 when cached)."""
-        config = DistillConfig(source="auto" if source == "real" else source, seed=0, **self.plan["distill"])
+    def inputs(self, source: str, settings: dict | None = None) -> tuple[DistillConfig, dict[str, torch.Tensor], float]:
+        """The plan's distillation config for `source` (with `settings` replacing some of the plan's,
+        e.g. a repair variant's), its inputs (synthetic, or real text: the upper bound) and the
+        seconds they took (0 when cached)."""
+        config = DistillConfig(source="auto" if source == "real" else source, seed=0,
+                               **{**self.plan["distill"], **(settings or {})})
         start = time.perf_counter()
         inputs = real_inputs(self.task, self.tok, self.teacher, config) if source == "real" else \
             synthetic_inputs(self.teacher, self.task, self.tok, config, progress=True,
@@ -204,6 +215,9 @@ def run_model(name: str) -> None:
     for sparsity in plan.get("calibrated_sparsities", []):
         if not ONLY or sparsity in ONLY:
             run_calibrated(session, sparsity)
+    for sparsity in plan.get("repair", {}).get("sparsities", []):
+        if not ONLY or sparsity in ONLY:
+            run_repair(session, sparsity)
     for sparsity in [s for s in plan["sparsities"] if not ONLY or s in ONLY]:
         # Some sources only at the targets listed in only_at (the rows are slow).
         sources = [s for s in plan["sources"] if sparsity in plan["only_at"].get(s, [sparsity])]
@@ -225,6 +239,46 @@ def run_model(name: str) -> None:
                     "fold_seconds": folded.seconds, "input_seconds": input_seconds, "distill": report.to_dict(),
                     "metrics": measure(student), "data_free": source != "real"})
             del student
+
+
+def repair_method(repair: dict, variant: str | None = None) -> str:
+    """The method key of a repair row: "calibrated<N>" (the calibrated fold on N training inputs),
+    "calibrated<N>+distill-<source>/<variant>" for a distilled one."""
+    base = f"calibrated{calibration_count(repair)}"
+    return base if variant is None else f"{base}+distill-{repair['source']}/{variant}"
+
+
+def calibration_count(repair: dict) -> int:
+    """How many inputs a repair plan's calibrated fold runs on: repair["calibration"] (the first
+    ones), or all of its training inputs."""
+    return repair.get("calibration", repair["inputs"]["samples"] - repair["inputs"]["held_out"])
+
+
+def run_repair(session: Session, sparsity: float) -> None:
+    """The plan's "repair" rows: the calibrated fold on a larger set of synthetic inputs
+    (repair["inputs"]: the first calibration_count of the training ones), then each variant of repair["variants"] (its own
+    DistillConfig settings: loss, learning-rate schedule, step budget) distilled from that fold."""
+    repair = session.plan["repair"]
+    methods = [repair_method(repair)] + [repair_method(repair, v) for v in repair["variants"]]
+    if all((m, sparsity) in session.done for m in methods):
+        return
+    config, inputs, input_seconds = session.inputs(repair["source"], repair["inputs"])
+    calibration = {k: v[:calibration_count(repair)] for k, v in inputs.items()}
+    folded = fold(session.teacher, FoldConfig(sparsity=sparsity, seed=0, **session.plan["calibrated"]),
+                  calibration=calibration, progress=True)
+    row = {"sparsity_target": sparsity, "sparsity": folded.sparsity, "fold_seconds": folded.seconds,
+           "input_seconds": input_seconds, "data_free": True}
+    if (methods[0], sparsity) not in session.done:
+        session.record({"method": methods[0], **row, "metrics": session.measure(folded.model)})
+    for variant, settings in repair["variants"].items():
+        method = repair_method(repair, variant)
+        if (method, sparsity) in session.done:
+            continue
+        config, _, _ = session.inputs(repair["source"], {**repair["inputs"], **settings})
+        student = copy.deepcopy(folded.model)
+        report = distill(session.teacher, student, inputs, loss_for(session.task), config, progress=True)
+        session.record({"method": method, **row, "distill": report.to_dict(), "metrics": session.measure(student)})
+        del student
 
 
 def codecs_spec(options: dict, distill: dict | None = None) -> str:
@@ -589,18 +643,31 @@ def markdown(results: dict[str, dict]) -> str:
         if res["plan"].get("calibrated"):
             fold_settings += (" Calibrated fold (on the distillation's training inputs): "
                               + ", ".join(f"{k}={v}" for k, v in res["plan"]["calibrated"].items()) + ".")
+        repair = res["plan"].get("repair")
+        if repair:
+            fold_settings += (f" Repair rows (\"calibrated on N inputs\"): the calibrated fold on the first "
+                              f"{calibration_count(repair)} training inputs of {SOURCE_LABEL[repair['source']]} (" + ", ".join(f"{k} {v}" for k, v in repair["inputs"].items())
+                              + "), each variant distilled from it with the budget below but for: "
+                              + "; ".join(f"*{v}*: " + ", ".join(f"{k} {x}" for k, x in settings.items())
+                                          for v, settings in repair["variants"].items()) + ".")
         lines += section(name, res, original, metric, extra, fold_settings, "AdamW")
         header = ["target", "params removed", "method", "inputs"] + quality_header(metric, extra) + \
                  ["held-out loss before -> after", "steps", "fold (s)", "inputs (s)", "distill (s)"]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         # no distillation, synthetic routes, real text; the calibrated fold last
         order = [f"{v}{s}" for v in ("fold", "calibrated") for s in [""] + [f"+distill-{s}" for s in SOURCE_LABEL]]
-        for r in sorted(rows, key=lambda r: (r["sparsity_target"], order.index(r["method"]) if r["method"] in order else -1)):
+        # (repair rows last, in the order they were run: the fold, then its variants)
+        rank = {m: i for i, m in enumerate(order)}
+        for r in sorted(rows, key=lambda r: (r["sparsity_target"], rank.get(r["method"], len(order) + ("+" in r["method"])))):
             if r["method"] == "original":
                 continue
             d = r.get("distill")
             variant, _, source = r["method"].partition("+distill-")
-            cells = [f"{r['sparsity_target']:.0%}", f"{r['sparsity']:.1%}", variant + (" + distill" if d else ""),
+            source, _, repair_variant = source.partition("/")
+            if variant.startswith("calibrated") and variant != "calibrated":
+                variant = f"calibrated on {variant.removeprefix('calibrated')} inputs"
+            method = variant + (" + distill" if d else "") + (f" (*{repair_variant}*)" if repair_variant else "")
+            cells = [f"{r['sparsity_target']:.0%}", f"{r['sparsity']:.1%}", method,
                      SOURCE_LABEL[source] if d else "-"] + quality_cells(r, original, metric, extra)
             cells += [f"{d['held_out_before']:.4g} -> {d['held_out_after']:.4g}" if d else "-",
                       f"{d['steps']} ({d['stopped_by']})" if d else "-", f"{r['fold_seconds']:.0f}",
