@@ -13,6 +13,12 @@ benchmarks/results/fold/fold.md), then measured:
 - calibrated (rows "calibrated", "calibrated + distill"): folded with activation-aware selection and
   the sequential refit on the model's own synthetic inputs (folding/reconstruct.py; data-free: the
   distillation's training inputs, never its held-out ones), then distilled on the same inputs.
+- repair (rows "calibrated on N inputs", the plans' "repairs"): the calibrated fold on a larger set
+  of the same synthetic inputs, then distillation variants from it, each with a fixed step budget
+  (no time budget: the machine's load does not decide how far a run gets), a cosine learning-rate
+  schedule, and the output loss alone or with the per-block hidden-state loss
+  (DistillConfig.hidden_weight). `--sparsities 0.2` runs only the rows of that target that the JSON
+  lacks; the other rows are kept as an earlier run measured them.
 Every distillation run has the same budget (steps, batch, sequence length, learning rate: in the
 table and the JSON) and is seeded; metrics are the fold benchmark's (SmolLM2 perplexity, 20
 windows of 512 tokens; MiniLM mean cosine to the original on 300 documents and Lee-50 Pearson).
@@ -69,7 +75,7 @@ METRIC = {"causal-lm": "perplexity", "encoder": "mean_cosine"}
 # than two under that contention), 64-token sequences, a step and a time budget per run, and a
 # smaller evaluation protocol than the fold benchmark's (fewer perplexity windows / documents; the
 # original and the folded rows are re-measured under it, so every row of a table is comparable).
-# The repair rows' distillation (PLANS[...]["repair"]): a fixed step budget (no time budget, so that the
+# The repair rows' distillation (PLANS[...]["repairs"]): a fixed step budget (no time budget, so that the
 # machine's load does not decide the result) and a cosine learning-rate schedule from a higher peak.
 REPAIR_BUDGET = {"max_seconds": None, "lr": 2e-4, "lr_schedule": "cosine"}
 PLANS = {
@@ -80,9 +86,9 @@ PLANS = {
                "eval": {"documents": 100},
                "distill": {"steps": 150, "samples": 136, "held_out": 8, "batch_size": 8, "seq_len": 64, "lr": 1e-4,
                            "max_seconds": 360.0},
-               "repair": {"sparsities": [0.2], "source": "smollm2", "inputs": {"samples": 520, "held_out": 8},
+               "repairs": [{"sparsities": [0.2], "source": "smollm2", "inputs": {"samples": 520, "held_out": 8},
                           "variants": {"output loss": {**REPAIR_BUDGET, "steps": 300},
-                                       "output + hidden states": {**REPAIR_BUDGET, "steps": 300, "hidden_weight": 1.0}}}},
+                                       "output + hidden states": {**REPAIR_BUDGET, "steps": 300, "hidden_weight": 1.0}}}]},
     "smollm2": {"sparsities": [0.1, 0.2, 0.3], "fold": {"repair": "naive", "n_init": 3},
                 "calibrated": {"selection": "activation", "norm_repair": "sequential", "repair": "naive"},
                 "calibrated_sparsities": [0.1, 0.2, 0.3],
@@ -90,9 +96,9 @@ PLANS = {
                 "eval": {"windows": 5},
                 "distill": {"steps": 60, "samples": 72, "held_out": 8, "batch_size": 4, "seq_len": 64, "lr": 5e-5,
                             "max_seconds": 480.0},
-                "repair": {"sparsities": [0.2], "source": "self", "inputs": {"samples": 264, "held_out": 8}, "calibration": 128,
+                "repairs": [{"sparsities": [0.2], "source": "self", "inputs": {"samples": 264, "held_out": 8}, "calibration": 128,
                            "variants": {"output + hidden states": {**REPAIR_BUDGET, "steps": 30, "lr": 2e-5,
-                                                                  "hidden_weight": 1.0}}}},
+                                                                  "hidden_weight": 1.0}}}]},
 }
 
 
@@ -215,9 +221,10 @@ def run_model(name: str) -> None:
     for sparsity in plan.get("calibrated_sparsities", []):
         if not ONLY or sparsity in ONLY:
             run_calibrated(session, sparsity)
-    for sparsity in plan.get("repair", {}).get("sparsities", []):
-        if not ONLY or sparsity in ONLY:
-            run_repair(session, sparsity)
+    for repair in plan.get("repairs", []):
+        for sparsity in repair["sparsities"]:
+            if not ONLY or sparsity in ONLY:
+                run_repair(session, repair, sparsity)
     for sparsity in [s for s in plan["sparsities"] if not ONLY or s in ONLY]:
         # Some sources only at the targets listed in only_at (the rows are slow).
         sources = [s for s in plan["sources"] if sparsity in plan["only_at"].get(s, [sparsity])]
@@ -254,11 +261,10 @@ def calibration_count(repair: dict) -> int:
     return repair.get("calibration", repair["inputs"]["samples"] - repair["inputs"]["held_out"])
 
 
-def run_repair(session: Session, sparsity: float) -> None:
-    """The plan's "repair" rows: the calibrated fold on a larger set of synthetic inputs
+def run_repair(session: Session, repair: dict, sparsity: float) -> None:
+    """A repair plan's rows (PLANS[...]["repairs"]): the calibrated fold on a larger set of synthetic inputs
     (repair["inputs"]: the first calibration_count of the training ones), then each variant of repair["variants"] (its own
     DistillConfig settings: loss, learning-rate schedule, step budget) distilled from that fold."""
-    repair = session.plan["repair"]
     methods = [repair_method(repair)] + [repair_method(repair, v) for v in repair["variants"]]
     if all((m, sparsity) in session.done for m in methods):
         return
@@ -643,8 +649,8 @@ def markdown(results: dict[str, dict]) -> str:
         if res["plan"].get("calibrated"):
             fold_settings += (" Calibrated fold (on the distillation's training inputs): "
                               + ", ".join(f"{k}={v}" for k, v in res["plan"]["calibrated"].items()) + ".")
-        repair = res["plan"].get("repair")
-        if repair:
+        # (a plan recorded before "repairs" was a list held one, under "repair")
+        for repair in res["plan"].get("repairs", [res["plan"]["repair"]] if "repair" in res["plan"] else []):
             fold_settings += (f" Repair rows (\"calibrated on N inputs\"): the calibrated fold on the first "
                               f"{calibration_count(repair)} training inputs of {SOURCE_LABEL[repair['source']]} (" + ", ".join(f"{k} {v}" for k, v in repair["inputs"].items())
                               + "), each variant distilled from it with the budget below but for: "
