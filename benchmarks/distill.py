@@ -87,8 +87,11 @@ PLANS = {
                "distill": {"steps": 150, "samples": 136, "held_out": 8, "batch_size": 8, "seq_len": 64, "lr": 1e-4,
                            "max_seconds": 360.0},
                "repairs": [{"sparsities": [0.2], "source": "smollm2", "inputs": {"samples": 520, "held_out": 8},
-                          "variants": {"output loss": {**REPAIR_BUDGET, "steps": 300},
-                                       "output + hidden states": {**REPAIR_BUDGET, "steps": 300, "hidden_weight": 1.0}}}]},
+                            "variants": {"output loss": {**REPAIR_BUDGET, "steps": 300},
+                                         "output + hidden states": {**REPAIR_BUDGET, "steps": 300, "hidden_weight": 1.0}}},
+                           # twice the inputs, the same step budget: what more inputs give
+                           {"sparsities": [0.2], "source": "smollm2", "inputs": {"samples": 1032, "held_out": 8},
+                            "variants": {"output loss": {**REPAIR_BUDGET, "steps": 300}}}]},
     "smollm2": {"sparsities": [0.1, 0.2, 0.3], "fold": {"repair": "naive", "n_init": 3},
                 "calibrated": {"selection": "activation", "norm_repair": "sequential", "repair": "naive"},
                 "calibrated_sparsities": [0.1, 0.2, 0.3],
@@ -96,9 +99,9 @@ PLANS = {
                 "eval": {"windows": 5},
                 "distill": {"steps": 60, "samples": 72, "held_out": 8, "batch_size": 4, "seq_len": 64, "lr": 5e-5,
                             "max_seconds": 480.0},
-                "repairs": [{"sparsities": [0.2], "source": "self", "inputs": {"samples": 264, "held_out": 8}, "calibration": 128,
-                           "variants": {"output + hidden states": {**REPAIR_BUDGET, "steps": 30, "lr": 2e-5,
-                                                                  "hidden_weight": 1.0}}}]},
+                "repairs": [{"sparsities": [0.2], "source": "self", "inputs": {"samples": 264, "held_out": 8}, "calibration": c,
+                             "variants": {"output + hidden states": {**REPAIR_BUDGET, "steps": 30, "lr": 2e-5,
+                                                                    "hidden_weight": 1.0}}} for c in (128, 256)]},
 }
 
 
@@ -640,7 +643,8 @@ def markdown(results: dict[str, dict]) -> str:
              "The held-out loss is measured on held-out inputs of the row's own source, so it compares before and",
              "after within a row, not across rows. Calibrated rows: activation-aware selection and the sequential",
              "refit on the model's own synthetic inputs (docs/folding.md#sequential-reconstruction; data-free); their",
-             "fold time includes the passes over those inputs.", ""]
+             "fold time includes the passes over those inputs. Repair rows' variants with hidden states: their",
+             "held-out loss includes the hidden-state term (DistillConfig.hidden_weight times it).", ""]
     for name, res in results.items():
         metric, rows = METRIC[res["task"]], res["rows"]
         extra = "lee50_pearson" if res["task"] == "encoder" else None
