@@ -91,7 +91,8 @@ PLANS = {
                                          "output + hidden states": {**REPAIR_BUDGET, "steps": 300, "hidden_weight": 1.0}}},
                            # twice the inputs, the same step budget: what more inputs give
                            {"sparsities": [0.2], "source": "smollm2", "inputs": {"samples": 1032, "held_out": 8},
-                            "variants": {"output loss": {**REPAIR_BUDGET, "steps": 300}}}]},
+                            "variants": {"output loss": {**REPAIR_BUDGET, "steps": 300},
+                                         "output loss, 600 steps": {**REPAIR_BUDGET, "steps": 600}}}]},
     "smollm2": {"sparsities": [0.1, 0.2, 0.3], "fold": {"repair": "naive", "n_init": 3},
                 "calibrated": {"selection": "activation", "norm_repair": "sequential", "repair": "naive"},
                 "calibrated_sparsities": [0.1, 0.2, 0.3],
