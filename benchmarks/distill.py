@@ -13,6 +13,12 @@ benchmarks/results/fold/fold.md), then measured:
 - calibrated (rows "calibrated", "calibrated + distill"): folded with activation-aware selection and
   the sequential refit on the model's own synthetic inputs (folding/reconstruct.py; data-free: the
   distillation's training inputs, never its held-out ones), then distilled on the same inputs.
+- repair (rows "calibrated on N inputs", the plans' "repairs"): the calibrated fold on a larger set
+  of the same synthetic inputs, then distillation variants from it, each with a fixed step budget
+  (no time budget: the machine's load does not decide how far a run gets), a cosine learning-rate
+  schedule, and the output loss alone or with the per-block hidden-state loss
+  (DistillConfig.hidden_weight). `--sparsities 0.2` runs only the rows of that target that the JSON
+  lacks; the other rows are kept as an earlier run measured them.
 Every distillation run has the same budget (steps, batch, sequence length, learning rate: in the
 table and the JSON) and is seeded; metrics are the fold benchmark's (SmolLM2 perplexity, 20
 windows of 512 tokens; MiniLM mean cosine to the original on 300 documents and Lee-50 Pearson).
@@ -70,6 +76,9 @@ METRIC = {"causal-lm": "perplexity", "encoder": "mean_cosine"}
 # than two under that contention), 64-token sequences, a step and a time budget per run, and a
 # smaller evaluation protocol than the fold benchmark's (fewer perplexity windows / documents; the
 # original and the folded rows are re-measured under it, so every row of a table is comparable).
+# The repair rows' distillation (PLANS[...]["repairs"]): a fixed step budget (no time budget, so that the
+# machine's load does not decide the result) and a cosine learning-rate schedule from a higher peak.
+REPAIR_BUDGET = {"max_seconds": None, "lr": 2e-4, "schedule": "cosine"}
 PLANS = {
     "minilm": {"sparsities": [0.2, 0.3], "fold": {"norm_repair": "lsq", "repair": "naive", "n_init": 3},
                "calibrated": {"selection": "activation", "norm_repair": "sequential", "repair": "naive"},
@@ -77,14 +86,24 @@ PLANS = {
                "sources": ["smollm2", "random", "real"], "only_at": {"random": [0.2], "real": [0.2]},
                "eval": {"documents": 100},
                "distill": {"steps": 150, "samples": 136, "held_out": 8, "batch_size": 8, "seq_len": 64, "lr": 1e-4,
-                           "max_seconds": 360.0}},
+                           "max_seconds": 360.0},
+               "repairs": [{"sparsities": [0.2], "source": "smollm2", "inputs": {"samples": 520, "held_out": 8},
+                            "variants": {"output loss": {**REPAIR_BUDGET, "steps": 300},
+                                         "output + hidden states": {**REPAIR_BUDGET, "steps": 300, "hidden_weight": 1.0}}},
+                           # twice the inputs, the same step budget: what more inputs give
+                           {"sparsities": [0.2], "source": "smollm2", "inputs": {"samples": 1032, "held_out": 8},
+                            "variants": {"output loss": {**REPAIR_BUDGET, "steps": 300},
+                                         "output loss, 600 steps": {**REPAIR_BUDGET, "steps": 600}}}]},
     "smollm2": {"sparsities": [0.1, 0.2, 0.3], "fold": {"repair": "naive", "n_init": 3},
                 "calibrated": {"selection": "activation", "norm_repair": "sequential", "repair": "naive"},
                 "calibrated_sparsities": [0.1, 0.2, 0.3],
                 "sources": ["self", "real"], "only_at": {"real": [0.2]},
                 "eval": {"windows": 5},
                 "distill": {"steps": 60, "samples": 72, "held_out": 8, "batch_size": 4, "seq_len": 64, "lr": 5e-5,
-                            "max_seconds": 480.0}},
+                            "max_seconds": 480.0},
+                "repairs": [{"sparsities": [0.2], "source": "self", "inputs": {"samples": 264, "held_out": 8}, "calibration": c,
+                             "variants": {"output + hidden states": {**REPAIR_BUDGET, "steps": 30, "lr": 2e-5,
+                                                                    "hidden_weight": 1.0}}} for c in (128, 256)]},
 }
 
 
@@ -190,12 +209,12 @@ class Session:
                                          "rows": self.rows}, indent=1))
         print(f"{self.name} {row[self.key[0]]} {row[self.key[1]]}: {row['metrics']}", flush=True)
 
-    def inputs(self, source: str, budget: dict | None = None) -> tuple[DistillConfig, dict[str, torch.Tensor], float]:
-        """The plan's distillation config for `source` (with the settings of `budget` instead, e.g.
-        more samples), its inputs (synthetic, or real text: the upper bound) and the seconds they
-        took (0 when cached)."""
+    def inputs(self, source: str, settings: dict | None = None) -> tuple[DistillConfig, dict[str, torch.Tensor], float]:
+        """The plan's distillation config for `source` (with `settings` replacing some of the plan's,
+        e.g. a repair variant's), its inputs (synthetic, or real text: the upper bound) and the
+        seconds they took (0 when cached)."""
         config = DistillConfig(source="auto" if source == "real" else source, seed=0,
-                               **{**self.plan["distill"], **(budget or {})})
+                               **{**self.plan["distill"], **(settings or {})})
         start = time.perf_counter()
         inputs = real_inputs(self.task, self.tok, self.teacher, config) if source == "real" else \
             synthetic_inputs(self.teacher, self.task, self.tok, config, progress=True,
@@ -216,6 +235,10 @@ def run_model(name: str) -> None:
     for sparsity in plan.get("calibrated_sparsities", []):
         if not ONLY or sparsity in ONLY:
             run_calibrated(session, sparsity)
+    for repair in plan.get("repairs", []):
+        for sparsity in repair["sparsities"]:
+            if not ONLY or sparsity in ONLY:
+                run_repair(session, repair, sparsity)
     for sparsity in [s for s in plan["sparsities"] if not ONLY or s in ONLY]:
         # Some sources only at the targets listed in only_at (the rows are slow).
         sources = [s for s in plan["sources"] if sparsity in plan["only_at"].get(s, [sparsity])]
@@ -237,6 +260,45 @@ def run_model(name: str) -> None:
                     "fold_seconds": folded.seconds, "input_seconds": input_seconds, "distill": report.to_dict(),
                     "metrics": measure(student), "data_free": source != "real"})
             del student
+
+
+def repair_method(repair: dict, variant: str | None = None) -> str:
+    """The method key of a repair row: "calibrated<N>" (the calibrated fold on N training inputs),
+    "calibrated<N>+distill-<source>/<variant>" for a distilled one."""
+    base = f"calibrated{calibration_count(repair)}"
+    return base if variant is None else f"{base}+distill-{repair['source']}/{variant}"
+
+
+def calibration_count(repair: dict) -> int:
+    """How many inputs a repair plan's calibrated fold runs on: repair["calibration"] (the first
+    ones), or all of its training inputs."""
+    return repair.get("calibration", repair["inputs"]["samples"] - repair["inputs"]["held_out"])
+
+
+def run_repair(session: Session, repair: dict, sparsity: float) -> None:
+    """A repair plan's rows (PLANS[...]["repairs"]): the calibrated fold on a larger set of synthetic inputs
+    (repair["inputs"]: the first calibration_count of the training ones), then each variant of repair["variants"] (its own
+    DistillConfig settings: loss, learning-rate schedule, step budget) distilled from that fold."""
+    methods = [repair_method(repair)] + [repair_method(repair, v) for v in repair["variants"]]
+    if all((m, sparsity) in session.done for m in methods):
+        return
+    config, inputs, input_seconds = session.inputs(repair["source"], repair["inputs"])
+    calibration = {k: v[:calibration_count(repair)] for k, v in inputs.items()}
+    folded = fold(session.teacher, FoldConfig(sparsity=sparsity, seed=0, **session.plan["calibrated"]),
+                  calibration=calibration, progress=True)
+    row = {"sparsity_target": sparsity, "sparsity": folded.sparsity, "fold_seconds": folded.seconds,
+           "input_seconds": input_seconds, "data_free": True}
+    if (methods[0], sparsity) not in session.done:
+        session.record({"method": methods[0], **row, "metrics": session.measure(folded.model)})
+    for variant, settings in repair["variants"].items():
+        method = repair_method(repair, variant)
+        if (method, sparsity) in session.done:
+            continue
+        config, _, _ = session.inputs(repair["source"], {**repair["inputs"], **settings})
+        student = copy.deepcopy(folded.model)
+        report = distill(session.teacher, student, inputs, loss_for(session.task), config, progress=True)
+        session.record({"method": method, **row, "distill": report.to_dict(), "metrics": session.measure(student)})
+        del student
 
 
 def codecs_spec(options: dict, distill: dict | None = None) -> str:
@@ -596,7 +658,8 @@ def markdown(results: dict[str, dict]) -> str:
              "The held-out loss is measured on held-out inputs of the row's own source, so it compares before and",
              "after within a row, not across rows. Calibrated rows: activation-aware selection and the sequential",
              "refit on the model's own synthetic inputs (docs/folding.md#sequential-reconstruction; data-free); their",
-             "fold time includes the passes over those inputs.", ""]
+             "fold time includes the passes over those inputs. Repair rows' variants with hidden states: their",
+             "held-out loss includes the hidden-state term (DistillConfig.hidden_weight times it).", ""]
     for name, res in results.items():
         metric, rows = METRIC[res["task"]], res["rows"]
         extra = "lee50_pearson" if res["task"] == "encoder" else None
@@ -605,18 +668,31 @@ def markdown(results: dict[str, dict]) -> str:
         if res["plan"].get("calibrated"):
             fold_settings += (" Calibrated fold (on the distillation's training inputs): "
                               + ", ".join(f"{k}={v}" for k, v in res["plan"]["calibrated"].items()) + ".")
+        # (a plan recorded before "repairs" was a list held one, under "repair")
+        for repair in res["plan"].get("repairs", [res["plan"]["repair"]] if "repair" in res["plan"] else []):
+            fold_settings += (f" Repair rows (\"calibrated on N inputs\"): the calibrated fold on the first "
+                              f"{calibration_count(repair)} training inputs of {SOURCE_LABEL[repair['source']]} (" + ", ".join(f"{k} {v}" for k, v in repair["inputs"].items())
+                              + "), each variant distilled from it with the budget below but for: "
+                              + "; ".join(f"*{v}*: " + ", ".join(f"{k} {x}" for k, x in settings.items())
+                                          for v, settings in repair["variants"].items()) + ".")
         lines += section(name, res, original, metric, extra, fold_settings, "AdamW")
         header = ["target", "params removed", "method", "inputs"] + quality_header(metric, extra) + \
                  ["held-out loss before -> after", "steps", "fold (s)", "inputs (s)", "distill (s)"]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         # no distillation, synthetic routes, real text; the calibrated fold last
         order = [f"{v}{s}" for v in ("fold", "calibrated") for s in [""] + [f"+distill-{s}" for s in SOURCE_LABEL]]
-        for r in sorted(rows, key=lambda r: (r["sparsity_target"], order.index(r["method"]) if r["method"] in order else -1)):
+        # (repair rows last, in the order they were run: the fold, then its variants)
+        rank = {m: i for i, m in enumerate(order)}
+        for r in sorted(rows, key=lambda r: (r["sparsity_target"], rank.get(r["method"], len(order) + ("+" in r["method"])))):
             if r["method"] == "original":
                 continue
             d = r.get("distill")
             variant, _, source = r["method"].partition("+distill-")
-            cells = [f"{r['sparsity_target']:.0%}", f"{r['sparsity']:.1%}", variant + (" + distill" if d else ""),
+            source, _, repair_variant = source.partition("/")
+            if variant.startswith("calibrated") and variant != "calibrated":
+                variant = f"calibrated on {variant.removeprefix('calibrated')} inputs"
+            method = variant + (" + distill" if d else "") + (f" (*{repair_variant}*)" if repair_variant else "")
+            cells = [f"{r['sparsity_target']:.0%}", f"{r['sparsity']:.1%}", method,
                      SOURCE_LABEL[source] if d else "-"] + quality_cells(r, original, metric, extra)
             cells += [f"{d['held_out_before']:.4g} -> {d['held_out_after']:.4g}" if d else "-",
                       f"{d['steps']} ({d['stopped_by']})" if d else "-", f"{r['fold_seconds']:.0f}",

@@ -70,3 +70,18 @@ def test_record_replaces_its_key_and_keeps_other_runs_rows(tmp_path, monkeypatch
     session.record({"codec": "a", "source": "self", "metrics": {"p": 3}})
     rows = json.loads(path.read_text())["rows"]
     assert {(r["codec"], r["metrics"]["p"]) for r in rows} == {("a", 3), ("b", 2)}
+
+
+def test_repair_plans_make_valid_step_budgeted_configs_and_distinct_rows():
+    for plan in bench.PLANS.values():
+        methods = []
+        for repair in plan.get("repairs", []):
+            inputs = repair["inputs"]
+            assert 0 < bench.calibration_count(repair) <= inputs["samples"] - inputs["held_out"]
+            for variant, settings in repair["variants"].items():
+                config = bench.DistillConfig(source=repair["source"], seed=0, **{**plan["distill"], **inputs, **settings})
+                config.validate()
+                assert config.max_seconds is None and config.samples == inputs["samples"]  # the steps alone end a run
+                methods.append(bench.repair_method(repair, variant))
+            methods.append(bench.repair_method(repair))
+        assert len(methods) == len(set(methods))  # each row has its own key in the JSON

@@ -1,9 +1,12 @@
 import copy
+import dataclasses
+import math
 
 import pytest
 import torch
 
 from big2small.distill import DistillConfig, distill, loss_for
+from big2small.distill.loop import lr_factor
 from big2small.distill.text import sample_text
 from big2small.errors import Big2SmallError
 from big2small.folding import FoldConfig, fold
@@ -34,6 +37,28 @@ def test_distilling_a_folded_student_lowers_the_held_out_loss_and_leaves_the_tea
     assert report.held_out_after < 0.5 * report.held_out_before
     assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in before.items())
     assert all(p.requires_grad for p in teacher.parameters())  # restored after the loop
+
+
+def test_the_hidden_state_loss_starts_at_zero_for_a_copy_and_repairs_a_folded_student():
+    teacher = peaked_llama()
+    inputs = _text(teacher, n=24)
+    config = DistillConfig(steps=20, samples=24, held_out=6, batch_size=6, lr=1e-4, hidden_weight=1.0, schedule="cosine")
+    same = distill(teacher, copy.deepcopy(teacher), inputs, loss_for("causal-lm"), dataclasses.replace(config, steps=1),
+                   progress=False)
+    assert same.held_out_before == pytest.approx(0, abs=1e-6)
+    student = fold(teacher, FoldConfig(sparsity=0.3, n_init=1), progress=False).model
+    report = distill(teacher, student, inputs, loss_for("causal-lm"), config, progress=False)
+    assert report.held_out_after < 0.5 * report.held_out_before
+
+
+def test_the_schedule_warms_up_then_decays_to_zero_at_the_last_step():
+    config = DistillConfig(steps=50, warmup_steps=5, schedule="cosine")
+    factors = [lr_factor(step, config) for step in range(config.steps + 1)]
+    assert all(a < b for a, b in zip(factors[:5], factors[1:6])) and factors[5] == 1.0  # linear warm-up to lr
+    assert all(a > b for a, b in zip(factors[5:50], factors[6:51])) and factors[50] == 0.0  # cosine down to 0
+    assert abs(factors[27] - 0.5 * (1 + math.cos(math.pi * 22 / 45))) < 1e-12  # half a cosine over 45 steps
+    constant = DistillConfig(steps=50, warmup_steps=2)
+    assert [lr_factor(s, constant) for s in range(4)] == [1 / 3, 2 / 3, 1.0, 1.0]
 
 
 def test_the_time_budget_stops_training():

@@ -1,7 +1,10 @@
+from types import SimpleNamespace
+
 import pytest
 import torch
 
-from big2small.distill.loss import embedding_loss, logit_kl, loss_for
+
+from big2small.distill.loss import embedding_loss, hidden_state_loss, logit_kl, loss_for
 from big2small.errors import Big2SmallError
 
 
@@ -30,3 +33,22 @@ def test_embedding_loss_is_zero_for_equal_hidden_states_and_grows_with_the_gap()
 def test_unknown_task_is_refused():
     with pytest.raises(Big2SmallError, match="no distillation loss"):
         loss_for("speech")
+
+
+def test_hidden_state_loss_is_zero_for_equal_states_grows_with_the_gap_and_ignores_padding():
+    g = torch.Generator().manual_seed(0)
+    states = tuple(torch.randn(2, 5, 8, generator=g) for _ in range(4))  # embeddings + 3 blocks
+    noise = tuple(torch.randn(2, 5, 8, generator=g) for _ in range(4))
+    inputs = {"attention_mask": torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])}
+
+    padding = (1 - inputs["attention_mask"]).float().unsqueeze(-1)  # 1 at padded positions
+
+    def out(scale: float, pad: float = 0.0):
+        return SimpleNamespace(hidden_states=tuple(s + scale * n + pad * padding for s, n in zip(states, noise)))
+
+    assert float(hidden_state_loss(out(0), out(0), inputs)) == pytest.approx(0, abs=1e-7)
+    small, large = (float(hidden_state_loss(out(0), out(s), inputs)) for s in (0.1, 1.0))
+    assert 0 < small < large
+    assert float(hidden_state_loss(out(0), out(0.1, pad=30.0), inputs)) == pytest.approx(small, rel=1e-5)
+    with pytest.raises(Big2SmallError, match="as many blocks"):
+        hidden_state_loss(out(0), SimpleNamespace(hidden_states=states[:2]), inputs)

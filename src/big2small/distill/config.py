@@ -27,7 +27,10 @@ class DistillConfig(Config):
     samples: synthetic inputs generated (and cached); held_out: how many of them are kept aside to
         measure the distillation loss before and after (never trained on).
     seq_len: tokens per synthetic text sequence (start token included).
-    batch_size: inputs per step; lr: AdamW learning rate; weight_decay: AdamW's.
+    batch_size: inputs per step; lr: AdamW learning rate (its peak under a schedule); weight_decay: AdamW's.
+    hidden_weight: text models only: this times the per-block hidden-state loss (normalised MSE
+        of the student's residual stream after every block against the teacher's, averaged over
+        blocks: distill.loss.hidden_state_loss) is added to the task's loss (0: output loss alone).
     seed: seeds the synthetic inputs and the batch order.
     source: where the inputs come from (SOURCES above).
     greedy_tokens: text sampling schedule: after a first token drawn from the model's own
@@ -56,6 +59,7 @@ class DistillConfig(Config):
     batch_size: int = 8
     lr: float = 1e-4
     weight_decay: float = 0.0
+    hidden_weight: float = 0.0
     seed: int = 0
     source: str = "auto"
     greedy_tokens: int = 4
@@ -77,6 +81,8 @@ class DistillConfig(Config):
             raise Big2SmallError("distillation needs seq_len >= 2, batch_size >= 1, lr > 0 and weight_decay >= 0")
         if self.max_seconds is not None and self.max_seconds <= 0:
             raise Big2SmallError(f"max_seconds must be > 0, got {self.max_seconds}")
+        if not (isinstance(self.hidden_weight, (int, float)) and 0 <= self.hidden_weight < float("inf")):
+            raise Big2SmallError(f"hidden_weight must be a number >= 0, got {self.hidden_weight!r}")
         if self.source not in SOURCES:
             raise Big2SmallError(f"source must be one of {', '.join(SOURCES)}; got {self.source!r}")
         if self.greedy_tokens < 0 or self.temperature <= 0 or self.inversion_steps < 0 or self.inversion_lr <= 0:

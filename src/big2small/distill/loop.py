@@ -2,10 +2,10 @@
 (docs/distillation.md#the-loop).
 
 AdamW on the student's trainable parameters (its learning rate on the config's schedule:
-`lr_factor`), batches drawn in a seeded order from all but the
-last `held_out` inputs, the task's loss (big2small.distill.loss) against the teacher's output
-(computed once per training input and kept when they fit in memory: TeacherTargets); both models stay in eval mode (no dropout, BatchNorm statistics untouched:
-synthetic inputs must not overwrite them). It stops after `steps` steps or once `max_seconds` of
+`lr_factor`), batches drawn in a seeded order from all but the last `held_out` inputs, the task's
+loss (big2small.distill.loss) against the teacher's output (computed once per training input and
+kept when they fit in memory: TeacherTargets); both models stay in eval mode (no dropout,
+BatchNorm statistics untouched: synthetic inputs must not overwrite them). It stops after `steps` steps or once `max_seconds` of
 training have passed, whichever comes first, with a progress bar and its ETA. The held-out inputs
 measure the loss before and after: the report says whether distillation helped on inputs it never
 saw.
@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from big2small.distill.config import DistillConfig
-from big2small.distill.loss import LossFn
+from big2small.distill.loss import LossFn, hidden_state_loss
 from big2small.errors import Big2SmallError
 from big2small.progress import progress_bar
 from big2small.transforms.records import DistillRecord
@@ -39,9 +39,20 @@ IMAGES = "images"  # the key of image inputs, passed positionally (text inputs a
 DistillReport = DistillRecord
 
 
-def forward(model: nn.Module, batch: dict[str, torch.Tensor]) -> Any:
-    """The model's output on a batch of synthetic inputs (images positionally, text by keyword)."""
-    return model(batch[IMAGES]) if IMAGES in batch else model(**batch)
+def forward(model: nn.Module, batch: dict[str, torch.Tensor], hidden_states: bool = False) -> Any:
+    """The model's output on a batch of synthetic inputs (images positionally, text by keyword;
+    `hidden_states`: text models' residual stream after every block too)."""
+    if IMAGES in batch:
+        return model(batch[IMAGES])
+    return model(**batch, output_hidden_states=True) if hidden_states else model(**batch)
+
+
+def with_hidden_states(loss_fn: LossFn, weight: float) -> LossFn:
+    """`loss_fn` plus `weight` times the hidden-state loss (distill.loss.hidden_state_loss); the
+    outputs it reads come from forward(..., hidden_states=True)."""
+    def loss(teacher_out: Any, student_out: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return loss_fn(teacher_out, student_out, batch) + weight * hidden_state_loss(teacher_out, student_out, batch)
+    return loss
 
 
 # The teacher's outputs on the training inputs are kept after their first computation when they all
@@ -54,10 +65,14 @@ class TeacherTargets:
     """The teacher's output on each training input (by index), computed with the batch that first
     needs it and kept when all of them fit in `limit` bytes: its main tensor (logits, or last hidden
     state: a model output's first field, what every distillation loss reads), as the teacher computed
-    it in that batch. Otherwise (or if `limit` is 0) every batch is computed again."""
+    it in that batch. Otherwise (or if `limit` is 0) every batch is computed again. `hidden_states`:
+    the teacher's outputs carry its residual stream after every block (forward's flag); only the main
+    tensor would be kept, so it is computed again for every batch (give limit 0)."""
 
-    def __init__(self, teacher: nn.Module, n: int, limit: int):
-        self.teacher, self.n, self.limit = teacher, n, limit
+    def __init__(self, teacher: nn.Module, n: int, limit: int, hidden_states: bool = False):
+        if hidden_states and limit:
+            raise ValueError("TeacherTargets keeps the main tensor only: with hidden states, give limit 0")
+        self.teacher, self.n, self.limit, self.hidden_states = teacher, n, limit, hidden_states
         self.values: torch.Tensor | None = None
         self.known = torch.zeros(n, dtype=torch.bool)
         self.enabled = limit > 0
@@ -66,7 +81,7 @@ class TeacherTargets:
     def __call__(self, index: torch.Tensor, batch: dict[str, torch.Tensor]) -> Any:
         if self.values is not None and bool(self.known[index].all()):
             return self.values[index.to(self.values.device)]
-        output = forward(self.teacher, batch)
+        output = forward(self.teacher, batch, self.hidden_states)
         if self.enabled:
             main = output if isinstance(output, torch.Tensor) else output[0]
             if self.values is None:
@@ -85,14 +100,15 @@ def _subset(inputs: dict[str, torch.Tensor], index: torch.Tensor, device: torch.
 
 @torch.no_grad()
 def mean_loss(teacher: nn.Module, student: nn.Module, inputs: dict[str, torch.Tensor], loss_fn: LossFn,
-              batch_size: int) -> float:
+              batch_size: int, hidden_states: bool = False) -> float:
     """The loss averaged over `inputs` (weighted by batch size), without gradients."""
     device = next(student.parameters()).device
     n = len(next(iter(inputs.values())))
     total = 0.0
     for start in range(0, n, batch_size):
         batch = _subset(inputs, torch.arange(start, min(n, start + batch_size)), device)
-        total += float(loss_fn(forward(teacher, batch), forward(student, batch), batch)) * len(batch[next(iter(batch))])
+        outputs = forward(teacher, batch, hidden_states), forward(student, batch, hidden_states)
+        total += float(loss_fn(*outputs, batch)) * len(batch[next(iter(batch))])
     return total / n
 
 
@@ -117,14 +133,19 @@ def distill(teacher: nn.Module, student: nn.Module, inputs: dict[str, torch.Tens
 
     With `regulariser` (a scalar computed after the student's forward pass, e.g. its weight error:
     big2small.distill.qat), each step minimises loss + config.weight_loss * regulariser(); the
-    losses reported (training and held out) are the task's loss alone. `groups`: AdamW's parameter
-    groups ({"params": [...], "lr": ...}; None: every trainable parameter of the student at config.lr)."""
+    losses reported (training and held out) are the task's loss alone. With config.hidden_weight,
+    `loss_fn` gains the hidden-state loss (with_hidden_states), in the reported losses too. `groups`:
+    AdamW's parameter groups ({"params": [...], "lr": ...}; None: every trainable parameter of the
+    student at config.lr); every group's learning rate follows lr_factor over the steps."""
     config.validate()
     if config.weight_loss and regulariser is None:
         raise Big2SmallError("weight_loss weighs a compressed student's weight error: only compress --distill has one")
     n = len(next(iter(inputs.values())))
     if n != config.samples:
         raise Big2SmallError(f"distillation got {n} inputs, its config says samples={config.samples}")
+    hidden = config.hidden_weight > 0
+    if hidden:
+        loss_fn = with_hidden_states(loss_fn, config.hidden_weight)
     train_n = n - config.held_out
     held_out = {k: v[train_n:] for k, v in inputs.items()}
     params = [p for p in student.parameters() if p.requires_grad]
@@ -143,10 +164,11 @@ def distill(teacher: nn.Module, student: nn.Module, inputs: dict[str, torch.Tens
     losses: list[float] = []
     stopped_by = "steps"
     try:
-        before = mean_loss(teacher, student, held_out, loss_fn, config.batch_size) if config.held_out else None
+        before = mean_loss(teacher, student, held_out, loss_fn, config.batch_size, hidden) if config.held_out else None
         start = time.perf_counter()
         order = torch.empty(0, dtype=torch.long)
-        targets = TeacherTargets(teacher, train_n, TEACHER_CACHE_BYTES)
+        # The cache keeps the main tensor only: with the hidden-state loss every batch is computed again.
+        targets = TeacherTargets(teacher, train_n, 0 if hidden else TEACHER_CACHE_BYTES, hidden)
         with progress_bar("distilling", config.steps, enabled=progress, unit="steps") as advance:
             for _ in range(config.steps):
                 if config.max_seconds is not None and time.perf_counter() - start >= config.max_seconds:
@@ -157,7 +179,7 @@ def distill(teacher: nn.Module, student: nn.Module, inputs: dict[str, torch.Tens
                 index, order = order[:config.batch_size], order[config.batch_size:]
                 batch = _subset(inputs, index, device)
                 target = targets(index, batch)
-                loss = loss_fn(target, forward(student, batch), batch)
+                loss = loss_fn(target, forward(student, batch, hidden), batch)
                 total = loss + config.weight_loss * regulariser() if config.weight_loss else loss
                 if not torch.isfinite(total):
                     raise Big2SmallError(f"distillation diverged at step {len(losses) + 1} (loss {float(total)}): lower the learning rate")
@@ -168,7 +190,7 @@ def distill(teacher: nn.Module, student: nn.Module, inputs: dict[str, torch.Tens
                 losses.append(float(loss.detach()))
                 advance(1)
         seconds = time.perf_counter() - start
-        after = mean_loss(teacher, student, held_out, loss_fn, config.batch_size) if config.held_out else None
+        after = mean_loss(teacher, student, held_out, loss_fn, config.batch_size, hidden) if config.held_out else None
     finally:
         for p, g in teacher_grads:
             p.requires_grad_(g)
