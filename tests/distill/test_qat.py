@@ -28,13 +28,19 @@ SAME_START = (UniformConfig, TrellisConfig)
 TINY = dict(samples=24, held_out=6, batch_size=6, seq_len=16)
 
 
-@pytest.mark.parametrize("config", CODECS, ids=lambda c: f"{c.method}-{c.rotate}-{getattr(c, 'rings', 0)}")
-def test_re_encoding_with_other_scales_keeps_the_bits_and_decodes_to_the_differentiable_quantiser(config):
+def _encoded(config, rows: int):
+    """A seeded random [rows, 96] weight encoded by `config`'s codec: its generator, the encoding and
+    the codec's input matrix."""
     torch.manual_seed(0)
-    weight = torch.randn(48, 96)
+    weight = torch.randn(rows, 96)
     generator = generator_for(config)
     enc = generator.encode(weight, seed=3)
-    matrix = generator.codec_input(weight, enc)
+    return generator, enc, generator.codec_input(weight, enc)
+
+
+@pytest.mark.parametrize("config", CODECS, ids=lambda c: f"{c.method}-{c.rotate}-{getattr(c, 'rings', 0)}")
+def test_re_encoding_with_other_scales_keeps_the_bits_and_decodes_to_the_differentiable_quantiser(config):
+    generator, enc, matrix = _encoded(config, rows=48)
     scales = (enc.tensors["scales"].float() * torch.linspace(0.8, 1.2, enc.tensors["scales"].numel())).half().float()
     scales.requires_grad_(True)
     fake = generator.weight_domain(generator.fake_quantize(matrix, enc, scales), enc)
@@ -84,11 +90,7 @@ def test_training_the_scales_lowers_the_loss_and_the_artifact_is_the_trained_stu
 @pytest.mark.parametrize("config", [TrellisConfig(bits=2, state_bits=8, rotate="none"), TrellisConfig(bits=2, state_bits=8),
                                     TrellisConfig(bits=2, state_bits=8, group_size=32)], ids=["none", "input", "input-g32"])
 def test_trellis_training_from_its_cached_values_computes_the_decoded_weight(config):
-    torch.manual_seed(0)
-    weight = torch.randn(24, 96)
-    generator = generator_for(config)
-    enc = generator.encode(weight, seed=3)
-    matrix = generator.codec_input(weight, enc)
+    generator, enc, matrix = _encoded(config, rows=24)
     gain = torch.linspace(-0.2, 0.2, enc.tensors["scales"].numel(), requires_grad=True)
     cached = generator.train_weight(matrix, enc, {"log_gain": gain}, generator.train_cache(matrix, enc))
     cached.pow(2).sum().backward()
