@@ -5,10 +5,10 @@ AdamW on the student's trainable parameters (its learning rate on the config's s
 `lr_factor`), batches drawn in a seeded order from all but the last `held_out` inputs, the task's
 loss (big2small.distill.loss) against the teacher's output (computed once per training input and
 kept when they fit in memory: TeacherTargets); both models stay in eval mode (no dropout,
-BatchNorm statistics untouched: synthetic inputs must not overwrite them). It stops after `steps` steps or once `max_seconds` of
-training have passed, whichever comes first, with a progress bar and its ETA. The held-out inputs
-measure the loss before and after: the report says whether distillation helped on inputs it never
-saw.
+BatchNorm statistics untouched: synthetic inputs must not overwrite them). It stops after `steps`
+steps or once `max_seconds` of training have passed, whichever comes first, with a progress bar and
+its ETA. The held-out inputs measure the loss before and after: the report says whether
+distillation helped on inputs it never saw.
 
 (big2small.training's loop trains a classifier on labelled data with cross-entropy, by epochs; this
 one has no labels, a second model and a step or time budget, so it is its own loop.)
@@ -65,17 +65,15 @@ class TeacherTargets:
     """The teacher's output on each training input (by index), computed with the batch that first
     needs it and kept when all of them fit in `limit` bytes: its main tensor (logits, or last hidden
     state: a model output's first field, what every distillation loss reads), as the teacher computed
-    it in that batch. Otherwise (or if `limit` is 0) every batch is computed again. `hidden_states`:
-    the teacher's outputs carry its residual stream after every block (forward's flag); only the main
-    tensor would be kept, so it is computed again for every batch (give limit 0)."""
+    it in that batch. Otherwise (or if `limit` is 0) every batch is computed again, as it is with
+    `hidden_states` (forward's flag: the outputs carry the residual stream after every block, which
+    the kept main tensor would lose)."""
 
     def __init__(self, teacher: nn.Module, n: int, limit: int, hidden_states: bool = False):
-        if hidden_states and limit:
-            raise ValueError("TeacherTargets keeps the main tensor only: with hidden states, give limit 0")
         self.teacher, self.n, self.limit, self.hidden_states = teacher, n, limit, hidden_states
         self.values: torch.Tensor | None = None
         self.known = torch.zeros(n, dtype=torch.bool)
-        self.enabled = limit > 0
+        self.enabled = limit > 0 and not hidden_states
 
     @torch.no_grad()
     def __call__(self, index: torch.Tensor, batch: dict[str, torch.Tensor]) -> Any:
@@ -167,8 +165,7 @@ def distill(teacher: nn.Module, student: nn.Module, inputs: dict[str, torch.Tens
         before = mean_loss(teacher, student, held_out, loss_fn, config.batch_size, hidden) if config.held_out else None
         start = time.perf_counter()
         order = torch.empty(0, dtype=torch.long)
-        # The cache keeps the main tensor only: with the hidden-state loss every batch is computed again.
-        targets = TeacherTargets(teacher, train_n, 0 if hidden else TEACHER_CACHE_BYTES, hidden)
+        targets = TeacherTargets(teacher, train_n, TEACHER_CACHE_BYTES, hidden)
         with progress_bar("distilling", config.steps, enabled=progress, unit="steps") as advance:
             for _ in range(config.steps):
                 if config.max_seconds is not None and time.perf_counter() - start >= config.max_seconds:

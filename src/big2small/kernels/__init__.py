@@ -1,7 +1,8 @@
 """Compiled CPU kernels (numba) that multiply with a codec's codes directly: y = x W^T without
 materialising W (batch-1 generation reads the compact codes only), and a fast decode of W for
 larger batches. The codes are kept in lanes of rows (big2small.kernels.lanes; trellis keeps each
-row as a bit stream its kernels read states from directly), built once from the stored arrays. One module per codec; each has the same functions:
+row as a bit stream its kernels read states from directly), built once from the stored arrays. One
+module per codec; each has the same functions:
 
 - supports(enc): whether its kernels handle this record (else big2small.compact is not used for it);
 - FUSED_MAX_ROWS: inputs with more rows than this are better served by decoding W once and a dense
